@@ -1,0 +1,1 @@
+"""Prefect flows for paperpost (the domain code lives in the paperpost package)."""

@@ -1,0 +1,152 @@
+"""The ``digest`` flow: fetch → diff → rank → render → send, each a task over one domain function.
+
+Subscribers are fanned out in batches (``PAPERPOST_BATCH_SIZE``), not one task per
+subscriber: Prefect's per-task overhead is several milliseconds. I/O tasks retry;
+pure tasks do not. The run summary is returned and published as artefacts.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from paperpost import pipeline
+from paperpost.delivery import Outcome
+from paperpost.fetch import Fetched
+from paperpost.render import Edition, Outgoing, Renderer
+from paperpost.report import markdown
+from paperpost.settings import Settings
+from paperpost.store import RunPlan, Store
+from paperpost.subscribers import LoadedSubscriber, SubscriberError, load_subscribers
+
+_TASK = {"cache_policy": NONE, "persist_result": False}
+_renderer: Renderer | None = None
+
+
+def renderer() -> Renderer:
+    """One renderer per worker process: premailer's result is learned once."""
+    global _renderer
+    if _renderer is None:
+        _renderer = Renderer()
+    return _renderer
+
+
+@task(name="fetch", retries=2, retry_delay_seconds=[5, 30], **_TASK)
+def fetch(settings: Settings, today: date) -> list[Fetched]:
+    return pipeline.fetch_stage(settings, Store(settings.db_url), today)
+
+
+@task(name="diff", retries=2, retry_delay_seconds=[2, 10], **_TASK)
+def diff(settings: Settings, fetched: list[Fetched], today: date, run_id: int):  # type: ignore[no-untyped-def]
+    store = Store(settings.db_url)
+    reports = pipeline.diff_stage(store, fetched, today)
+    plan, interrupted = pipeline.prepare(settings, store, run_id)
+    return reports, plan, interrupted
+
+
+@task(name="load-subscribers", **_TASK)
+def subscribers(folder: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
+    return load_subscribers(folder)
+
+
+@task(name="rank", retries=1, retry_delay_seconds=2, **_TASK)
+def rank(
+    settings: Settings, plan: RunPlan, batch: list[LoadedSubscriber], today: date
+) -> pipeline.RankedBatch:
+    return pipeline.rank_stage(Store(settings.db_url), plan, batch, today, settings.send_empty)
+
+
+@task(name="render", **_TASK)
+def render(ranked: pipeline.RankedBatch, edition: Edition) -> list[Outgoing]:
+    return pipeline.render_stage(renderer(), ranked.jobs, edition)
+
+
+@task(name="send", retries=2, retry_delay_seconds=[10, 60], **_TASK)
+def send(settings: Settings, outgoing: list[Outgoing], run_id: int) -> list[Outcome]:
+    return pipeline.send_stage(settings, Store(settings.db_url), outgoing, run_id)
+
+
+@flow(name="digest", log_prints=False)
+def digest(
+    sources: list[str] | None = None,
+    subscribers_dir: str | None = None,
+    database_url: str | None = None,
+    outbox_dir: str | None = None,
+    today: date | None = None,
+) -> dict:
+    """Fetch new dumps, find the papers no run has delivered, and send each reader a digest."""
+    logger = get_run_logger()
+    overrides = {
+        "sources": sources,
+        "subscribers_dir": subscribers_dir,
+        "database_url": database_url,
+        "outbox_dir": outbox_dir,
+    }
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    today = today or datetime.now(UTC).date()
+    store, owner, run_id = pipeline.begin(settings)
+    if run_id is None:
+        logger.warning("Another digest run holds the lock; this run does nothing.")
+        return pipeline.RunSummary(0, "locked", message="Another run holds the lock.").to_json()
+    summary = pipeline.RunSummary(run_id)
+    try:
+        clock = time.perf_counter()
+        fetched = fetch(settings, today)
+        summary.stage_seconds["fetch"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        reports, plan, outcomes = diff(settings, fetched, today, run_id)
+        summary.stage_seconds["diff"] = time.perf_counter() - clock
+        logger.info(
+            "Window %s..%s: %s new papers",
+            plan.low_water,
+            plan.high_water,
+            plan.high_water - plan.low_water,
+        )
+        clock = time.perf_counter()
+        readers, errors = subscribers(settings.subscribers_dir)
+        for error in errors:
+            logger.warning("Skipping invalid subscriber entry: %s", error)
+        edition = pipeline.edition_for(settings, plan, today)
+        batches = list(pipeline.batches(readers, settings.batch_size))
+        ranked = [rank.submit(settings, plan, batch, today) for batch in batches]
+        rendered = [render.submit(r, edition) for r in ranked]
+        sent = [send.submit(settings, r, run_id) for r in rendered]
+        skips: list[pipeline.Skip] = []
+        for number, (r, s) in enumerate(zip(ranked, sent, strict=True), 1):
+            skips += r.result().skips
+            outcomes += s.result()
+            logger.info(
+                "Batch %s/%s done: %s deliveries so far", number, len(batches), len(outcomes)
+            )
+        summary.stage_seconds["rank+render+send"] = time.perf_counter() - clock
+        pipeline.summarize(summary, plan, reports, errors, skips, outcomes)
+        store.finish_run(run_id, "finished", summary.to_json())
+    except BaseException:
+        store.finish_run(run_id, "crashed", summary.to_json())
+        raise
+    finally:
+        store.release_lock(pipeline.LOCK, owner)
+    logger.info(summary.message or f"Sent {summary.digests_sent} digests.")
+    create_markdown_artifact(
+        markdown(summary), key="digest-summary", description="What this digest run did"
+    )
+    create_table_artifact(
+        summary.deliveries
+        or [
+            {
+                "address": "-",
+                "digest": "-",
+                "status": "nothing sent",
+                "papers": 0,
+                "detail": summary.message,
+            }
+        ],
+        key="digest-deliveries",
+        description="One row per delivery attempt",
+    )
+    return summary.to_json()

@@ -1,0 +1,304 @@
+"""The ``paperpost`` command line (typer + rich, both already used by Prefect's stack)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from paperpost.dumps import DumpError, distinct_papers, parse_dump
+from paperpost.fetch import expand_sources, fetch_all
+from paperpost.models import Paper
+from paperpost.rank import Interest, Profile, rank, vocabulary
+from paperpost.settings import Settings
+from paperpost.store import Store
+from paperpost.subscribers import load_subscribers
+from paperpost.unsubscribe import BadToken, read_token
+
+app = typer.Typer(
+    help="paperpost: personal email digests from the Hugging Face Daily Papers listing.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+subscribers_app = typer.Typer(help="Inspect and check subscriber YAML files.", no_args_is_help=True)
+app.add_typer(subscribers_app, name="subscribers")
+out = Console()
+err = Console(stderr=True)
+
+SourcesArg = Annotated[list[str], typer.Argument(help="Files, folders, globs or http(s) URLs.")]
+
+
+def _today(value: str | None) -> date:
+    return date.fromisoformat(value) if value else datetime.now(UTC).date()
+
+
+def _read_papers(sources: list[str], settings: Settings) -> list[Paper]:
+    """Parse sources without touching any state; errors go to stderr, others continue."""
+    today = _today(None)
+    papers: list[Paper] = []
+    failed = 0
+    for item in fetch_all(
+        expand_sources(sources, {}, today),
+        {},
+        int(settings.max_dump_mb * 1e6),
+        settings.fetch_timeout,
+    ):
+        if item.content is None:
+            err.print(f"[red]error[/red] {item.source}: {item.error}")
+            failed += 1
+            continue
+        try:
+            parsed = parse_dump(item.content, item.source, item.captured or today)
+        except DumpError as exc:
+            err.print(f"[red]error[/red] {exc}")
+            failed += 1
+            continue
+        for warning in parsed.warnings:
+            err.print(f"[yellow]warning[/yellow] {warning}")
+        papers.extend(parsed.papers)
+    if failed and not papers:
+        raise typer.Exit(1)
+    return distinct_papers(papers)
+
+
+@app.command()
+def run(
+    source: Annotated[
+        list[str] | None, typer.Option(help="Override the sources (repeatable).")
+    ] = None,
+    subscribers: Annotated[Path | None, typer.Option(help="Subscribers folder or file.")] = None,
+    db: Annotated[str | None, typer.Option(help="Database URL or SQLite file path.")] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Folder for .eml digests.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+    no_prefect: Annotated[
+        bool, typer.Option("--no-prefect", help="Run the same stages in-process, without Prefect.")
+    ] = False,
+    today: Annotated[str | None, typer.Option(help="Run as if on this date (YYYY-MM-DD).")] = None,
+) -> None:
+    """Run the digest job once: fetch → diff → rank → render → send."""
+    database_url = db if db is None or "://" in db else f"sqlite:///{Path(db)}"
+    overrides = {
+        "sources": source or None,
+        "subscribers_dir": str(subscribers) if subscribers else None,
+        "database_url": database_url,
+        "outbox_dir": str(outbox) if outbox else None,
+    }
+    day = _today(today)
+    if no_prefect:
+        from paperpost.pipeline import run_plain
+
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        summary = run_plain(settings, day).to_json()
+    else:
+        from flows.digest import digest
+
+        summary = digest(**overrides, today=day)
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        _print_summary(summary, Settings(**{k: v for k, v in overrides.items() if v is not None}))
+    if summary["status"] == "locked":
+        raise typer.Exit(3)
+
+
+def _print_summary(summary: dict, settings: Settings) -> None:
+    from paperpost.pipeline import RunSummary, SourceReport
+    from paperpost.report import summary_rows
+
+    data = dict(summary)
+    data["sources"] = [SourceReport(**s) for s in summary["sources"]]
+    result = RunSummary(**data)
+    table = Table(title=f"paperpost run {result.run_id}", show_header=False)
+    for name, value in summary_rows(result):
+        table.add_row(name, value)
+    out.print(table)
+    for s in result.sources:
+        colour = {"ingested": "green", "unchanged": "dim"}.get(s.status, "red")
+        out.print(
+            f"[{colour}]{s.status:>9}[/{colour}] {s.source}  {s.papers} papers, {s.new} new"
+            f"{'  ' + s.detail if s.detail else ''}"
+        )
+    for error in result.invalid_subscribers:
+        out.print(f"[red]invalid subscriber[/red] {error}")
+    for d in result.deliveries:
+        if d["status"] != "sent":
+            out.print(f"[yellow]{d['status']}[/yellow] {d['address']}: {d['detail']}")
+    if result.message:
+        out.print(result.message)
+    if result.digests_sent and settings.delivery == "outbox":
+        out.print(f"Digests written to {settings.outbox_dir.resolve()}/")
+
+
+@app.command()
+def parse(
+    sources: SourcesArg,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per paper.")] = False,
+) -> None:
+    """Parse dumps and print every distinct paper (no state is read or written)."""
+    papers = _read_papers(sources, Settings())
+    if jsonl:
+        for paper in papers:
+            sys.stdout.write(json.dumps(paper.to_json(), ensure_ascii=False) + "\n")
+        return
+    table = Table("id", "title", "published", "upvotes")
+    for paper in papers:
+        table.add_row(
+            paper.id, paper.title[:80], str(paper.published or ""), str(paper.upvotes or "")
+        )
+    out.print(table)
+    out.print(f"{len(papers)} distinct papers")
+
+
+@app.command(name="rank")
+def rank_command(
+    sources: SourcesArg,
+    tag: Annotated[list[str], typer.Option(help="An interest tag (repeatable).")],
+    exclude: Annotated[list[str] | None, typer.Option(help="A tag or keyword to exclude.")] = None,
+    limit: Annotated[int, typer.Option(help="How many papers to show.")] = 20,
+    min_score: Annotated[float, typer.Option(help="Leave out papers scoring below this.")] = 1.0,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per paper.")] = False,
+) -> None:
+    """Rank papers for tags, best first, with the reason for each."""
+    papers = _read_papers(sources, Settings())
+    profile = Profile(
+        tuple(Interest(t) for t in tag), tuple(exclude or ()), min_score=min_score, max_items=limit
+    )
+    ranked = rank(papers, profile)
+    if jsonl:
+        for item in ranked:
+            record = {
+                "id": item.paper.id,
+                "title": item.paper.title,
+                "score": item.score,
+                "matched": list(item.matched),
+                "why": item.why,
+            }
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return
+    table = Table("#", "score", "title", "why")
+    for number, item in enumerate(ranked, 1):
+        table.add_row(str(number), f"{item.score:.2f}", item.paper.title[:70], item.why)
+    out.print(table)
+
+
+@app.command()
+def preview(
+    email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
+    source: Annotated[
+        list[str] | None, typer.Option(help="Dumps to use (default: settings).")
+    ] = None,
+    output: Annotated[Path, typer.Option("--out", help="Where to write the HTML.")] = Path(
+        "preview.html"
+    ),
+) -> None:
+    """Render one subscriber's digest from dumps to an HTML file (nothing is sent or stored)."""
+    from paperpost.pipeline import profile_of, reader_of
+    from paperpost.render import Edition, Renderer
+
+    settings = Settings()
+    entries, _ = load_subscribers(settings.subscribers_dir)
+    match = [e for e in entries if e.subscriber.address == email.lower()]
+    if not match:
+        err.print(f"[red]error[/red] no valid subscriber {email} in {settings.subscribers_dir}")
+        raise typer.Exit(1)
+    papers = _read_papers(source or settings.sources, settings)
+    items = rank(papers, profile_of(match[0]))
+    renderer = Renderer()
+    edition = Edition(
+        settings.sender,
+        settings.secret_key.get_secret_value(),
+        settings.base_url,
+        _today(None),
+        len(papers),
+    )
+    context = renderer.context(
+        reader_of(match[0]), items, edition, "https://example.invalid/unsubscribe"
+    )
+    output.write_text(renderer.html(context), encoding="utf-8")
+    out.print(f"{len(items)} papers for {email} → {output}")
+
+
+@subscribers_app.command("validate")
+def subscribers_validate(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Folder or file (default: settings).")
+    ] = None,
+) -> None:
+    """Check every subscriber file; print every error; exit 1 if any."""
+    target = folder or Settings().subscribers_dir
+    entries, errors = load_subscribers(target)
+    for error in errors:
+        err.print(str(error))
+    out.print(f"{len(entries)} valid subscriber(s), {len(errors)} error(s) in {target}")
+    if errors:
+        raise typer.Exit(1)
+
+
+@subscribers_app.command("list")
+def subscribers_list() -> None:
+    """List subscribers with their tags, cadence, last digest and status."""
+    settings = Settings()
+    entries, errors = load_subscribers(settings.subscribers_dir)
+    store = Store(settings.db_url)
+    addresses = [e.subscriber.address for e in entries]
+    cursors = store.cursors(addresses)
+    suppressed = store.suppressed(addresses)
+    table = Table("email", "tags", "cadence", "last digest", "status")
+    for entry in entries:
+        sub = entry.subscriber
+        last = cursors.get(sub.address, (None, None))[1]
+        status = suppressed.get(sub.address) or ("active" if sub.active else "paused")
+        cadence = sub.cadence if sub.cadence == "daily" else f"weekly ({sub.weekday})"
+        table.add_row(
+            sub.email,
+            ", ".join(t.tag for t in sub.tags),
+            cadence,
+            last.strftime("%Y-%m-%d %H:%M") if last else "never",
+            status,
+        )
+    out.print(table)
+    if errors:
+        err.print(
+            f"{len(errors)} invalid entr{'y' if len(errors) == 1 else 'ies'}; "
+            "run `paperpost subscribers validate`"
+        )
+
+
+@subscribers_app.command("tags")
+def subscribers_tags(
+    search: Annotated[str | None, typer.Argument(help="Only topics containing this text.")] = None,
+) -> None:
+    """The topic vocabulary: tags the ranker understands (other tags match by their words)."""
+    seen: dict[str, list[str]] = {}
+    for name, topic in vocabulary().items():
+        seen.setdefault(topic.id, [topic.name]).append(name)
+    table = Table("tag", "topic", "also answers to")
+    for tag_id, (name, *aliases) in sorted(seen.items()):
+        text = " ".join([tag_id, name, *aliases]).lower()
+        if search and search.lower() not in text:
+            continue
+        table.add_row(tag_id, name, ", ".join(a for a in aliases if a != tag_id.replace("-", " ")))
+    out.print(table)
+
+
+@app.command()
+def unsubscribe(
+    token: Annotated[str, typer.Argument(help="The token from an unsubscribe link.")],
+) -> None:
+    """Record an unsubscribe from a signed token; later runs skip the address."""
+    settings = Settings()
+    try:
+        address = read_token(settings.secret_key.get_secret_value(), token)
+    except BadToken as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(1) from None
+    new = Store(settings.db_url).suppress(address, "unsubscribed")
+    out.print(f"{address} {'unsubscribed' if new else 'was already unsubscribed'}")

@@ -1,0 +1,305 @@
+"""Deliver rendered digests, exactly once, through the ledger in the database.
+
+Two transports share one small interface: :class:`Outbox` writes ``.eml`` files
+(atomically, named per subscriber and digest, so a rerun cannot make a second
+copy) and :class:`Smtp` talks to a mail server. :func:`send_batch` wraps every
+transport call in the ledger: ``sending`` is committed before the call and
+``sent`` (with the subscriber's cursor) after it, so a crash in between leaves a
+row that the next run reports as ambiguous instead of silently resending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import re
+import smtplib
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from paperpost.render import Outgoing
+from paperpost.settings import Settings
+from paperpost.store import Store
+
+TEMPORARY = "temporary"  # 4xx, dropped connection: retry with backoff
+PERMANENT = "permanent"  # 5xx for this recipient: record, suppress, never retry
+FATAL = "fatal"  # the transport itself is misconfigured (login refused): stop the batch
+
+
+class DeliveryError(Exception):
+    """A transport failure, classified as ``temporary`` (retry) or ``permanent``."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+class Transport(Protocol):
+    def send(self, outgoing: Outgoing) -> None: ...
+
+    def delivered(self, address: str, digest: str) -> bool | None:
+        """True/False when the transport can tell whether a message went out, else None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    address: str
+    digest: str
+    status: str  # sent, failed, retry, ambiguous, already-sent
+    papers: int
+    detail: str = ""
+
+
+# --- outbox ----------------------------------------
+
+
+def outbox_name(address: str, digest: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9@._-]", "_", address.lower())[:80]
+    tag = hashlib.sha256(f"{address.lower()}|{digest}".encode()).hexdigest()[:8]
+    return f"{safe}_{digest}_{tag}.eml"
+
+
+class Outbox:
+    """``.eml`` files in a folder: one per (subscriber, digest), written atomically."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, address: str, digest: str) -> Path:
+        return self.folder / outbox_name(address, digest)
+
+    def send(self, outgoing: Outgoing) -> None:
+        target = self.path(outgoing.address, outgoing.digest)
+        if target.exists():
+            return
+        try:
+            fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".eml")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(outgoing.data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except OSError as exc:
+            raise DeliveryError(TEMPORARY, f"cannot write {target}: {exc.strerror}") from None
+
+    def delivered(self, address: str, digest: str) -> bool | None:
+        return self.path(address, digest).exists()
+
+    def close(self) -> None:
+        return None
+
+
+# --- SMTP ----------------------------------------
+
+
+class Smtp:
+    """One reused SMTP connection (plain, STARTTLS or implicit TLS), recycled every N messages."""
+
+    def __init__(self, settings: Settings, recycle_after: int = 100) -> None:
+        self.settings = settings
+        self.recycle_after = recycle_after
+        self._conn: smtplib.SMTP | None = None
+        self._sent_on_conn = 0
+        self._context = ssl.create_default_context()
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        try:
+            if s.smtp_security == "tls":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=self._context
+                )
+            else:
+                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            if conn.sock is not None:  # Nagle + delayed ACK stalls pipelined SMTP commands
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.ehlo()
+            if s.smtp_security == "starttls":
+                conn.starttls(context=self._context)
+                conn.ehlo()
+            if s.smtp_username and s.smtp_password is not None:
+                conn.login(s.smtp_username, s.smtp_password.get_secret_value())
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(
+                FATAL,
+                f"SMTP login refused ({exc.smtp_code}); check PAPERPOST_SMTP_USERNAME"
+                " and PAPERPOST_SMTP_PASSWORD",
+            ) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(
+                TEMPORARY, f"cannot connect to {s.smtp_host}:{s.smtp_port}: {_describe(exc)}"
+            ) from None
+        return conn
+
+    def send(self, outgoing: Outgoing) -> None:
+        if self._conn is None or self._sent_on_conn >= self.recycle_after:
+            self.close()
+            self._conn = self._connect()
+            self._sent_on_conn = 0
+        sender = _envelope_sender(self.settings.sender)
+        try:
+            refused = self._conn.sendmail(sender, [outgoing.address], outgoing.data)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, message = next(iter(exc.recipients.values()))
+            raise _classified(code, message) from None
+        except smtplib.SMTPResponseException as exc:
+            if exc.smtp_code == 421:
+                self.close()
+            raise _classified(exc.smtp_code, exc.smtp_error) from None
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            self._conn = None
+            raise DeliveryError(TEMPORARY, f"connection lost: {_describe(exc)}") from None
+        if refused:
+            code, message = next(iter(refused.values()))
+            raise _classified(code, message)
+        self._sent_on_conn += 1
+
+    def delivered(self, address: str, digest: str) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                self._conn.quit()
+            self._conn = None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _classified(code: int, message: bytes | str) -> DeliveryError:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    kind = PERMANENT if 500 <= code < 600 else TEMPORARY
+    return DeliveryError(kind, f"{code} {text}".strip())
+
+
+def _envelope_sender(sender: str) -> str:
+    match = re.search(r"<([^>]+)>", sender)
+    return match[1] if match else sender.strip()
+
+
+def transport_for(settings: Settings) -> Transport:
+    if settings.delivery == "smtp":
+        return Smtp(settings)
+    return Outbox(settings.outbox_dir)
+
+
+# --- the ledger around each transport call ----------------------------------------
+
+
+def resolve_interrupted(store: Store, transport: Transport, resend: bool) -> list[Outcome]:
+    """Settle deliveries a crashed run left in ``sending``, before anything else is sent.
+
+    When the transport can tell (the outbox can), the row becomes ``sent`` or is
+    retried. Otherwise it is *ambiguous*: by default it counts as delivered (the
+    cursor moves past it, nothing is resent) and is reported; with ``resend`` it is
+    released so the subscriber's next digest covers those papers again.
+    """
+    outcomes = []
+    for address, digest, hi, _message_id in store.interrupted():
+        known = transport.delivered(address, digest)
+        if known:
+            store.settle(address, digest, "sent", hi, None)
+            outcomes.append(Outcome(address, digest, "sent", 0, "confirmed after a crash"))
+        elif known is False or resend:
+            store.settle(address, digest, "released", hi, "interrupted; will be resent")
+        else:
+            store.settle(address, digest, "ambiguous", hi, "interrupted mid-send; not resent")
+            outcomes.append(
+                Outcome(
+                    address,
+                    digest,
+                    "ambiguous",
+                    0,
+                    "a crash interrupted this send; "
+                    "it may or may not have arrived (set PAPERPOST_RESEND_AMBIGUOUS=true "
+                    "to resend such digests)",
+                )
+            )
+    return outcomes
+
+
+def send_batch(
+    store: Store,
+    transport: Transport,
+    outgoing: Sequence[Outgoing],
+    run_id: int,
+    attempts: int = 3,
+    backoff: float = 1.0,
+) -> list[Outcome]:
+    """Send each digest once: skip what the ledger says is done, retry 4xx, suppress 5xx."""
+    outcomes = []
+    fatal: DeliveryError | None = None
+    for message in outgoing:
+        if fatal is not None:
+            outcomes.append(
+                Outcome(
+                    message.address,
+                    message.digest,
+                    "retry",
+                    message.papers,
+                    f"not attempted: {fatal.detail}",
+                )
+            )
+            continue
+        claim = store.claim(
+            message.address, message.digest, message.lo, message.hi, message.message_id, run_id
+        )
+        if not claim.proceed:
+            outcomes.append(
+                Outcome(message.address, message.digest, "already-" + claim.status, message.papers)
+            )
+            continue
+        error: DeliveryError | None = None
+        for attempt in range(attempts):
+            try:
+                transport.send(message)
+                error = None
+                break
+            except DeliveryError as exc:
+                error = exc
+                if exc.kind != TEMPORARY or attempt == attempts - 1:
+                    break
+                time.sleep(backoff * (2**attempt) * (0.5 + random.random()))
+        if error is None:
+            store.settle(message.address, message.digest, "sent", message.hi, None)
+            outcomes.append(Outcome(message.address, message.digest, "sent", message.papers))
+        elif error.kind == PERMANENT:
+            store.settle(message.address, message.digest, "failed", message.hi, error.detail)
+            store.suppress(message.address, "bounced", error.detail)
+            outcomes.append(
+                Outcome(
+                    message.address,
+                    message.digest,
+                    "failed",
+                    message.papers,
+                    f"permanent: {error.detail}; address suppressed",
+                )
+            )
+        else:
+            fatal = error if error.kind == FATAL else None
+            store.settle(message.address, message.digest, "retry", message.hi, error.detail)
+            outcomes.append(
+                Outcome(
+                    message.address,
+                    message.digest,
+                    "retry",
+                    message.papers,
+                    f"temporary: {error.detail}; will retry next run",
+                )
+            )
+    return outcomes

@@ -1,0 +1,392 @@
+"""Parse snapshots of the Daily Papers listing: plain-text page dumps and API JSON.
+
+Pure functions from bytes to :class:`ParsedDump`; no I/O. Every way a dump can be
+malformed ends in :class:`DumpError`, which names the source, the line where it
+could tell, what is wrong and what to do.
+
+Year inference (text dumps carry dates without a year): the listing date ``Mon D``
+is the latest such date on or before the *reference date* (when the dump was
+captured: the HTTP ``Last-Modified``/``Date`` header or the file's mtime). A
+paper's ``Mon D`` is in the listing's year, or the year before when that would put
+it after the listing date; ``Mon D, YYYY`` is taken as written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+
+from paperpost.models import Paper, normalize_space
+
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, 1)}
+_MONTH = "(" + "|".join(MONTHS) + ")"
+HEADER_LINES = frozenset(
+    {
+        "new",
+        "Get trending papers in your email inbox!",
+        "Subscribe",
+        "Daily Papers",
+        "byAK and the research community",
+    }
+)
+_LISTING_DATE = re.compile(rf"{_MONTH} (\d{{1,2}})")
+_AUTHORS = re.compile(r"\s*•\s*(\d+) authors?\s*")
+_ORG = re.compile(r"\s*(\S+) (\S.*?)\s*")
+_PAPER_DATE = re.compile(rf"{_MONTH} (\d{{1,2}})(?:, (\d{{4}}))?(?: (\d+))?\s*")
+_ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7}")
+
+
+class DumpError(ValueError):
+    """A dump that cannot be read. ``str()`` is the message a user sees."""
+
+    def __init__(self, source: str, problem: str, line: int | None = None) -> None:
+        self.source = source
+        self.problem = problem
+        self.line = line
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(slots=True)
+class ParsedDump:
+    """What one source held: its papers in listing order, and anything skipped."""
+
+    source: str
+    kind: str  # "text" or "api"
+    listing_date: date | None
+    papers: list[Paper]
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_dump(content: bytes, source: str, reference: date) -> ParsedDump:
+    """Parse one dump, telling text from API JSON by its content."""
+    if b"\x00" in content[:65536]:
+        raise DumpError(source, "binary data (NUL bytes), not a text or JSON dump")
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DumpError(
+            source, f"not UTF-8 text (bad byte at offset {exc.start}); expected a page dump"
+        ) from None
+    stripped = text.lstrip()
+    if not stripped:
+        raise DumpError(source, "empty file; expected a page dump or daily-papers JSON")
+    if stripped[0] in "[{":
+        return parse_api_json(text, source)
+    if stripped[0] == "<":
+        raise DumpError(
+            source,
+            "this is an HTML page (an error page?), not a dump; save the listing as text "
+            "or use the daily-papers API",
+        )
+    return parse_text_dump(text, source, reference)
+
+
+# --- text dumps ----------------------------------------
+
+
+def _paragraphs(text: str) -> list[tuple[int, list[str]]]:
+    """Blank-line separated paragraphs, each with the 1-based line it starts on."""
+    paras: list[tuple[int, list[str]]] = []
+    current: list[str] = []
+    start = 0
+    for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+        if line.strip():
+            if not current:
+                start = number
+            current.append(line.rstrip())
+        elif current:
+            paras.append((start, current))
+            current = []
+    if current:
+        paras.append((start, current))
+    return paras
+
+
+def latest_date_on_or_before(month: int, day: int, reference: date) -> date | None:
+    """The most recent ``month``/``day`` not after ``reference`` (None if no such day)."""
+    for year in range(reference.year, reference.year - 8, -1):
+        try:
+            candidate = date(year, month, day)
+        except ValueError:
+            continue
+        if candidate <= reference:
+            return candidate
+    return None
+
+
+@dataclass(slots=True)
+class _Meta:
+    author_count: int | None
+    organization: str | None
+    published: date | None
+    upvotes: int | None
+
+
+def _parse_meta(lines: list[str], listing: date) -> _Meta | None:
+    """A metadata block (author count or organisation, ``·``, date [upvotes])."""
+    if len(lines) != 3 or lines[1].strip() != "·":
+        return None
+    dated = _PAPER_DATE.fullmatch(lines[2].strip())
+    if not dated:
+        return None
+    authors = _AUTHORS.fullmatch(lines[0])
+    org = None if authors else _ORG.fullmatch(lines[0])
+    if not authors and not org:
+        return None
+    month, day = MONTHS[dated[1]], int(dated[2])
+    try:
+        if dated[3]:
+            published: date | None = date(int(dated[3]), month, day)
+        else:
+            published = date(listing.year, month, day)
+            if published > listing:
+                published = date(listing.year - 1, month, day)
+    except ValueError:
+        published = None
+    return _Meta(
+        author_count=int(authors[1]) if authors else None,
+        organization=org[2] if org else None,
+        published=published,
+        upvotes=int(dated[4]) if dated[4] else None,
+    )
+
+
+def _looks_like_meta(lines: list[str]) -> bool:
+    return len(lines) > 1 and any(line.strip() == "·" for line in lines)
+
+
+def parse_text_dump(text: str, source: str, reference: date) -> ParsedDump:
+    """Parse a page dump saved as text (see ``docs/dumps.md`` for the layout)."""
+    paras = _paragraphs(text)
+    index = 0
+    listing: date | None = None
+    while index < len(paras) and index < 8:
+        line_no, lines = paras[index]
+        only = lines[0].strip() if len(lines) == 1 else None
+        index += 1
+        if only in HEADER_LINES:
+            continue
+        dated = _LISTING_DATE.fullmatch(only or "")
+        if dated:
+            listing = latest_date_on_or_before(MONTHS[dated[1]], int(dated[2]), reference)
+            if listing is None:
+                raise DumpError(source, f"listing date {only!r} is not a real date", line_no)
+            break
+        raise DumpError(
+            source,
+            f"expected the Daily Papers header ending in a date like 'Jul 9', found "
+            f"{(lines[0][:60])!r}; is this a page dump of huggingface.co/papers?",
+            line_no,
+        )
+    if listing is None:
+        raise DumpError(source, "no listing date (like 'Jul 9') in the header; file truncated?")
+
+    papers: list[Paper] = []
+    warnings: list[str] = []
+    while index < len(paras):
+        line_no, lines = paras[index]
+        if _looks_like_meta(lines):
+            warnings.append(f"{source}:{line_no}: metadata block with no paper before it; skipped")
+            index += 1
+            continue
+        title = normalize_space(" ".join(lines))
+        if index + 1 >= len(paras):
+            warnings.append(
+                f"{source}:{line_no}: title {title[:60]!r} has no abstract (truncated dump?); "
+                "skipped"
+            )
+            break
+        _, abstract_lines = paras[index + 1]
+        if _looks_like_meta(abstract_lines):
+            warnings.append(
+                f"{source}:{line_no}: title {title[:60]!r} has no abstract before its "
+                "metadata; skipped"
+            )
+            index += 2
+            continue
+        paper = Paper(
+            title=title,
+            abstract=normalize_space(" ".join(abstract_lines)),
+            source=source,
+            listing_date=listing,
+        )
+        index += 2
+        if index < len(paras) and _looks_like_meta(paras[index][1]):
+            meta_line, meta_lines = paras[index]
+            meta = _parse_meta(meta_lines, listing)
+            if meta is None:
+                warnings.append(
+                    f"{source}:{meta_line}: unrecognised metadata block "
+                    f"{' | '.join(meta_lines)[:80]!r}; paper kept without it"
+                )
+            else:
+                paper = replace(
+                    paper,
+                    author_count=meta.author_count,
+                    organization=meta.organization,
+                    published=meta.published,
+                    upvotes=meta.upvotes,
+                )
+            index += 1
+        papers.append(paper)
+    return ParsedDump(source, "text", listing, papers, warnings)
+
+
+# --- API JSON ----------------------------------------
+
+
+def _iso_date(value: object) -> date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).date()
+    except ValueError:
+        return None
+
+
+def _text(value: object) -> str | None:
+    return normalize_space(value) if isinstance(value, str) and value.strip() else None
+
+
+def _http_url(value: object) -> str | None:
+    if isinstance(value, str) and value.startswith(("https://", "http://")):
+        return value.strip()
+    return None
+
+
+def _org_name(*candidates: object) -> str | None:
+    for org in candidates:
+        if isinstance(org, dict):
+            name = _text(org.get("fullname")) or _text(org.get("name"))
+            if name:
+                return name
+    return None
+
+
+def _api_paper(item: dict, source: str) -> Paper:
+    inner = item.get("paper") if isinstance(item.get("paper"), dict) else item
+    title = _text(inner.get("title")) or _text(item.get("title"))
+    abstract = _text(inner.get("summary")) or _text(item.get("summary"))
+    if not title:
+        raise ValueError("no title")
+    if not abstract:
+        raise ValueError(f"paper {title[:50]!r} has no summary")
+    raw_id = inner.get("id")
+    arxiv_id = raw_id.strip() if isinstance(raw_id, str) and _ARXIV_ID.fullmatch(raw_id) else None
+    authors = inner.get("authors")
+    names = (
+        tuple(a["name"].strip() for a in authors if isinstance(a, dict) and _text(a.get("name")))
+        if isinstance(authors, list)
+        else None
+    )
+    keywords = inner.get("ai_keywords")
+    upvotes = inner.get("upvotes")
+    return Paper(
+        title=title,
+        abstract=abstract,
+        arxiv_id=arxiv_id,
+        authors=names,
+        author_count=len(names) if names else None,
+        organization=_org_name(inner.get("organization"), item.get("organization")),
+        published=_iso_date(inner.get("publishedAt")) or _iso_date(item.get("publishedAt")),
+        upvotes=upvotes if isinstance(upvotes, int) and not isinstance(upvotes, bool) else None,
+        ai_summary=_text(inner.get("ai_summary")),
+        ai_keywords=tuple(k for k in (_text(k) for k in keywords or ()) if k)
+        if isinstance(keywords, list)
+        else (),
+        github_repo=_http_url(inner.get("githubRepo")),
+        project_page=_http_url(inner.get("projectPage")),
+        source=source,
+        listing_date=_iso_date(inner.get("submittedOnDailyAt")),
+    )
+
+
+def parse_api_json(text: str, source: str) -> ParsedDump:
+    """Parse the body of ``GET /api/daily_papers``: a JSON list of items."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        truncated = exc.pos >= len(text.rstrip()) - 1
+        hint = "the file is truncated" if truncated else "this is not valid JSON"
+        raise DumpError(
+            source, f"{hint}: {exc.msg} at line {exc.lineno} column {exc.colno}", exc.lineno
+        ) from None
+    if isinstance(data, dict):
+        detail = data.get("error") or ", ".join(sorted(data)[:5])
+        raise DumpError(source, f"expected a list of papers, got an object ({detail})")
+    if not isinstance(data, list):
+        raise DumpError(source, f"expected a list of papers, got {type(data).__name__}")
+    papers: list[Paper] = []
+    warnings: list[str] = []
+    for position, item in enumerate(data):
+        if not isinstance(item, dict):
+            warnings.append(
+                f"{source}: item {position} is a {type(item).__name__}, not an object; skipped"
+            )
+            continue
+        try:
+            papers.append(_api_paper(item, source))
+        except ValueError as exc:
+            warnings.append(f"{source}: item {position}: {exc}; skipped")
+    if data and not papers:
+        kinds = sorted({type(item).__name__ for item in data})
+        raise DumpError(
+            source,
+            f"none of the {len(data)} items is a paper object (items are {', '.join(kinds)}; "
+            "a list of Python-repr strings?); re-download the day from the API",
+        )
+    days = [p.listing_date for p in papers if p.listing_date]
+    return ParsedDump(source, "api", max(days) if days else None, papers, warnings)
+
+
+# --- identity across sources ----------------------------------------
+
+
+def merge_papers(old: Paper, new: Paper) -> Paper:
+    """One record for a paper seen twice: the newer report wins where it knows more."""
+    changes = {
+        name: getattr(new, name)
+        for name in (
+            "arxiv_id",
+            "authors",
+            "author_count",
+            "organization",
+            "published",
+            "upvotes",
+            "ai_summary",
+            "github_repo",
+            "project_page",
+        )
+        if getattr(new, name) is not None
+    }
+    if new.ai_keywords:
+        changes["ai_keywords"] = new.ai_keywords
+    if new.arxiv_id or not old.arxiv_id:
+        changes["title"] = new.title
+        changes["abstract"] = new.abstract
+    return replace(old, **changes)
+
+
+def distinct_papers(papers: Iterable[Paper]) -> list[Paper]:
+    """Papers with duplicates merged (same arXiv id, or same folded title), first-seen order."""
+    merged: list[Paper] = []
+    by_id: dict[str, int] = {}
+    by_key: dict[str, int] = {}
+    for paper in papers:
+        slot = by_id.get(paper.arxiv_id) if paper.arxiv_id else None
+        if slot is None:
+            slot = by_key.get(paper.key)
+        if slot is None:
+            slot = len(merged)
+            merged.append(paper)
+        else:
+            merged[slot] = merge_papers(merged[slot], paper)
+        if merged[slot].arxiv_id:
+            by_id[merged[slot].arxiv_id] = slot
+        by_key[merged[slot].key] = slot
+    return merged

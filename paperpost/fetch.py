@@ -1,0 +1,248 @@
+"""Fetch dumps: local files, folders, globs, http(s) URLs and the daily-papers API.
+
+Returns bytes plus what is needed to skip unchanged input next time (ETag,
+Last-Modified, content hash). Nothing here writes state: the caller records a
+fetch only once its papers are stored, so a crash in between loses nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from paperpost.store import FetchState
+
+USER_AGENT = "paperpost/0.1 (+https://github.com/paperpost)"
+DUMP_SUFFIXES = {".txt", ".json"}
+API_PATH = "/api/daily_papers"
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One source's outcome: ``fetched`` (content set), ``unchanged`` or ``failed``."""
+
+    source: str
+    status: str
+    content: bytes | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    content_hash: str | None = None
+    captured: date | None = None
+    error: str | None = None
+
+
+class FetchError(RuntimeError):
+    pass
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _is_api_range(source: str) -> bool:
+    parts = urlsplit(source)
+    query = parse_qs(parts.query)
+    return parts.path.rstrip("/").endswith(API_PATH) and not (
+        {"date", "week", "month"} & query.keys()
+    )
+
+
+def expand_sources(specs: Iterable[str], api_since: dict[str, date], today: date) -> list[str]:
+    """Concrete sources, in order: folders list their dumps, globs expand, and an API
+    URL without ``date=`` becomes one URL per weekday since its last fetched day."""
+    out: list[str] = []
+    for spec in specs:
+        if is_url(spec):
+            if _is_api_range(spec):
+                out.extend(api_day_urls(spec, api_since.get(spec), today))
+            else:
+                out.append(spec)
+            continue
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            out.extend(str(p) for p in sorted(path.iterdir()) if p.suffix in DUMP_SUFFIXES)
+        elif any(ch in spec for ch in "*?["):
+            out.extend(sorted(glob.glob(str(path))))
+        else:
+            out.append(str(path))
+    return out
+
+
+def last_api_days(specs: Iterable[str], known: dict[str, FetchState]) -> dict[str, date]:
+    """For each API range source, the latest day already ingested from it."""
+    out: dict[str, date] = {}
+    for spec in specs:
+        if not (is_url(spec) and _is_api_range(spec)):
+            continue
+        base = urlsplit(spec)
+        for source in known:
+            parts = urlsplit(source)
+            if (parts.scheme, parts.netloc, parts.path) != (base.scheme, base.netloc, base.path):
+                continue
+            for value in parse_qs(parts.query).get("date", []):
+                try:
+                    day = date.fromisoformat(value)
+                except ValueError:
+                    continue
+                if spec not in out or day > out[spec]:
+                    out[spec] = day
+    return out
+
+
+def api_day_urls(base: str, last_day: date | None, today: date, first_days: int = 3) -> list[str]:
+    """One ``?date=`` URL per weekday after ``last_day`` (or the last few days) to today."""
+    start = last_day + timedelta(days=1) if last_day else today - timedelta(days=first_days - 1)
+    parts = urlsplit(base)
+    urls = []
+    day = start
+    while day <= today:
+        if day.weekday() < 5:  # the listing is empty on weekends
+            query = parse_qs(parts.query)
+            query["date"] = [day.isoformat()]
+            urls.append(urlunsplit(parts._replace(query=urlencode(query, doseq=True))))
+        day += timedelta(days=1)
+    return urls
+
+
+def session(retries: int = 3, backoff: float = 0.5) -> requests.Session:
+    """A session that retries connection errors and 5xx with exponential backoff."""
+    s = requests.Session()
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=backoff,
+        status_forcelist=(500, 502, 503, 504),
+        allowed_methods=frozenset({"GET"}),
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+    adapter = HTTPAdapter(max_retries=retry)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    s.headers["User-Agent"] = USER_AGENT
+    return s
+
+
+def _hash(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def fetch_file(path: str, known: FetchState | None, max_bytes: int) -> Fetched:
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        if size > max_bytes:
+            return Fetched(path, "failed", error=_too_large(size, max_bytes))
+        content = file.read_bytes()
+        captured = datetime.fromtimestamp(file.stat().st_mtime, UTC).date()
+    except FileNotFoundError:
+        return Fetched(path, "failed", error="no such file; check the source path")
+    except OSError as exc:
+        return Fetched(path, "failed", error=f"cannot read: {exc.strerror or exc}")
+    digest = _hash(content)
+    if known and known.content_hash == digest:
+        return Fetched(path, "unchanged", content_hash=digest)
+    return Fetched(path, "fetched", content, content_hash=digest, captured=captured)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"{size / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB limit for one dump; "
+        "raise PAPERPOST_MAX_DUMP_MB if this is really a dump"
+    )
+
+
+def fetch_url(
+    url: str,
+    known: FetchState | None,
+    max_bytes: int,
+    http: requests.Session,
+    timeout: tuple[float, float],
+) -> Fetched:
+    """GET with conditional headers, a size cap and retries (in ``http``)."""
+    headers = {}
+    if known and known.etag:
+        headers["If-None-Match"] = known.etag
+    if known and known.last_modified:
+        headers["If-Modified-Since"] = known.last_modified
+    try:
+        with http.get(url, headers=headers, timeout=timeout, stream=True) as response:
+            if response.status_code == 304:
+                return Fetched(url, "unchanged", content_hash=known.content_hash if known else None)
+            if response.status_code >= 400:
+                return Fetched(
+                    url,
+                    "failed",
+                    error=f"HTTP {response.status_code} {response.reason}; the source is down "
+                    "or the URL is wrong (will retry next run)",
+                )
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > max_bytes:
+                return Fetched(url, "failed", error=_too_large(declared, max_bytes))
+            body = bytearray()
+            for block in response.iter_content(65536):
+                body.extend(block)
+                if len(body) > max_bytes:
+                    return Fetched(url, "failed", error=_too_large(len(body), max_bytes))
+            content = bytes(body)
+            etag = response.headers.get("ETag")
+            last_modified = response.headers.get("Last-Modified")
+            captured = _header_date(last_modified) or _header_date(response.headers.get("Date"))
+    except requests.exceptions.Timeout:
+        return Fetched(url, "failed", error=f"timed out after {timeout[1]:.0f} s (will retry)")
+    except requests.exceptions.ChunkedEncodingError:
+        return Fetched(
+            url, "failed", error="the connection closed before the whole body arrived (truncated)"
+        )
+    except requests.exceptions.RetryError as exc:
+        return Fetched(url, "failed", error=f"gave up after retries: {exc}")
+    except requests.exceptions.ConnectionError:
+        return Fetched(url, "failed", error="cannot connect (server down?); will retry next run")
+    except requests.exceptions.RequestException as exc:
+        return Fetched(url, "failed", error=f"request failed: {exc}")
+    digest = _hash(content)
+    if known and known.content_hash == digest:
+        return Fetched(
+            url, "unchanged", etag=etag, last_modified=last_modified, content_hash=digest
+        )
+    return Fetched(url, "fetched", content, etag, last_modified, digest, captured)
+
+
+def _header_date(value: str | None) -> date | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC).date()
+    except (TypeError, ValueError):
+        return None
+
+
+def fetch_all(
+    sources: list[str],
+    known: dict[str, FetchState],
+    max_bytes: int,
+    read_timeout: float,
+) -> list[Fetched]:
+    """Fetch every source; a failure is reported in its result, never raised."""
+    http = session()
+    results = []
+    for source in sources:
+        if is_url(source):
+            results.append(
+                fetch_url(source, known.get(source), max_bytes, http, (5.0, read_timeout))
+            )
+        else:
+            results.append(fetch_file(source, known.get(source), max_bytes))
+    return results

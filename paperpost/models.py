@@ -1,0 +1,106 @@
+"""Typed records passed between the pipeline stages."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import date
+from urllib.parse import quote_plus
+
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_space(text: str) -> str:
+    """Collapse runs of whitespace (including raw line breaks) into single spaces."""
+    return _SPACE.sub(" ", text).strip()
+
+
+def title_key(title: str) -> str:
+    """The identity of a paper that has no arXiv id: its title, folded.
+
+    Case, Unicode compatibility forms, accents, punctuation and whitespace are
+    ignored, so the same paper matches across a text dump and the API.
+    """
+    folded = unicodedata.normalize("NFKD", title).casefold()
+    folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
+    return _NON_WORD.sub(" ", folded).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """One paper as a source reported it."""
+
+    title: str
+    abstract: str
+    arxiv_id: str | None = None
+    authors: tuple[str, ...] | None = None
+    author_count: int | None = None
+    organization: str | None = None
+    published: date | None = None
+    upvotes: int | None = None
+    ai_summary: str | None = None
+    ai_keywords: tuple[str, ...] = ()
+    github_repo: str | None = None
+    project_page: str | None = None
+    source: str = ""
+    listing_date: date | None = None
+
+    @property
+    def key(self) -> str:
+        """The folded title: how papers without an arXiv id are matched."""
+        return title_key(self.title)
+
+    @property
+    def id(self) -> str:
+        """The arXiv id when known, else a stable id derived from the title."""
+        if self.arxiv_id:
+            return self.arxiv_id
+        return "title-" + hashlib.sha256(self.key.encode()).hexdigest()[:12]
+
+    @property
+    def url(self) -> str:
+        """The paper's Hugging Face page, or an arXiv title search without an id."""
+        if self.arxiv_id:
+            return f"https://huggingface.co/papers/{self.arxiv_id}"
+        return "https://arxiv.org/search/?searchtype=title&query=" + quote_plus(self.title)
+
+    def to_json(self) -> dict[str, object]:
+        """The stable JSON shape printed by ``paperpost parse --jsonl``."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "abstract": self.abstract,
+            "arxiv_id": self.arxiv_id,
+            "authors": list(self.authors) if self.authors is not None else None,
+            "author_count": self.author_count,
+            "organization": self.organization,
+            "published": self.published.isoformat() if self.published else None,
+            "upvotes": self.upvotes,
+            "url": self.url,
+            "ai_summary": self.ai_summary,
+            "ai_keywords": list(self.ai_keywords),
+            "github_repo": self.github_repo,
+            "project_page": self.project_page,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Paper:
+        """Inverse of :meth:`to_json` (the database stores papers this way)."""
+        published = data.get("published")
+        return cls(
+            title=data["title"],
+            abstract=data["abstract"],
+            arxiv_id=data.get("arxiv_id"),
+            authors=tuple(data["authors"]) if data.get("authors") is not None else None,
+            author_count=data.get("author_count"),
+            organization=data.get("organization"),
+            published=date.fromisoformat(published) if published else None,
+            upvotes=data.get("upvotes"),
+            ai_summary=data.get("ai_summary"),
+            ai_keywords=tuple(data.get("ai_keywords") or ()),
+            github_repo=data.get("github_repo"),
+            project_page=data.get("project_page"),
+        )

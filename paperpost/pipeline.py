@@ -1,0 +1,344 @@
+"""The pipeline's stages as plain functions: fetch → diff → rank → render → send.
+
+``flows/digest.py`` runs each as a Prefect task; :func:`run_plain` runs the same
+functions in a loop without Prefect (benchmarks compare the two). Nothing here
+imports Prefect.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from uuid import uuid4
+
+from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
+from paperpost.dumps import DumpError, parse_dump
+from paperpost.fetch import Fetched, expand_sources, fetch_all, last_api_days
+from paperpost.rank import Interest, Profile, Ranked, rank_many
+from paperpost.render import Edition, Outgoing, Reader, Renderer
+from paperpost.settings import Settings
+from paperpost.store import RunPlan, Store
+from paperpost.subscribers import LoadedSubscriber, SubscriberError, load_subscribers
+
+LOCK = "digest-run"
+LOCK_TTL = timedelta(hours=2)
+
+
+@dataclass(slots=True)
+class SourceReport:
+    source: str
+    status: str  # ingested, unchanged, failed, invalid
+    papers: int = 0
+    new: int = 0
+    detail: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Skip:
+    address: str
+    reason: str
+
+
+@dataclass(slots=True)
+class DigestJob:
+    """A digest to render: who, which papers in which order, and the window it covers."""
+
+    reader: Reader
+    items: list[Ranked]
+    lo: int
+    hi: int
+
+
+@dataclass(slots=True)
+class RankedBatch:
+    jobs: list[DigestJob]
+    skips: list[Skip]
+
+
+@dataclass(slots=True)
+class RunSummary:
+    run_id: int
+    status: str = "finished"
+    sources: list[SourceReport] = field(default_factory=list)
+    papers_seen: int = 0
+    papers_new: int = 0
+    digests_sent: int = 0
+    digests_skipped: int = 0
+    digests_failed: int = 0
+    digests_retry: int = 0
+    digests_ambiguous: int = 0
+    invalid_subscribers: list[str] = field(default_factory=list)
+    deliveries: list[dict[str, object]] = field(default_factory=list)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# --- fetch ----------------------------------------
+
+
+def fetch_stage(settings: Settings, store: Store, today: date) -> list[Fetched]:
+    """Fetch every configured source (conditional requests against what was ingested)."""
+    known = store.fetch_states()
+    sources = expand_sources(settings.sources, last_api_days(settings.sources, known), today)
+    return fetch_all(sources, known, int(settings.max_dump_mb * 1_000_000), settings.fetch_timeout)
+
+
+# --- diff ----------------------------------------
+
+
+def diff_stage(store: Store, fetched: Sequence[Fetched], today: date) -> list[SourceReport]:
+    """Parse what was fetched and store it; a bad source is reported, never fatal."""
+    reports = []
+    for item in fetched:
+        if item.status == "unchanged":
+            reports.append(SourceReport(item.source, "unchanged", detail="not modified"))
+            continue
+        if item.status == "failed" or item.content is None:
+            store.record_fetch_error(item.source, item.error or "failed")
+            reports.append(SourceReport(item.source, "failed", detail=item.error or ""))
+            continue
+        try:
+            parsed = parse_dump(item.content, item.source, item.captured or today)
+        except DumpError as exc:
+            store.record_fetch_error(item.source, str(exc))
+            reports.append(SourceReport(item.source, "invalid", detail=str(exc)))
+            continue
+        counts = store.ingest(
+            item.source, parsed.papers, item.etag, item.last_modified, item.content_hash
+        )
+        reports.append(
+            SourceReport(item.source, "ingested", counts.seen, counts.new, warnings=parsed.warnings)
+        )
+    return reports
+
+
+# --- rank ----------------------------------------
+
+
+def profile_of(entry: LoadedSubscriber) -> Profile:
+    sub = entry.subscriber
+    return Profile(
+        interests=tuple(Interest(t.tag, t.weight, tuple(t.keywords)) for t in sub.tags),
+        exclude=tuple(sub.exclude),
+        min_score=sub.min_score,
+        max_items=sub.max_items,
+    )
+
+
+def reader_of(entry: LoadedSubscriber) -> Reader:
+    sub = entry.subscriber
+    return Reader(
+        email=sub.email,
+        name=sub.name,
+        tags=tuple(t.tag for t in sub.tags),
+        subscriber_file=entry.path,
+        text_only=sub.format == "text",
+    )
+
+
+def rank_stage(
+    store: Store,
+    plan: RunPlan,
+    batch: Sequence[LoadedSubscriber],
+    today: date,
+    send_empty: bool,
+) -> RankedBatch:
+    """Decide who gets a digest now and rank their new papers (vectorised per window)."""
+    addresses = [e.subscriber.address for e in batch]
+    cursors = store.cursors(addresses)
+    suppressed = store.suppressed(addresses)
+    skips: list[Skip] = []
+    windows: dict[int, list[LoadedSubscriber]] = {}
+    fresh: list[tuple[str, int]] = []
+    for entry in batch:
+        sub = entry.subscriber
+        address = sub.address
+        if not sub.active:
+            skips.append(Skip(address, "inactive"))
+            continue
+        if address in suppressed:
+            skips.append(Skip(address, f"suppressed ({suppressed[address]})"))
+            continue
+        cursor, last = cursors.get(address, (None, None))
+        if cursor is None:  # a new subscriber starts with the current news, not the archive
+            cursor = plan.low_water
+            fresh.append((address, cursor))
+        if sub.cadence == "weekly":
+            if today.strftime("%A").lower() != sub.weekday:
+                skips.append(Skip(address, f"not due (weekly on {sub.weekday})"))
+                continue
+            if last is not None and last.astimezone(UTC).date() == today:
+                skips.append(Skip(address, "weekly digest already sent today"))
+                continue
+        if cursor >= plan.high_water:
+            skips.append(Skip(address, "no new papers"))
+            continue
+        windows.setdefault(cursor, []).append(entry)
+    if fresh:
+        store.advance_cursors(fresh)
+
+    jobs: list[DigestJob] = []
+    quiet: list[tuple[str, int]] = []
+    for lo, entries in windows.items():
+        papers = [paper for _, paper in store.papers_between(lo, plan.high_water)]
+        rankings = rank_many(papers, [profile_of(e) for e in entries])
+        for entry, items in zip(entries, rankings, strict=True):
+            if not items and not send_empty:
+                skips.append(Skip(entry.subscriber.address, "nothing above min_score"))
+                quiet.append((entry.subscriber.address, plan.high_water))
+                continue
+            jobs.append(DigestJob(reader_of(entry), items, lo, plan.high_water))
+    if quiet:  # deciding that nothing is worth sending is work done: move past it
+        store.advance_cursors(quiet)
+    return RankedBatch(jobs, skips)
+
+
+# --- render and send ----------------------------------------
+
+
+def render_stage(renderer: Renderer, jobs: Sequence[DigestJob], edition: Edition) -> list[Outgoing]:
+    return [renderer.render(job.reader, job.items, edition, job.lo, job.hi) for job in jobs]
+
+
+def send_stage(
+    settings: Settings, store: Store, outgoing: Sequence[Outgoing], run_id: int
+) -> list[Outcome]:
+    transport = transport_for(settings)
+    try:
+        return send_batch(store, transport, outgoing, run_id)
+    finally:
+        transport.close()
+
+
+# --- whole-run helpers ---------------------------------------------------------------
+
+
+def batches(items: Sequence[LoadedSubscriber], size: int) -> Iterator[list[LoadedSubscriber]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def edition_for(settings: Settings, plan: RunPlan, today: date) -> Edition:
+    return Edition(
+        sender=settings.sender,
+        secret_key=settings.secret_key.get_secret_value(),
+        base_url=settings.base_url,
+        day=today,
+        new_papers=plan.high_water - plan.low_water,
+    )
+
+
+def begin(settings: Settings) -> tuple[Store, str, int | None]:
+    """Open the store and take the run lease; run id None when another run holds it."""
+    store = Store(settings.db_url)
+    owner = uuid4().hex
+    if not store.acquire_lock(LOCK, owner, LOCK_TTL):
+        return store, owner, None
+    return store, owner, store.start_run()
+
+
+def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, list[Outcome]]:
+    """Fix the run's window and settle what a crashed run left mid-send."""
+    transport = transport_for(settings)
+    try:
+        interrupted = resolve_interrupted(store, transport, settings.resend_ambiguous)
+    finally:
+        transport.close()
+    return store.plan_run(run_id), interrupted
+
+
+def summarize(
+    summary: RunSummary,
+    plan: RunPlan,
+    reports: Sequence[SourceReport],
+    errors: Sequence[SubscriberError],
+    skips: Sequence[Skip],
+    outcomes: Sequence[Outcome],
+) -> RunSummary:
+    summary.sources = list(reports)
+    summary.papers_seen = sum(r.papers for r in reports)
+    summary.papers_new = plan.high_water - plan.low_water
+    summary.invalid_subscribers = [str(e) for e in errors]
+    counts = Counter(o.status for o in outcomes)
+    summary.digests_sent = counts["sent"]
+    summary.digests_failed = counts["failed"]
+    summary.digests_retry = counts["retry"]
+    summary.digests_ambiguous = counts["ambiguous"]
+    summary.skip_reasons = dict(Counter(s.reason for s in skips))
+    already = sum(v for k, v in counts.items() if k.startswith("already-"))
+    summary.digests_skipped = len(skips) + already
+    if already:
+        summary.skip_reasons["already delivered"] = already
+    summary.deliveries = [
+        {
+            "address": o.address,
+            "digest": o.digest,
+            "status": o.status,
+            "papers": o.papers,
+            "detail": o.detail,
+        }
+        for o in outcomes
+    ]
+    if summary.digests_sent == 0 and not summary.message:
+        summary.message = nothing_to_send_reason(summary)
+    return summary
+
+
+def nothing_to_send_reason(summary: RunSummary) -> str:
+    if summary.sources and all(r.status == "unchanged" for r in summary.sources):
+        return "Nothing to send: every source is unchanged since the last run."
+    if summary.papers_new == 0:
+        return "Nothing to send: no new papers (weekend, or the listing has not changed)."
+    if summary.digests_failed or summary.digests_retry:
+        return "No digest was delivered; see the failures below."
+    return "Nothing to send: no subscriber had new papers above their min_score."
+
+
+def run_plain(settings: Settings, today: date | None = None) -> RunSummary:
+    """The whole pipeline without Prefect, in one process (same functions as the flow)."""
+    today = today or datetime.now(UTC).date()
+    store, owner, run_id = begin(settings)
+    if run_id is None:
+        return RunSummary(0, "locked", message="Another run holds the lock; nothing done.")
+    summary = RunSummary(run_id)
+    try:
+        clock = time.perf_counter()
+        fetched = fetch_stage(settings, store, today)
+        summary.stage_seconds["fetch"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        reports = diff_stage(store, fetched, today)
+        plan, outcomes = prepare(settings, store, run_id)
+        summary.stage_seconds["diff"] = time.perf_counter() - clock
+        subscribers, errors = load_subscribers(settings.subscribers_dir)
+        renderer = Renderer()
+        edition = edition_for(settings, plan, today)
+        skips: list[Skip] = []
+        for stage in ("rank", "render", "send"):
+            summary.stage_seconds[stage] = 0.0
+        for batch in batches(subscribers, settings.batch_size):
+            clock = time.perf_counter()
+            ranked = rank_stage(store, plan, batch, today, settings.send_empty)
+            summary.stage_seconds["rank"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            rendered = render_stage(renderer, ranked.jobs, edition)
+            summary.stage_seconds["render"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            outcomes += send_stage(settings, store, rendered, run_id)
+            summary.stage_seconds["send"] += time.perf_counter() - clock
+            skips += ranked.skips
+        summarize(summary, plan, reports, errors, skips, outcomes)
+        store.finish_run(run_id, "finished", summary.to_json())
+        return summary
+    except BaseException:
+        store.finish_run(run_id, "crashed", summary.to_json())
+        raise
+    finally:
+        store.release_lock(LOCK, owner)

@@ -1,0 +1,347 @@
+"""Render digests: Jinja2 HTML (CSS inlined) + a plain-text part, as RFC 5322 messages.
+
+Inlining: premailer is slow (milliseconds per document), so it runs once per
+process, on a sample digest that uses every element of the template. From its
+output we learn which attributes premailer gives each ``(tag, class)`` pair and
+what is left of the ``<style>`` block (media queries); every real digest is then
+rendered by Jinja and gets those attributes by one regex pass. Because the CSS
+uses only class and element selectors, this gives the same elements and inline
+styles as running premailer on each digest (``tests/test_render.py`` compares).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import quote
+
+import cssutils
+import jinja2
+import lxml.html
+from premailer import Premailer
+
+from paperpost.models import Paper, normalize_space
+from paperpost.rank import Ranked
+from paperpost.unsubscribe import make_token
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+HTML_LIMIT = 95_000  # Gmail clips HTML parts over ~102 KB, hiding the unsubscribe link
+ABSTRACT_CHARS = 450
+LISTING_URL = "https://huggingface.co/papers"
+_START_TAG = re.compile(r'<([a-z0-9]+)([^<>]*?) class="([^"]*)"')
+_STYLE_BLOCK = re.compile(r"<style>.*?</style>", re.S)
+
+# Headers may be long (List-Unsubscribe URLs) but must not be RFC 2047-encoded to fit 78
+POLICY = SMTP.clone(max_line_length=998)
+cssutils.log.setLevel(logging.CRITICAL)  # premailer's CSS parser warns on email-only CSS
+
+
+def safe_url(url: str | None) -> str | None:
+    """Only http(s) links reach a digest; anything else (``javascript:``...) is dropped."""
+    if not url:
+        return None
+    url = url.strip()
+    if not re.match(r"https?://[^\s\"'<>]+$", url, re.I):
+        return None
+    return url
+
+
+def shorten(text: str, limit: int = ABSTRACT_CHARS) -> str:
+    """Cut at a word boundary near ``limit`` characters, with an ellipsis."""
+    text = normalize_space(text)
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:.-—")
+    return cut + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """Who a digest is for, as rendering needs it."""
+
+    email: str
+    name: str | None
+    tags: tuple[str, ...]
+    subscriber_file: str
+    text_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Edition:
+    """Per-run constants shared by every digest."""
+
+    sender: str
+    secret_key: str
+    base_url: str | None
+    day: date
+    new_papers: int
+    max_cards: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A rendered digest ready for a transport."""
+
+    address: str
+    digest: str
+    lo: int
+    hi: int
+    message_id: str
+    subject: str
+    papers: int
+    data: bytes
+
+
+def _meta(paper: Paper) -> list[str]:
+    meta = []
+    if paper.organization:
+        meta.append(paper.organization)
+    if paper.author_count:
+        meta.append(f"{paper.author_count} author{'s' if paper.author_count != 1 else ''}")
+    if paper.published:
+        meta.append(paper.published.strftime("%b %-d, %Y"))
+    if paper.upvotes:
+        meta.append(f"▲ {paper.upvotes} upvote{'s' if paper.upvotes != 1 else ''}")
+    return meta
+
+
+def _links(paper: Paper) -> list[dict[str, str]]:
+    links = []
+    if paper.arxiv_id:
+        links.append({"label": "arXiv", "url": f"https://arxiv.org/abs/{quote(paper.arxiv_id)}"})
+    for label, url in (("Code", paper.github_repo), ("Project page", paper.project_page)):
+        if safe_url(url):
+            links.append({"label": label, "url": safe_url(url)})
+    return links
+
+
+def card(item: Ranked) -> dict[str, object]:
+    paper = item.paper
+    return {
+        "title": normalize_space(paper.title),
+        "url": safe_url(paper.url) or LISTING_URL,
+        "tldr": normalize_space(paper.ai_summary) if paper.ai_summary else None,
+        "abstract": shorten(paper.abstract),
+        "meta": _meta(paper),
+        "matched": list(item.matched),
+        "why": item.why,
+        "links": _links(paper),
+    }
+
+
+def sender_domain(sender: str) -> str:
+    match = re.search(r"@([A-Za-z0-9.-]+)", sender)
+    return match[1] if match else "paperpost.invalid"
+
+
+def message_id(address: str, digest: str, sender: str) -> str:
+    """Deterministic per (subscriber, digest): a resend is recognisably the same message."""
+    digest_hash = hashlib.sha256(f"{address.lower()}|{digest}".encode()).hexdigest()[:32]
+    return f"<{digest_hash}@{sender_domain(sender)}>"
+
+
+def subject_line(items: Sequence[Ranked]) -> str:
+    count = len(items)
+    top = normalize_space(items[0].paper.title) if items else ""
+    line = f"{count} new paper{'s' if count != 1 else ''} for you: {top}"
+    return line if len(line) <= 110 else line[:108].rsplit(" ", 1)[0] + " …"
+
+
+class Renderer:
+    """Templates loaded once; premailer's result learned once (lazily)."""
+
+    def __init__(self, templates: Path = TEMPLATES_DIR) -> None:
+        loader = jinja2.FileSystemLoader(templates)
+        self.html_env = jinja2.Environment(
+            loader=loader, autoescape=True, undefined=jinja2.StrictUndefined
+        )
+        self.text_env = jinja2.Environment(
+            loader=loader,
+            autoescape=False,
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+        )
+        self.html_template = self.html_env.get_template("digest.html.j2")
+        self.text_template = self.text_env.get_template("digest.txt.j2")
+
+    # --- HTML ----------------------------------------------------------------------------
+
+    def html_unstyled(self, context: dict[str, object]) -> str:
+        """The template rendered, CSS still in its ``<style>`` block."""
+        return self.html_template.render(**context)
+
+    @staticmethod
+    def premailer(html: str) -> str:
+        """Inline CSS with premailer: no network, ``!important`` kept, no warnings."""
+        return Premailer(
+            html,
+            allow_network=False,
+            strip_important=False,
+            keep_style_tags=False,
+            disable_validation=True,
+            cssutils_logging_level=logging.CRITICAL,
+            remove_classes=False,
+        ).transform(pretty_print=False)
+
+    @cached_property
+    def _learned(self) -> tuple[dict[tuple[str, str], str], str]:
+        sample = sample_context()
+        plain = self.html_unstyled(sample)
+        inlined = self.premailer(plain)
+        before = lxml.html.document_fromstring(plain)
+        after = lxml.html.document_fromstring(inlined)
+        learned: dict[tuple[str, str], str] = {}
+        for old, new in zip(before.iter(), after.iter(), strict=True):
+            classes = old.get("class") if isinstance(old.tag, str) else None
+            if classes is None:
+                continue
+            extra = {k: v for k, v in new.attrib.items() if old.get(k) != v}
+            text = "".join(f' {k}="{_attr(v)}"' for k, v in sorted(extra.items()))
+            key = (old.tag, classes)
+            if learned.setdefault(key, text) != text:
+                raise ValueError(
+                    f"templates/digest.html.j2: <{old.tag} class={classes!r}> is styled "
+                    "differently in different places; use class and element selectors only"
+                )
+        styles = after.findall(".//style")
+        head_css = "".join(lxml.html.tostring(s, encoding="unicode") for s in styles)
+        return learned, head_css
+
+    def html(self, context: dict[str, object]) -> str:
+        """The digest with inline styles, as premailer would produce it."""
+        learned, head_css = self._learned
+        plain = self.html_unstyled(context)
+
+        def attrs(match: re.Match[str]) -> str:
+            extra = learned.get((match[1], match[3]))
+            if extra is None:
+                raise KeyError(f"<{match[1]} class={match[3]!r}> not in the sample digest")
+            return match[0] + extra
+
+        return _STYLE_BLOCK.sub(lambda _: head_css, _START_TAG.sub(attrs, plain), count=1)
+
+    def text(self, context: dict[str, object]) -> str:
+        return self.text_template.render(**context)
+
+    # --- messages --------------------------------------------------------------------------
+
+    def context(
+        self, reader: Reader, items: Sequence[Ranked], edition: Edition, unsubscribe_url: str
+    ) -> dict[str, object]:
+        cards = [card(item) for item in items[: edition.max_cards]]
+        count = len(items)
+        topics = sorted({tag for item in items for tag in item.matched}, key=str.lower)
+        return {
+            "subject": subject_line(items),
+            "preheader": shorten(
+                f"{count} new paper{'s' if count != 1 else ''} on "
+                f"{', '.join(topics) or 'your topics'}"
+                f" — top: {', '.join(str(c['title']) for c in cards[:3])}",
+                180,
+            ),
+            "date_label": edition.day.strftime("%A, %b %-d, %Y"),
+            "headline": f"{count} new paper{'s' if count != 1 else ''} for you",
+            "counts": f"Picked for {', '.join(reader.tags)} from {edition.new_papers} new "
+            f"paper{'s' if edition.new_papers != 1 else ''} on Hugging Face Daily Papers.",
+            "cards": cards,
+            "more": count - len(cards),
+            "more_url": LISTING_URL,
+            "reader": reader.email,
+            "tags": list(reader.tags),
+            "subscriber_file": reader.subscriber_file,
+            "unsubscribe_url": unsubscribe_url,
+        }
+
+    def render(
+        self, reader: Reader, items: Sequence[Ranked], edition: Edition, lo: int, hi: int
+    ) -> Outgoing:
+        """One subscriber's digest as message bytes, kept under Gmail's clipping limit."""
+        digest = f"{lo}-{hi}"
+        msg_id = message_id(reader.email, digest, edition.sender)
+        token = make_token(edition.secret_key, reader.email)
+        mailto = f"mailto:unsubscribe@{sender_domain(edition.sender)}?subject=unsubscribe%20{token}"
+        web = f"{edition.base_url}/unsubscribe/{token}" if edition.base_url else None
+        context = self.context(reader, items, edition, web or mailto)
+        html = None
+        if not reader.text_only:
+            html = self.html(context)
+            cards = list(context["cards"])  # type: ignore[call-overload]
+            while len(html.encode()) > HTML_LIMIT and len(cards) > 1:
+                keep = max(1, int(len(cards) * HTML_LIMIT / len(html.encode())) - 1)
+                cards = cards[:keep]
+                context = {**context, "cards": cards, "more": len(items) - keep}
+                html = self.html(context)
+        text = self.text(context)
+
+        message = EmailMessage(policy=POLICY)
+        message["From"] = edition.sender
+        message["To"] = Address(
+            display_name=normalize_space(reader.name or ""), addr_spec=reader.email
+        )
+        message["Subject"] = str(context["subject"])
+        message["Date"] = format_datetime(datetime.now(UTC))
+        message["Message-ID"] = msg_id
+        message["List-Id"] = f"paperpost digest <digest.{sender_domain(edition.sender)}>"
+        message["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in (web, mailto) if u)
+        if web:
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message["Auto-Submitted"] = "auto-generated"
+        message["X-Paperpost-Digest"] = digest
+        message.set_content(text)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+        return Outgoing(
+            address=reader.email.lower(),
+            digest=digest,
+            lo=lo,
+            hi=hi,
+            message_id=msg_id,
+            subject=str(context["subject"]),
+            papers=len(context["cards"]),  # type: ignore[arg-type]
+            data=message.as_bytes(),
+        )
+
+
+def _attr(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def sample_context() -> dict[str, object]:
+    """A digest that uses every element of the template (for learning inline styles)."""
+    paper = Paper(
+        title="Sample",
+        abstract="Sample abstract.",
+        arxiv_id="2401.00001",
+        author_count=3,
+        organization="Org",
+        published=date(2024, 1, 1),
+        upvotes=3,
+        ai_summary="Sample TL;DR.",
+        github_repo="https://github.com/example/example",
+        project_page="https://example.org",
+    )
+    item = Ranked(paper, 1.0, ("sample",), 'title: "sample"')
+    return {
+        "subject": "Sample",
+        "preheader": "Sample",
+        "date_label": "Monday",
+        "headline": "Sample",
+        "counts": "Sample",
+        "cards": [card(item), card(item)],
+        "more": 2,
+        "more_url": LISTING_URL,
+        "reader": "reader@example.org",
+        "tags": ["sample"],
+        "subscriber_file": "subscribers/sample.yaml",
+        "unsubscribe_url": "https://example.org/unsubscribe/x",
+    }

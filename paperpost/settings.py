@@ -1,0 +1,85 @@
+"""Configuration: environment variables with the ``PAPERPOST_`` prefix, or a ``.env`` file.
+
+Every setting has a default that runs the bundled examples; see the README's
+configuration table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """All of paperpost's settings. Field names map to ``PAPERPOST_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PAPERPOST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    sources: list[str] = Field(
+        default_factory=lambda: [str(PROJECT_ROOT / "examples" / "dumps")],
+        description="Dumps to read: files, folders, globs or http(s) URLs (JSON list in env).",
+    )
+    subscribers_dir: Path = Field(
+        default=PROJECT_ROOT / "subscribers", description="Folder of subscriber YAML files."
+    )
+    state_dir: Path = Field(
+        default=Path("state"), description="Folder for the SQLite database and run state."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<state_dir>/paperpost.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    delivery: Literal["outbox", "smtp"] = Field(
+        default="outbox", description="Where digests go: .eml files in outbox_dir, or SMTP."
+    )
+    outbox_dir: Path = Field(default=Path("outbox"), description="Folder for .eml digests.")
+    sender: str = Field(
+        default="paperpost <digest@paperpost.invalid>", description="From: address."
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="Public https URL of `paperpost web`, for one-click unsubscribe links.",
+    )
+    secret_key: SecretStr = Field(
+        default=SecretStr("paperpost-development-key-change-me"),
+        description="Key that signs unsubscribe links. Set your own in production.",
+    )
+    smtp_host: str = Field(default="localhost", description="SMTP server.")
+    smtp_port: int = Field(default=587, description="SMTP port (465 = implicit TLS).")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls", description="starttls, tls (implicit, port 465) or none."
+    )
+    smtp_username: str | None = Field(default=None, description="SMTP AUTH user.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP AUTH password.")
+    smtp_timeout: float = Field(default=30.0, description="SMTP socket timeout in seconds.")
+    fetch_timeout: float = Field(default=20.0, description="HTTP read timeout in seconds.")
+    max_dump_mb: float = Field(default=20.0, description="Largest dump accepted, in MB.")
+    send_empty: bool = Field(
+        default=False, description="Send a digest even when no paper passes min_score."
+    )
+    resend_ambiguous: bool = Field(
+        default=False,
+        description="Resend digests whose send was interrupted after the SMTP transaction "
+        "began (may duplicate); default: report them and do not resend.",
+    )
+    batch_size: int = Field(default=500, ge=1, description="Subscribers per flow task.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _https_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("base_url must start with https:// (or http:// for testing)")
+        return value.rstrip("/") if value else value
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in effect."""
+        return self.database_url or f"sqlite:///{self.state_dir / 'paperpost.db'}"

@@ -1,0 +1,525 @@
+"""The database: what earlier runs saw, fetched and delivered.
+
+SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
+
+* ``papers``: every paper ever ingested, with a monotonically increasing ``seq``
+  assigned when it is first seen, first/last seen times and the latest upvotes.
+* ``fetches``: per source, the last ETag / Last-Modified / content hash ingested.
+* ``runs``: each run, and the ``high_water`` (largest paper ``seq``) it covered.
+* ``subscriber_state``: per address, ``cursor``: the largest ``seq`` already
+  delivered (or deliberately not delivered) to them.
+* ``deliveries``: the ledger, one row per (address, digest), ``pending → sending →
+  sent | failed``.
+* ``suppressions``: addresses that unsubscribed or bounced permanently.
+* ``locks``: a lease so overlapping runs do not both send.
+
+A paper is news to a subscriber while its ``seq`` is above their cursor; cursors
+move only after the digest holding those papers was sent (or skipped on purpose).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from paperpost.dumps import distinct_papers, merge_papers
+from paperpost.models import Paper
+
+metadata = MetaData()
+
+papers = Table(
+    "papers",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("key_hash", String(40), nullable=False, unique=True),
+    Column("arxiv_id", String(64), unique=True),
+    Column("title", Text, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("upvotes", Integer),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+)
+
+fetches = Table(
+    "fetches",
+    metadata,
+    Column("source", String(2000), primary_key=True),
+    Column("etag", String(500)),
+    Column("last_modified", String(100)),
+    Column("content_hash", String(64)),
+    Column("status", String(20), nullable=False),
+    Column("papers", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("fetched_at", DateTime(timezone=True), nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(20), nullable=False),
+    Column("low_water", Integer, nullable=False),
+    Column("high_water", Integer),
+    Column("summary", Text),
+)
+
+subscriber_state = Table(
+    "subscriber_state",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("cursor", Integer, nullable=False),
+    Column("last_digest_at", DateTime(timezone=True)),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("lo", Integer, nullable=False),
+    Column("hi", Integer, nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("run_id", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("address", "digest", name="uq_delivery_address_digest"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("reason", String(40), nullable=False),
+    Column("detail", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("owner", String(100), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    """One engine per URL and process; SQLite files get WAL and a busy timeout."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    metadata.create_all(engine)
+    return engine
+
+
+def _chunks(items: Sequence, size: int = 500) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchState:
+    etag: str | None
+    last_modified: str | None
+    content_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCounts:
+    seen: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """A run's window of news: papers with ``low_water < seq <= high_water``."""
+
+    run_id: int
+    low_water: int
+    high_water: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The ledger's answer when a digest is about to be sent."""
+
+    proceed: bool
+    status: str  # the row's status before this claim ("new" when there was none)
+
+
+class Store:
+    """All database access. Cheap to construct: engines are cached per URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = engine_for(url)
+
+    # --- fetch state -----------------------------------------------------------------
+
+    def fetch_states(self) -> dict[str, FetchState]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    fetches.c.source,
+                    fetches.c.etag,
+                    fetches.c.last_modified,
+                    fetches.c.content_hash,
+                ).where(fetches.c.status == "ingested")
+            )
+            return {r.source: FetchState(r.etag, r.last_modified, r.content_hash) for r in rows}
+
+    def record_fetch_error(self, source: str, error: str) -> None:
+        """Remember a failed fetch without touching what was last ingested from it."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(fetches)
+                .where(fetches.c.source == source)
+                .values(error=error, fetched_at=now())
+            ).rowcount
+            if not changed:
+                conn.execute(
+                    insert(fetches).values(
+                        source=source, status="failed", papers=0, error=error, fetched_at=now()
+                    )
+                )
+
+    # --- papers ------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        source: str,
+        items: Sequence[Paper],
+        etag: str | None = None,
+        last_modified: str | None = None,
+        content_hash: str | None = None,
+    ) -> IngestCounts:
+        """Record a source's papers and its fetch state in one transaction.
+
+        Duplicates within ``items`` are merged first. Known papers (same arXiv id, or
+        same folded title) get their last-seen time,
+        upvotes and any newly known fields updated; they are not new. Unknown papers
+        get the next ``seq``.
+        """
+        seen_at = now()
+        new = 0
+        unique = distinct_papers(items)
+        with self.engine.begin() as conn:
+            for chunk in _chunks(unique):
+                hashes = [key_hash(p.key) for p in chunk]
+                ids = [p.arxiv_id for p in chunk if p.arxiv_id]
+                found = conn.execute(
+                    select(papers.c.seq, papers.c.key_hash, papers.c.arxiv_id, papers.c.data).where(
+                        papers.c.key_hash.in_(hashes) | papers.c.arxiv_id.in_(ids)
+                    )
+                ).all()
+                by_hash = {row.key_hash: row for row in found}
+                by_id = {row.arxiv_id: row for row in found if row.arxiv_id}
+                for paper, digest in zip(chunk, hashes, strict=True):
+                    row = (by_id.get(paper.arxiv_id) if paper.arxiv_id else None) or by_hash.get(
+                        digest
+                    )
+                    if row is None:
+                        conn.execute(
+                            insert(papers).values(
+                                key_hash=digest,
+                                arxiv_id=paper.arxiv_id,
+                                title=paper.title,
+                                data=json.dumps(paper.to_json()),
+                                upvotes=paper.upvotes,
+                                first_seen=seen_at,
+                                last_seen=seen_at,
+                            )
+                        )
+                        new += 1
+                        continue
+                    merged = merge_papers(Paper.from_json(json.loads(row.data)), paper)
+                    values = {"last_seen": seen_at, "data": json.dumps(merged.to_json())}
+                    if paper.upvotes is not None:
+                        values["upvotes"] = paper.upvotes
+                    if merged.arxiv_id and not row.arxiv_id:
+                        values["arxiv_id"] = merged.arxiv_id
+                    conn.execute(update(papers).where(papers.c.seq == row.seq).values(**values))
+            self._record_fetch(conn, source, etag, last_modified, content_hash, len(unique))
+        return IngestCounts(seen=len(unique), new=new)
+
+    def _record_fetch(self, conn, source, etag, last_modified, content_hash, count) -> None:  # type: ignore[no-untyped-def]
+        values = dict(
+            etag=etag,
+            last_modified=last_modified,
+            content_hash=content_hash,
+            status="ingested",
+            papers=count,
+            error=None,
+            fetched_at=now(),
+        )
+        if not conn.execute(
+            update(fetches).where(fetches.c.source == source).values(**values)
+        ).rowcount:
+            conn.execute(insert(fetches).values(source=source, **values))
+
+    def papers_between(self, low: int, high: int) -> list[tuple[int, Paper]]:
+        """Papers with ``low < seq <= high``, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(papers.c.seq, papers.c.data)
+                .where(papers.c.seq > low, papers.c.seq <= high)
+                .order_by(papers.c.seq)
+            )
+            return [(r.seq, Paper.from_json(json.loads(r.data))) for r in rows]
+
+    def paper_count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(papers)).scalar_one()
+
+    # --- runs --------------------------------------------------------------------------
+
+    def start_run(self) -> int:
+        """Open a run; its low water is the high water of the last finished run."""
+        with self.engine.begin() as conn:
+            low = conn.execute(
+                select(func.max(runs.c.high_water)).where(runs.c.status == "finished")
+            ).scalar()
+            return conn.execute(
+                insert(runs).values(started_at=now(), status="running", low_water=low or 0)
+            ).inserted_primary_key[0]
+
+    def plan_run(self, run_id: int) -> RunPlan:
+        """Fix the run's window once ingestion is done: everything ingested so far."""
+        with self.engine.begin() as conn:
+            high = conn.execute(select(func.max(papers.c.seq))).scalar() or 0
+            low = conn.execute(select(runs.c.low_water).where(runs.c.id == run_id)).scalar_one()
+            conn.execute(update(runs).where(runs.c.id == run_id).values(high_water=high))
+        return RunPlan(run_id, low, high)
+
+    def finish_run(self, run_id: int, status: str, summary: dict) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(status=status, finished_at=now(), summary=json.dumps(summary, default=str))
+            )
+
+    # --- subscribers -------------------------------------------------------------------
+
+    def cursors(self, addresses: Iterable[str]) -> dict[str, tuple[int, datetime | None]]:
+        """Each known address's cursor and the time of its last digest."""
+        found: dict[str, tuple[int, datetime | None]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(addresses)):
+                rows = conn.execute(
+                    select(
+                        subscriber_state.c.address,
+                        subscriber_state.c.cursor,
+                        subscriber_state.c.last_digest_at,
+                    ).where(subscriber_state.c.address.in_(chunk))
+                )
+                found.update({r.address: (r.cursor, r.last_digest_at) for r in rows})
+        return found
+
+    def advance_cursors(self, updates: Sequence[tuple[str, int]], sent: bool = False) -> None:
+        """Move cursors forward (never back) for (address, seq) pairs, in one transaction."""
+        with self.engine.begin() as conn:
+            self._advance(conn, updates, sent)
+
+    def _advance(self, conn, updates: Sequence[tuple[str, int]], sent: bool) -> None:  # type: ignore[no-untyped-def]
+        stamp = now()
+        for address, cursor in updates:
+            values: dict[str, object] = {"cursor": cursor}
+            if sent:
+                values["last_digest_at"] = stamp
+            changed = conn.execute(
+                update(subscriber_state)
+                .where(subscriber_state.c.address == address, subscriber_state.c.cursor < cursor)
+                .values(**values)
+            ).rowcount
+            if not changed:
+                exists = conn.execute(
+                    select(subscriber_state.c.address).where(subscriber_state.c.address == address)
+                ).first()
+                if not exists:
+                    conn.execute(insert(subscriber_state).values(address=address, **values))
+
+    def suppressed(self, addresses: Iterable[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(addresses)):
+                rows = conn.execute(
+                    select(suppressions.c.address, suppressions.c.reason).where(
+                        suppressions.c.address.in_(chunk)
+                    )
+                )
+                out.update({r.address: r.reason for r in rows})
+        return out
+
+    def suppress(self, address: str, reason: str, detail: str | None = None) -> bool:
+        """Record a suppression; False when the address was already suppressed."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(suppressions).values(
+                        address=address.lower(), reason=reason, detail=detail, created_at=now()
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    # --- delivery ledger ------------------------------------------------------------------
+
+    def claim(
+        self, address: str, digest: str, lo: int, hi: int, message_id: str, run_id: int
+    ) -> Claim:
+        """Mark a digest ``sending`` just before its transport call, if it may be sent.
+
+        ``sent``, ``failed`` (permanent) and ``ambiguous`` rows are never sent again; a
+        row already ``sending`` belongs to another process. ``retry`` and ``released``
+        rows are sent again.
+        """
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(deliveries.c.status).where(
+                    deliveries.c.address == address, deliveries.c.digest == digest
+                )
+            ).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(deliveries).values(
+                                address=address,
+                                digest=digest,
+                                lo=lo,
+                                hi=hi,
+                                message_id=message_id,
+                                status="sending",
+                                attempts=1,
+                                run_id=run_id,
+                                updated_at=now(),
+                            )
+                        )
+                except IntegrityError:  # another process claimed it first
+                    return Claim(False, "sending")
+                return Claim(True, "new")
+            if row.status in {"sent", "failed", "ambiguous", "sending"}:
+                return Claim(False, row.status)
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.address == address, deliveries.c.digest == digest)
+                .values(
+                    status="sending",
+                    attempts=deliveries.c.attempts + 1,
+                    run_id=run_id,
+                    updated_at=now(),
+                )
+            )
+            return Claim(True, row.status)
+
+    def settle(self, address: str, digest: str, status: str, hi: int, error: str | None) -> None:
+        """Record a transport outcome. ``sent`` and ``ambiguous`` move the subscriber's
+        cursor past the digest in the same commit (an ambiguous digest is not resent)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.address == address, deliveries.c.digest == digest)
+                .values(status=status, error=error, updated_at=now())
+            )
+            if status in {"sent", "ambiguous"}:
+                self._advance(conn, [(address, hi)], sent=True)
+
+    def interrupted(self) -> list[tuple[str, str, int, str]]:
+        """Deliveries a crash left in ``sending``: (address, digest, hi, message_id)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    deliveries.c.address,
+                    deliveries.c.digest,
+                    deliveries.c.hi,
+                    deliveries.c.message_id,
+                ).where(deliveries.c.status == "sending")
+            )
+            return [(r.address, r.digest, r.hi, r.message_id) for r in rows]
+
+    def delivery_status(self, address: str) -> list[tuple[str, str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(deliveries.c.digest, deliveries.c.status)
+                .where(deliveries.c.address == address)
+                .order_by(deliveries.c.id)
+            )
+            return [(r.digest, r.status) for r in rows]
+
+    # --- lease -------------------------------------------------------------------------------
+
+    def acquire_lock(self, name: str, owner: str, ttl: timedelta) -> bool:
+        """Take (or renew) a named lease; False while another owner holds an unexpired one."""
+        stamp = now().timestamp()
+        expires = stamp + ttl.total_seconds()
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(locks)
+                .where(locks.c.name == name)
+                .where((locks.c.owner == owner) | (locks.c.expires_at < stamp))
+                .values(owner=owner, expires_at=expires)
+            ).rowcount
+            if taken:
+                return True
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(locks).values(name=name, owner=owner, expires_at=expires))
+            except IntegrityError:
+                return False
+            return True
+
+    def release_lock(self, name: str, owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(locks).where(locks.c.name == name, locks.c.owner == owner))

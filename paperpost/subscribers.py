@@ -1,0 +1,337 @@
+"""Subscriber YAML files: typed models, a safe loader, and errors that point at the line.
+
+A file holds one subscriber (a mapping) or several (a list of mappings). Every
+problem becomes a :class:`SubscriberError` such as
+``subscribers/bob.yaml:4:3: tags[2]: expected a string or a mapping with "tag", got a
+number``; one bad file never stops the others from loading.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"
+
+
+class TagInterest(BaseModel):
+    """One interest: a topic tag, how much it counts, and extra keywords of the reader's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tag: Annotated[str, Field(min_length=1, max_length=80)]
+    weight: Annotated[float, Field(gt=0, le=10)] = 1.0
+    keywords: list[Annotated[str, Field(min_length=1, max_length=80)]] = []
+
+
+class Subscriber(BaseModel):
+    """A reader and what they want. Defaults here are the documented defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str
+    name: str | None = None
+    tags: list[TagInterest] = Field(min_length=1)
+    exclude: list[Annotated[str, Field(min_length=1)]] = []
+    cadence: Literal["daily", "weekly"] = "daily"
+    weekday: Literal[WEEKDAYS] = "monday"  # type: ignore[valid-type]
+    max_items: Annotated[int, Field(ge=1, le=100)] = 10
+    min_score: Annotated[float, Field(ge=0)] = 1.0
+    format: Literal["html", "text"] = "html"
+    active: bool = True
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _email(cls, value: Any) -> str:
+        if not isinstance(value, str) or not _EMAIL.fullmatch(value.strip()):
+            raise PydanticCustomError(
+                "email",
+                "expected an email address like ada@example.org, got {got}",
+                {"got": _kind(value) if not isinstance(value, str) else repr(value)},
+            )
+        return value.strip()
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _one_line_name(cls, value: Any) -> Any:
+        if isinstance(value, str) and ("\r" in value or "\n" in value):
+            raise PydanticCustomError("name", "the name must be on one line")
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise PydanticCustomError(
+                "tags", "expected a list of tags, got {got}", {"got": _kind(value)}
+            )
+        items = []
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                items.append({"tag": item})
+            elif isinstance(item, dict) and "tag" in item:
+                items.append(item)
+            else:
+                raise PydanticCustomError(
+                    "tag_item",
+                    'tags[{index}]: expected a string or a mapping with "tag", got {got}',
+                    {"index": index, "got": _kind(item)},
+                )
+        return items
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _exclude(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("weekday", mode="before")
+    @classmethod
+    def _weekday(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return next((day for day in WEEKDAYS if day.startswith(lowered[:3])), lowered)
+        return value
+
+    @property
+    def address(self) -> str:
+        """The email address as the identity of a subscriber (case-folded)."""
+        return self.email.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberError:
+    """One problem in one subscriber file, located as precisely as the YAML allows."""
+
+    path: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}:{self.column}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSubscriber:
+    subscriber: Subscriber
+    path: str
+    line: int
+
+
+# --- locating errors in the YAML node tree ----------------------------------------
+
+
+def _node_at(node: yaml.Node, loc: tuple[Any, ...]) -> tuple[yaml.Node, bool]:
+    """The node at a pydantic error location; (node, exact) where exact means found."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for key, value in node.value:
+                if key.value == part:
+                    node = value
+                    break
+            else:
+                return node, False
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return node, False
+            node = node.value[part]
+        elif isinstance(node, yaml.ScalarNode) and isinstance(part, int):
+            continue  # a single string given where a list was expected
+        else:
+            return node, False
+    return node, True
+
+
+def _key_node(node: yaml.Node, name: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, _ in node.value:
+            if key.value == name:
+                return key
+    return None
+
+
+def _field_label(loc: tuple[Any, ...]) -> str:
+    label = ""
+    for part in loc:
+        label += f"[{part}]" if isinstance(part, int) else (f".{part}" if label else part)
+    return label
+
+
+def _describe(error: dict[str, Any], allowed: Iterable[str]) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "missing":
+        return "this field is required"
+    if kind == "extra_forbidden":
+        name = str(error["loc"][-1])
+        close = difflib.get_close_matches(name, list(allowed), n=1)
+        hint = f'; did you mean "{close[0]}"?' if close else f"; known fields: {', '.join(allowed)}"
+        return f'unknown field "{name}"{hint}'
+    if kind == "literal_error":
+        expected = error["ctx"]["expected"].replace("'", "")
+        return f"expected one of {expected}, got {value!r}"
+    if kind in {"int_parsing", "int_type", "int_from_float"}:
+        return f"expected a whole number, got {value!r}"
+    if kind in {"float_parsing", "float_type"}:
+        return f"expected a number, got {value!r}"
+    if kind in {"bool_parsing", "bool_type"}:
+        return f"expected true or false, got {value!r}"
+    if kind in {"string_type"}:
+        return f"expected text, got {_kind(value)}"
+    if kind == "too_short" and error["loc"][-1:] == ("tags",):
+        return "give at least one tag"
+    if kind in {"greater_than_equal", "less_than_equal", "greater_than"}:
+        return f"{error['msg'].lower()}, got {value!r}"
+    return error["msg"]
+
+
+def _errors_from_validation(
+    exc: ValidationError, root: yaml.Node, path: str, prefix: tuple[Any, ...]
+) -> list[SubscriberError]:
+    found = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = _describe(error, _allowed_fields(loc))
+        if error["type"] == "tag_item":  # the message carries the index itself
+            index = error["ctx"]["index"]
+            loc = (*loc, index)
+            message = message.split(": ", 1)[1]
+        target, _ = _node_at(root, prefix + loc)
+        if error["type"] == "extra_forbidden":
+            parent, _ = _node_at(root, prefix + loc[:-1])
+            target = _key_node(parent, str(loc[-1])) or target
+        mark = target.start_mark
+        found.append(
+            SubscriberError(
+                path, mark.line + 1, mark.column + 1, _field_label(prefix + loc), message
+            )
+        )
+    return sorted(found, key=lambda e: (e.line, e.column))
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    if loc and loc[0] == "tags" and len(loc) > 2:
+        return list(TagInterest.model_fields)
+    return list(Subscriber.model_fields)
+
+
+# --- loading ----------------------------------------
+
+
+def load_file(path: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
+    """Load one YAML file holding a subscriber mapping or a list of them."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [SubscriberError(name, 1, 1, "", f"cannot read the file: {exc}")]
+    try:
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        return [], [SubscriberError(name, line, column, "", f"YAML syntax: {problem}")]
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        return [], [SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}")]
+    if root is None or data is None:
+        return [], [SubscriberError(name, 1, 1, "", "the file is empty; expected a subscriber")]
+    entries: list[tuple[tuple[Any, ...], Any]]
+    if isinstance(data, list):
+        entries = [((index,), item) for index, item in enumerate(data)]
+    else:
+        entries = [((), data)]
+    loaded: list[LoadedSubscriber] = []
+    errors: list[SubscriberError] = []
+    for prefix, item in entries:
+        node, _ = _node_at(root, prefix)
+        if not isinstance(item, dict):
+            mark = node.start_mark
+            errors.append(
+                SubscriberError(
+                    name,
+                    mark.line + 1,
+                    mark.column + 1,
+                    _field_label(prefix),
+                    f"expected a subscriber mapping (email, tags, ...), got {_kind(item)}",
+                )
+            )
+            continue
+        try:
+            email_node, _ = _node_at(node, ("email",))
+            line = email_node.start_mark.line + 1
+            loaded.append(LoadedSubscriber(Subscriber.model_validate(item), name, line))
+        except ValidationError as exc:
+            errors.extend(_errors_from_validation(exc, root, name, prefix))
+    return loaded, errors
+
+
+def subscriber_files(folder: Path) -> list[Path]:
+    """The subscriber files in a folder (``*.yaml`` and ``*.yml``), in name order."""
+    if folder.is_file():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
+
+
+def load_subscribers(folder: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
+    """Every valid subscriber under ``folder``, and every error found on the way."""
+    if not folder.exists():
+        return [], [SubscriberError(str(folder), 1, 1, "", "subscribers folder does not exist")]
+    subscribers: list[LoadedSubscriber] = []
+    errors: list[SubscriberError] = []
+    first_file: dict[str, str] = {}
+    for path in subscriber_files(folder):
+        loaded, problems = load_file(path)
+        errors.extend(problems)
+        for entry in loaded:
+            address = entry.subscriber.address
+            if address in first_file:
+                errors.append(
+                    SubscriberError(
+                        entry.path,
+                        entry.line,
+                        1,
+                        "email",
+                        f"{entry.subscriber.email} is already subscribed in {first_file[address]};"
+                        " keep one of the two",
+                    )
+                )
+                continue
+            first_file[address] = entry.path
+            subscribers.append(entry)
+    return subscribers, errors
