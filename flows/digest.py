@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -22,7 +23,7 @@ from paperpost.render import Edition, Outgoing, Renderer
 from paperpost.report import markdown
 from paperpost.settings import Settings
 from paperpost.store import RunPlan, Store
-from paperpost.subscribers import LoadedSubscriber, SubscriberError, load_subscribers
+from paperpost.subscribers import LoadedSubscriber, SubscriberError
 
 _TASK = {"cache_policy": NONE, "persist_result": False}
 _renderer: Renderer | None = None
@@ -50,8 +51,10 @@ def diff(settings: Settings, fetched: list[Fetched], today: date, run_id: int): 
 
 
 @task(name="load-subscribers", **_TASK)
-def subscribers(folder: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
-    return load_subscribers(folder)
+def subscribers(
+    folder: Path, cadence: str | None
+) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
+    return pipeline.load_readers(folder, cadence)
 
 
 @task(name="rank", retries=1, retry_delay_seconds=2, **_TASK)
@@ -77,9 +80,14 @@ def digest(
     subscribers_dir: str | None = None,
     database_url: str | None = None,
     outbox_dir: str | None = None,
+    cadence: Literal["daily", "weekly"] | None = None,
     today: date | None = None,
 ) -> dict:
-    """Fetch new dumps, find the papers no run has delivered, and send each reader a digest."""
+    """Fetch new dumps, find the papers no run has delivered, and send each reader a digest.
+
+    ``cadence`` limits the run to daily or weekly subscribers (the two deployments in
+    prefect.yaml); by default everyone due today is served.
+    """
     logger = get_run_logger()
     overrides = {
         "sources": sources,
@@ -108,7 +116,7 @@ def digest(
             plan.high_water - plan.low_water,
         )
         clock = time.perf_counter()
-        readers, errors = subscribers(settings.subscribers_dir)
+        readers, errors = subscribers(settings.subscribers_dir, cadence)
         for error in errors:
             logger.warning("Skipping invalid subscriber entry: %s", error)
         edition = pipeline.edition_for(settings, plan, today)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from paperpost.dumps import DumpError, distinct_papers, parse_dump
@@ -28,8 +29,8 @@ app = typer.Typer(
 )
 subscribers_app = typer.Typer(help="Inspect and check subscriber YAML files.", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 SourcesArg = Annotated[list[str], typer.Argument(help="Files, folders, globs or http(s) URLs.")]
 
@@ -50,17 +51,17 @@ def _read_papers(sources: list[str], settings: Settings) -> list[Paper]:
         settings.fetch_timeout,
     ):
         if item.content is None:
-            err.print(f"[red]error[/red] {item.source}: {item.error}")
+            err.print(f"[red]error[/red] {escape(item.source)}: {escape(item.error or '')}")
             failed += 1
             continue
         try:
             parsed = parse_dump(item.content, item.source, item.captured or today)
         except DumpError as exc:
-            err.print(f"[red]error[/red] {exc}")
+            err.print(f"[red]error[/red] {escape(str(exc))}")
             failed += 1
             continue
         for warning in parsed.warnings:
-            err.print(f"[yellow]warning[/yellow] {warning}")
+            err.print(f"[yellow]warning[/yellow] {escape(warning)}")
         papers.extend(parsed.papers)
     if failed and not papers:
         raise typer.Exit(1)
@@ -127,12 +128,12 @@ def _print_summary(summary: dict, settings: Settings) -> None:
             f"{'  ' + s.detail if s.detail else ''}"
         )
     for error in result.invalid_subscribers:
-        out.print(f"[red]invalid subscriber[/red] {error}")
+        out.print(f"[red]invalid subscriber[/red] {escape(error)}")
     for d in result.deliveries:
         if d["status"] != "sent":
-            out.print(f"[yellow]{d['status']}[/yellow] {d['address']}: {d['detail']}")
+            out.print(f"[yellow]{d['status']}[/yellow] {d['address']}: {escape(str(d['detail']))}")
     if result.message:
-        out.print(result.message)
+        out.print(escape(result.message))
     if result.digests_sent and settings.delivery == "outbox":
         out.print(f"Digests written to {settings.outbox_dir.resolve()}/")
 
@@ -236,7 +237,7 @@ def subscribers_validate(
     target = folder or Settings().subscribers_dir
     entries, errors = load_subscribers(target)
     for error in errors:
-        err.print(str(error))
+        err.print(escape(str(error)))
     out.print(f"{len(entries)} valid subscriber(s), {len(errors)} error(s) in {target}")
     if errors:
         raise typer.Exit(1)
@@ -298,7 +299,7 @@ def unsubscribe(
     try:
         address = read_token(settings.secret_key.get_secret_value(), token)
     except BadToken as exc:
-        err.print(f"[red]error[/red] {exc}")
+        err.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     new = Store(settings.db_url).suppress(address, "unsubscribed")
     out.print(f"{address} {'unsubscribed' if new else 'was already unsubscribed'}")

@@ -113,7 +113,9 @@ class Smtp:
         self.recycle_after = recycle_after
         self._conn: smtplib.SMTP | None = None
         self._sent_on_conn = 0
-        self._context = ssl.create_default_context()
+        self._context = ssl.create_default_context(
+            cafile=str(settings.smtp_ca_file) if settings.smtp_ca_file else None
+        )
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings

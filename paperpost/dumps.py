@@ -311,10 +311,12 @@ def parse_api_json(text: str, source: str) -> ParsedDump:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        truncated = exc.pos >= len(text.rstrip()) - 1
+        truncated = exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated")
         hint = "the file is truncated" if truncated else "this is not valid JSON"
         raise DumpError(
-            source, f"{hint}: {exc.msg} at line {exc.lineno} column {exc.colno}", exc.lineno
+            source,
+            f"{hint} ({exc.msg}, line {exc.lineno} column {exc.colno}); re-download it",
+            exc.lineno,
         ) from None
     if isinstance(data, dict):
         detail = data.get("error") or ", ".join(sorted(data)[:5])

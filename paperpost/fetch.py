@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from paperpost.store import FetchState
@@ -201,14 +202,17 @@ def fetch_url(
             last_modified = response.headers.get("Last-Modified")
             captured = _header_date(last_modified) or _header_date(response.headers.get("Date"))
     except requests.exceptions.Timeout:
-        return Fetched(url, "failed", error=f"timed out after {timeout[1]:.0f} s (will retry)")
+        return Fetched(url, "failed", error=f"timed out after {timeout[1]:g} s (will retry)")
     except requests.exceptions.ChunkedEncodingError:
         return Fetched(
             url, "failed", error="the connection closed before the whole body arrived (truncated)"
         )
     except requests.exceptions.RetryError as exc:
         return Fetched(url, "failed", error=f"gave up after retries: {exc}")
-    except requests.exceptions.ConnectionError:
+    except requests.exceptions.ConnectionError as exc:
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(reason, ReadTimeoutError):
+            return Fetched(url, "failed", error=f"timed out after {timeout[1]:g} s (will retry)")
         return Fetched(url, "failed", error="cannot connect (server down?); will retry next run")
     except requests.exceptions.RequestException as exc:
         return Fetched(url, "failed", error=f"request failed: {exc}")

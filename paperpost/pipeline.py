@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4
 
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
@@ -221,6 +222,16 @@ def send_stage(
 # --- whole-run helpers ---------------------------------------------------------------
 
 
+def load_readers(
+    folder: Path, cadence: str | None = None
+) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
+    """Valid subscribers (of one cadence, if given) and every error in their files."""
+    entries, errors = load_subscribers(folder)
+    if cadence:
+        entries = [e for e in entries if e.subscriber.cadence == cadence]
+    return entries, errors
+
+
 def batches(items: Sequence[LoadedSubscriber], size: int) -> Iterator[list[LoadedSubscriber]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -317,7 +328,7 @@ def run_plain(settings: Settings, today: date | None = None) -> RunSummary:
         reports = diff_stage(store, fetched, today)
         plan, outcomes = prepare(settings, store, run_id)
         summary.stage_seconds["diff"] = time.perf_counter() - clock
-        subscribers, errors = load_subscribers(settings.subscribers_dir)
+        subscribers, errors = load_readers(settings.subscribers_dir)
         renderer = Renderer()
         edition = edition_for(settings, plan, today)
         skips: list[Skip] = []

@@ -33,7 +33,38 @@ MAX_NGRAM = 5
 POPULARITY_CAP = 0.2  # the most upvotes can ever add: less than any relevance step
 DUPLICATE_JACCARD = 0.6
 STOPWORDS = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it", "of", "on", "or", "the", "to", "with", "via", "using", "toward", "towards", "we", "our", "this", "that", "their", "its"]
+    (
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "in",
+        "into",
+        "is",
+        "it",
+        "of",
+        "on",
+        "or",
+        "the",
+        "to",
+        "with",
+        "via",
+        "using",
+        "toward",
+        "towards",
+        "we",
+        "our",
+        "this",
+        "that",
+        "their",
+        "its",
+    )
 )
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -142,7 +173,7 @@ def topic_for(tag: str, extra_keywords: Sequence[str] = ()) -> Topic:
     known = vocabulary().get(slug)
     if known is None:
         words = [w for w in slug.split() if w not in STOPWORDS]
-        terms = [Term(tuple(slug.split()), tag, STRENGTH["strong"])] if len(words) > 1 else []
+        terms = [Term(tuple(slug.split()), slug, STRENGTH["strong"])] if len(words) > 1 else []
         terms += [
             Term((w,), w, STRENGTH["term"] if len(words) == 1 else STRENGTH["weak"]) for w in words
         ]

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     )
     smtp_username: str | None = Field(default=None, description="SMTP AUTH user.")
     smtp_password: SecretStr | None = Field(default=None, description="SMTP AUTH password.")
+    smtp_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of CAs to trust for a private SMTP server (verification stays on).",
+    )
     smtp_timeout: float = Field(default=30.0, description="SMTP socket timeout in seconds.")
     fetch_timeout: float = Field(default=20.0, description="HTTP read timeout in seconds.")
     max_dump_mb: float = Field(default=20.0, description="Largest dump accepted, in MB.")

@@ -301,6 +301,30 @@ def load_file(path: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]
     return loaded, errors
 
 
+SCHEMA_FILE = Path(__file__).with_name("data") / "subscriber.schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema for a subscriber file (one mapping, or a list of them), for editors."""
+    single = Subscriber.model_json_schema()
+    defs = single.pop("$defs", {})
+    # the loader also accepts plain strings where the model holds mappings
+    props = single["properties"]
+    props["tags"]["items"] = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/TagInterest"}]}
+    props["tags"] = {"anyOf": [{"type": "string"}, props["tags"]]}
+    props["exclude"] = {"anyOf": [{"type": "string"}, props["exclude"]]}
+    defs["Subscriber"] = single
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "paperpost subscriber file",
+        "oneOf": [
+            {"$ref": "#/$defs/Subscriber"},
+            {"type": "array", "items": {"$ref": "#/$defs/Subscriber"}},
+        ],
+        "$defs": defs,
+    }
+
+
 def subscriber_files(folder: Path) -> list[Path]:
     """The subscriber files in a folder (``*.yaml`` and ``*.yml``), in name order."""
     if folder.is_file():

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from conftest import DUMPS, EXAMPLES, ROOT
+from paperpost.cli import app
+
+runner = CliRunner()
+
+
+def test_parse_jsonl_prints_every_distinct_paper() -> None:
+    result = runner.invoke(app, ["parse", *map(str, DUMPS), "--jsonl"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 307
+    assert len({r["id"] for r in rows}) == 307
+    keys = {
+        "id",
+        "title",
+        "abstract",
+        "arxiv_id",
+        "authors",
+        "organization",
+        "published",
+        "upvotes",
+        "url",
+    }
+    assert all(keys <= set(r) for r in rows)
+    video = next(r for r in rows if r["title"].startswith("VideoLLM-online"))
+    assert video["published"] == "2024-06-17" and video["upvotes"] == 1
+
+
+def test_parse_reports_a_bad_source_and_continues(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"paper": ')
+    result = runner.invoke(app, ["parse", str(bad), str(DUMPS[1]), "--jsonl"])
+    assert result.exit_code == 0
+    assert len(result.stdout.splitlines()) == 92
+    assert f"{bad}:1: the file is truncated" in result.stderr
+
+
+def test_rank_jsonl_orders_best_first_with_reasons() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "rank",
+            "--tag",
+            "text-to-speech",
+            "--exclude",
+            "music",
+            *map(str, DUMPS),
+            "--jsonl",
+            "--limit",
+            "5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 5
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert all(r["matched"] == ["text-to-speech"] and r["why"] for r in rows)
+
+
+def test_subscribers_validate_prints_every_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("email: nope\ntags: [x]\n")
+    (tmp_path / "b.yaml").write_text("email: b@example.org\ntags: [x]\nmax_item: 3\n")
+    result = runner.invoke(app, ["subscribers", "validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "a.yaml:1:8: email:" in result.stderr
+    assert (
+        'b.yaml:3:1: max_item: unknown field "max_item"; did you mean "max_items"?' in result.stderr
+    )
+    ok = runner.invoke(app, ["subscribers", "validate", str(ROOT / "subscribers")])
+    assert ok.exit_code == 0
+
+
+def test_run_without_prefect_then_unsubscribe(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
+    base = [
+        "run",
+        "--no-prefect",
+        "--json",
+        "--source",
+        "dumps",
+        "--db",
+        "pp.db",
+        "--outbox",
+        "out",
+    ]
+    first = json.loads(runner.invoke(app, base).stdout)
+    assert {
+        k: first[k]
+        for k in ("papers_seen", "papers_new", "digests_sent", "digests_skipped", "digests_failed")
+    } == {
+        "papers_seen": 16,
+        "papers_new": 13,
+        "digests_sent": 4,
+        "digests_skipped": 1,
+        "digests_failed": 0,
+    }
+    token_line = next(
+        line
+        for line in (tmp_path / "out").glob("bob*.eml").__next__().read_text().splitlines()
+        if line.startswith("List-Unsubscribe:")
+    )
+    token = token_line.split("unsubscribe%20")[1].rstrip(">")
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", "sqlite:///pp.db")
+    done = runner.invoke(app, ["unsubscribe", token])
+    assert done.exit_code == 0 and "bob@example.org unsubscribed" in done.stdout
+    tampered = runner.invoke(app, ["unsubscribe", token[:-2] + "xx"])
+    assert tampered.exit_code == 1
+    shutil.copy(EXAMPLES / "newer" / "2026-11-24.txt", tmp_path / "dumps")
+    again = json.loads(runner.invoke(app, base).stdout)
+    assert again["skip_reasons"].get("suppressed (unsubscribed)") == 1

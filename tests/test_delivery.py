@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import email
+import threading
+from datetime import date
+from email import policy
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from paperpost.delivery import Outbox, Smtp, resolve_interrupted, send_batch
+from paperpost.models import Paper
+from paperpost.rank import Interest, Profile, rank
+from paperpost.render import Edition, Outgoing, Reader, Renderer
+from paperpost.settings import Settings
+from paperpost.store import Store
+from smtp_server import PASSWORD, USER, SmtpServer
+
+EDITION = Edition("paperpost <digest@example.org>", "k", None, date(2026, 11, 25), 3)
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[Outgoing]:
+    papers = [Paper(f"Agents for task {i}", "LLM agents use tools.") for i in range(3)]
+    items = rank(papers, Profile((Interest("agents"),)))
+    renderer = Renderer()
+    return [
+        renderer.render(
+            Reader(f"r{i}@example.org", None, ("agents",), "s.yaml"), items, EDITION, 0, 3
+        )
+        for i in range(4)
+    ]
+
+
+@pytest.fixture
+def smtp(tmp_path: Path):
+    server = SmtpServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def smtp_settings(server: SmtpServer, password: str = PASSWORD) -> Settings:
+    return Settings(
+        delivery="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=server.port,
+        smtp_security="starttls",
+        smtp_username=USER,
+        smtp_password=SecretStr(password),
+        smtp_ca_file=server.cert,
+        smtp_timeout=5,
+    )
+
+
+def ids(store: Store, address: str) -> list[tuple[str, str]]:
+    return store.delivery_status(address)
+
+
+def test_outbox_writes_each_digest_once(tmp_path: Path, any_db_url: str, messages) -> None:
+    store, outbox = Store(any_db_url), Outbox(tmp_path / "outbox")
+    first = send_batch(store, outbox, messages, run_id=1)
+    again = send_batch(store, outbox, messages, run_id=2)
+    assert [o.status for o in first] == ["sent"] * 4
+    assert [o.status for o in again] == ["already-sent"] * 4
+    files = sorted((tmp_path / "outbox").iterdir())
+    assert len(files) == 4 and not any(f.name.startswith(".tmp") for f in files)
+    parsed = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert parsed["Message-ID"] in {m.message_id for m in messages}
+    assert store.cursors(["r0@example.org"])["r0@example.org"][0] == 3
+
+
+def test_starttls_auth_delivers_to_each_recipient(smtp, db_url: str, messages) -> None:
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(Store(db_url), transport, messages, run_id=1)
+    transport.close()
+    assert [o.status for o in outcomes] == ["sent"] * 4
+    assert [rcpt for rcpt, _ in smtp.handler.messages] == [[m.address] for m in messages]
+    got = email.message_from_bytes(smtp.handler.messages[0][1], policy=policy.default)
+    assert got["Message-ID"] == messages[0].message_id
+
+
+def test_451_is_retried_then_accepted(smtp, db_url: str, messages) -> None:
+    smtp.script.data_failures = ["451 greylisted, try later"]
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(Store(db_url), transport, messages[:2], run_id=1, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert len(smtp.handler.messages) == 2
+
+
+def test_550_fails_one_suppresses_it_and_sends_the_others(smtp, any_db_url, messages) -> None:
+    smtp.script.reject["r1@example.org"] = "550 5.1.1 no such user"
+    store = Store(any_db_url)
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, messages, run_id=1, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["sent", "failed", "sent", "sent"]
+    assert "550 5.1.1 no such user" in outcomes[1].detail
+    assert store.suppressed(["r1@example.org"]) == {"r1@example.org": "bounced"}
+    assert len(smtp.handler.messages) == 3  # tried once, never in a loop
+
+
+def test_dropped_connection_mid_data_reconnects(smtp, db_url: str, messages) -> None:
+    smtp.script.drop_next_data = 1
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(Store(db_url), transport, messages[:2], run_id=1, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert len(smtp.handler.messages) == 2
+
+
+def test_server_down_at_first_is_waited_out(tmp_path: Path, db_url: str, messages) -> None:
+    server = SmtpServer(tmp_path)
+    starter = threading.Timer(0.5, server.start)
+    starter.start()
+    try:
+        transport = Smtp(smtp_settings(server))
+        outcomes = send_batch(
+            Store(db_url), transport, messages[:1], run_id=1, attempts=6, backoff=0.2
+        )
+        transport.close()
+    finally:
+        starter.join()
+        server.stop()
+    assert [o.status for o in outcomes] == ["sent"]
+
+
+def test_wrong_password_stops_the_batch_without_suppressing(smtp, db_url: str, messages) -> None:
+    store = Store(db_url)
+    transport = Smtp(smtp_settings(smtp, password="wrong-password-123"))
+    outcomes = send_batch(store, transport, messages, run_id=1, backoff=0.01)
+    assert [o.status for o in outcomes] == ["retry"] * 4
+    assert "login refused" in outcomes[0].detail
+    assert all("wrong-password-123" not in o.detail for o in outcomes)
+    assert store.suppressed([m.address for m in messages]) == {}
+    # the next run, with the right password, sends them all
+    fixed = Smtp(smtp_settings(smtp))
+    assert [o.status for o in send_batch(store, fixed, messages, run_id=2)] == ["sent"] * 4
+    fixed.close()
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    settings = Settings(smtp_password=SecretStr("hunter2-secret"))
+    assert "hunter2-secret" not in repr(settings) and "hunter2-secret" not in str(settings)
+
+
+def test_interrupted_send_is_ambiguous_for_smtp_and_confirmed_for_outbox(
+    tmp_path: Path, db_url: str, messages
+) -> None:
+    store = Store(db_url)
+    a, b = messages[0], messages[1]
+    for m in (a, b):  # a crash between "sending" and the transport's answer
+        assert store.claim(m.address, m.digest, m.lo, m.hi, m.message_id, 1).proceed
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.send(a)  # a reached the outbox before the crash, b did not
+    settled = {o.address: o.status for o in resolve_interrupted(store, outbox, resend=False)}
+    assert settled == {a.address: "sent"}
+    assert ids(store, b.address) == [(b.digest, "released")]
+    assert [o.status for o in send_batch(store, outbox, [a, b], run_id=2)] == [
+        "already-sent",
+        "sent",
+    ]
+
+    smtp_store = Store(f"sqlite:///{tmp_path / 'other.db'}")
+    smtp_store.claim(a.address, a.digest, a.lo, a.hi, a.message_id, 1)
+
+    class Unknowing:
+        def delivered(self, address, digest):
+            return None
+
+    outcome = resolve_interrupted(smtp_store, Unknowing(), resend=False)
+    assert [o.status for o in outcome] == ["ambiguous"]
+    assert smtp_store.cursors([a.address])[a.address][0] == a.hi  # not resent next time

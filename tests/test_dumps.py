@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import API_DAYS, CAPTURED, DUMPS
+from paperpost.dumps import DumpError, distinct_papers, parse_dump, parse_text_dump
+from paperpost.models import Paper, title_key
+
+HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
+HEADER += "byAK and the research community\n\nNov 24\n\n"
+
+
+def parse_text(text: str, reference: date = CAPTURED):
+    return parse_dump(text.encode(), "test.txt", reference)
+
+
+# --- the real dumps -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("index", "count", "listing"),
+    [
+        (0, 103, date(2026, 7, 9)),
+        (1, 92, date(2026, 3, 11)),
+        (2, 93, date(2026, 11, 24)),
+        (3, 119, date(2026, 3, 11)),
+    ],
+)
+def test_each_shared_dump_yields_its_papers(index: int, count: int, listing: date) -> None:
+    # counts checked by hand: (paragraphs - header) / 2, less the 84 metadata blocks in 003
+    parsed = parse_dump(DUMPS[index].read_bytes(), str(DUMPS[index]), CAPTURED)
+    assert len(parsed.papers) == count
+    assert parsed.listing_date == listing
+    assert parsed.warnings == []
+
+
+def test_shared_dumps_hold_307_distinct_papers() -> None:
+    papers = []
+    for path in DUMPS:
+        papers += parse_dump(path.read_bytes(), str(path), CAPTURED).papers
+    assert len(distinct_papers(papers)) == 307
+
+
+def test_titles_and_abstracts_are_kept_verbatim() -> None:
+    raw = DUMPS[2].read_text(encoding="utf-8")
+    parsed = parse_dump(raw.encode(), "003", CAPTURED)
+    lines = set(raw.splitlines())
+    for paper in parsed.papers:
+        assert paper.title in lines
+        assert paper.abstract in lines
+
+
+def test_metadata_blocks_of_003() -> None:
+    parsed = parse_dump(DUMPS[2].read_bytes(), "003", CAPTURED)
+    by_title = {p.title: p for p in parsed.papers}
+    video = by_title["VideoLLM-online: Online Video Large Language Model for Streaming Video"]
+    assert (video.author_count, video.published, video.upvotes) == (10, date(2024, 6, 17), 1)
+    bee = next(p for p in parsed.papers if p.title.startswith("Bee: A High-Quality Corpus"))
+    assert (bee.organization, bee.published, bee.upvotes) == ("Open-Bee", date(2026, 10, 15), 2)
+    llmcad = next(p for p in parsed.papers if p.title.startswith("LLMCad"))
+    assert (llmcad.author_count, llmcad.published, llmcad.upvotes) == (7, date(2023, 9, 8), None)
+    assert sum(1 for p in parsed.papers if p.published) == 84
+
+
+def test_api_days_keep_optional_fields_and_normalise_line_breaks() -> None:
+    for path in API_DAYS:
+        parsed = parse_dump(path.read_bytes(), str(path), CAPTURED)
+        raw = json.loads(path.read_text())
+        assert len(parsed.papers) == len(raw)
+        for paper, item in zip(parsed.papers, raw, strict=True):
+            assert paper.arxiv_id == item["paper"]["id"]
+            assert "\n" not in paper.title and "  " not in paper.abstract
+            assert paper.title == " ".join(item["paper"]["title"].split())
+            assert paper.ai_keywords == tuple(item["paper"].get("ai_keywords", ()))
+            assert paper.github_repo == item["paper"].get("githubRepo")
+            assert paper.url == f"https://huggingface.co/papers/{paper.arxiv_id}"
+    last = parse_dump(API_DAYS[-1].read_bytes(), "x.json", CAPTURED).papers
+    assert all(p.ai_summary for p in last)
+
+
+# --- variants and damage -----------------------------------------------------------------
+
+
+def test_titles_that_look_like_headers_or_dates_stay_titles() -> None:
+    text = (
+        HEADER
+        + "Subscribe\n\nAn abstract.\n\nMar 11\n\nAnother abstract.\n\nDaily Papers\n\nThird.\n"
+    )
+    parsed = parse_text(text)
+    assert [p.title for p in parsed.papers] == ["Subscribe", "Mar 11", "Daily Papers"]
+
+
+def test_year_inference_for_listing_and_paper_dates() -> None:
+    text = HEADER + "T\n\nA\n\n  • 2 authors\n·\nDec 30 3\n\nU\n\nB\n\norg Org Name\n·\nNov 2\n"
+    parsed = parse_text(text, reference=date(2027, 1, 10))
+    assert parsed.listing_date == date(2026, 11, 24)
+    # Dec 30 would be after the listing date in 2026, so it is the year before
+    assert parsed.papers[0].published == date(2025, 12, 30)
+    assert parsed.papers[1].published == date(2026, 11, 2)
+    assert parsed.papers[1].organization == "Org Name"
+
+
+def test_truncated_trailing_title_is_not_a_paper() -> None:
+    parsed = parse_text(HEADER + "T\n\nA\n\nDangling title with no abstract\n")
+    assert [p.title for p in parsed.papers] == ["T"]
+    assert "has no abstract" in parsed.warnings[0]
+
+
+def test_truncated_metadata_block_does_not_swallow_a_paper() -> None:
+    parsed = parse_text(HEADER + "T\n\nA\n\n  • 4 authors\n·\n\nU\n\nB\n")
+    assert [p.title for p in parsed.papers] == ["T", "U"]
+    assert parsed.papers[0].author_count is None
+    assert parsed.warnings
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty file"),
+        (b"\x00\x01\x02binary", "binary data"),
+        (b"\xff\xfe\xfa not utf8", "not UTF-8"),
+        (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "HTML page"),
+        (b'[{"paper": {"id": "2608.1', "truncated"),
+        (b'{"error": "Invalid date"}', "Invalid date"),
+        (b"['{\\'paper\\': 1}', 'x']", "not valid JSON"),
+        (json.dumps(["{'paper': {'id': '1'}}", "{'x': 2}"]).encode(), "Python-repr"),
+        (b"hello world\n\nnot a dump\n", "Daily Papers header"),
+    ],
+)
+def test_malformed_inputs_get_one_clear_error(content: bytes, expected: str) -> None:
+    with pytest.raises(DumpError) as info:
+        parse_dump(content, "feeds/bad-input", CAPTURED)
+    assert str(info.value).startswith("feeds/bad-input")
+    assert expected in str(info.value)
+
+
+# --- properties ---------------------------------------------------------------------------
+
+_line = (
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")),
+        min_size=1,
+        max_size=80,
+    )
+    .map(lambda s: " ".join(s.split()))
+    .filter(bool)
+)
+_paper = st.builds(
+    lambda t, a, n, up: (t, a, n, up),
+    _line,
+    _line,
+    st.one_of(st.none(), st.integers(1, 400)),
+    st.one_of(st.none(), st.integers(1, 999)),
+)
+
+
+def render_dump(papers: list[tuple[str, str, int | None, int | None]]) -> str:
+    out = [HEADER.rstrip("\n")]
+    for title, abstract, authors, upvotes in papers:
+        out += [title, abstract]
+        if authors is not None:
+            out.append(f"  • {authors} authors\n·\nJun 17, 2024{f' {upvotes}' if upvotes else ''}")
+    return "\n\n".join(out) + "\n"
+
+
+@given(st.lists(_paper, max_size=20))
+@settings(max_examples=150, deadline=None)
+def test_rendered_dumps_parse_back_to_the_same_papers(papers) -> None:
+    parsed = parse_text_dump(render_dump(papers), "gen.txt", CAPTURED)
+    assert [(p.title, p.abstract) for p in parsed.papers] == [(t, a) for t, a, _, _ in papers]
+    for paper, (_, _, authors, upvotes) in zip(parsed.papers, papers, strict=True):
+        assert paper.author_count == authors
+        assert paper.upvotes == (upvotes if authors is not None else None)
+        assert paper.published == (date(2024, 6, 17) if authors is not None else None)
+
+
+@given(st.binary(max_size=400) | st.text(max_size=400).map(str.encode))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_input_only_raises_dump_error(content: bytes) -> None:
+    try:
+        parsed = parse_dump(content, "fuzz", CAPTURED)
+    except DumpError:
+        return
+    assert all(isinstance(p, Paper) and p.title and p.abstract for p in parsed.papers)
+
+
+@given(st.text(max_size=60))
+def test_title_key_ignores_case_space_and_punctuation(title: str) -> None:
+    assert title_key(title) == title_key("  " + title.upper().replace(" ", "\n ") + "!")

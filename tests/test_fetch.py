@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from conftest import DUMPS
+from paperpost.fetch import api_day_urls, expand_sources, fetch_all, fetch_url, session
+from paperpost.store import FetchState
+
+LIMIT = 5_000_000
+DUMP = DUMPS[0].read_bytes()
+
+
+def fetch_one(url: str, known: FetchState | None = None, limit: int = LIMIT, read: float = 5.0):
+    return fetch_url(url, known, limit, session(retries=2, backoff=0.01), (2.0, read))
+
+
+def test_etag_makes_an_unchanged_dump_a_304(httpserver: HTTPServer) -> None:
+    def handler(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return Response(status=304)
+        return Response(
+            DUMP, headers={"ETag": '"v1"', "Last-Modified": "Tue, 24 Nov 2026 08:00:00 GMT"}
+        )
+
+    httpserver.expect_request("/dump.txt").respond_with_handler(handler)
+    first = fetch_one(httpserver.url_for("/dump.txt"))
+    assert first.status == "fetched" and first.content == DUMP and first.etag == '"v1"'
+    assert first.captured.isoformat() == "2026-11-24"
+    again = fetch_one(
+        httpserver.url_for("/dump.txt"),
+        FetchState(first.etag, first.last_modified, first.content_hash),
+    )
+    assert again.status == "unchanged" and again.content is None
+
+
+def test_same_content_without_validators_is_unchanged(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/dump.txt").respond_with_data(DUMP)
+    first = fetch_one(httpserver.url_for("/dump.txt"))
+    again = fetch_one(httpserver.url_for("/dump.txt"), FetchState(None, None, first.content_hash))
+    assert again.status == "unchanged"
+
+
+def test_5xx_is_retried_then_succeeds(httpserver: HTTPServer) -> None:
+    httpserver.expect_ordered_request("/d").respond_with_data("busy", status=503)
+    httpserver.expect_ordered_request("/d").respond_with_data(DUMP)
+    result = fetch_one(httpserver.url_for("/d"))
+    assert result.status == "fetched" and result.content == DUMP
+
+
+def test_persistent_500_is_a_failure_not_an_exception(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/d").respond_with_data("oops", status=500)
+    result = fetch_one(httpserver.url_for("/d"))
+    assert result.status == "failed" and "500" in result.error
+
+
+def test_404_names_the_problem(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/missing").respond_with_data("no", status=404)
+    result = fetch_one(httpserver.url_for("/missing"))
+    assert result.status == "failed" and "HTTP 404" in result.error
+
+
+def test_read_timeout(httpserver: HTTPServer) -> None:
+    def slow(_: Request) -> Response:
+        time.sleep(1.5)
+        return Response(DUMP)
+
+    httpserver.expect_request("/slow").respond_with_handler(slow)
+    result = fetch_url(httpserver.url_for("/slow"), None, LIMIT, session(retries=0), (2.0, 0.3))
+    assert result.status == "failed" and "timed out" in result.error
+
+
+def test_truncated_body_is_reported(httpserver: HTTPServer) -> None:
+    def short(_: Request) -> Response:
+        response = Response(DUMP[:1000])
+        response.headers["Content-Length"] = str(len(DUMP))
+        response.automatically_set_content_length = False
+        return response
+
+    httpserver.expect_request("/short").respond_with_handler(short)
+    result = fetch_url(httpserver.url_for("/short"), None, LIMIT, session(retries=0), (2.0, 2.0))
+    assert result.status == "failed"
+    assert "truncated" in result.error or "closed" in result.error
+
+
+def test_size_cap(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/big").respond_with_data(b"x" * 60_000)
+    result = fetch_one(httpserver.url_for("/big"), limit=50_000)
+    assert result.status == "failed" and "over the" in result.error
+
+
+def test_down_server_is_a_failure(unused_port: int) -> None:
+    result = fetch_one(f"http://127.0.0.1:{unused_port}/x")
+    assert result.status == "failed" and "cannot connect" in result.error
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_local_sources_folder_glob_and_missing_file(tmp_path) -> None:
+    (tmp_path / "a.txt").write_bytes(DUMP)
+    (tmp_path / "b.json").write_text("[]")
+    (tmp_path / "notes.md").write_text("ignored")
+    expanded = expand_sources([str(tmp_path), str(tmp_path / "*.txt")], {}, None)
+    assert expanded == [str(tmp_path / "a.txt"), str(tmp_path / "b.json"), str(tmp_path / "a.txt")]
+    results = fetch_all([str(tmp_path / "a.txt"), str(tmp_path / "nope.txt")], {}, LIMIT, 5)
+    assert [r.status for r in results] == ["fetched", "failed"]
+    assert "no such file" in results[1].error
+
+
+def test_api_range_skips_weekends_and_resumes_after_last_day() -> None:
+    from datetime import date
+
+    base = "https://huggingface.co/api/daily_papers?limit=100"
+    urls = api_day_urls(base, date(2026, 11, 19), date(2026, 11, 24))
+    assert [u.rsplit("date=", 1)[1] for u in urls] == ["2026-11-20", "2026-11-23", "2026-11-24"]
+    assert all("limit=100" in u for u in urls)

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import email
+from datetime import date
+from email import policy
+from email.message import EmailMessage
+
+import lxml.html
+import pytest
+
+from paperpost.models import Paper
+from paperpost.rank import Interest, Profile, Ranked, rank
+from paperpost.render import HTML_LIMIT, Edition, Reader, Renderer, safe_url, shorten
+from paperpost.unsubscribe import BadToken, make_token, read_token
+
+EDITION = Edition(
+    "paperpost <digest@example.org>", "secret", "https://pp.example.org", date(2026, 11, 25), 307
+)
+READER = Reader("Ann@Example.org", "Ann Example", ("agents", "reasoning"), "subscribers/ann.yaml")
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer()
+
+
+def parse(data: bytes) -> EmailMessage:
+    return email.message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]
+
+
+def ranked_for(papers, *tags: str, n: int = 10) -> list[Ranked]:
+    return rank(papers, Profile(tuple(Interest(t) for t in tags), max_items=n))
+
+
+def test_digest_from_shared_data_is_a_complete_message(renderer, shared_papers) -> None:
+    items = ranked_for(shared_papers, "agents", "reasoning")
+    out = renderer.render(READER, items, EDITION, 0, 307)
+    msg = parse(out.data)
+    assert msg.get_content_type() == "multipart/alternative"
+    text, html = (part.get_content() for part in msg.iter_parts())
+    assert msg["Subject"].startswith(f"{len(items)} new papers for you: ")
+    assert msg["Message-ID"] == out.message_id and out.message_id.endswith("@example.org>")
+    assert msg["To"] == "Ann Example <Ann@Example.org>"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    token = make_token("secret", READER.email)
+    assert msg["List-Unsubscribe"] == (
+        f"<https://pp.example.org/unsubscribe/{token}>, "
+        f"<mailto:unsubscribe@example.org?subject=unsubscribe%20{token}>"
+    )
+    assert msg["List-Id"] and msg["Date"]
+    doc = lxml.html.document_fromstring(html)
+    cards = doc.find_class("card")
+    assert len(cards) == len(items)
+    for item, card in zip(items, cards, strict=True):
+        assert item.paper.title in card.text_content()
+        assert item.why in card.text_content()
+        assert card.get("style")  # inlined
+    assert doc.find_class("preheader")[0].text_content().startswith(f"{len(items)} new papers")
+    assert "Unsubscribe" in html and token in html
+    for item in items:
+        assert item.paper.title in text and item.why in text
+    assert f"Unsubscribe: https://pp.example.org/unsubscribe/{token}" in text
+
+
+def test_message_id_is_deterministic_per_digest_and_subscriber(renderer, shared_papers) -> None:
+    items = ranked_for(shared_papers, "agents")
+    a = renderer.render(READER, items, EDITION, 0, 10)
+    b = renderer.render(READER, items, EDITION, 0, 10)
+    c = renderer.render(READER, items, EDITION, 0, 11)
+    assert a.message_id == b.message_id != c.message_id
+
+
+def test_fast_inlining_matches_premailer_on_every_element(renderer, shared_papers) -> None:
+    for tags in (("agents",), ("text-to-speech", "diffusion"), ("bayesian-inference",)):
+        items = ranked_for(shared_papers, *tags)
+        context = renderer.context(READER, items, EDITION, "https://x.example/u")
+        naive = lxml.html.document_fromstring(renderer.premailer(renderer.html_unstyled(context)))
+        fast = lxml.html.document_fromstring(renderer.html(context))
+        a = [(e.tag, dict(e.attrib), e.text) for e in naive.iter() if isinstance(e.tag, str)]
+        b = [(e.tag, dict(e.attrib), e.text) for e in fast.iter() if isinstance(e.tag, str)]
+        assert a == b
+
+
+def test_untrusted_titles_are_escaped_and_links_are_http_only(renderer) -> None:
+    evil = Paper(
+        title="<script>alert(1)</script> Agents\r\nBcc: victim@example.org",
+        abstract="An agent <img src=x onerror=alert(1)> paper about LLM agents and tool use.",
+        github_repo="javascript:alert(1)",
+        project_page="https://ok.example.org/page",
+        arxiv_id="2611.00001",
+    )
+    items = rank([evil], Profile((Interest("agents"),)))
+    out = renderer.render(READER, items, EDITION, 0, 1)
+    msg = parse(out.data)
+    assert "\n" not in msg["Subject"] and "\r" not in msg["Subject"]
+    assert msg["Bcc"] is None
+    html = msg.get_body(("html",)).get_content()
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html
+    doc = lxml.html.document_fromstring(html)
+    hrefs = [a.get("href") for a in doc.iter("a")]
+    assert hrefs and all(h.startswith(("https://", "http://", "mailto:")) for h in hrefs)
+    assert "https://ok.example.org/page" in hrefs and not any("javascript" in h for h in hrefs)
+
+
+def test_large_digests_stay_under_gmail_clipping(renderer, shared_papers) -> None:
+    items = ranked_for(shared_papers, "llm", "reasoning", "agents", "diffusion", n=100)
+    assert len(items) == 100
+    sizes = {}
+    for n in (10, 25, 50, 100):
+        out = renderer.render(READER, items[:n], EDITION, 0, 307)
+        html = parse(out.data).get_body(("html",)).get_content()
+        sizes[n] = len(html.encode())
+        assert sizes[n] <= HTML_LIMIT
+        assert "Unsubscribe" in html
+    assert (
+        "more matching papers"
+        in parse(renderer.render(READER, items, EDITION, 0, 307).data)
+        .get_body(("html",))
+        .get_content()
+    )
+
+
+def test_text_only_readers_get_a_single_text_part(renderer, shared_papers) -> None:
+    reader = Reader("t@example.org", None, ("agents",), "s.yaml", text_only=True)
+    msg = parse(renderer.render(reader, ranked_for(shared_papers, "agents"), EDITION, 0, 5).data)
+    assert msg.get_content_type() == "text/plain"
+
+
+def test_helpers() -> None:
+    assert safe_url("javascript:alert(1)") is None
+    assert safe_url("https://a.example/x") == "https://a.example/x"
+    assert safe_url('https://a.example/"onmouseover=x') is None
+    long = "word " * 200
+    short = shorten(long, 450)
+    assert len(short) <= 451 and short.endswith("…") and not short.endswith(" …")
+
+
+def test_unsubscribe_tokens_round_trip_and_reject_tampering() -> None:
+    token = make_token("k", "Ann@Example.org")
+    assert read_token("k", token) == "ann@example.org"
+    with pytest.raises(BadToken):
+        read_token("other-key", token)
+    _body, tag = token.split(".")
+    forged = make_token("k", "bob@example.org").split(".")[0] + "." + tag
+    with pytest.raises(BadToken):
+        read_token("k", forged)
+    with pytest.raises(BadToken):
+        read_token("k", "garbage")
