@@ -253,19 +253,22 @@ def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
 
 
 def _why(per_tag: list[tuple[str, Evidence]]) -> str:
+    """``title: "speculative decoding"; abstract: "draft model"``; per tag when several."""
     parts: list[str] = []
-    for _tag, ev in per_tag:
+    for tag, ev in per_tag:
         by_field: dict[str, list[str]] = {}
         for field, text in ev.hits:
             seen = by_field.setdefault(field, [])
             if text not in seen and len(seen) < 2:
                 seen.append(text)
-        for field in ("title", "keywords", "abstract"):
-            if field in by_field:
-                quoted = ", ".join(f'"{t}"' for t in by_field[field])
-                parts.append(f"{field}: {quoted}")
-                break
-    return "; ".join(dict.fromkeys(parts))
+        fields = [
+            f"{field}: " + ", ".join(f'"{t}"' for t in by_field[field])
+            for field in ("title", "keywords", "abstract")
+            if field in by_field
+        ][:2]
+        evidence_text = "; ".join(fields)
+        parts.append(f"{tag} ({evidence_text})" if len(per_tag) > 1 else evidence_text)
+    return "; ".join(parts)
 
 
 # --- ranking ----------------------------------------
