@@ -11,8 +11,8 @@ import os
 import re
 import shutil
 import subprocess
-from html import escape
 from datetime import date
+from html import escape
 from pathlib import Path
 
 import pytest
