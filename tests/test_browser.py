@@ -26,7 +26,10 @@ ARTIFACTS = Path(os.environ.get("PAPERPOST_ARTIFACTS", ROOT / "artifacts")) / "s
 
 PROBE = """
 <script>
-function rgb(s) { const m = s.match(/[\\d.]+/g).map(Number); return m.length > 3 ? m : m.concat([1]); }
+function rgb(s) {
+  const m = s.match(/[\\d.]+/g).map(Number);
+  return m.length > 3 ? m : m.concat([1]);
+}
 function lum(c) {
   const [r, g, b] = c.slice(0, 3).map(v => { v /= 255;
     return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
