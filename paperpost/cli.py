@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -19,7 +20,13 @@ from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, rank, vocabulary
 from paperpost.settings import Settings
 from paperpost.store import Store
-from paperpost.subscribers import load_subscribers
+from paperpost.subscribers import (
+    Subscriber,
+    SubscriberFileError,
+    add_subscriber,
+    load_subscribers,
+    remove_subscriber,
+)
 from paperpost.unsubscribe import BadToken, read_token
 
 app = typer.Typer(
@@ -27,7 +34,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-subscribers_app = typer.Typer(help="Inspect and check subscriber YAML files.", no_args_is_help=True)
+subscribers_app = typer.Typer(
+    help="Add, remove, list and check subscriber YAML files.", no_args_is_help=True
+)
 app.add_typer(subscribers_app, name="subscribers")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -271,6 +280,52 @@ def subscribers_list() -> None:
             f"{len(errors)} invalid entr{'y' if len(errors) == 1 else 'ies'}; "
             "run `paperpost subscribers validate`"
         )
+
+
+@subscribers_app.command("add")
+def subscribers_add(
+    email: Annotated[str, typer.Argument(help="The new subscriber's email address.")],
+    tag: Annotated[list[str], typer.Option(help="An interest tag (repeatable).")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    cadence: Annotated[str, typer.Option(help="daily or weekly.")] = "daily",
+    weekday: Annotated[str, typer.Option(help="For weekly: the day it is sent.")] = "monday",
+    exclude: Annotated[list[str] | None, typer.Option(help="A tag or word to exclude.")] = None,
+) -> None:
+    """Write a new subscriber file (never overwrites one)."""
+    folder = Settings().subscribers_dir
+    fields = {
+        "email": email,
+        "name": name,
+        "tags": tag,
+        "exclude": exclude or [],
+        "cadence": cadence,
+        "weekday": weekday,
+    }
+    try:
+        subscriber = Subscriber.model_validate({k: v for k, v in fields.items() if v is not None})
+        path = add_subscriber(folder, subscriber)
+    except ValidationError as exc:
+        for problem in exc.errors():
+            field = ".".join(str(p) for p in problem["loc"])
+            err.print(f"[red]error[/red] {escape(field)}: {escape(problem['msg'])}")
+        raise typer.Exit(1) from None
+    except (SubscriberFileError, OSError) as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    out.print(f"added {subscriber.email} → {path}")
+
+
+@subscribers_app.command("remove")
+def subscribers_remove(
+    email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
+) -> None:
+    """Remove a subscriber: deletes their file, or their entry in a list file."""
+    try:
+        path = remove_subscriber(Settings().subscribers_dir, email)
+    except SubscriberFileError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    out.print(f"removed {email} ({path})")
 
 
 @subscribers_app.command("tags")

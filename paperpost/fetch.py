@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -233,6 +234,66 @@ def _header_date(value: str | None) -> date | None:
         return None
 
 
+def _is_api_day(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.path.rstrip("/").endswith(API_PATH) and "date" in parse_qs(parts.query)
+
+
+def _page_url(url: str, page: int, limit: int) -> str:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    query["p"], query["limit"] = [str(page)], [str(limit)]
+    return urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+
+
+def fetch_api_day(
+    url: str,
+    known: FetchState | None,
+    max_bytes: int,
+    http: requests.Session,
+    timeout: tuple[float, float],
+    limit: int = 100,
+    max_pages: int = 50,
+) -> Fetched:
+    """One day of the API, following ``p``/``limit`` pages until a short page.
+
+    The first page carries the conditional headers; the pages are joined into one JSON
+    list, so the day is stored, hashed and parsed as a single dump.
+    """
+    first = fetch_url(_page_url(url, 0, limit), known, max_bytes, http, timeout)
+    if first.status != "fetched" or first.content is None:
+        return replace(first, source=url)
+    pages = [first.content]
+    items = _json_list_length(first.content)
+    page = 1
+    while items is not None and items >= limit * page and page < max_pages:
+        more = fetch_url(_page_url(url, page, limit), None, max_bytes, http, timeout)
+        if more.status != "fetched" or more.content is None:
+            return replace(more, source=url, error=f"page {page}: {more.error}")
+        count = _json_list_length(more.content)
+        if not count:
+            break
+        pages.append(more.content)
+        items += count
+        page += 1
+    if len(pages) == 1:
+        return replace(first, source=url)
+    content = b"[" + b",".join(p.strip()[1:-1] for p in pages if p.strip()[1:-1].strip()) + b"]"
+    digest = _hash(content)
+    if known and known.content_hash == digest:
+        return Fetched(url, "unchanged", content_hash=digest)
+    return Fetched(url, "fetched", content, first.etag, first.last_modified, digest, first.captured)
+
+
+def _json_list_length(content: bytes) -> int | None:
+    """How many items a JSON list holds (None if it is not one: the parser will say why)."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return None
+    return len(data) if isinstance(data, list) else None
+
+
 def fetch_all(
     sources: list[str],
     known: dict[str, FetchState],
@@ -244,9 +305,8 @@ def fetch_all(
     results = []
     for source in sources:
         if is_url(source):
-            results.append(
-                fetch_url(source, known.get(source), max_bytes, http, (5.0, read_timeout))
-            )
+            fetch = fetch_api_day if _is_api_day(source) else fetch_url
+            results.append(fetch(source, known.get(source), max_bytes, http, (5.0, read_timeout)))
         else:
             results.append(fetch_file(source, known.get(source), max_bytes))
     return results

@@ -38,6 +38,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -258,37 +259,57 @@ class Store:
                 hashes = [key_hash(p.key) for p in chunk]
                 ids = [p.arxiv_id for p in chunk if p.arxiv_id]
                 found = conn.execute(
-                    select(papers.c.seq, papers.c.key_hash, papers.c.arxiv_id, papers.c.data).where(
-                        papers.c.key_hash.in_(hashes) | papers.c.arxiv_id.in_(ids)
-                    )
+                    select(
+                        papers.c.seq,
+                        papers.c.key_hash,
+                        papers.c.arxiv_id,
+                        papers.c.data,
+                        papers.c.upvotes,
+                    ).where(papers.c.key_hash.in_(hashes) | papers.c.arxiv_id.in_(ids))
                 ).all()
                 by_hash = {row.key_hash: row for row in found}
                 by_id = {row.arxiv_id: row for row in found if row.arxiv_id}
+                inserts: list[dict[str, object]] = []
+                updates: list[dict[str, object]] = []
                 for paper, digest in zip(chunk, hashes, strict=True):
-                    row = (by_id.get(paper.arxiv_id) if paper.arxiv_id else None) or by_hash.get(
-                        digest
-                    )
+                    row = by_id.get(paper.arxiv_id or "") or by_hash.get(digest)
                     if row is None:
-                        conn.execute(
-                            insert(papers).values(
-                                key_hash=digest,
-                                arxiv_id=paper.arxiv_id,
-                                title=paper.title,
-                                data=json.dumps(paper.to_json()),
-                                upvotes=paper.upvotes,
-                                first_seen=seen_at,
-                                last_seen=seen_at,
-                            )
+                        inserts.append(
+                            {
+                                "key_hash": digest,
+                                "arxiv_id": paper.arxiv_id,
+                                "title": paper.title,
+                                "data": json.dumps(paper.to_json()),
+                                "upvotes": paper.upvotes,
+                                "first_seen": seen_at,
+                                "last_seen": seen_at,
+                            }
                         )
-                        new += 1
                         continue
                     merged = merge_papers(Paper.from_json(json.loads(row.data)), paper)
-                    values = {"last_seen": seen_at, "data": json.dumps(merged.to_json())}
-                    if paper.upvotes is not None:
-                        values["upvotes"] = paper.upvotes
-                    if merged.arxiv_id and not row.arxiv_id:
-                        values["arxiv_id"] = merged.arxiv_id
-                    conn.execute(update(papers).where(papers.c.seq == row.seq).values(**values))
+                    updates.append(
+                        {
+                            "b_seq": row.seq,
+                            "b_data": json.dumps(merged.to_json()),
+                            "b_upvotes": row.upvotes if paper.upvotes is None else paper.upvotes,
+                            "b_arxiv_id": row.arxiv_id or merged.arxiv_id,
+                        }
+                    )
+                if inserts:
+                    conn.execute(insert(papers), inserts)
+                    new += len(inserts)
+                if updates:
+                    conn.execute(
+                        update(papers)
+                        .where(papers.c.seq == bindparam("b_seq"))
+                        .values(
+                            last_seen=seen_at,
+                            data=bindparam("b_data"),
+                            upvotes=bindparam("b_upvotes"),
+                            arxiv_id=bindparam("b_arxiv_id"),
+                        ),
+                        updates,
+                    )
             self._record_fetch(conn, source, etag, last_modified, content_hash, len(unique))
         return IngestCounts(seen=len(unique), new=new)
 

@@ -9,6 +9,7 @@ number``; one bad file never stops the others from loading.
 from __future__ import annotations
 
 import difflib
+import gc
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -248,6 +249,24 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
 # --- loading ----------------------------------------
 
 
+def _compose(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for error locations) and the data, from one safe parse.
+
+    The garbage collector is paused meanwhile: a list file of 100,000 entries creates
+    millions of objects and otherwise triggers collections over and over.
+    """
+    loader = _Loader(text)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        root = loader.get_single_node()
+        return root, loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+        if enabled:
+            gc.enable()
+
+
 def load_file(path: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
     """Load one YAML file holding a subscriber mapping or a list of them."""
     name = str(path)
@@ -256,12 +275,7 @@ def load_file(path: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]
     except (OSError, UnicodeDecodeError) as exc:
         return [], [SubscriberError(name, 1, 1, "", f"cannot read the file: {exc}")]
     try:
-        loader = _Loader(text)
-        try:
-            root = loader.get_single_node()
-            data = loader.construct_document(root) if root is not None else None
-        finally:
-            loader.dispose()
+        root, data = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -323,6 +337,64 @@ def json_schema() -> dict[str, Any]:
         ],
         "$defs": defs,
     }
+
+
+class SubscriberFileError(ValueError):
+    """A subscriber file cannot be added to or removed from as asked."""
+
+
+def add_subscriber(folder: Path, subscriber: Subscriber) -> Path:
+    """Write a new one-subscriber file; refuses to overwrite or to duplicate an address."""
+    existing, _ = load_subscribers(folder) if folder.exists() else ([], [])
+    for entry in existing:
+        if entry.subscriber.address == subscriber.address:
+            raise SubscriberFileError(
+                f"{subscriber.email} is already subscribed in {entry.path}:{entry.line}"
+            )
+    stem = re.sub(r"[^a-z0-9._-]+", "-", subscriber.address.split("@")[0]) or "subscriber"
+    path = folder / f"{stem}.yaml"
+    if path.exists():
+        path = (
+            folder / f"{stem}-{re.sub(r'[^a-z0-9.-]+', '-', subscriber.address.split('@')[1])}.yaml"
+        )
+    if path.exists():
+        raise SubscriberFileError(f"{path} already exists; not overwriting it")
+    data = subscriber.model_dump(exclude_defaults=True, mode="json")
+    data["email"] = subscriber.email
+    data["tags"] = [
+        t["tag"] if set(t) == {"tag"} else t
+        for t in subscriber.model_dump(mode="json", exclude_defaults=True)["tags"]
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "# yaml-language-server: $schema=../paperpost/data/subscriber.schema.json\n"
+    with path.open("x", encoding="utf-8") as handle:  # "x": never overwrite
+        handle.write(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def remove_subscriber(folder: Path, email: str) -> Path:
+    """Remove a subscriber: delete their own file, or cut their entry out of a list file."""
+    address = email.lower()
+    for path in subscriber_files(folder):
+        loaded, _ = load_file(path)
+        if not any(e.subscriber.address == address for e in loaded):
+            continue
+        text = path.read_text(encoding="utf-8")
+        root, _ = _compose(text)
+        if isinstance(root, yaml.MappingNode):
+            path.unlink()
+            return path
+        lines = text.splitlines(keepends=True)
+        items = root.value
+        for index, item in enumerate(items):
+            email_node, _ = _node_at(item, ("email",))
+            if str(getattr(email_node, "value", "")).strip().lower() != address:
+                continue
+            start = item.start_mark.line
+            end = items[index + 1].start_mark.line if index + 1 < len(items) else len(lines)
+            path.write_text("".join(lines[:start] + lines[end:]), encoding="utf-8")
+            return path
+    raise SubscriberFileError(f"no subscriber {email} in {folder}")
 
 
 def subscriber_files(folder: Path) -> list[Path]:

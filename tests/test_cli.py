@@ -117,3 +117,56 @@ def test_run_without_prefect_then_unsubscribe(tmp_path: Path, monkeypatch) -> No
     shutil.copy(EXAMPLES / "newer" / "2026-11-24.txt", tmp_path / "dumps")
     again = json.loads(runner.invoke(app, base).stdout)
     assert again["skip_reasons"].get("suppressed (unsubscribed)") == 1
+
+
+def test_subscribers_add_list_remove(tmp_path: Path, monkeypatch) -> None:
+    subs = tmp_path / "subs"
+    shutil.copytree(ROOT / "subscribers", subs)
+    monkeypatch.setenv("PAPERPOST_SUBSCRIBERS_DIR", str(subs))
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", f"sqlite:///{tmp_path / 'pp.db'}")
+    added = runner.invoke(
+        app,
+        [
+            "subscribers",
+            "add",
+            "zoe@example.org",
+            "--tag",
+            "agents",
+            "--tag",
+            "diffusion",
+            "--cadence",
+            "weekly",
+            "--weekday",
+            "fri",
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    assert (subs / "zoe.yaml").exists()
+    again = runner.invoke(app, ["subscribers", "add", "ZOE@example.org", "--tag", "agents"])
+    assert again.exit_code == 1 and "already subscribed in" in again.stderr
+    bad = runner.invoke(app, ["subscribers", "add", "nope", "--tag", "agents"])
+    assert bad.exit_code == 1 and "email" in bad.stderr
+    listed = runner.invoke(app, ["subscribers", "list"])
+    assert "zoe@example.org" in listed.stdout and "weekly (friday)" in listed.stdout
+    assert runner.invoke(app, ["subscribers", "validate", str(subs)]).exit_code == 0
+    # remove from a list file keeps the others and the file valid
+    gone = runner.invoke(app, ["subscribers", "remove", "dan@example.org"])
+    assert gone.exit_code == 0, gone.output
+    assert runner.invoke(app, ["subscribers", "remove", "zoe@example.org"]).exit_code == 0
+    from paperpost.subscribers import load_subscribers
+
+    entries, errors = load_subscribers(subs)
+    assert errors == []
+    assert {e.subscriber.email for e in entries} == {
+        "alice@example.org",
+        "bob@example.org",
+        "carol@example.org",
+        "erin@example.org",
+    }
+    assert runner.invoke(app, ["subscribers", "remove", "nobody@example.org"]).exit_code == 1
+
+
+def test_tags_lists_the_vocabulary() -> None:
+    result = runner.invoke(app, ["subscribers", "tags", "speech"])
+    assert result.exit_code == 0
+    assert "text-to-speech" in result.stdout and "diffusion" not in result.stdout

@@ -1,13 +1,23 @@
 from __future__ import annotations
 
+import json
 import time
+from datetime import date
 
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from conftest import DUMPS
-from paperpost.fetch import api_day_urls, expand_sources, fetch_all, fetch_url, session
+from paperpost.dumps import parse_dump
+from paperpost.fetch import (
+    api_day_urls,
+    expand_sources,
+    fetch_all,
+    fetch_api_day,
+    fetch_url,
+    session,
+)
 from paperpost.store import FetchState
 
 LIMIT = 5_000_000
@@ -124,3 +134,27 @@ def test_api_range_skips_weekends_and_resumes_after_last_day() -> None:
     urls = api_day_urls(base, date(2026, 11, 19), date(2026, 11, 24))
     assert [u.rsplit("date=", 1)[1] for u in urls] == ["2026-11-20", "2026-11-23", "2026-11-24"]
     assert all("limit=100" in u for u in urls)
+
+
+def test_api_day_follows_pages_and_skips_unchanged_days(httpserver: HTTPServer) -> None:
+    from conftest import API_DAYS
+
+    items = json.loads(API_DAYS[0].read_text())  # 21 papers
+
+    def handler(request: Request) -> Response:
+        page, limit = int(request.args["p"]), int(request.args["limit"])
+        assert request.args["date"] == "2026-08-10"
+        body = json.dumps(items[page * limit : (page + 1) * limit])
+        return Response(body, headers={"ETag": '"day-v1"'}, content_type="application/json")
+
+    httpserver.expect_request("/api/daily_papers").respond_with_handler(handler)
+    url = httpserver.url_for("/api/daily_papers") + "?date=2026-08-10"
+    http = session(retries=0)
+    day = fetch_api_day(url, None, LIMIT, http, (2.0, 2.0), limit=10)
+    assert day.status == "fetched" and day.source == url
+    parsed = parse_dump(day.content, url, date(2026, 11, 25))
+    assert [p.arxiv_id for p in parsed.papers] == [i["paper"]["id"] for i in items]
+    again = fetch_api_day(
+        url, FetchState(day.etag, None, day.content_hash), LIMIT, http, (2.0, 2.0), limit=10
+    )
+    assert again.status == "unchanged"

@@ -1,0 +1,61 @@
+"""Helpers shared by the benchmarks: synthetic papers, result tables and JSON output."""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from paperpost.models import Paper
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORDS = (
+    "language model diffusion agent reasoning speculative decoding quantization sparse expert "
+    "mixture routing retrieval speech synthesis vision transformer policy reward robot graph "
+    "kernel attention cache memory latency throughput benchmark evaluation dataset training "
+    "inference scaling law alignment preference safety image video audio token tokenizer "
+    "multimodal embedding contrastive federated privacy causal bayesian posterior variational"
+).split()
+
+
+def synthetic_papers(count: int, seed: int, prefix: str = "") -> list[Paper]:
+    rng = random.Random(seed)
+    papers = []
+    for i in range(count):
+        title = f"{prefix}{i} " + " ".join(rng.choice(WORDS) for _ in range(8)).title()
+        abstract = " ".join(rng.choice(WORDS) for _ in range(45)) + "."
+        papers.append(Paper(title=title, abstract=abstract, upvotes=rng.randint(0, 50)))
+    return papers
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def report(name: str, headers: list[str], rows: list[list[object]], extra: dict) -> None:
+    widths = [max(len(str(h)), *(len(_fmt(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    print(" | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(_fmt(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps({"headers": headers, "rows": rows, **extra}, indent=2, default=str))
+    print(f"\nwritten: {out}")
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
