@@ -32,6 +32,8 @@ STRENGTH = {"strong": 2.5, "term": 1.0, "weak": 0.4}
 MAX_NGRAM = 5
 POPULARITY_CAP = 0.2  # the most upvotes can ever add: less than any relevance step
 DUPLICATE_JACCARD = 0.6
+LOOSE_GAP = 2  # words allowed between the words of a phrase for a loose match
+LOOSE_FACTOR = 0.6  # a loose phrase match counts this much of an exact one
 STOPWORDS = frozenset(
     (
         "a",
@@ -138,6 +140,7 @@ class Evidence:
 # --- vocabulary ----------------------------------------
 
 
+@cache
 def _slug(tag: str) -> str:
     return " ".join(tokens(tag))
 
@@ -199,21 +202,42 @@ def _ordered(terms: Sequence[Term]) -> tuple[Term, ...]:
 @dataclass(slots=True)
 class _Doc:
     fields: dict[str, Counter[tuple[str, ...]]]
+    words: dict[str, list[str]]
+    vocab: dict[str, frozenset[str]]
     everything: Counter[tuple[str, ...]]
 
 
 def _doc(paper: Paper) -> _Doc:
-    fields = {
-        "title": _ngrams(tokens(paper.title)),
-        "keywords": _ngrams(
-            tokens(" ; ".join(paper.ai_keywords) + " ; " + (paper.ai_summary or ""))
-        ),
-        "abstract": _ngrams(tokens(paper.abstract)),
+    words = {
+        "title": tokens(paper.title),
+        "keywords": tokens(" ; ".join(paper.ai_keywords) + " ; " + (paper.ai_summary or "")),
+        "abstract": tokens(paper.abstract),
     }
+    fields = {name: _ngrams(field) for name, field in words.items()}
     everything: Counter[tuple[str, ...]] = Counter()
     for grams in fields.values():
         everything.update(grams)
-    return _Doc(fields, everything)
+    vocab = {name: frozenset(field) for name, field in words.items()}
+    return _Doc(fields, words, vocab, everything)
+
+
+def _loose_count(words: list[str], phrase_words: tuple[str, ...]) -> int:
+    """Occurrences of a phrase's words in order with at most LOOSE_GAP words between
+    neighbours ("speculative Jacobi decoding" for "speculative decoding")."""
+    count = 0
+    first, rest = phrase_words[0], phrase_words[1:]
+    for start, word in enumerate(words):
+        if word != first:
+            continue
+        position = start
+        for wanted in rest:
+            window = words[position + 1 : position + 2 + LOOSE_GAP]
+            if wanted not in window:
+                break
+            position += 1 + window.index(wanted)
+        else:
+            count += 1
+    return count
 
 
 def evidence(doc: _Doc, topic: Topic) -> Evidence:
@@ -226,9 +250,14 @@ def evidence(doc: _Doc, topic: Topic) -> Evidence:
     total = 0.0
     hits: list[tuple[float, str, str]] = []
     for field, grams in doc.fields.items():
+        present = doc.vocab[field]
         matched: list[tuple[Term, int]] = []
         for term in topic.terms:  # longest first (see vocabulary)
             count = grams.get(term.words, 0)
+            strength = term.strength
+            if not count and len(term.words) > 1 and present.issuperset(term.words):
+                count = _loose_count(doc.words[field], term.words)
+                strength *= LOOSE_FACTOR
             if not count or (term.context and not any(doc.everything.get(c) for c in term.context)):
                 continue
             covered = sum(
@@ -240,7 +269,7 @@ def evidence(doc: _Doc, topic: Topic) -> Evidence:
             if count <= 0:
                 continue
             matched.append((term, count))
-            gain = FIELD_WEIGHTS[field] * term.strength * (1.0 + 0.5 * math.log(count))
+            gain = FIELD_WEIGHTS[field] * strength * (1.0 + 0.5 * math.log(count))
             total += gain
             hits.append((gain, field, term.text))
     hits.sort(key=lambda h: -h[0])
@@ -288,44 +317,93 @@ def _topic_key(interest: Interest) -> tuple[str, tuple[str, ...]]:
     return (_slug(interest.tag), tuple(sorted(interest.keywords)))
 
 
+def _evidence_table(docs: list[_Doc], topics: list[Topic]) -> list[dict[int, Evidence]]:
+    """Per document, the evidence for each topic it can match (others are zero).
+
+    An index from each term's words to its topics keeps this proportional to what the
+    documents contain rather than to documents × topics × terms.
+    """
+    exact: dict[tuple[str, ...], set[int]] = {}
+    loose: dict[str, list[tuple[tuple[str, ...], int]]] = {}  # by first word
+    for t, topic in enumerate(topics):
+        for term in topic.terms:
+            exact.setdefault(term.words, set()).add(t)
+            if len(term.words) > 1:
+                loose.setdefault(term.words[0], []).append((term.words, t))
+    table = []
+    for doc in docs:
+        candidates: set[int] = set()
+        for gram in doc.everything:
+            if gram in exact:
+                candidates |= exact[gram]
+            if len(gram) == 1 and gram[0] in loose:
+                for words, t in loose[gram[0]]:
+                    if all((w,) in doc.everything for w in words[1:]):
+                        candidates.add(t)
+        found = {}
+        for t in candidates:
+            ev = evidence(doc, topics[t])
+            if ev.score > 0:
+                found[t] = ev
+        table.append(found)
+    return table
+
+
+def _near_duplicates(papers: Sequence[Paper]) -> dict[int, set[int]]:
+    """Pairs of papers whose titles are nearly the same (token Jaccard)."""
+    sets = [frozenset(tokens(p.title)) - STOPWORDS for p in papers]
+    pairs: dict[int, set[int]] = {}
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            a, b = sets[i], sets[j]
+            if a and b and len(a & b) / len(a | b) >= DUPLICATE_JACCARD:
+                pairs.setdefault(i, set()).add(j)
+                pairs.setdefault(j, set()).add(i)
+    return pairs
+
+
 def rank_many(papers: Sequence[Paper], profiles: Sequence[Profile]) -> list[list[Ranked]]:
     """Rank ``papers`` for every profile at once; one ordered list per profile."""
     if not papers or not profiles:
         return [[] for _ in profiles]
     topic_index: dict[tuple[str, tuple[str, ...]], int] = {}
     topics: list[Topic] = []
-    labels: list[str] = []
+    rows: list[tuple[list[tuple[int, Interest]], list[int]]] = []
     for profile in profiles:
+        wanted, unwanted = [], []
         for interest in profile.interests:
             key = _topic_key(interest)
             if key not in topic_index:
                 topic_index[key] = len(topics)
                 topics.append(topic_for(interest.tag, interest.keywords))
-                labels.append(interest.tag)
+            wanted.append((topic_index[key], interest))
         for tag in profile.exclude:
             key = (_slug(tag), ())
             if key not in topic_index:
                 topic_index[key] = len(topics)
                 topics.append(topic_for(tag))
-                labels.append(tag)
+            unwanted.append(topic_index[key])
+        rows.append((wanted, unwanted))
 
-    docs = [_doc(p) for p in papers]
-    evid = [[evidence(d, t) for t in topics] for d in docs]
-    relevance = np.array([[e.score for e in row] for row in evid], dtype=np.float64).T  # T × P
+    evid = _evidence_table([_doc(p) for p in papers], topics)
+    relevance = np.zeros((len(topics), len(papers)))
+    for p, found in enumerate(evid):
+        for t, ev in found.items():
+            relevance[t, p] = ev.score
 
     weights = np.zeros((len(profiles), len(topics)))
     excluded = np.zeros((len(profiles), len(topics)))
-    for row, profile in enumerate(profiles):
-        for interest in profile.interests:
-            weights[row, topic_index[_topic_key(interest)]] += interest.weight
-        for tag in profile.exclude:
-            excluded[row, topic_index[(_slug(tag), ())]] = 1.0
+    for row, (wanted, unwanted) in enumerate(rows):
+        for t, interest in wanted:
+            weights[row, t] += interest.weight
+        excluded[row, unwanted] = 1.0
     scores = weights @ relevance  # S × P
     # an exclusion hits when the paper's evidence for the excluded topic is real
     blocked = (excluded @ (relevance >= 1.0).astype(np.float64)) > 0
     upvotes = np.array([p.upvotes or 0 for p in papers], dtype=np.float64)
     prior = POPULARITY_CAP * (1.0 - np.exp(-upvotes / 30.0))
-    title_sets = [frozenset(tokens(p.title)) - STOPWORDS for p in papers]
+    duplicates = _near_duplicates(papers)
+    reasons: dict[tuple[int, tuple[tuple[str, int], ...]], str] = {}
 
     results: list[list[Ranked]] = []
     for row, profile in enumerate(profiles):
@@ -333,44 +411,39 @@ def rank_many(papers: Sequence[Paper], profiles: Sequence[Profile]) -> list[list
         candidates = np.flatnonzero(relevant)
         final = scores[row, candidates] + prior[candidates]
         order = candidates[np.argsort(-final, kind="stable")]
-        picked = _diverse(order, title_sets, profile.max_items)
         ranked = []
-        for p in picked:
-            per_tag = [
-                (interest.tag, evid[p][topic_index[_topic_key(interest)]])
-                for interest in profile.interests
-                if evid[p][topic_index[_topic_key(interest)]].score > 0
-            ]
-            per_tag.sort(key=lambda item: -item[1].score)
+        for p in _diverse(order, duplicates, profile.max_items):
+            per_tag = sorted(
+                ((interest.tag, t) for t, interest in rows[row][0] if t in evid[p]),
+                key=lambda item: -evid[p][item[1]].score,
+            )
+            key = (p, tuple(per_tag))
+            if key not in reasons:
+                reasons[key] = _why([(tag, evid[p][t]) for tag, t in per_tag])
             ranked.append(
                 Ranked(
                     paper=papers[p],
                     score=round(float(scores[row, p] + prior[p]), 3),
                     matched=tuple(tag for tag, _ in per_tag),
-                    why=_why(per_tag),
+                    why=reasons[key],
                 )
             )
         results.append(ranked)
     return results
 
 
-def _diverse(order: np.ndarray, title_sets: list[frozenset[str]], limit: int) -> list[int]:
+def _diverse(order: np.ndarray, duplicates: dict[int, set[int]], limit: int) -> list[int]:
     """Take papers best first, pushing near-duplicate titles behind the others."""
     picked: list[int] = []
     deferred: list[int] = []
-    for index in order:
-        i = int(index)
-        if any(_jaccard(title_sets[i], title_sets[j]) >= DUPLICATE_JACCARD for j in picked):
-            deferred.append(i)
+    for index in order.tolist():
+        if duplicates.get(index) and any(j in duplicates[index] for j in picked):
+            deferred.append(index)
             continue
-        picked.append(i)
+        picked.append(index)
         if len(picked) >= limit:
             return picked
     return (picked + deferred)[:limit]
-
-
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
 
 
 def rank(papers: Sequence[Paper], profile: Profile) -> list[Ranked]:
