@@ -148,3 +148,23 @@ def test_unsubscribe_tokens_round_trip_and_reject_tampering() -> None:
         read_token("k", forged)
     with pytest.raises(BadToken):
         read_token("k", "garbage")
+
+
+def test_fast_mime_parses_like_the_standard_library_build(renderer, shared_papers) -> None:
+    from paperpost.render import POLICY
+
+    items = ranked_for(shared_papers, "text-to-speech")
+    out = renderer.render(READER, items, EDITION, 0, 9)
+    ours = parse(out.data)
+    web = f"https://pp.example.org/unsubscribe/{make_token('secret', READER.email)}"
+    context = renderer.context(READER, items, EDITION, web)
+    reference = EmailMessage(policy=POLICY)
+    reference.set_content(renderer.text(context))
+    reference.add_alternative(renderer.html(context), subtype="html")
+    theirs = parse(reference.as_bytes())
+    assert [p.get_content_type() for p in ours.iter_parts()] == ["text/plain", "text/html"]
+    for mine, std in zip(ours.iter_parts(), theirs.iter_parts(), strict=True):
+        assert mine.get_content_type() == std.get_content_type()
+        assert mine.get_content_charset() == "utf-8"
+        assert mine.get_content().replace("\r\n", "\n") == std.get_content().replace("\r\n", "\n")
+    assert max(len(line) for line in out.data.split(b"\r\n")) <= 998
