@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import peak_rss_mb, report
 from rank_quality import shared_papers
 from rank_speed import profiles
 
+from common import peak_rss_mb, report
 from paperpost.rank import rank_many
 from paperpost.render import POLICY, Edition, Reader, Renderer
 
