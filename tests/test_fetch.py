@@ -158,3 +158,10 @@ def test_api_day_follows_pages_and_skips_unchanged_days(httpserver: HTTPServer) 
         url, FetchState(day.etag, None, day.content_hash), LIMIT, http, (2.0, 2.0), limit=10
     )
     assert again.status == "unchanged"
+
+
+def test_oversized_local_file_is_refused(tmp_path) -> None:
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x" * 2_000_000)
+    (result,) = fetch_all([str(big)], {}, 1_000_000, 5)
+    assert result.status == "failed" and "2.0 MB is over the 1 MB limit" in result.error

@@ -168,3 +168,15 @@ def test_fast_mime_parses_like_the_standard_library_build(renderer, shared_paper
         assert mine.get_content_charset() == "utf-8"
         assert mine.get_content().replace("\r\n", "\n") == std.get_content().replace("\r\n", "\n")
     assert max(len(line) for line in out.data.split(b"\r\n")) <= 998
+
+
+def test_premailer_runs_offline_keeps_important_and_is_quiet(renderer, capfd, caplog) -> None:
+    from paperpost.render import sample_context
+
+    html = renderer.premailer(renderer.html_unstyled(sample_context()))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert not [r for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]
+    assert "@media only screen and (max-width: 620px)" in html
+    assert "padding: 6px 8px !important" in html or "padding:6px 8px !important" in html
+    assert "prefers-color-scheme: dark" in html

@@ -1,0 +1,145 @@
+"""The stages end to end without Prefect: cadence, new subscribers, tag changes, crashes."""
+
+from __future__ import annotations
+
+import email
+import shutil
+from datetime import date
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from conftest import DUMPS, EXAMPLES
+from paperpost.pipeline import run_plain
+from paperpost.settings import Settings
+
+MON, TUE, WED, NEXT_MON = (
+    date(2026, 11, 23),
+    date(2026, 11, 24),
+    date(2026, 11, 25),
+    date(2026, 11, 30),
+)
+HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
+HEADER += "byAK and the research community\n\nNov 24\n\n"
+
+
+def write_dump(folder: Path, name: str, titles: list[str]) -> None:
+    body = "\n\n".join(f"{t}\n\nWe study {t.lower()} in depth." for t in titles)
+    (folder / name).write_text(HEADER + body + "\n")
+
+
+def digests(outbox: Path, address: str) -> list[str]:
+    """Plain-text parts of every digest an address got, oldest first (by digest window)."""
+    found = []
+    for path in sorted(
+        outbox.glob(f"{address}_*.eml"), key=lambda p: int(p.name.split("_")[1].split("-")[0])
+    ):
+        msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+        found.append(msg.get_body(("plain",)).get_content())
+    return found
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    dumps, subs, outbox = tmp_path / "dumps", tmp_path / "subs", tmp_path / "outbox"
+    dumps.mkdir()
+    subs.mkdir()
+    (subs / "daily.yaml").write_text("email: daily@example.org\ntags: [speculative-decoding]\n")
+    (subs / "weekly.yaml").write_text(
+        "email: weekly@example.org\ntags: [speculative-decoding]\n"
+        "cadence: weekly\nweekday: monday\n"
+    )
+    settings = Settings(
+        sources=[str(dumps)],
+        subscribers_dir=subs,
+        outbox_dir=outbox,
+        database_url=f"sqlite:///{tmp_path / 'pp.db'}",
+    )
+    return settings, dumps, subs, outbox
+
+
+def test_weekly_gets_the_week_at_once_daily_gets_each_run(setup) -> None:
+    settings, dumps, _, outbox = setup
+    write_dump(dumps, "a.txt", ["Speculative Decoding Alpha", "Unrelated Protein Folding"])
+    first = run_plain(settings, TUE)
+    assert first.skip_reasons == {"not due (weekly on monday)": 1}
+    write_dump(dumps, "b.txt", ["Speculative Decoding Beta"])
+    run_plain(settings, WED)
+    daily = digests(outbox, "daily@example.org")
+    assert len(daily) == 2
+    assert "Alpha" in daily[0] and "Beta" not in daily[0]
+    assert "Beta" in daily[1] and "Alpha" not in daily[1]
+    assert digests(outbox, "weekly@example.org") == []
+    write_dump(dumps, "c.txt", ["Speculative Decoding Gamma"])
+    run_plain(settings, NEXT_MON)
+    (weekly,) = digests(outbox, "weekly@example.org")
+    assert all(word in weekly for word in ("Alpha", "Beta", "Gamma"))
+    assert weekly.startswith("3 new papers for you")
+    again = run_plain(settings, NEXT_MON)  # a second run the same Monday sends nothing more
+    assert again.digests_sent == 0
+    assert len(digests(outbox, "weekly@example.org")) == 1
+
+
+def test_new_subscriber_starts_with_current_news_and_tag_changes_apply(setup) -> None:
+    settings, dumps, subs, outbox = setup
+    write_dump(dumps, "a.txt", ["Speculative Decoding Alpha", "Diffusion Models Alpha"])
+    run_plain(settings, TUE)
+    (subs / "late.yaml").write_text("email: late@example.org\ntags: [speculative-decoding]\n")
+    write_dump(dumps, "b.txt", ["Speculative Decoding Beta", "Diffusion Models Beta"])
+    (subs / "daily.yaml").write_text("email: daily@example.org\ntags: [diffusion]\n")
+    run_plain(settings, WED)
+    (late,) = digests(outbox, "late@example.org")
+    assert "Beta" in late and "Alpha" not in late
+    second_daily = digests(outbox, "daily@example.org")[1]
+    assert "Diffusion Models Beta" in second_daily
+    assert "Speculative Decoding Beta" not in second_daily
+
+
+def test_a_crashed_run_loses_nothing(setup, tmp_path: Path) -> None:
+    settings, dumps, _, outbox = setup
+    write_dump(dumps, "a.txt", ["Speculative Decoding Alpha"])
+    blocked = settings.model_copy(update={"outbox_dir": tmp_path / "not-a-folder"})
+    (tmp_path / "not-a-folder").write_text("a file where the outbox should be")
+    with pytest.raises(OSError):
+        run_plain(blocked, TUE)
+    fixed = run_plain(settings, TUE)
+    assert fixed.papers_new == 1 and fixed.digests_sent == 1
+    assert "Alpha" in digests(outbox, "daily@example.org")[0]
+
+
+def test_a_bad_source_is_reported_and_the_others_still_go_out(setup) -> None:
+    settings, dumps, _, _ = setup
+    write_dump(dumps, "a.txt", ["Speculative Decoding Alpha"])
+    (dumps / "broken.json").write_text("['{\\'paper\\': 1}'")
+    (dumps / "page.txt").write_text("<html><body>503 Service Unavailable</body></html>")
+    summary = run_plain(settings, TUE)
+    status = {Path(s.source).name: s.status for s in summary.sources}
+    assert status == {"a.txt": "ingested", "broken.json": "invalid", "page.txt": "invalid"}
+    details = " ".join(s.detail for s in summary.sources)
+    assert "broken.json" in details and "HTML page" in details
+    assert summary.digests_sent == 1
+
+
+def test_nothing_above_threshold_is_a_quiet_day(setup) -> None:
+    settings, dumps, _, outbox = setup
+    write_dump(dumps, "a.txt", ["Protein Folding Alpha"])
+    summary = run_plain(settings, TUE)
+    assert summary.digests_sent == 0
+    assert summary.skip_reasons["nothing above min_score"] == 1
+    assert "no subscriber had new papers above their min_score" in summary.message
+    assert not outbox.exists() or not list(outbox.iterdir())
+
+
+def test_examples_then_a_newer_dump_sends_only_the_new_papers(tmp_path: Path) -> None:
+    dumps = tmp_path / "dumps"
+    shutil.copytree(EXAMPLES / "dumps", dumps)
+    settings = Settings(
+        sources=[str(dumps)],
+        outbox_dir=tmp_path / "out",
+        database_url=f"sqlite:///{tmp_path / 'pp.db'}",
+    )
+    assert run_plain(settings, TUE).digests_sent == 4
+    shutil.copy(DUMPS[0], dumps)  # a real, unrelated dump: only its papers are news
+    later = run_plain(settings, WED)
+    assert later.papers_new == 103
