@@ -132,7 +132,7 @@ def digest(
                 "Batch %s/%s done: %s deliveries so far", number, len(batches), len(outcomes)
             )
         summary.stage_seconds["rank+render+send"] = time.perf_counter() - clock
-        pipeline.summarize(summary, plan, reports, errors, skips, outcomes)
+        pipeline.summarize(store, summary, plan, reports, errors, skips, outcomes)
         store.finish_run(run_id, "finished", summary.to_json())
     except BaseException:
         store.finish_run(run_id, "crashed", summary.to_json())

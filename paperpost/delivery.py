@@ -13,14 +13,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import random
 import re
 import smtplib
 import socket
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +32,7 @@ from paperpost.render import Outgoing
 from paperpost.settings import Settings
 from paperpost.store import Store
 
+ERROR_SAMPLE = 20  # deliveries tried before the error rate can pause a run
 TEMPORARY = "temporary"  # 4xx, dropped connection: retry with backoff
 PERMANENT = "permanent"  # 5xx for this recipient: record, suppress, never retry
 FATAL = "fatal"  # the transport itself is misconfigured (login refused): stop the batch
@@ -179,6 +183,55 @@ class Smtp:
             self._conn = None
 
 
+class TokenBucket:
+    """At most ``rate`` acquisitions a second on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float = 1.0) -> None:
+        self.rate = rate
+        self.capacity = max(burst, 1.0)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.rate
+            time.sleep(wait)
+
+
+class SmtpPool:
+    """A few reused SMTP connections shared by sending threads, with an optional rate cap."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.connections: queue.LifoQueue[Smtp] = queue.LifoQueue()
+        for _ in range(settings.smtp_connections):
+            self.connections.put(Smtp(settings, settings.smtp_recycle_after))
+        self.bucket = TokenBucket(settings.smtp_rate_limit) if settings.smtp_rate_limit else None
+
+    def send(self, outgoing: Outgoing) -> None:
+        if self.bucket is not None:
+            self.bucket.acquire()
+        conn = self.connections.get()
+        try:
+            conn.send(outgoing)
+        finally:
+            self.connections.put(conn)
+
+    def delivered(self, address: str, digest: str) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        while not self.connections.empty():
+            self.connections.get().close()
+
+
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -196,7 +249,7 @@ def _envelope_sender(sender: str) -> str:
 
 def transport_for(settings: Settings) -> Transport:
     if settings.delivery == "smtp":
-        return Smtp(settings)
+        return SmtpPool(settings)
     return Outbox(settings.outbox_dir)
 
 
@@ -242,66 +295,87 @@ def send_batch(
     run_id: int,
     attempts: int = 3,
     backoff: float = 1.0,
+    workers: int = 1,
+    max_error_rate: float = 1.0,
 ) -> list[Outcome]:
-    """Send each digest once: skip what the ledger says is done, retry 4xx, suppress 5xx."""
-    outcomes = []
-    fatal: DeliveryError | None = None
-    for message in outgoing:
-        if fatal is not None:
-            outcomes.append(
-                Outcome(
-                    message.address,
-                    message.digest,
-                    "retry",
-                    message.papers,
-                    f"not attempted: {fatal.detail}",
-                )
+    """Send each digest once: skip what the ledger says is done, retry 4xx, suppress 5xx.
+
+    ``workers`` messages are in flight at a time (the transport must be thread-safe).
+    Once at least ERROR_SAMPLE messages were tried and more than ``max_error_rate`` of
+    them failed, the run pauses: the rest are left for the next run, and the reason is
+    recorded on the run so every batch of it stops.
+    """
+    lock = threading.Lock()
+    tried = failed = 0
+
+    def one(message: Outgoing) -> Outcome:
+        nonlocal tried, failed
+        paused = store.pause_reason(run_id)
+        if paused:
+            return Outcome(
+                message.address, message.digest, "retry", message.papers, f"not attempted: {paused}"
             )
-            continue
         claim = store.claim(
             message.address, message.digest, message.lo, message.hi, message.message_id, run_id
         )
         if not claim.proceed:
-            outcomes.append(
-                Outcome(message.address, message.digest, "already-" + claim.status, message.papers)
+            return Outcome(
+                message.address, message.digest, "already-" + claim.status, message.papers
             )
-            continue
-        error: DeliveryError | None = None
-        for attempt in range(attempts):
-            try:
-                transport.send(message)
-                error = None
-                break
-            except DeliveryError as exc:
-                error = exc
-                if exc.kind != TEMPORARY or attempt == attempts - 1:
-                    break
-                time.sleep(backoff * (2**attempt) * (0.5 + random.random()))
+        error = _send_with_retries(transport, message, attempts, backoff)
+        with lock:
+            tried += 1
+            failed += error is not None
+            rate = failed / tried
+            if error is not None and error.kind == FATAL:
+                store.pause_run(run_id, f"delivery stopped: {error.detail}")
+            elif tried >= ERROR_SAMPLE and rate > max_error_rate:
+                store.pause_run(
+                    run_id,
+                    f"paused: {failed} of {tried} deliveries failed ({rate:.0%}, over the "
+                    f"{max_error_rate:.0%} threshold); check the mail server, then run again",
+                )
         if error is None:
             store.settle(message.address, message.digest, "sent", message.hi, None)
-            outcomes.append(Outcome(message.address, message.digest, "sent", message.papers))
-        elif error.kind == PERMANENT:
+            return Outcome(message.address, message.digest, "sent", message.papers)
+        if error.kind == PERMANENT:
             store.settle(message.address, message.digest, "failed", message.hi, error.detail)
             store.suppress(message.address, "bounced", error.detail)
-            outcomes.append(
-                Outcome(
-                    message.address,
-                    message.digest,
-                    "failed",
-                    message.papers,
-                    f"permanent: {error.detail}; address suppressed",
-                )
+            return Outcome(
+                message.address,
+                message.digest,
+                "failed",
+                message.papers,
+                f"permanent: {error.detail}; address suppressed",
             )
-        else:
-            fatal = error if error.kind == FATAL else None
-            store.settle(message.address, message.digest, "retry", message.hi, error.detail)
-            outcomes.append(
-                Outcome(
-                    message.address,
-                    message.digest,
-                    "retry",
-                    message.papers,
-                    f"temporary: {error.detail}; will retry next run",
-                )
-            )
-    return outcomes
+        store.settle(message.address, message.digest, "retry", message.hi, error.detail)
+        return Outcome(
+            message.address,
+            message.digest,
+            "retry",
+            message.papers,
+            f"temporary: {error.detail}; will retry next run",
+        )
+
+    if workers <= 1:
+        return [one(message) for message in outgoing]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
+        return list(pool.map(one, outgoing))
+
+
+def _send_with_retries(
+    transport: Transport, message: Outgoing, attempts: int, backoff: float
+) -> DeliveryError | None:
+    """None when sent; the last error otherwise (4xx and dropped connections are retried
+    with exponential backoff and jitter; 5xx and fatal errors are not)."""
+    error: DeliveryError | None = None
+    for attempt in range(attempts):
+        try:
+            transport.send(message)
+            return None
+        except DeliveryError as exc:
+            error = exc
+            if exc.kind != TEMPORARY or attempt == attempts - 1:
+                break
+            time.sleep(backoff * (2**attempt) * (0.5 + random.random()))
+    return error

@@ -213,8 +213,16 @@ def send_stage(
     settings: Settings, store: Store, outgoing: Sequence[Outgoing], run_id: int
 ) -> list[Outcome]:
     transport = transport_for(settings)
+    workers = settings.smtp_connections if settings.delivery == "smtp" else 1
     try:
-        return send_batch(store, transport, outgoing, run_id)
+        return send_batch(
+            store,
+            transport,
+            outgoing,
+            run_id,
+            workers=workers,
+            max_error_rate=settings.max_error_rate,
+        )
     finally:
         transport.close()
 
@@ -267,6 +275,7 @@ def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, lis
 
 
 def summarize(
+    store: Store,
     summary: RunSummary,
     plan: RunPlan,
     reports: Sequence[SourceReport],
@@ -274,6 +283,9 @@ def summarize(
     skips: Sequence[Skip],
     outcomes: Sequence[Outcome],
 ) -> RunSummary:
+    paused = store.pause_reason(summary.run_id)
+    if paused:
+        summary.status, summary.message = "paused", paused
     summary.sources = list(reports)
     summary.papers_seen = sum(r.papers for r in reports)
     summary.papers_new = plan.high_water - plan.low_water
@@ -345,7 +357,7 @@ def run_plain(settings: Settings, today: date | None = None) -> RunSummary:
             outcomes += send_stage(settings, store, rendered, run_id)
             summary.stage_seconds["send"] += time.perf_counter() - clock
             skips += ranked.skips
-        summarize(summary, plan, reports, errors, skips, outcomes)
+        summarize(store, summary, plan, reports, errors, skips, outcomes)
         store.finish_run(run_id, "finished", summary.to_json())
         return summary
     except BaseException:

@@ -63,6 +63,19 @@ class Settings(BaseSettings):
         default=None,
         description="PEM file of CAs to trust for a private SMTP server (verification stays on).",
     )
+    smtp_connections: int = Field(default=4, ge=1, description="SMTP connections in parallel.")
+    smtp_rate_limit: float | None = Field(
+        default=None, gt=0, description="Most messages per second to send (none: no cap)."
+    )
+    smtp_recycle_after: int = Field(
+        default=100, ge=1, description="Messages per SMTP connection before reconnecting."
+    )
+    max_error_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Pause a run once more than this share of deliveries fail (after 20).",
+    )
     smtp_timeout: float = Field(default=30.0, description="SMTP socket timeout in seconds.")
     fetch_timeout: float = Field(default=20.0, description="HTTP read timeout in seconds.")
     max_dump_mb: float = Field(default=20.0, description="Largest dump accepted, in MB.")

@@ -90,6 +90,7 @@ runs = Table(
     Column("low_water", Integer, nullable=False),
     Column("high_water", Integer),
     Column("summary", Text),
+    Column("pause_reason", Text),
 )
 
 subscriber_state = Table(
@@ -369,6 +370,21 @@ class Store:
                 .where(runs.c.id == run_id)
                 .values(status=status, finished_at=now(), summary=json.dumps(summary, default=str))
             )
+
+    def pause_run(self, run_id: int, reason: str) -> None:
+        """Stop a run's remaining deliveries (first reason wins)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.pause_reason.is_(None))
+                .values(pause_reason=reason)
+            )
+
+    def pause_reason(self, run_id: int) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(runs.c.pause_reason).where(runs.c.id == run_id)
+            ).scalar_one_or_none()
 
     # --- subscribers -------------------------------------------------------------------
 

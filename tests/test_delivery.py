@@ -172,3 +172,47 @@ def test_interrupted_send_is_ambiguous_for_smtp_and_confirmed_for_outbox(
     outcome = resolve_interrupted(smtp_store, Unknowing(), resend=False)
     assert [o.status for o in outcome] == ["ambiguous"]
     assert smtp_store.cursors([a.address])[a.address][0] == a.hi  # not resent next time
+
+
+def test_pool_sends_concurrently_under_a_rate_cap(smtp, db_url: str, messages) -> None:
+    import time
+
+    from paperpost.delivery import SmtpPool
+
+    settings = smtp_settings(smtp).model_copy(
+        update={"smtp_connections": 3, "smtp_rate_limit": 20.0}
+    )
+    pool = SmtpPool(settings)
+    many = list(messages)
+    start = time.perf_counter()
+    outcomes = send_batch(Store(db_url), pool, many, run_id=1, workers=3)
+    elapsed = time.perf_counter() - start
+    pool.close()
+    assert [o.status for o in outcomes] == ["sent"] * len(many)
+    assert sorted(r[0] for r, _ in smtp.handler.messages) == sorted(m.address for m in many)
+    # a bucket of 1 token at 20/s: four messages need at least three refills (0.15 s)
+    assert elapsed >= 0.14
+
+
+def test_high_error_rate_pauses_the_run(smtp, tmp_path: Path, db_url: str) -> None:
+    papers = [Paper(f"Agents {i}", "LLM agents use tools.") for i in range(1)]
+    items = rank(papers, Profile((Interest("agents"),)))
+    renderer = Renderer()
+    batch = [
+        renderer.render(
+            Reader(f"u{i}@example.org", None, ("agents",), "s.yaml"), items, EDITION, 0, 1
+        )
+        for i in range(40)
+    ]
+    for i in range(25):
+        smtp.script.reject[f"u{i}@example.org"] = "550 mailbox unavailable"
+    store = Store(db_url)
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, max_error_rate=0.5)
+    transport.close()
+    statuses = [o.status for o in outcomes]
+    assert statuses[:20] == ["failed"] * 20  # the first 20 are tried before judging the rate
+    assert set(statuses[20:]) == {"retry"}
+    assert "paused: 20 of 20 deliveries failed (100%" in store.pause_reason(run)
+    assert "not attempted: paused" in outcomes[-1].detail
