@@ -346,6 +346,19 @@ def subscribers_tags(
 
 
 @app.command()
+def web(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+) -> None:
+    """Serve the unsubscribe endpoint (set PAPERPOST_BASE_URL to its public https URL)."""
+    import uvicorn
+
+    from paperpost.web import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+@app.command()
 def unsubscribe(
     token: Annotated[str, typer.Argument(help="The token from an unsubscribe link.")],
 ) -> None:

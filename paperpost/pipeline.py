@@ -7,6 +7,8 @@ imports Prefect.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -256,12 +258,35 @@ def edition_for(settings: Settings, plan: RunPlan, today: date) -> Edition:
 
 
 def begin(settings: Settings) -> tuple[Store, str, int | None]:
-    """Open the store and take the run lease; run id None when another run holds it."""
+    """Open the store and take the run lease; run id None when another run holds it.
+
+    A lease expires after LOCK_TTL; one held by a process of this machine that no longer
+    exists (a run killed mid-way) is taken over at once.
+    """
     store = Store(settings.db_url)
-    owner = uuid4().hex
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex}"
     if not store.acquire_lock(LOCK, owner, LOCK_TTL):
-        return store, owner, None
+        holder = store.lock_owner(LOCK)
+        if not (holder and _dead_here(holder)):
+            return store, owner, None
+        if not store.take_over_lock(LOCK, holder, owner, LOCK_TTL):
+            return store, owner, None
     return store, owner, store.start_run()
+
+
+def _dead_here(owner: str) -> bool:
+    """True when a lease owner is a process on this machine that has exited."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, list[Outcome]]:

@@ -557,6 +557,22 @@ class Store:
                 return False
             return True
 
+    def take_over_lock(self, name: str, stale_owner: str, owner: str, ttl: timedelta) -> bool:
+        """Take a lease from an owner known to be dead (only if it still holds it)."""
+        expires = now().timestamp() + ttl.total_seconds()
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(locks)
+                    .where(locks.c.name == name, locks.c.owner == stale_owner)
+                    .values(owner=owner, expires_at=expires)
+                ).rowcount
+            )
+
+    def lock_owner(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(locks.c.owner).where(locks.c.name == name)).scalar()
+
     def release_lock(self, name: str, owner: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(locks).where(locks.c.name == name, locks.c.owner == owner))

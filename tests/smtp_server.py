@@ -106,7 +106,7 @@ class SmtpServer:
         self.controller = Controller(
             self.handler,
             hostname="127.0.0.1",
-            port=port or _free_port(),
+            port=port or free_port(),
             tls_context=context,
             require_starttls=True,
             authenticator=authenticate,
@@ -125,7 +125,7 @@ class SmtpServer:
         self.controller.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
