@@ -8,6 +8,7 @@ pure tasks do not. The run summary is returned and published as artefacts.
 from __future__ import annotations
 
 import time
+from collections import deque
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from paperpost import pipeline
 from paperpost.delivery import Outcome
@@ -26,7 +28,26 @@ from paperpost.store import RunPlan, Store
 from paperpost.subscribers import LoadedSubscriber, SubscriberError
 
 _TASK = {"cache_policy": NONE, "persist_result": False}
+IN_FLIGHT = 4  # batches submitted ahead: bounds memory (rendered messages) at any size
 _renderer: Renderer | None = None
+
+
+def task_runner(settings: Settings) -> TaskRunner:
+    """Threads in this process, or Dask: a local cluster ("local") or a scheduler address."""
+    if not settings.dask_address:
+        # a thread for each task of every batch in flight, so none waits on a queued one
+        return ThreadPoolTaskRunner(max_workers=3 * IN_FLIGHT)
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address == "local":
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": IN_FLIGHT // 2,
+                "threads_per_worker": 1,
+                "dashboard_address": None,
+            }
+        )
+    return DaskTaskRunner(address=settings.dask_address)
 
 
 def renderer() -> Renderer:
@@ -74,7 +95,7 @@ def send(settings: Settings, outgoing: list[Outgoing], run_id: int) -> list[Outc
     return pipeline.send_stage(settings, Store(settings.db_url), outgoing, run_id)
 
 
-@flow(name="digest", log_prints=False)
+@flow(name="digest", log_prints=False, task_runner=task_runner(Settings()))
 def digest(
     sources: list[str] | None = None,
     subscribers_dir: str | None = None,
@@ -121,16 +142,26 @@ def digest(
             logger.warning("Skipping invalid subscriber entry: %s", error)
         edition = pipeline.edition_for(settings, plan, today)
         batches = list(pipeline.batches(readers, settings.batch_size))
-        ranked = [rank.submit(settings, plan, batch, today) for batch in batches]
-        rendered = [render.submit(r, edition) for r in ranked]
-        sent = [send.submit(settings, r, run_id) for r in rendered]
         skips: list[pipeline.Skip] = []
-        for number, (r, s) in enumerate(zip(ranked, sent, strict=True), 1):
-            skips += r.result().skips
-            outcomes += s.result()
-            logger.info(
-                "Batch %s/%s done: %s deliveries so far", number, len(batches), len(outcomes)
-            )
+        in_flight: deque = deque()
+        done = 0
+
+        def collect() -> None:
+            nonlocal done
+            ranked, sent = in_flight.popleft()
+            skips.extend(ranked.result().skips)
+            outcomes.extend(sent.result())
+            done += 1
+            logger.info("Batch %s/%s done: %s deliveries so far", done, len(batches), len(outcomes))
+
+        for batch in batches:
+            ranked = rank.submit(settings, plan, batch, today)
+            rendered = render.submit(ranked, edition)
+            in_flight.append((ranked, send.submit(settings, rendered, run_id)))
+            if len(in_flight) >= IN_FLIGHT:
+                collect()
+        while in_flight:
+            collect()
         summary.stage_seconds["rank+render+send"] = time.perf_counter() - clock
         pipeline.summarize(store, summary, plan, reports, errors, skips, outcomes)
         store.finish_run(run_id, "finished", summary.to_json())

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
+import requests
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -343,6 +344,35 @@ def subscribers_tags(
             continue
         table.add_row(tag_id, name, ", ".join(a for a in aliases if a != tag_id.replace("-", " ")))
     out.print(table)
+
+
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help="When to run, as cron (UTC).")] = "0 7 * * 1-5",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "digest-served",
+) -> None:
+    """Serve the digest flow on a cron schedule from this process (needs a Prefect server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    problem = None
+    if not api:
+        problem = "PREFECT_API_URL is not set"
+    else:
+        try:
+            requests.get(f"{api.rstrip('/')}/health", timeout=3).raise_for_status()
+        except requests.RequestException as exc:
+            problem = f"no Prefect server answers at {api} ({type(exc).__name__})"
+    if problem:
+        err.print(
+            f"[red]error[/red] paperpost serve needs a running Prefect server: {problem}. "
+            "Start one with `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (or use `paperpost run` from cron)."
+        )
+        raise typer.Exit(2)
+    from flows.digest import digest
+
+    digest.serve(name=name, cron=cron)
 
 
 @app.command()

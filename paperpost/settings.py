@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         "began (may duplicate); default: report them and do not resend.",
     )
     batch_size: int = Field(default=500, ge=1, description="Subscribers per flow task.")
+    dask_address: str | None = Field(
+        default=None,
+        description='Run flow batches on Dask: "local" (a local cluster per run) or a '
+        "scheduler address like tcp://10.0.0.5:8786.",
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -170,3 +170,11 @@ def test_tags_lists_the_vocabulary() -> None:
     result = runner.invoke(app, ["subscribers", "tags", "speech"])
     assert result.exit_code == 0
     assert "text-to-speech" in result.stdout and "diffusion" not in result.stdout
+
+
+def test_serve_without_a_server_says_what_to_do(monkeypatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "needs a running Prefect server" in result.stderr
+    assert "prefect server start" in result.stderr

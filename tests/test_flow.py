@@ -88,3 +88,64 @@ def test_digest_flow_end_to_end(tmp_path: Path) -> None:
     texts = [a.data for a in arts]
     assert any("zed.yaml:4:5" in t and "| digests sent | 4 |" in t for t in texts)
     assert any("every source is unchanged" in t for t in texts)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_flow_on_a_local_dask_cluster_with_smtp_550(tmp_path: Path, monkeypatch) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect_dask import DaskTaskRunner
+
+    from flows.digest import digest
+    from smtp_server import SmtpServer
+
+    server = SmtpServer(tmp_path).start()
+    server.script.reject["bob@example.org"] = "550 5.1.1 no such mailbox"
+    try:
+        for name, value in {
+            "PAPERPOST_DELIVERY": "smtp",
+            "PAPERPOST_SMTP_HOST": "127.0.0.1",
+            "PAPERPOST_SMTP_PORT": str(server.port),
+            "PAPERPOST_SMTP_SECURITY": "starttls",
+            "PAPERPOST_SMTP_USERNAME": "mailer",
+            "PAPERPOST_SMTP_PASSWORD": "s3cret-pass",
+            "PAPERPOST_SMTP_CA_FILE": str(server.cert),
+            "PAPERPOST_BATCH_SIZE": "2",
+        }.items():
+            monkeypatch.setenv(name, value)
+        subs = tmp_path / "subscribers"
+        shutil.copytree(ROOT / "subscribers", subs)
+        (subs / "broken.yaml").write_text("email: x@example.org\ntags: [agents]\nfrequency: 1\n")
+        runner = DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": 2,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+        result = digest.with_options(task_runner=runner)(
+            sources=[str(EXAMPLES / "dumps")],
+            subscribers_dir=str(subs),
+            database_url=f"sqlite:///{tmp_path / 'pp.db'}",
+        )
+    finally:
+        server.stop()
+    assert result["digests_sent"] == 3 and result["digests_failed"] == 1
+    delivered = sorted(rcpt[0] for rcpt, _ in server.handler.messages)
+    assert delivered == ["alice@example.org", "carol@example.org", "dan@example.org"]
+    with get_client(sync_client=True) as client:
+        summary, table = (
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )[0].data
+            for key in ("digest-summary", "digest-deliveries")
+        )
+    assert "| digests failed (permanent) | 1 |" in summary
+    assert 'broken.yaml:3:1: frequency: unknown field "frequency"' in summary
+    assert "| bob@example.org | failed | permanent: 550 5.1.1 no such mailbox" in summary
+    assert "s3cret-pass" not in summary and "s3cret-pass" not in str(table)
+    assert "bob@example.org" in str(table) and "failed" in str(table)
