@@ -33,6 +33,7 @@ from paperpost.settings import Settings
 from paperpost.store import Store
 
 ERROR_SAMPLE = 20  # deliveries tried before the error rate can pause a run
+PAUSE_CHECK_EVERY = 25  # messages between looks at whether another batch paused the run
 TEMPORARY = "temporary"  # 4xx, dropped connection: retry with backoff
 PERMANENT = "permanent"  # 5xx for this recipient: record, suppress, never retry
 FATAL = "fatal"  # the transport itself is misconfigured (login refused): stop the batch
@@ -306,11 +307,15 @@ def send_batch(
     recorded on the run so every batch of it stops.
     """
     lock = threading.Lock()
-    tried = failed = 0
+    tried = failed = seen = 0
+    paused: str | None = store.pause_reason(run_id)
 
     def one(message: Outgoing) -> Outcome:
-        nonlocal tried, failed
-        paused = store.pause_reason(run_id)
+        nonlocal tried, failed, seen, paused
+        with lock:
+            seen += 1
+            if not paused and seen % PAUSE_CHECK_EVERY == 0:  # another batch may have paused
+                paused = store.pause_reason(run_id)
         if paused:
             return Outcome(
                 message.address, message.digest, "retry", message.papers, f"not attempted: {paused}"
@@ -329,12 +334,14 @@ def send_batch(
             rate = failed / tried
             if error is not None and error.kind == FATAL:
                 store.pause_run(run_id, f"delivery stopped: {error.detail}")
-            elif tried >= ERROR_SAMPLE and rate > max_error_rate:
+                paused = store.pause_reason(run_id)
+            elif tried >= ERROR_SAMPLE and rate > max_error_rate and not paused:
                 store.pause_run(
                     run_id,
                     f"paused: {failed} of {tried} deliveries failed ({rate:.0%}, over the "
                     f"{max_error_rate:.0%} threshold); check the mail server, then run again",
                 )
+                paused = store.pause_reason(run_id)
         if error is None:
             store.settle(message.address, message.digest, "sent", message.hi, None)
             return Outcome(message.address, message.digest, "sent", message.papers)

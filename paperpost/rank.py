@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +199,7 @@ def _ordered(terms: Sequence[Term]) -> tuple[Term, ...]:
 # --- evidence ----------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Doc:
     fields: dict[str, Counter[tuple[str, ...]]]
     words: dict[str, list[str]]
@@ -207,6 +207,7 @@ class _Doc:
     everything: Counter[tuple[str, ...]]
 
 
+@lru_cache(maxsize=4096)
 def _doc(paper: Paper) -> _Doc:
     words = {
         "title": tokens(paper.title),
@@ -342,11 +343,17 @@ def _evidence_table(docs: list[_Doc], topics: list[Topic]) -> list[dict[int, Evi
                         candidates.add(t)
         found = {}
         for t in candidates:
-            ev = evidence(doc, topics[t])
+            ev = _cached_evidence(doc, topics[t])
             if ev.score > 0:
                 found[t] = ev
         table.append(found)
     return table
+
+
+@lru_cache(maxsize=65536)
+def _cached_evidence(doc: _Doc, topic: Topic) -> Evidence:
+    """Evidence is the same for every batch of readers that shares a topic."""
+    return evidence(doc, topic)
 
 
 def _near_duplicates(papers: Sequence[Paper]) -> dict[int, set[int]]:

@@ -325,15 +325,17 @@ class Renderer:
             display_name=normalize_space(reader.name or ""), addr_spec=reader.email
         )
         message["Subject"] = str(context["subject"])
-        body = mime_body(message, text, html, msg_id)
+        mime_head, body = mime_body(text, html, msg_id)
         unsubscribe = ", ".join(f"<{u}>" for u in (web, mailto) if u)
         head = (
             edition_headers(edition)
             + b"".join(POLICY.fold_binary(k, v) for k, v in message.items())
             + (
                 f"Message-ID: {msg_id}\r\nList-Unsubscribe: {unsubscribe}\r\n"
-                f"X-Paperpost-Digest: {digest}\r\n\r\n"
+                f"X-Paperpost-Digest: {digest}\r\n"
             ).encode("ascii")
+            + mime_head
+            + b"\r\n"
         )
         return Outgoing(
             address=reader.email.lower(),
@@ -368,29 +370,25 @@ def _qp(text: str) -> bytes:
     return binascii.b2a_qp(crlf.encode("utf-8"), istext=True)
 
 
-def mime_body(message: EmailMessage, text: str, html: str | None, msg_id: str) -> bytes:
-    """Set the MIME headers on ``message`` and return the encoded body to append to its
-    serialized headers.
+def mime_body(text: str, html: str | None, msg_id: str) -> tuple[bytes, bytes]:
+    """The MIME headers and the encoded body of a digest.
 
     The standard library's ``set_content``/``add_alternative`` cost about a millisecond
     a message; the parts here are the same (UTF-8, quoted-printable, CRLF) but encoded
     by binascii. The boundary starts with ``=_``, which quoted-printable text cannot
     contain, so it never collides with the content.
     """
-    message["MIME-Version"] = "1.0"
-    text_headers = b'Content-Type: text/plain; charset="utf-8"\r\n'
-    text_headers += b"Content-Transfer-Encoding: quoted-printable\r\n"
     if html is None:
-        message["Content-Type"] = 'text/plain; charset="utf-8"'
-        message["Content-Transfer-Encoding"] = "quoted-printable"
-        return _qp(text)
+        return _TEXT_PART_HEADERS, _qp(text)
     boundary = "=_pp_" + hashlib.sha256(msg_id.encode()).hexdigest()[:24]
-    message["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'
+    head = (
+        f'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="{boundary}"\r\n'
+    ).encode("ascii")
     mark = f"--{boundary}\r\n".encode()
-    return b"".join(
+    body = b"".join(
         (
             mark,
-            text_headers,
+            _TEXT_PART_HEADERS[len(b"MIME-Version: 1.0\r\n") :],
             b"\r\n",
             _qp(text),
             b"\r\n",
@@ -401,6 +399,13 @@ def mime_body(message: EmailMessage, text: str, html: str | None, msg_id: str) -
             f"\r\n--{boundary}--\r\n".encode(),
         )
     )
+    return head, body
+
+
+_TEXT_PART_HEADERS = (
+    b'MIME-Version: 1.0\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+)
 
 
 def _attr(value: str) -> str:

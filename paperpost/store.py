@@ -462,44 +462,47 @@ class Store:
         row already ``sending`` belongs to another process. ``retry`` and ``released``
         rows are sent again.
         """
+        try:  # the common case: a digest never tried before
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(deliveries).values(
+                        address=address,
+                        digest=digest,
+                        lo=lo,
+                        hi=hi,
+                        message_id=message_id,
+                        status="sending",
+                        attempts=1,
+                        run_id=run_id,
+                        updated_at=now(),
+                    )
+                )
+            return Claim(True, "new")
+        except IntegrityError:
+            pass
         with self.engine.begin() as conn:
-            row = conn.execute(
+            status = conn.execute(
                 select(deliveries.c.status).where(
                     deliveries.c.address == address, deliveries.c.digest == digest
                 )
-            ).first()
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            insert(deliveries).values(
-                                address=address,
-                                digest=digest,
-                                lo=lo,
-                                hi=hi,
-                                message_id=message_id,
-                                status="sending",
-                                attempts=1,
-                                run_id=run_id,
-                                updated_at=now(),
-                            )
-                        )
-                except IntegrityError:  # another process claimed it first
-                    return Claim(False, "sending")
-                return Claim(True, "new")
-            if row.status in {"sent", "failed", "ambiguous", "sending"}:
-                return Claim(False, row.status)
-            conn.execute(
+            ).scalar_one()
+            if status in {"sent", "failed", "ambiguous", "sending"}:
+                return Claim(False, status)
+            changed = conn.execute(
                 update(deliveries)
-                .where(deliveries.c.address == address, deliveries.c.digest == digest)
+                .where(
+                    deliveries.c.address == address,
+                    deliveries.c.digest == digest,
+                    deliveries.c.status == status,  # nobody else took it meanwhile
+                )
                 .values(
                     status="sending",
                     attempts=deliveries.c.attempts + 1,
                     run_id=run_id,
                     updated_at=now(),
                 )
-            )
-            return Claim(True, row.status)
+            ).rowcount
+            return Claim(bool(changed), status if changed else "sending")
 
     def settle(self, address: str, digest: str, status: str, hi: int, error: str | None) -> None:
         """Record a transport outcome. ``sent`` and ``ambiguous`` move the subscriber's
