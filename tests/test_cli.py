@@ -178,3 +178,13 @@ def test_serve_without_a_server_says_what_to_do(monkeypatch) -> None:
     assert result.exit_code == 2
     assert "needs a running Prefect server" in result.stderr
     assert "prefect server start" in result.stderr
+
+
+def test_readme_documents_every_setting() -> None:
+    from paperpost.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        variable = f"PAPERPOST_{name.upper()}"
+        short = "_" + name.upper().split("_", 1)[-1]
+        assert variable in readme or (name.startswith("smtp_") and f"`{short}`" in readme), name
