@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
 from paperpost.dumps import DumpError, distinct_papers, parse_dump
@@ -107,7 +108,13 @@ def run(
         from paperpost.pipeline import run_plain
 
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-        summary = run_plain(settings, day).to_json()
+        with Progress(transient=True, console=err, disable=as_json) as bar:
+            task = bar.add_task("rank → render → send", total=None)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            summary = run_plain(settings, day, advance).to_json()
     else:
         from flows.digest import digest
 

@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -350,8 +350,15 @@ def nothing_to_send_reason(summary: RunSummary) -> str:
     return "Nothing to send: no subscriber had new papers above their min_score."
 
 
-def run_plain(settings: Settings, today: date | None = None) -> RunSummary:
-    """The whole pipeline without Prefect, in one process (same functions as the flow)."""
+def run_plain(
+    settings: Settings,
+    today: date | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunSummary:
+    """The whole pipeline without Prefect, in one process (same functions as the flow).
+
+    ``progress(done, total)`` is called after each batch of subscribers.
+    """
     today = today or datetime.now(UTC).date()
     store, owner, run_id = begin(settings)
     if run_id is None:
@@ -371,6 +378,7 @@ def run_plain(settings: Settings, today: date | None = None) -> RunSummary:
         skips: list[Skip] = []
         for stage in ("rank", "render", "send"):
             summary.stage_seconds[stage] = 0.0
+        processed = 0
         for batch in batches(subscribers, settings.batch_size):
             clock = time.perf_counter()
             ranked = rank_stage(store, plan, batch, today, settings.send_empty)
@@ -382,6 +390,9 @@ def run_plain(settings: Settings, today: date | None = None) -> RunSummary:
             outcomes += send_stage(settings, store, rendered, run_id)
             summary.stage_seconds["send"] += time.perf_counter() - clock
             skips += ranked.skips
+            processed += len(batch)
+            if progress:
+                progress(processed, len(subscribers))
         summarize(store, summary, plan, reports, errors, skips, outcomes)
         store.finish_run(run_id, "finished", summary.to_json())
         return summary

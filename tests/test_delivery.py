@@ -216,3 +216,39 @@ def test_high_error_rate_pauses_the_run(smtp, tmp_path: Path, db_url: str) -> No
     assert set(statuses[20:]) == {"retry"}
     assert "paused: 20 of 20 deliveries failed (100%" in store.pause_reason(run)
     assert "not attempted: paused" in outcomes[-1].detail
+
+
+def test_implicit_tls_on_connect(tmp_path: Path, db_url: str, messages) -> None:
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from smtp_server import Handler, Script, free_port, self_signed
+
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    handler = Handler(Script())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), ssl_context=context)
+    controller.start()
+    try:
+        settings = Settings(
+            delivery="smtp",
+            smtp_host="127.0.0.1",
+            smtp_port=controller.port,
+            smtp_security="tls",
+            smtp_ca_file=cert,
+        )
+        transport = Smtp(settings)
+        outcomes = send_batch(Store(db_url), transport, messages[:2], run_id=1)
+        transport.close()
+        untrusted = Smtp(settings.model_copy(update={"smtp_ca_file": None}))
+        refused = send_batch(
+            Store(f"sqlite:///{tmp_path / 'b.db'}"), untrusted, messages[:1], run_id=1, backoff=0.01
+        )
+    finally:
+        controller.stop()
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert len(handler.messages) == 2
+    # certificate verification is on: a self-signed server is not trusted by default
+    assert refused[0].status == "retry" and "CERTIFICATE_VERIFY_FAILED" in refused[0].detail

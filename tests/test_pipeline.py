@@ -143,3 +143,20 @@ def test_examples_then_a_newer_dump_sends_only_the_new_papers(tmp_path: Path) ->
     shutil.copy(DUMPS[0], dumps)  # a real, unrelated dump: only its papers are news
     later = run_plain(settings, WED)
     assert later.papers_new == 103
+
+
+def test_an_overlapping_run_does_nothing(setup) -> None:
+    from datetime import timedelta
+
+    from paperpost.pipeline import LOCK
+    from paperpost.store import Store
+
+    settings, dumps, _, outbox = setup
+    write_dump(dumps, "a.txt", ["Speculative Decoding Alpha"])
+    store = Store(settings.db_url)
+    assert store.acquire_lock(LOCK, "otherhost:1:slow-run", timedelta(hours=1))
+    blocked = run_plain(settings, TUE)
+    assert blocked.status == "locked" and "Another run holds the lock" in blocked.message
+    assert not outbox.exists()
+    store.release_lock(LOCK, "otherhost:1:slow-run")
+    assert run_plain(settings, TUE).digests_sent == 1
