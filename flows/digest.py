@@ -28,7 +28,11 @@ from paperpost.store import RunPlan, Store
 from paperpost.subscribers import LoadedSubscriber, SubscriberError
 
 _TASK = {"cache_policy": NONE, "persist_result": False}
-IN_FLIGHT = 4  # batches submitted ahead: bounds memory (rendered messages) at any size
+# Batches submitted ahead of the one being collected; this also bounds memory (rendered
+# messages) at any number of subscribers. Threads share one GIL and one SQLite writer, so
+# more than two only adds contention; Dask workers are separate processes.
+THREAD_BATCHES = 2
+DASK_BATCHES = 8
 _renderer: Renderer | None = None
 
 
@@ -36,13 +40,13 @@ def task_runner(settings: Settings) -> TaskRunner:
     """Threads in this process, or Dask: a local cluster ("local") or a scheduler address."""
     if not settings.dask_address:
         # a thread for each task of every batch in flight, so none waits on a queued one
-        return ThreadPoolTaskRunner(max_workers=3 * IN_FLIGHT)
+        return ThreadPoolTaskRunner(max_workers=3 * THREAD_BATCHES)
     from prefect_dask import DaskTaskRunner
 
     if settings.dask_address == "local":
         return DaskTaskRunner(
             cluster_kwargs={
-                "n_workers": IN_FLIGHT // 2,
+                "n_workers": 2,
                 "threads_per_worker": 1,
                 "dashboard_address": None,
             }
@@ -158,7 +162,7 @@ def digest(
             ranked = rank.submit(settings, plan, batch, today)
             rendered = render.submit(ranked, edition)
             in_flight.append((ranked, send.submit(settings, rendered, run_id)))
-            if len(in_flight) >= IN_FLIGHT:
+            if len(in_flight) >= (DASK_BATCHES if settings.dask_address else THREAD_BATCHES):
                 collect()
         while in_flight:
             collect()

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         description="Resend digests whose send was interrupted after the SMTP transaction "
         "began (may duplicate); default: report them and do not resend.",
     )
-    batch_size: int = Field(default=500, ge=1, description="Subscribers per flow task.")
+    batch_size: int = Field(default=2000, ge=1, description="Subscribers per flow task.")
     dask_address: str | None = Field(
         default=None,
         description='Run flow batches on Dask: "local" (a local cluster per run) or a '
