@@ -252,3 +252,12 @@ def test_implicit_tls_on_connect(tmp_path: Path, db_url: str, messages) -> None:
     assert len(handler.messages) == 2
     # certificate verification is on: a self-signed server is not trusted by default
     assert refused[0].status == "retry" and "CERTIFICATE_VERIFY_FAILED" in refused[0].detail
+
+
+def test_421_reconnects_and_retries(smtp, db_url: str, messages) -> None:
+    smtp.script.data_failures = ["421 4.3.2 service shutting down, reconnect"]
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(Store(db_url), transport, messages[:1], run_id=1, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["sent"]
+    assert len(smtp.handler.messages) == 1
