@@ -43,10 +43,6 @@ class Fetched:
     error: str | None = None
 
 
-class FetchError(RuntimeError):
-    pass
-
-
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
