@@ -66,6 +66,7 @@ class Handler:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.messages: list[tuple[list[str], bytes]] = []
+        self.sessions: list[tuple[str, int]] = []  # peer (host, port) of each DATA
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.script.reject.get(address.lower())
@@ -75,6 +76,7 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        self.sessions.append(tuple(session.peer))
         if self.script.drop_next_data:
             self.script.drop_next_data -= 1
             server.transport.close()

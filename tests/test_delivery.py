@@ -165,11 +165,7 @@ def test_interrupted_send_is_ambiguous_for_smtp_and_confirmed_for_outbox(
     smtp_store = Store(f"sqlite:///{tmp_path / 'other.db'}")
     smtp_store.claim(a.address, a.digest, a.lo, a.hi, a.message_id, 1)
 
-    class Unknowing:
-        def delivered(self, address, digest):
-            return None
-
-    outcome = resolve_interrupted(smtp_store, Unknowing(), resend=False)
+    outcome = resolve_interrupted(smtp_store, Smtp(Settings()), resend=False)
     assert [o.status for o in outcome] == ["ambiguous"]
     assert smtp_store.cursors([a.address])[a.address][0] == a.hi  # not resent next time
 
@@ -261,3 +257,5 @@ def test_421_reconnects_and_retries(smtp, db_url: str, messages) -> None:
     transport.close()
     assert [o.status for o in outcomes] == ["sent"]
     assert len(smtp.handler.messages) == 1
+    first, second = smtp.handler.sessions  # the retry came on a new connection
+    assert first != second
