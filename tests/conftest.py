@@ -20,6 +20,19 @@ EXAMPLES = ROOT / "examples"
 CAPTURED = date(2026, 11, 25)  # the day the shared dumps were captured
 
 
+FULL_TESTS = os.environ.get("PAPERPOST_FULL_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long sweeps (marked `slow`) run in CI; the default run keeps their short versions."""
+    if FULL_TESTS:
+        return
+    skip = pytest.mark.skip(reason="long sweep: set PAPERPOST_FULL_TESTS=1 to run it (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_papers():
     """Every paper in ../shared, parsed once for the session."""
