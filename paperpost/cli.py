@@ -40,6 +40,8 @@ subscribers_app = typer.Typer(
     help="Add, remove, list and check subscriber YAML files.", no_args_is_help=True
 )
 app.add_typer(subscribers_app, name="subscribers")
+db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -48,6 +50,11 @@ SourcesArg = Annotated[list[str], typer.Argument(help="Files, folders, globs or 
 
 def _today(value: str | None) -> date:
     return date.fromisoformat(value) if value else datetime.now(UTC).date()
+
+
+def _database_url(db: str | None) -> str | None:
+    """A ``--db`` value: a SQLAlchemy URL, or a SQLite file path."""
+    return db if db is None or "://" in db else f"sqlite:///{Path(db)}"
 
 
 def _read_papers(sources: list[str], settings: Settings) -> list[Paper]:
@@ -96,7 +103,7 @@ def run(
     today: Annotated[str | None, typer.Option(help="Run as if on this date (YYYY-MM-DD).")] = None,
 ) -> None:
     """Run the digest job once: fetch → diff → rank → render → send."""
-    database_url = db if db is None or "://" in db else f"sqlite:///{Path(db)}"
+    database_url = _database_url(db)
     overrides = {
         "sources": source or None,
         "subscribers_dir": str(subscribers) if subscribers else None,
@@ -351,6 +358,28 @@ def subscribers_tags(
             continue
         table.add_row(tag_id, name, ", ".join(a for a in aliases if a != tag_id.replace("-", " ")))
     out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    db: Annotated[str | None, typer.Option(help="Database URL or SQLite file path.")] = None,
+) -> None:
+    """Migrate the database to the current schema (runs also on any first use)."""
+    from paperpost import schema
+    from paperpost.db import create
+
+    url = _database_url(db) or Settings().db_url
+    engine = create(url)
+    try:
+        with engine.connect() as conn:
+            before = schema.current(conn)
+        after = schema.upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        out.print(f"database already at revision {after} (current)")
+    else:
+        out.print(f"database upgraded from {before or 'empty'} to revision {after}")
 
 
 @app.command()

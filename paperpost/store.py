@@ -13,6 +13,9 @@ SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
 * ``suppressions``: addresses that unsubscribed or bounced permanently.
 * ``locks``: a lease so overlapping runs do not both send.
 
+The schema is owned by the Alembic revisions in ``paperpost/migrations`` (see
+``paperpost.schema``); the tables below mirror it for queries and ``--autogenerate``.
+
 A paper is news to a subscriber while its ``seq`` is above their cursor; cursors
 move only after the digest holding those papers was sent (or skipped on purpose).
 """
@@ -25,7 +28,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from pathlib import Path
 
 from sqlalchemy import (
     Column,
@@ -39,9 +41,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -49,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from paperpost import db, schema
 from paperpost.dumps import distinct_papers, merge_papers
 from paperpost.models import Paper
 
@@ -146,21 +147,9 @@ def key_hash(key: str) -> str:
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    """One engine per URL and process; SQLite files get WAL and a busy timeout."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
-    metadata.create_all(engine)
+    """One engine per URL and process, its database migrated to the current schema."""
+    engine = db.create(url)
+    schema.upgrade(engine)
     return engine
 
 

@@ -65,12 +65,23 @@ def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         if os.environ.get("PAPERPOST_REQUIRE_POSTGRES"):
             pytest.fail("PAPERPOST_TEST_POSTGRES_URL is not set but PostgreSQL is required")
         pytest.skip("set PAPERPOST_TEST_POSTGRES_URL to test against PostgreSQL")
-    from paperpost.store import engine_for, metadata
-
-    engine = engine_for(POSTGRES_URL)
-    metadata.drop_all(engine)
-    metadata.create_all(engine)
+    reset_postgres(POSTGRES_URL)
     return POSTGRES_URL
+
+
+def reset_postgres(url: str, migrate: bool = True) -> None:
+    """Drop every table of the test database, then (by default) migrate it afresh."""
+    from sqlalchemy import MetaData
+
+    from paperpost import schema
+    from paperpost.store import engine_for
+
+    engine = engine_for(url)
+    tables = MetaData()
+    tables.reflect(engine)
+    tables.drop_all(engine)
+    if migrate:
+        schema.upgrade(engine)
 
 
 @pytest.fixture(scope="session")
