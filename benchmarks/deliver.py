@@ -78,9 +78,7 @@ def main() -> None:
     renderer = Renderer()
     edition = Edition("bench <bench@example.org>", "k", None, date(2026, 11, 25), 5)
     messages = [
-        renderer.render(
-            Reader(f"r{i}@example.org", None, ("agents",), "s.yaml"), items, edition, 0, i + 1
-        )
+        renderer.render(Reader(f"r{i}@example.org", None, ("agents",)), items, edition, 0, i + 1)
         for i in range(args.messages)
     ]
     size_kb = sum(len(m.data) for m in messages) / len(messages) / 1024

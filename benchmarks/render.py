@@ -59,7 +59,6 @@ def main() -> None:
             f"reader{i}@example.org",
             f"Reader {i}",
             tuple(x.tag for x in p.interests),
-            "subscribers/readers.yaml",
         )
         for i, p in enumerate(people)
     ]

@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from paperpost.dumps import DumpError, distinct_papers, parse_dump
+from paperpost.exitcodes import ExitCode, for_summary
 from paperpost.fetch import expand_sources, fetch_all
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, rank, vocabulary
@@ -93,7 +95,7 @@ def run(
     ] = None,
     subscribers: Annotated[Path | None, typer.Option(help="Subscribers folder or file.")] = None,
     db: Annotated[str | None, typer.Option(help="Database URL or SQLite file path.")] = None,
-    outbox: Annotated[Path | None, typer.Option(help="Folder for .eml digests.")] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Maildir folder for digests.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
     ] = False,
@@ -111,27 +113,44 @@ def run(
         "outbox_dir": str(outbox) if outbox else None,
     }
     day = _today(today)
-    if no_prefect:
-        from paperpost.pipeline import run_plain
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        if no_prefect:
+            from paperpost.pipeline import run_plain
 
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-        with Progress(transient=True, console=err, disable=as_json) as bar:
-            task = bar.add_task("rank → render → send", total=None)
+            with Progress(transient=True, console=err, disable=as_json) as bar:
+                task = bar.add_task("rank → render → send", total=None)
 
-            def advance(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                def advance(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
 
-            summary = run_plain(settings, day, advance).to_json()
-    else:
-        from flows.digest import digest
+                summary = run_plain(settings, day, advance).to_json()
+        else:
+            from flows.digest import digest
 
-        summary = digest(**overrides, today=day)
+            summary = digest(**overrides, today=day)
+    except SQLAlchemyError as exc:
+        err.print(
+            f"[red]error[/red] database: {escape(_first_line(exc))}; check "
+            "PAPERPOST_DATABASE_URL (is the database reachable, writable and not corrupt?)"
+        )
+        raise typer.Exit(ExitCode.DATABASE) from None
+    except OSError as exc:
+        err.print(
+            f"[red]error[/red] file system: {escape(str(exc))}; check that "
+            "PAPERPOST_OUTBOX_DIR and PAPERPOST_STATE_DIR are writable folders"
+        )
+        raise typer.Exit(ExitCode.FILESYSTEM) from None
     if as_json:
         print(json.dumps(summary, default=str))
     else:
-        _print_summary(summary, Settings(**{k: v for k, v in overrides.items() if v is not None}))
-    if summary["status"] == "locked":
-        raise typer.Exit(3)
+        _print_summary(summary, settings)
+    raise typer.Exit(for_summary(summary))
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _print_summary(summary: dict, settings: Settings) -> None:
@@ -159,7 +178,7 @@ def _print_summary(summary: dict, settings: Settings) -> None:
     if result.message:
         out.print(escape(result.message))
     if result.digests_sent and settings.delivery == "outbox":
-        out.print(f"Digests written to {settings.outbox_dir.resolve()}/")
+        out.print(f"Digests written to the Maildir {settings.outbox_dir.resolve()}/new/")
 
 
 @app.command()
@@ -268,33 +287,96 @@ def subscribers_validate(
 
 
 @subscribers_app.command("list")
-def subscribers_list() -> None:
-    """List subscribers with their tags, cadence, last digest and status."""
+def subscribers_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON array, one object per subscriber.")
+    ] = False,
+) -> None:
+    """List subscribers: tags, cadence, last digest, status, and why and since when an
+    address is suppressed (the server's reply for a bounce)."""
     settings = Settings()
     entries, errors = load_subscribers(settings.subscribers_dir)
     store = Store(settings.db_url)
     addresses = [e.subscriber.address for e in entries]
     cursors = store.cursors(addresses)
-    suppressed = store.suppressed(addresses)
-    table = Table("email", "tags", "cadence", "last digest", "status")
+    suppressed = store.suppressions(addresses)
+    rows = []
     for entry in entries:
         sub = entry.subscriber
         last = cursors.get(sub.address, (None, None))[1]
-        status = suppressed.get(sub.address) or ("active" if sub.active else "paused")
-        cadence = sub.cadence if sub.cadence == "daily" else f"weekly ({sub.weekday})"
-        table.add_row(
-            sub.email,
-            ", ".join(t.tag for t in sub.tags),
-            cadence,
-            last.strftime("%Y-%m-%d %H:%M") if last else "never",
-            status,
+        gone = suppressed.get(sub.address)
+        rows.append(
+            {
+                "email": sub.email,
+                "tags": [t.tag for t in sub.tags],
+                "cadence": sub.cadence,
+                "weekday": sub.weekday if sub.cadence == "weekly" else None,
+                "last_digest": last.isoformat() if last else None,
+                "status": gone.reason if gone else ("active" if sub.active else "paused"),
+                "since": gone.created_at.isoformat() if gone else None,
+                "reason": gone.detail if gone else None,
+            }
         )
-    out.print(table)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+    else:
+        table = Table("email", "tags", "cadence", "last digest", "status (since, why)")
+        table.columns[0].no_wrap = True  # an address is never cut
+        table.columns[0].min_width = max((len(r["email"]) for r in rows), default=5)
+        table.columns[2].no_wrap = True
+        for row in rows:
+            status = row["status"]
+            if row["since"]:
+                status += f" since {_day(row['since'])}"
+            if row["reason"]:
+                status += f"\n{escape(row['reason'])}"
+            table.add_row(
+                row["email"],
+                ", ".join(row["tags"]),
+                row["cadence"] if row["weekday"] is None else f"weekly ({row['weekday']})",
+                _day(row["last_digest"]) or "never",
+                status,
+            )
+        out.print(table)
     if errors:
         err.print(
             f"{len(errors)} invalid entr{'y' if len(errors) == 1 else 'ies'}; "
             "run `paperpost subscribers validate`"
         )
+
+
+def _day(stamp: str | None) -> str | None:
+    return stamp[:16].replace("T", " ") if stamp else None
+
+
+@subscribers_app.command("reactivate")
+def subscribers_reactivate(
+    email: Annotated[str, typer.Argument(help="The suppressed address.")],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm lifting a complaint or an unsubscribe.")
+    ] = False,
+) -> None:
+    """Lift a suppression (bounce, complaint or unsubscribe) so the address gets digests again."""
+    store = Store(Settings().db_url)
+    found = store.suppression(email)
+    if found is None:
+        err.print(f"[red]error[/red] {escape(email)} is not suppressed; nothing to do")
+        raise typer.Exit(1)
+    when = found.created_at.strftime("%Y-%m-%d %H:%M")
+    out.print(
+        f"{found.address}: {found.reason} since {when}"
+        + (f" ({escape(found.detail)})" if found.detail else "")
+    )
+    if found.reason in {"complained", "unsubscribed"} and not yes:
+        who = "marked a digest as spam" if found.reason == "complained" else "unsubscribed"
+        err.print(
+            f"[red]not reactivated[/red]: the reader {who}; mailing them again without their "
+            "consent hurts the sender's reputation. If they asked to come back, run again "
+            "with --yes."
+        )
+        raise typer.Exit(1)
+    store.reactivate(found.address)
+    out.print(f"{found.address} reactivated; the next run sends them digests again")
 
 
 @subscribers_app.command("add")

@@ -1,11 +1,18 @@
 """Deliver rendered digests, exactly once, through the ledger in the database.
 
-Two transports share one small interface: :class:`Outbox` writes ``.eml`` files
-(atomically, named per subscriber and digest, so a rerun cannot make a second
+Two transports share one small interface: :class:`Outbox` writes a Maildir (each
+digest is written under ``tmp/`` and renamed into ``new/``, named per subscriber and
+digest, so a killed write never looks like a message and a rerun cannot make a second
 copy) and :class:`Smtp` talks to a mail server. :func:`send_batch` wraps every
-transport call in the ledger: ``sending`` is committed before the call and
-``sent`` (with the subscriber's cursor) after it, so a crash in between leaves a
-row that the next run reports as ambiguous instead of silently resending.
+transport call in the ledger: ``sending`` is committed before the call,
+``data-sent`` just before the SMTP end-of-data (the final dot) goes out, and ``sent``
+(with the subscriber's cursor) after the server's reply. A crash before the dot
+leaves ``sending``, which the next run resends safely; only ``data-sent`` (the dot
+went out, no reply was read) is ambiguous.
+
+SMTP failures are classified by scope from the enhanced status code (RFC 3463), see
+:func:`classify`: a bad mailbox suppresses that address; a sender- or server-wide
+refusal pauses the run and suppresses nobody.
 """
 
 from __future__ import annotations
@@ -19,37 +26,46 @@ import re
 import smtplib
 import socket
 import ssl
-import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from paperpost.render import Outgoing
 from paperpost.settings import Settings
 from paperpost.store import Store
+from paperpost.verp import envelope_sender
 
 ERROR_SAMPLE = 20  # deliveries tried before the error rate can pause a run
 PAUSE_CHECK_EVERY = 25  # messages between looks at whether another batch paused the run
-TEMPORARY = "temporary"  # 4xx, dropped connection: retry with backoff
-PERMANENT = "permanent"  # 5xx for this recipient: record, suppress, never retry
-FATAL = "fatal"  # the transport itself is misconfigured (login refused): stop the batch
+TEMPORARY = "temporary"  # 4xx, connection lost before end-of-data: retry with backoff
+RECIPIENT = "recipient"  # permanent for this address (bad mailbox): fail, suppress it
+MESSAGE = "message"  # permanent for this message only (mailbox full, content): fail it
+SYSTEMIC = "systemic"  # the sender or the server is refused (relaying, auth): pause the run
+AMBIGUOUS = "ambiguous"  # end-of-data sent, no reply read: it may or may not have arrived
 
 
 class DeliveryError(Exception):
-    """A transport failure, classified as ``temporary`` (retry) or ``permanent``."""
+    """A transport failure with its scope (one of the kinds above) and the server's reply."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, fix: str = "") -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.fix = fix
+
+
+def _nothing() -> None:
+    return None
 
 
 class Transport(Protocol):
-    def send(self, outgoing: Outgoing) -> None: ...
+    def send(self, outgoing: Outgoing, end_of_data: Callable[[], None] = _nothing) -> None:
+        """Deliver one message; call ``end_of_data`` just before the point of no return."""
+        ...
 
     def delivered(self, address: str, digest: str) -> bool | None:
         """True/False when the transport can tell whether a message went out, else None."""
@@ -67,7 +83,67 @@ class Outcome:
     detail: str = ""
 
 
-# --- outbox ----------------------------------------
+# --- failure scope (RFC 3463 enhanced status codes) ---------------------------------
+
+ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+RECIPIENT_CODES = {"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.4", "5.1.6", "5.1.10", "5.2.1"}
+SENDER_CODES = {"5.1.7", "5.1.8"}  # the sender's own address is refused
+AUTH_CODES = {530, 534, 535, 538}
+
+
+def enhanced_code(text: str) -> str | None:
+    match = ENHANCED.match(text)
+    return ".".join(match.groups()) if match else None
+
+
+def classify(code: int, text: str, phase: str = "DATA") -> DeliveryError:
+    """The scope of an SMTP reply; ``phase`` is MAIL, RCPT or DATA (the README has the table)."""
+    detail = f"{code} {text}".strip()
+    if code < 500:
+        return DeliveryError(TEMPORARY, detail)
+    status = enhanced_code(text)
+    klass = status.rsplit(".", 1)[0] if status else None
+    if code in AUTH_CODES or (status in {"5.7.8", "5.7.0"} and "auth" in text.lower()):
+        return DeliveryError(
+            SYSTEMIC,
+            detail,
+            "the server refuses our login; check PAPERPOST_SMTP_USERNAME and "
+            "PAPERPOST_SMTP_PASSWORD",
+        )
+    if status in SENDER_CODES or phase == "MAIL":
+        return DeliveryError(
+            SYSTEMIC, detail, "the server refuses the sender address; check PAPERPOST_SENDER"
+        )
+    if klass == "5.7":
+        return DeliveryError(
+            SYSTEMIC,
+            detail,
+            "the server's policy refuses mail from us (relaying, authentication, SPF/DKIM/DMARC"
+            " or reputation); check PAPERPOST_SMTP_HOST, the SMTP login and that "
+            "PAPERPOST_SENDER's domain may send through this server",
+        )
+    if klass == "5.5" or (status is None and 500 <= code <= 504):
+        return DeliveryError(
+            SYSTEMIC,
+            detail,
+            "the server rejected a protocol command; check PAPERPOST_SMTP_HOST, "
+            "PAPERPOST_SMTP_PORT and PAPERPOST_SMTP_SECURITY",
+        )
+    if klass == "5.3":
+        return DeliveryError(
+            SYSTEMIC,
+            detail,
+            "the mail system cannot take our messages (size or capacity); check the "
+            "server's limits",
+        )
+    if status in RECIPIENT_CODES or (
+        status is None and phase == "RCPT" and code in {550, 551, 553}
+    ):
+        return DeliveryError(RECIPIENT, detail)
+    return DeliveryError(MESSAGE, detail)
+
+
+# --- outbox (a Maildir) ----------------------------------------
 
 
 def outbox_name(address: str, digest: str) -> str:
@@ -77,37 +153,59 @@ def outbox_name(address: str, digest: str) -> str:
 
 
 class Outbox:
-    """``.eml`` files in a folder: one per (subscriber, digest), written atomically."""
+    """A Maildir: each (subscriber, digest) written under ``tmp/``, then renamed into ``new/``.
+
+    Mail tools (mutt -f, Python's ``mailbox.Maildir``, Dovecot) read it as is; a write
+    killed half-way stays in ``tmp/`` and is never taken for a message.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        for sub in ("tmp", "new", "cur"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
 
     def path(self, address: str, digest: str) -> Path:
-        return self.folder / outbox_name(address, digest)
+        return self.folder / "new" / outbox_name(address, digest)
 
-    def send(self, outgoing: Outgoing) -> None:
+    def send(self, outgoing: Outgoing, end_of_data: Callable[[], None] = _nothing) -> None:
         target = self.path(outgoing.address, outgoing.digest)
-        if target.exists():
+        if self.delivered(outgoing.address, outgoing.digest):
             return
+        temp = self.folder / "tmp" / f"{target.name}.{os.getpid()}.{random.getrandbits(40):x}"
         try:
-            fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".eml")
-            with os.fdopen(fd, "wb") as handle:
+            with open(temp, "xb") as handle:
                 handle.write(outgoing.data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            end_of_data()
             os.replace(temp, target)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
             raise DeliveryError(TEMPORARY, f"cannot write {target}: {exc.strerror}") from None
 
     def delivered(self, address: str, digest: str) -> bool | None:
-        return self.path(address, digest).exists()
+        name = outbox_name(address, digest)
+        if (self.folder / "new" / name).exists():
+            return True
+        return any((self.folder / "cur").glob(f"{glob_escape(name)}*"))  # read by a mail client
 
     def close(self) -> None:
         return None
 
 
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 # --- SMTP ----------------------------------------
+
+
+def _crlf_dot_stuffed(data: bytes) -> bytes:
+    """The message as DATA content: CRLF line ends, leading dots doubled, ending in CRLF."""
+    data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", data)
+    data = re.sub(rb"(?m)^\.", b"..", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 class Smtp:
@@ -141,9 +239,15 @@ class Smtp:
                 conn.login(s.smtp_username, s.smtp_password.get_secret_value())
         except smtplib.SMTPAuthenticationError as exc:
             raise DeliveryError(
-                FATAL,
-                f"SMTP login refused ({exc.smtp_code}); check PAPERPOST_SMTP_USERNAME"
-                " and PAPERPOST_SMTP_PASSWORD",
+                SYSTEMIC,
+                f"SMTP login refused ({exc.smtp_code})",
+                "check PAPERPOST_SMTP_USERNAME and PAPERPOST_SMTP_PASSWORD",
+            ) from None
+        except smtplib.SMTPNotSupportedError:
+            raise DeliveryError(
+                SYSTEMIC,
+                f"{s.smtp_host}:{s.smtp_port} does not offer STARTTLS or AUTH",
+                "check PAPERPOST_SMTP_SECURITY and PAPERPOST_SMTP_PORT",
             ) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(
@@ -151,28 +255,48 @@ class Smtp:
             ) from None
         return conn
 
-    def send(self, outgoing: Outgoing) -> None:
+    def send(self, outgoing: Outgoing, end_of_data: Callable[[], None] = _nothing) -> None:
+        """One SMTP transaction, by hand so that ``end_of_data`` runs right before the dot."""
         if self._conn is None or self._sent_on_conn >= self.recycle_after:
             self.close()
             self._conn = self._connect()
             self._sent_on_conn = 0
-        sender = _envelope_sender(self.settings.sender)
+        conn = self._conn
+        sender = envelope_sender(self.settings, outgoing.message_id)
+        phase = "MAIL"
         try:
-            refused = self._conn.sendmail(sender, [outgoing.address], outgoing.data)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, message = next(iter(exc.recipients.values()))
-            raise _classified(code, message) from None
-        except smtplib.SMTPResponseException as exc:
-            if exc.smtp_code == 421:
-                self.close()
-            raise _classified(exc.smtp_code, exc.smtp_error) from None
+            code, reply = conn.mail(sender)
+            if code == 250:
+                phase = "RCPT"
+                code, reply = conn.rcpt(outgoing.address)
+            if code in {250, 251}:
+                phase = "DATA"
+                conn.putcmd("data")
+                code, reply = conn.getreply()
+            if code == 354:
+                conn.send(_crlf_dot_stuffed(outgoing.data))
+                end_of_data()
+                phase = "END"
+                conn.send(b".\r\n")
+                code, reply = conn.getreply()
+                if code == 250:
+                    self._sent_on_conn += 1
+                    return
+            elif code != 421:
+                with contextlib.suppress(OSError, smtplib.SMTPException):
+                    conn.rset()
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             self._conn = None
+            if phase == "END":
+                raise DeliveryError(
+                    AMBIGUOUS,
+                    f"connection lost after the end of data, before the reply: {_describe(exc)}",
+                ) from None
             raise DeliveryError(TEMPORARY, f"connection lost: {_describe(exc)}") from None
-        if refused:
-            code, message = next(iter(refused.values()))
-            raise _classified(code, message)
-        self._sent_on_conn += 1
+        if code == 421:
+            self.close()
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        raise classify(code, text, "DATA" if phase == "END" else phase)
 
     def delivered(self, address: str, digest: str) -> bool | None:
         return None
@@ -216,12 +340,12 @@ class SmtpPool:
             self.connections.put(Smtp(settings, settings.smtp_recycle_after))
         self.bucket = TokenBucket(settings.smtp_rate_limit) if settings.smtp_rate_limit else None
 
-    def send(self, outgoing: Outgoing) -> None:
+    def send(self, outgoing: Outgoing, end_of_data: Callable[[], None] = _nothing) -> None:
         if self.bucket is not None:
             self.bucket.acquire()
         conn = self.connections.get()
         try:
-            conn.send(outgoing)
+            conn.send(outgoing, end_of_data)
         finally:
             self.connections.put(conn)
 
@@ -237,17 +361,6 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _classified(code: int, message: bytes | str) -> DeliveryError:
-    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
-    kind = PERMANENT if 500 <= code < 600 else TEMPORARY
-    return DeliveryError(kind, f"{code} {text}".strip())
-
-
-def _envelope_sender(sender: str) -> str:
-    match = re.search(r"<([^>]+)>", sender)
-    return match[1] if match else sender.strip()
-
-
 def transport_for(settings: Settings) -> Transport:
     if settings.delivery == "smtp":
         return SmtpPool(settings)
@@ -257,36 +370,62 @@ def transport_for(settings: Settings) -> Transport:
 # --- the ledger around each transport call ----------------------------------------
 
 
+AMBIGUOUS_NOTE = (
+    "the end of data was sent but no reply was read (a crash or a dropped connection); "
+    "it has most likely arrived and is not resent (PAPERPOST_RESEND_AMBIGUOUS=true resends "
+    "with the same Message-ID)"
+)
+
+
 def resolve_interrupted(store: Store, transport: Transport, resend: bool) -> list[Outcome]:
-    """Settle deliveries a crashed run left in ``sending``, before anything else is sent.
+    """Settle deliveries a crashed run left unfinished, before anything else is sent.
 
     When the transport can tell (the outbox can), the row becomes ``sent`` or is
-    retried. Otherwise it is *ambiguous*: by default it counts as delivered (the
-    cursor moves past it, nothing is resent) and is reported; with ``resend`` it is
-    released so the subscriber's next digest covers those papers again.
+    released for resending. Otherwise a row still ``sending`` never got to its
+    end-of-data, so nothing reached the server: it is released and resent. A row in
+    ``data-sent`` is *ambiguous*: by default it counts as delivered (the cursor moves
+    past it, nothing is resent) and is reported; with ``resend`` it is released.
     """
     outcomes = []
-    for address, digest, hi, _message_id in store.interrupted():
+    for address, digest, hi, status in store.interrupted():
         known = transport.delivered(address, digest)
         if known:
             store.settle(address, digest, "sent", hi, None)
             outcomes.append(Outcome(address, digest, "sent", 0, "confirmed after a crash"))
-        elif known is False or resend:
+        elif known is False or status == "sending" or resend:
             store.settle(address, digest, "released", hi, "interrupted; will be resent")
         else:
-            store.settle(address, digest, "ambiguous", hi, "interrupted mid-send; not resent")
-            outcomes.append(
-                Outcome(
-                    address,
-                    digest,
-                    "ambiguous",
-                    0,
-                    "a crash interrupted this send; "
-                    "it may or may not have arrived (set PAPERPOST_RESEND_AMBIGUOUS=true "
-                    "to resend such digests)",
-                )
-            )
+            store.settle(address, digest, "ambiguous", hi, "interrupted after end of data")
+            outcomes.append(Outcome(address, digest, "ambiguous", 0, AMBIGUOUS_NOTE))
     return outcomes
+
+
+@dataclass(slots=True)
+class _Scope:
+    """Tells a server that refuses everyone from one that refuses some addresses.
+
+    Until the first accepted message, per-recipient refusals are held back (the digest
+    is failed, the suppression waits). If the same reply comes for ``domains`` distinct
+    recipient domains before any success, the server refuses everyone: nobody is
+    suppressed and the run pauses. One success, or the end of the batch, releases the
+    held suppressions.
+    """
+
+    domains: int
+    proven: bool = False
+    held: list[tuple[Outgoing, DeliveryError]] = field(default_factory=list)
+
+    def same_reply_domains(self, error: DeliveryError) -> set[str]:
+        key = _reply_key(error.detail)
+        return {m.address.rpartition("@")[2] for m, e in self.held if _reply_key(e.detail) == key}
+
+
+def _reply_key(detail: str) -> str:
+    """A reply without the parts that name the recipient: code, enhanced code, first words."""
+    code, _, rest = detail.partition(" ")
+    status = enhanced_code(rest) or ""
+    words = re.sub(r"<[^>]*>|\S+@\S+", "", rest.removeprefix(status)).split()[:3]
+    return " ".join([code, status, *words]).lower()
 
 
 def send_batch(
@@ -298,17 +437,31 @@ def send_batch(
     backoff: float = 1.0,
     workers: int = 1,
     max_error_rate: float = 1.0,
+    resend_ambiguous: bool = False,
+    systemic_domains: int = 3,
 ) -> list[Outcome]:
-    """Send each digest once: skip what the ledger says is done, retry 4xx, suppress 5xx.
+    """Send each digest once: skip what the ledger says is done, retry 4xx, classify 5xx.
 
     ``workers`` messages are in flight at a time (the transport must be thread-safe).
+    A sender- or server-wide refusal (see :func:`classify`, and :class:`_Scope` for the
+    same reply across ``systemic_domains`` domains) pauses the run with what to fix.
     Once at least ERROR_SAMPLE messages were tried and more than ``max_error_rate`` of
-    them failed, the run pauses: the rest are left for the next run, and the reason is
-    recorded on the run so every batch of it stops.
+    them failed, the run pauses too. A pause is recorded on the run so every batch of it
+    stops; the rest are left for the next run.
     """
     lock = threading.Lock()
     tried = failed = seen = 0
     paused: str | None = store.pause_reason(run_id)
+    scope = _Scope(systemic_domains)
+    unblamed: dict[tuple[str, str], str] = {}  # held refusals the server turned out to cause
+
+    def pause(reason: str) -> None:
+        nonlocal paused
+        store.pause_run(run_id, reason)
+        paused = store.pause_reason(run_id)
+
+    def suppress(message: Outgoing, error: DeliveryError) -> None:
+        store.suppress(message.address, "bounced", error.detail)
 
     def one(message: Outgoing) -> Outcome:
         nonlocal tried, failed, seen, paused
@@ -327,62 +480,113 @@ def send_batch(
             return Outcome(
                 message.address, message.digest, "already-" + claim.status, message.papers
             )
-        error = _send_with_retries(transport, message, attempts, backoff)
+
+        def end_of_data() -> None:
+            store.mark_data_sent(message.address, message.digest)
+
+        error = _send_with_retries(
+            transport, message, attempts, backoff, end_of_data, resend_ambiguous
+        )
         with lock:
             tried += 1
-            failed += error is not None
+            failed += error is not None and error.kind != AMBIGUOUS
             rate = failed / tried
-            if error is not None and error.kind == FATAL:
-                store.pause_run(run_id, f"delivery stopped: {error.detail}")
-                paused = store.pause_reason(run_id)
-            elif tried >= ERROR_SAMPLE and rate > max_error_rate and not paused:
-                store.pause_run(
-                    run_id,
+            if error is None and not scope.proven:
+                scope.proven = True
+                for held, held_error in scope.held:
+                    suppress(held, held_error)
+                scope.held.clear()
+            elif error is not None and error.kind == SYSTEMIC:
+                pause(f"paused: {error.detail}; {error.fix}, then run again")
+            elif error is not None and error.kind == RECIPIENT and not scope.proven:
+                scope.held.append((message, error))
+                domains = scope.same_reply_domains(error)
+                if len(domains) >= scope.domains:
+                    pause(
+                        f"paused: the server answered {error.detail!r} for {len(domains)} "
+                        "different recipient domains before accepting any message; it refuses "
+                        "everyone, so nobody was suppressed; check the server and "
+                        "PAPERPOST_SENDER, then run again"
+                    )
+                    for held, held_error in scope.held:  # failed for the server, not for them
+                        store.settle(held.address, held.digest, "retry", held.hi, held_error.detail)
+                        unblamed[(held.address, held.digest)] = held_error.detail
+                    scope.held.clear()
+                    error = DeliveryError(SYSTEMIC, error.detail)
+            elif error is not None and error.kind == RECIPIENT:
+                suppress(message, error)
+            if tried >= ERROR_SAMPLE and rate > max_error_rate and not paused:
+                pause(
                     f"paused: {failed} of {tried} deliveries failed ({rate:.0%}, over the "
-                    f"{max_error_rate:.0%} threshold); check the mail server, then run again",
+                    f"{max_error_rate:.0%} threshold); check the mail server, then run again"
                 )
-                paused = store.pause_reason(run_id)
         if error is None:
             store.settle(message.address, message.digest, "sent", message.hi, None)
             return Outcome(message.address, message.digest, "sent", message.papers)
-        if error.kind == PERMANENT:
+        if error.kind == AMBIGUOUS:
+            store.settle(message.address, message.digest, "ambiguous", message.hi, error.detail)
+            return Outcome(
+                message.address, message.digest, "ambiguous", message.papers, AMBIGUOUS_NOTE
+            )
+        if error.kind in {RECIPIENT, MESSAGE}:
             store.settle(message.address, message.digest, "failed", message.hi, error.detail)
-            store.suppress(message.address, "bounced", error.detail)
+            consequence = "address suppressed" if error.kind == RECIPIENT else "not suppressed"
             return Outcome(
                 message.address,
                 message.digest,
                 "failed",
                 message.papers,
-                f"permanent: {error.detail}; address suppressed",
+                f"permanent: {error.detail}; {consequence}",
             )
         store.settle(message.address, message.digest, "retry", message.hi, error.detail)
+        reason = "run paused" if error.kind == SYSTEMIC else "temporary"
         return Outcome(
             message.address,
             message.digest,
             "retry",
             message.papers,
-            f"temporary: {error.detail}; will retry next run",
+            f"{reason}: {error.detail}; will retry next run",
         )
 
-    if workers <= 1:
-        return [one(message) for message in outgoing]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
-        return list(pool.map(one, outgoing))
+    try:
+        if workers <= 1:
+            outcomes = [one(message) for message in outgoing]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
+                outcomes = list(pool.map(one, outgoing))
+    finally:
+        for held, held_error in scope.held:  # too few domains to blame the server
+            suppress(held, held_error)
+    return [
+        Outcome(
+            o.address, o.digest, "retry", o.papers, f"run paused: {unblamed[key]}; not suppressed"
+        )
+        if (key := (o.address, o.digest)) in unblamed
+        else o
+        for o in outcomes
+    ]
 
 
 def _send_with_retries(
-    transport: Transport, message: Outgoing, attempts: int, backoff: float
+    transport: Transport,
+    message: Outgoing,
+    attempts: int,
+    backoff: float,
+    end_of_data: Callable[[], None],
+    resend_ambiguous: bool,
 ) -> DeliveryError | None:
-    """None when sent; the last error otherwise (4xx and dropped connections are retried
-    with exponential backoff and jitter; 5xx and fatal errors are not)."""
+    """None when sent; the last error otherwise (4xx and connections lost before the end of
+    data are retried with exponential backoff and jitter; after the end of data only with
+    ``resend_ambiguous``; 5xx never)."""
     error: DeliveryError | None = None
     for attempt in range(attempts):
         try:
-            transport.send(message)
+            transport.send(message, end_of_data)
             return None
         except DeliveryError as exc:
             error = exc
-            if exc.kind != TEMPORARY or attempt == attempts - 1:
+            retryable = exc.kind == TEMPORARY or (exc.kind == AMBIGUOUS and resend_ambiguous)
+            if not retryable or attempt == attempts - 1:
                 break
             time.sleep(backoff * (2**attempt) * (0.5 + random.random()))
     return error

@@ -143,7 +143,6 @@ def reader_of(entry: LoadedSubscriber) -> Reader:
         email=sub.email,
         name=sub.name,
         tags=tuple(t.tag for t in sub.tags),
-        subscriber_file=entry.path,
         text_only=sub.format == "text",
     )
 
@@ -225,6 +224,8 @@ def send_stage(
             run_id,
             workers=workers,
             max_error_rate=settings.max_error_rate,
+            resend_ambiguous=settings.resend_ambiguous,
+            systemic_domains=settings.systemic_domains,
         )
     finally:
         transport.close()
@@ -341,19 +342,33 @@ def summarize(
         }
         for o in outcomes
     ]
-    if summary.digests_sent == 0 and not summary.message:
-        summary.message = nothing_to_send_reason(summary)
+    if not summary.message:
+        summary.message = outcome_message(summary)
     return summary
 
 
-def nothing_to_send_reason(summary: RunSummary) -> str:
+def outcome_message(summary: RunSummary) -> str:
+    """What happened, in one sentence, when it is not simply "sent N digests"."""
+    failed = [r for r in summary.sources if r.status in {"failed", "invalid"}]
+    if summary.sources and len(failed) == len(summary.sources):
+        return "every source failed: " + "; ".join(f"{r.source}: {r.detail}" for r in failed)
+    down = f" ({len(failed)} of {len(summary.sources)} sources failed)" if failed else ""
+    if summary.digests_failed:
+        return (
+            f"{summary.digests_failed} deliver{'y' if summary.digests_failed == 1 else 'ies'} "
+            f"failed permanently; see below{down}."
+        )
+    if summary.digests_sent:
+        return f"Some sources failed{down}; the others were delivered." if failed else ""
     if summary.sources and all(r.status == "unchanged" for r in summary.sources):
         return "Nothing to send: every source is unchanged since the last run."
+    if summary.papers_new == 0 and failed:
+        return f"Nothing to send: no new papers{down}; see the sources below."
     if summary.papers_new == 0:
         return "Nothing to send: no new papers (weekend, or the listing has not changed)."
-    if summary.digests_failed or summary.digests_retry:
-        return "No digest was delivered; see the failures below."
-    return "Nothing to send: no subscriber had new papers above their min_score."
+    if summary.digests_retry:
+        return f"No digest was delivered; see the failures below{down}."
+    return f"Nothing to send: no subscriber had new papers above their min_score{down}."
 
 
 def run_plain(

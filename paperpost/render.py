@@ -75,7 +75,6 @@ class Reader:
     email: str
     name: str | None
     tags: tuple[str, ...]
-    subscriber_file: str
     text_only: bool = False
 
 
@@ -293,7 +292,6 @@ class Renderer:
             "more_url": LISTING_URL,
             "reader": reader.email,
             "tags": list(reader.tags),
-            "subscriber_file": reader.subscriber_file,
             "unsubscribe_url": unsubscribe_url,
         }
 
@@ -330,10 +328,7 @@ class Renderer:
         head = (
             edition_headers(edition)
             + b"".join(POLICY.fold_binary(k, v) for k, v in message.items())
-            + (
-                f"Message-ID: {msg_id}\r\nList-Unsubscribe: {unsubscribe}\r\n"
-                f"X-Paperpost-Digest: {digest}\r\n"
-            ).encode("ascii")
+            + (f"Message-ID: {msg_id}\r\nList-Unsubscribe: {unsubscribe}\r\n").encode("ascii")
             + mime_head
             + b"\r\n"
         )
@@ -438,6 +433,5 @@ def sample_context() -> dict[str, object]:
         "more_url": LISTING_URL,
         "reader": "reader@example.org",
         "tags": ["sample"],
-        "subscriber_file": "subscribers/sample.yaml",
         "unsubscribe_url": "https://example.org/unsubscribe/x",
     }

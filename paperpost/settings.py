@@ -84,9 +84,40 @@ class Settings(BaseSettings):
     )
     resend_ambiguous: bool = Field(
         default=False,
-        description="Resend digests whose send was interrupted after the SMTP transaction "
-        "began (may duplicate); default: report them and do not resend.",
+        description="Resend digests whose SMTP end-of-data was sent but whose reply was never "
+        "read (may duplicate); default: report them and do not resend.",
     )
+    systemic_domains: int = Field(
+        default=3,
+        ge=2,
+        description="Pause the run when the same 5xx reply comes for this many distinct "
+        "recipient domains before any message is accepted (the server refuses everyone).",
+    )
+    bounce_address: str | None = Field(
+        default=None,
+        description="Base of the VERP envelope sender (bounces go to local+token@domain); "
+        "default bounces@ the sender's domain.",
+    )
+    bounce_mailbox: str | None = Field(
+        default=None,
+        description='Where bounces and complaints arrive: "imap" (the PAPERPOST_IMAP_* '
+        "settings), a Maildir folder or an mbox file; none: bounce processing is off.",
+    )
+    imap_host: str = Field(default="localhost", description="IMAP server for bounces.")
+    imap_port: int = Field(default=993, description="IMAP port (993 = implicit TLS).")
+    imap_security: Literal["tls", "starttls"] = Field(
+        default="tls", description="tls (implicit, port 993) or starttls (port 143)."
+    )
+    imap_username: str | None = Field(default=None, description="IMAP login.")
+    imap_password: SecretStr | None = Field(default=None, description="IMAP password.")
+    imap_folder: str = Field(default="INBOX", description="IMAP folder to read bounces from.")
+    imap_ca_file: Path | None = Field(
+        default=None, description="PEM file of CAs to trust for a private IMAP server."
+    )
+    soft_bounce_limit: int = Field(
+        default=3, ge=1, description="Suppress an address after this many soft bounces..."
+    )
+    soft_bounce_days: int = Field(default=14, ge=1, description="...within this many days.")
     batch_size: int = Field(default=2000, ge=1, description="Subscribers per flow task.")
     dask_address: str | None = Field(
         default=None,

@@ -8,8 +8,8 @@ SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
 * ``runs``: each run, and the ``high_water`` (largest paper ``seq``) it covered.
 * ``subscriber_state``: per address, ``cursor``: the largest ``seq`` already
   delivered (or deliberately not delivered) to them.
-* ``deliveries``: the ledger, one row per (address, digest), ``pending → sending →
-  sent | failed``.
+* ``deliveries``: the ledger, one row per (address, digest), ``sending → data-sent →
+  sent | failed | retry | ambiguous`` (``data-sent``: the SMTP end-of-data went out).
 * ``suppressions``: addresses that unsubscribed or bounced permanently.
 * ``locks``: a lease so overlapping runs do not both send.
 
@@ -178,6 +178,17 @@ class RunPlan:
     run_id: int
     low_water: int
     high_water: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """Why an address gets no more mail: reason (unsubscribed, bounced, complained), the
+    server's reply or report that caused it, and when."""
+
+    address: str
+    reason: str
+    detail: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +438,41 @@ class Store:
                 out.update({r.address: r.reason for r in rows})
         return out
 
+    def suppression(self, address: str) -> Suppression | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(suppressions).where(suppressions.c.address == address.lower())
+            ).first()
+        return Suppression(row.address, row.reason, row.detail, row.created_at) if row else None
+
+    def suppressions(self, addresses: Iterable[str]) -> dict[str, Suppression]:
+        out: dict[str, Suppression] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(addresses)):
+                rows = conn.execute(select(suppressions).where(suppressions.c.address.in_(chunk)))
+                out.update(
+                    {
+                        r.address: Suppression(r.address, r.reason, r.detail, r.created_at)
+                        for r in rows
+                    }
+                )
+        return out
+
+    def reactivate(self, address: str) -> Suppression | None:
+        """Lift a suppression; its failed deliveries are released so they can be sent again."""
+        address = address.lower()
+        found = self.suppression(address)
+        if found is None:
+            return None
+        with self.engine.begin() as conn:
+            conn.execute(delete(suppressions).where(suppressions.c.address == address))
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.address == address, deliveries.c.status == "failed")
+                .values(status="released", updated_at=now())
+            )
+        return found
+
     def suppress(self, address: str, reason: str, detail: str | None = None) -> bool:
         """Record a suppression; False when the address was already suppressed."""
         try:
@@ -448,8 +494,8 @@ class Store:
         """Mark a digest ``sending`` just before its transport call, if it may be sent.
 
         ``sent``, ``failed`` (permanent) and ``ambiguous`` rows are never sent again; a
-        row already ``sending`` belongs to another process. ``retry`` and ``released``
-        rows are sent again.
+        row already ``sending`` or ``data-sent`` belongs to another process. ``retry`` and
+        ``released`` rows are sent again.
         """
         try:  # the common case: a digest never tried before
             with self.engine.begin() as conn:
@@ -475,7 +521,7 @@ class Store:
                     deliveries.c.address == address, deliveries.c.digest == digest
                 )
             ).scalar_one()
-            if status in {"sent", "failed", "ambiguous", "sending"}:
+            if status in {"sent", "failed", "ambiguous", "sending", "data-sent"}:
                 return Claim(False, status)
             changed = conn.execute(
                 update(deliveries)
@@ -505,18 +551,47 @@ class Store:
             if status in {"sent", "ambiguous"}:
                 self._advance(conn, [(address, hi)], sent=True)
 
+    def mark_data_sent(self, address: str, digest: str) -> None:
+        """Record that the end of data is about to go out: from here on a crash is ambiguous."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.address == address, deliveries.c.digest == digest)
+                .values(status="data-sent", updated_at=now())
+            )
+
     def interrupted(self) -> list[tuple[str, str, int, str]]:
-        """Deliveries a crash left in ``sending``: (address, digest, hi, message_id)."""
+        """Deliveries a crash left unfinished: (address, digest, hi, status), where status is
+        ``sending`` (end of data never sent) or ``data-sent`` (sent, no reply read)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(
                     deliveries.c.address,
                     deliveries.c.digest,
                     deliveries.c.hi,
-                    deliveries.c.message_id,
-                ).where(deliveries.c.status == "sending")
+                    deliveries.c.status,
+                ).where(deliveries.c.status.in_(["sending", "data-sent"]))
             )
-            return [(r.address, r.digest, r.hi, r.message_id) for r in rows]
+            return [(r.address, r.digest, r.hi, r.status) for r in rows]
+
+    def delivery_by_hash(self, digest_hash: str) -> tuple[str, str] | None:
+        """(address, digest) of the delivery whose Message-ID starts with this hash."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(deliveries.c.address, deliveries.c.digest).where(
+                    deliveries.c.message_id.like(f"<{digest_hash}@%")
+                )
+            ).first()
+            return (row.address, row.digest) if row else None
+
+    def delivery_by_message_id(self, message_id: str) -> tuple[str, str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(deliveries.c.address, deliveries.c.digest).where(
+                    deliveries.c.message_id == message_id.strip()
+                )
+            ).first()
+            return (row.address, row.digest) if row else None
 
     def delivery_status(self, address: str) -> list[tuple[str, str]]:
         with self.engine.connect() as conn:

@@ -58,18 +58,33 @@ class Script:
     """What the server does: reject some recipients, fail DATA a number of times, drop."""
 
     reject: dict[str, str] = field(default_factory=dict)  # address -> reply, e.g. "550 no"
+    reject_all: str | None = None  # the reply to every RCPT
+    mail_reply: str | None = None  # the reply to MAIL FROM (a refused sender)
     data_failures: list[str] = field(default_factory=list)  # replies for the next DATAs
-    drop_next_data: int = 0
+    drop_next_data: int = 0  # close the connection after the end of data, before replying
+    drop_next_rcpt: int = 0  # close the connection at RCPT (before any data)
 
 
 class Handler:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.messages: list[tuple[list[str], bytes]] = []
+        self.senders: list[str] = []  # envelope sender of each accepted message
         self.sessions: list[tuple[str, int]] = []  # peer (host, port) of each DATA
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.script.mail_reply:
+            return self.script.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        reply = self.script.reject.get(address.lower())
+        if self.script.drop_next_rcpt:
+            self.script.drop_next_rcpt -= 1
+            server.transport.close()
+            return "421 closing"
+        reply = self.script.reject.get(address.lower()) or self.script.reject_all
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
@@ -84,6 +99,7 @@ class Handler:
         if self.script.data_failures:
             return self.script.data_failures.pop(0)
         self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
+        self.senders.append(envelope.mail_from)
         return "250 Message accepted"
 
 

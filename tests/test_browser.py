@@ -110,7 +110,7 @@ def digest_html(shared_papers, tmp_path_factory) -> Path:
         date(2026, 11, 25),
         len(shared_papers),
     )
-    reader = Reader("ann@example.org", "Ann", ("agents", "reasoning"), "subscribers/ann.yaml")
+    reader = Reader("ann@example.org", "Ann", ("agents", "reasoning"))
     context = renderer.context(reader, items, edition, "https://pp.example.org/unsubscribe/t")
     path = tmp_path_factory.mktemp("digest") / "digest.html"
     path.write_text(renderer.html(context), encoding="utf-8")

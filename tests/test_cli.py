@@ -105,7 +105,7 @@ def test_run_without_prefect_then_unsubscribe(tmp_path: Path, monkeypatch) -> No
     }
     token_line = next(
         line
-        for line in (tmp_path / "out").glob("bob*.eml").__next__().read_text().splitlines()
+        for line in (tmp_path / "out" / "new").glob("bob*.eml").__next__().read_text().splitlines()
         if line.startswith("List-Unsubscribe:")
     )
     token = token_line.split("unsubscribe%20")[1].rstrip(">")

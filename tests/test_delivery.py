@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import email
+import mailbox
 import threading
 from datetime import date
 from email import policy
@@ -26,9 +27,7 @@ def messages() -> list[Outgoing]:
     items = rank(papers, Profile((Interest("agents"),)))
     renderer = Renderer()
     return [
-        renderer.render(
-            Reader(f"r{i}@example.org", None, ("agents",), "s.yaml"), items, EDITION, 0, 3
-        )
+        renderer.render(Reader(f"r{i}@example.org", None, ("agents",)), items, EDITION, 0, 3)
         for i in range(4)
     ]
 
@@ -57,17 +56,35 @@ def ids(store: Store, address: str) -> list[tuple[str, str]]:
     return store.delivery_status(address)
 
 
-def test_outbox_writes_each_digest_once(tmp_path: Path, any_db_url: str, messages) -> None:
+def test_outbox_is_a_maildir_written_once_per_digest(
+    tmp_path: Path, any_db_url: str, messages
+) -> None:
     store, outbox = Store(any_db_url), Outbox(tmp_path / "outbox")
     first = send_batch(store, outbox, messages, run_id=1)
     again = send_batch(store, outbox, messages, run_id=2)
     assert [o.status for o in first] == ["sent"] * 4
     assert [o.status for o in again] == ["already-sent"] * 4
-    files = sorted((tmp_path / "outbox").iterdir())
-    assert len(files) == 4 and not any(f.name.startswith(".tmp") for f in files)
-    parsed = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
-    assert parsed["Message-ID"] in {m.message_id for m in messages}
+    assert list((tmp_path / "outbox" / "tmp").iterdir()) == []
+    maildir = mailbox.Maildir(tmp_path / "outbox", create=False)
+    assert sorted(m["Message-ID"] for m in maildir) == sorted(m.message_id for m in messages)
     assert store.cursors(["r0@example.org"])["r0@example.org"][0] == 3
+
+
+def test_a_killed_outbox_write_is_never_a_message(tmp_path: Path, messages) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    a = messages[0]
+    # what a SIGKILL half-way through a write leaves: a partial file under tmp/
+    (tmp_path / "outbox" / "tmp" / "r0@example.org_0-3_x.eml.123.abc").write_bytes(a.data[:100])
+    assert len(mailbox.Maildir(tmp_path / "outbox", create=False)) == 0
+    assert outbox.delivered(a.address, a.digest) is False
+    outbox.send(a)
+    assert outbox.delivered(a.address, a.digest) is True
+    # a mail client that read it moves it to cur/ with flags; still delivered, not rewritten
+    new = outbox.path(a.address, a.digest)
+    new.rename(tmp_path / "outbox" / "cur" / f"{new.name}:2,S")
+    outbox.send(a)
+    assert outbox.delivered(a.address, a.digest) is True
+    assert len(mailbox.Maildir(tmp_path / "outbox", create=False)) == 1
 
 
 def test_starttls_auth_delivers_to_each_recipient(smtp, db_url: str, messages) -> None:
@@ -98,16 +115,36 @@ def test_550_fails_one_suppresses_it_and_sends_the_others(smtp, any_db_url, mess
     assert [o.status for o in outcomes] == ["sent", "failed", "sent", "sent"]
     assert "550 5.1.1 no such user" in outcomes[1].detail
     assert store.suppressed(["r1@example.org"]) == {"r1@example.org": "bounced"}
+    assert store.suppression("r1@example.org").detail == "550 5.1.1 no such user"
     assert len(smtp.handler.messages) == 3  # tried once, never in a loop
 
 
-def test_dropped_connection_mid_data_reconnects(smtp, db_url: str, messages) -> None:
-    smtp.script.drop_next_data = 1
+def test_connection_lost_before_end_of_data_is_resent(smtp, db_url: str, messages) -> None:
+    smtp.script.drop_next_rcpt = 1
     transport = Smtp(smtp_settings(smtp))
     outcomes = send_batch(Store(db_url), transport, messages[:2], run_id=1, backoff=0.01)
     transport.close()
     assert [o.status for o in outcomes] == ["sent", "sent"]
-    assert len(smtp.handler.messages) == 2
+    assert [r for r, _ in smtp.handler.messages] == [[messages[0].address], [messages[1].address]]
+
+
+def test_connection_lost_after_end_of_data_is_ambiguous(smtp, tmp_path, messages) -> None:
+    """The server got the dot and never answered: reported, not resent (by default)."""
+    smtp.script.drop_next_data = 1
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, messages[:2], run_id=1, backoff=0.01)
+    assert [o.status for o in outcomes] == ["ambiguous", "sent"]
+    assert "end of data was sent but no reply" in outcomes[0].detail
+    assert ids(store, messages[0].address) == [(messages[0].digest, "ambiguous")]
+    # with PAPERPOST_RESEND_AMBIGUOUS the same case is resent on a new connection
+    smtp.script.drop_next_data = 1
+    again = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    outcomes = send_batch(
+        again, transport, messages[:1], run_id=1, backoff=0.01, resend_ambiguous=True
+    )
+    transport.close()
+    assert [o.status for o in outcomes] == ["sent"]
 
 
 def test_server_down_at_first_is_waited_out(tmp_path: Path, db_url: str, messages) -> None:
@@ -128,14 +165,17 @@ def test_server_down_at_first_is_waited_out(tmp_path: Path, db_url: str, message
 
 def test_wrong_password_stops_the_batch_without_suppressing(smtp, db_url: str, messages) -> None:
     store = Store(db_url)
+    assert store.start_run() == 1
     transport = Smtp(smtp_settings(smtp, password="wrong-password-123"))
     outcomes = send_batch(store, transport, messages, run_id=1, backoff=0.01)
     assert [o.status for o in outcomes] == ["retry"] * 4
     assert "login refused" in outcomes[0].detail
+    assert "PAPERPOST_SMTP_PASSWORD" in store.pause_reason(1)
     assert all("wrong-password-123" not in o.detail for o in outcomes)
     assert store.suppressed([m.address for m in messages]) == {}
     # the next run, with the right password, sends them all
     fixed = Smtp(smtp_settings(smtp))
+    assert store.start_run() == 2
     assert [o.status for o in send_batch(store, fixed, messages, run_id=2)] == ["sent"] * 4
     fixed.close()
 
@@ -152,6 +192,7 @@ def test_interrupted_send_is_ambiguous_for_smtp_and_confirmed_for_outbox(
     a, b = messages[0], messages[1]
     for m in (a, b):  # a crash between "sending" and the transport's answer
         assert store.claim(m.address, m.digest, m.lo, m.hi, m.message_id, 1).proceed
+        store.mark_data_sent(m.address, m.digest)
     outbox = Outbox(tmp_path / "outbox")
     outbox.send(a)  # a reached the outbox before the crash, b did not
     settled = {o.address: o.status for o in resolve_interrupted(store, outbox, resend=False)}
@@ -163,11 +204,14 @@ def test_interrupted_send_is_ambiguous_for_smtp_and_confirmed_for_outbox(
     ]
 
     smtp_store = Store(f"sqlite:///{tmp_path / 'other.db'}")
-    smtp_store.claim(a.address, a.digest, a.lo, a.hi, a.message_id, 1)
+    for m in (a, b):
+        smtp_store.claim(m.address, m.digest, m.lo, m.hi, m.message_id, 1)
+    smtp_store.mark_data_sent(a.address, a.digest)  # a's end of data went out, b's never did
 
     outcome = resolve_interrupted(smtp_store, Smtp(Settings()), resend=False)
-    assert [o.status for o in outcome] == ["ambiguous"]
+    assert [(o.address, o.status) for o in outcome] == [(a.address, "ambiguous")]
     assert smtp_store.cursors([a.address])[a.address][0] == a.hi  # not resent next time
+    assert ids(smtp_store, b.address) == [(b.digest, "released")]  # b is simply sent again
 
 
 def test_pool_sends_concurrently_under_a_rate_cap(smtp, db_url: str, messages) -> None:
@@ -195,9 +239,7 @@ def test_high_error_rate_pauses_the_run(smtp, tmp_path: Path, db_url: str) -> No
     items = rank(papers, Profile((Interest("agents"),)))
     renderer = Renderer()
     batch = [
-        renderer.render(
-            Reader(f"u{i}@example.org", None, ("agents",), "s.yaml"), items, EDITION, 0, 1
-        )
+        renderer.render(Reader(f"u{i}@example.org", None, ("agents",)), items, EDITION, 0, 1)
         for i in range(40)
     ]
     for i in range(25):
@@ -259,3 +301,112 @@ def test_421_reconnects_and_retries(smtp, db_url: str, messages) -> None:
     assert len(smtp.handler.messages) == 1
     first, second = smtp.handler.sessions  # the retry came on a new connection
     assert first != second
+
+
+def digests_for(addresses: list[str]) -> list[Outgoing]:
+    papers = [Paper("Agents for tasks", "LLM agents use tools.")]
+    items = rank(papers, Profile((Interest("agents"),)))
+    renderer = Renderer()
+    return [renderer.render(Reader(a, None, ("agents",)), items, EDITION, 0, 1) for a in addresses]
+
+
+# (where the server says it, its reply) -> what paperpost does with it
+SCOPES = [
+    ("rcpt", "550 5.1.1 <a@one.example>: Recipient address rejected: User unknown", "suppress"),
+    ("rcpt", "550 5.2.1 The email account that you tried to reach is disabled", "suppress"),
+    ("rcpt", "556 5.1.10 Recipient address a@one.example has null MX", "suppress"),
+    ("rcpt", "550 Requested action not taken: mailbox unavailable", "suppress"),
+    ("rcpt", "552 5.2.2 The email account that you tried to reach is over quota", "fail"),
+    ("data", "554 5.6.0 Message content rejected", "fail"),
+    ("rcpt", "554 5.7.1 <a@one.example>: Relay access denied", "pause"),
+    ("rcpt", "550 5.7.26 Unauthenticated email is not accepted (DMARC)", "pause"),
+    ("rcpt", "530 5.7.0 Authentication required", "pause"),
+    ("data", "552 5.3.4 Message size exceeds fixed limit", "pause"),
+    ("data", "500 5.5.1 Command unrecognized", "pause"),
+    ("mail", "553 5.1.8 Sender address rejected: Domain not found", "pause"),
+    ("mail", "550 Sender rejected", "pause"),
+]
+
+
+@pytest.mark.parametrize(("where", "reply", "expected"), SCOPES)
+def test_failure_scope_by_enhanced_status_code(
+    smtp, tmp_path: Path, where: str, reply: str, expected: str
+) -> None:
+    batch = digests_for(["a@one.example", "b@two.example", "c@three.example"])
+    if where == "rcpt":
+        smtp.script.reject["a@one.example"] = reply
+    elif where == "data":
+        smtp.script.data_failures = [reply]
+    else:
+        smtp.script.mail_reply = reply
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    suppressed = store.suppressions([m.address for m in batch])
+    if expected == "suppress":
+        assert [o.status for o in outcomes] == ["failed", "sent", "sent"]
+        assert suppressed["a@one.example"].detail == reply  # the server's reply, recorded
+        assert set(suppressed) == {"a@one.example"}
+    elif expected == "fail":
+        assert [o.status for o in outcomes] == ["failed", "sent", "sent"]
+        assert "not suppressed" in outcomes[0].detail and suppressed == {}
+    else:
+        assert suppressed == {}
+        assert [o.status for o in outcomes] == ["retry"] * 3
+        reason = store.pause_reason(run)
+        assert reason.startswith("paused: ") and reply in reason and "check" in reason
+        assert all(d == "retry" for _, d in ids(store, "a@one.example"))
+
+
+def test_same_refusal_for_every_domain_pauses_and_suppresses_nobody(smtp, tmp_path) -> None:
+    """A relay that says "user unknown" to everyone is misconfigured, not 3 bad mailboxes."""
+    smtp.script.reject_all = "550 5.1.1 <x>: Recipient address rejected: User unknown in local"
+    batch = digests_for([f"r{i}@d{i}.example" for i in range(6)])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["retry"] * 6
+    assert store.suppressions([m.address for m in batch]) == {}
+    assert "3 different recipient domains" in store.pause_reason(run)
+    # the next run, against a fixed server, delivers to all six
+    smtp.script.reject_all = None
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    assert {o.status for o in send_batch(store, transport, batch, run_id=run)} == {"sent"}
+    transport.close()
+
+
+def test_bad_mailboxes_after_a_success_are_suppressed_at_once(smtp, tmp_path) -> None:
+    batch = digests_for(["ok@zero.example"] + [f"r{i}@d{i}.example" for i in range(4)])
+    for m in batch[1:]:
+        smtp.script.reject[m.address] = "550 5.1.1 User unknown"
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["sent"] + ["failed"] * 4
+    assert len(store.suppressions([m.address for m in batch])) == 4
+    assert store.pause_reason(run) is None
+
+
+def test_envelope_sender_is_a_signed_verp_address(smtp, db_url: str, messages) -> None:
+    from paperpost.verp import read_verp
+
+    settings = smtp_settings(smtp).model_copy(
+        update={"secret_key": SecretStr("k" * 32), "sender": "paperpost <digest@example.org>"}
+    )
+    transport = Smtp(settings)
+    send_batch(Store(db_url), transport, messages[:2], run_id=1)
+    transport.close()
+    first, second = smtp.handler.senders
+    assert first != second and first.startswith("bounces+") and first.endswith("@example.org")
+    assert "r0" not in first  # nothing readable in it
+    digest_hash = read_verp("k" * 32, first)
+    assert messages[0].message_id.startswith(f"<{digest_hash}@")
+    assert read_verp("another-key", first) is None
+    assert read_verp("k" * 32, first.replace(first[9], "0" if first[9] != "0" else "1")) is None

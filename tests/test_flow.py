@@ -15,7 +15,7 @@ from conftest import EXAMPLES, ROOT
 
 def read_outbox(folder: Path) -> dict[str, list[email.message.EmailMessage]]:
     found: dict[str, list] = {}
-    for path in sorted(folder.glob("*.eml")):
+    for path in sorted((folder / "new").glob("*.eml")):
         msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
         found.setdefault(msg["To"].addresses[0].addr_spec.lower(), []).append(msg)
     return found
@@ -70,7 +70,7 @@ def test_digest_flow_end_to_end(tmp_path: Path) -> None:
     second = digest(**args)
     assert second["digests_sent"] == 0 and second["papers_new"] == 0
     assert second["message"] == "Nothing to send: every source is unchanged since the last run."
-    assert len(list(outbox.glob("*.eml"))) == 4
+    assert len(list((outbox / "new").glob("*.eml"))) == 4
 
     shutil.copy(EXAMPLES / "newer" / "2026-11-24.txt", dumps)
     third = digest(**args)

@@ -32,8 +32,9 @@ def write_dump(folder: Path, name: str, titles: list[str]) -> None:
 def digests(outbox: Path, address: str) -> list[str]:
     """Plain-text parts of every digest an address got, oldest first (by digest window)."""
     found = []
+    new = outbox / "new"  # the outbox is a Maildir
     for path in sorted(
-        outbox.glob(f"{address}_*.eml"), key=lambda p: int(p.name.split("_")[1].split("-")[0])
+        new.glob(f"{address}_*.eml"), key=lambda p: int(p.name.split("_")[1].split("-")[0])
     ):
         msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
         found.append(msg.get_body(("plain",)).get_content())
@@ -128,7 +129,7 @@ def test_nothing_above_threshold_is_a_quiet_day(setup) -> None:
     assert summary.digests_sent == 0
     assert summary.skip_reasons["nothing above min_score"] == 1
     assert "no subscriber had new papers above their min_score" in summary.message
-    assert not outbox.exists() or not list(outbox.iterdir())
+    assert not (outbox / "new").exists() or not list((outbox / "new").iterdir())
 
 
 def test_examples_then_a_newer_dump_sends_only_the_new_papers(tmp_path: Path) -> None:

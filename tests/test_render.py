@@ -16,7 +16,7 @@ from paperpost.unsubscribe import BadToken, make_token, read_token
 EDITION = Edition(
     "paperpost <digest@example.org>", "secret", "https://pp.example.org", date(2026, 11, 25), 307
 )
-READER = Reader("Ann@Example.org", "Ann Example", ("agents", "reasoning"), "subscribers/ann.yaml")
+READER = Reader("Ann@Example.org", "Ann Example", ("agents", "reasoning"))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_large_digests_stay_under_gmail_clipping(renderer, shared_papers) -> Non
 
 
 def test_text_only_readers_get_a_single_text_part(renderer, shared_papers) -> None:
-    reader = Reader("t@example.org", None, ("agents",), "s.yaml", text_only=True)
+    reader = Reader("t@example.org", None, ("agents",), text_only=True)
     msg = parse(renderer.render(reader, ranked_for(shared_papers, "agents"), EDITION, 0, 5).data)
     assert msg.get_content_type() == "text/plain"
 

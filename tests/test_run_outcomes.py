@@ -1,0 +1,168 @@
+"""What `paperpost run` tells monitoring (exit codes, final message) and the way back for a
+suppressed reader (`subscribers list`, `subscribers reactivate`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import EXAMPLES
+from paperpost.cli import app
+from paperpost.exitcodes import ExitCode
+from paperpost.store import Store
+from smtp_server import PASSWORD, USER, SmtpServer
+
+runner = CliRunner()
+LONG = "a-very-long-local-part-that-would-not-fit-in-a-column@subdomain.example-university.org"
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch) -> Path:
+    shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "team.yaml").write_text(
+        f"- email: ok@one.example\n  tags: [agents, reasoning]\n  min_score: 0.1\n"
+        f"- email: {LONG}\n  tags: [agents, reasoning]\n  min_score: 0.1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAPERPOST_SOURCES", json.dumps([str(tmp_path / "dumps")]))
+    monkeypatch.setenv("PAPERPOST_SUBSCRIBERS_DIR", str(tmp_path / "subs"))
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", f"sqlite:///{tmp_path / 'pp.db'}")
+    monkeypatch.setenv("PAPERPOST_OUTBOX_DIR", str(tmp_path / "outbox"))
+    return tmp_path
+
+
+def run(*args: str):
+    return runner.invoke(app, ["run", "--no-prefect", *args])
+
+
+def smtp_env(monkeypatch, server: SmtpServer) -> None:
+    for name, value in {
+        "DELIVERY": "smtp",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(server.port),
+        "SMTP_USERNAME": USER,
+        "SMTP_PASSWORD": PASSWORD,
+        "SMTP_CA_FILE": str(server.cert),
+    }.items():
+        monkeypatch.setenv(f"PAPERPOST_{name}", value)
+
+
+@pytest.fixture
+def smtp(tmp_path: Path):
+    server = SmtpServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_done_then_nothing_to_send_exit_0(project: Path) -> None:
+    first = run()
+    assert first.exit_code == ExitCode.OK, first.output
+    assert "Digests written to the Maildir" in first.stdout
+    again = run()
+    assert again.exit_code == ExitCode.OK
+    assert "every source is unchanged" in again.stdout
+
+
+def test_every_source_failed_exit_3_and_says_so(project: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PAPERPOST_SOURCES", json.dumps([str(project / "missing-dumps")]))
+    result = run("--json")
+    assert result.exit_code == ExitCode.SOURCES_FAILED
+    summary = json.loads(result.stdout)
+    assert summary["message"].startswith("every source failed: ")
+    assert "missing-dumps" in summary["message"] and "weekend" not in summary["message"]
+
+
+def test_some_sources_down_and_nothing_new_never_says_weekend(project: Path, monkeypatch) -> None:
+    assert run().exit_code == ExitCode.OK
+    monkeypatch.setenv(
+        "PAPERPOST_SOURCES", json.dumps([str(project / "dumps"), str(project / "gone.json")])
+    )
+    summary = json.loads(run("--json").stdout)
+    assert "weekend" not in summary["message"] and "1 of 4 sources failed" in summary["message"]
+
+
+def test_locked_exit_5(project: Path) -> None:
+    store = Store(f"sqlite:///{project / 'pp.db'}")
+    assert store.acquire_lock(
+        "digest-run", "elsewhere:1:x", __import__("datetime").timedelta(hours=1)
+    )
+    result = run()
+    assert result.exit_code == ExitCode.LOCKED
+    assert "Another run holds the lock" in result.stdout
+
+
+def test_relay_denied_pauses_exit_4_and_suppresses_nobody(project, smtp, monkeypatch) -> None:
+    smtp_env(monkeypatch, smtp)
+    smtp.script.reject_all = "554 5.7.1 Relay access denied"
+    result = run("--json")
+    assert result.exit_code == ExitCode.PAUSED
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "paused" and "Relay access denied" in summary["message"]
+    listed = json.loads(runner.invoke(app, ["subscribers", "list", "--json"]).stdout)
+    assert {r["status"] for r in listed} == {"active"}
+    smtp.script.reject_all = None  # fixed: the next run delivers to both
+    fixed = run("--json")
+    assert fixed.exit_code == ExitCode.OK, fixed.output
+    assert json.loads(fixed.stdout)["digests_sent"] == 2
+
+
+def test_a_bad_mailbox_exit_6_then_list_and_reactivate(project, smtp, monkeypatch) -> None:
+    smtp_env(monkeypatch, smtp)
+    reply = "550 5.1.1 <ok@one.example>: Recipient address rejected: User unknown"
+    smtp.script.reject["ok@one.example"] = reply
+    result = run()
+    assert result.exit_code == ExitCode.DELIVERY_FAILED, result.output
+    assert "failed permanently" in result.stdout
+
+    listed = runner.invoke(app, ["subscribers", "list"])  # 80 columns: the old table cut it
+    assert LONG in listed.stdout  # never cut, however narrow the terminal
+    rows = {
+        r["email"]: r
+        for r in json.loads(runner.invoke(app, ["subscribers", "list", "--json"]).stdout)
+    }
+    assert rows["ok@one.example"]["status"] == "bounced"
+    assert rows["ok@one.example"]["reason"] == reply and rows["ok@one.example"]["since"]
+    assert rows[LONG]["status"] == "active" and rows[LONG]["last_digest"]
+
+    back = runner.invoke(app, ["subscribers", "reactivate", "OK@one.example"])
+    assert back.exit_code == 0 and "bounced since" in back.stdout and reply in back.stdout
+    del smtp.script.reject["ok@one.example"]
+    again = run("--json")  # the digest that bounced is sent again after reactivation
+    assert again.exit_code == ExitCode.OK
+    assert [d["address"] for d in json.loads(again.stdout)["deliveries"]] == ["ok@one.example"]
+    missing = runner.invoke(app, ["subscribers", "reactivate", "ok@one.example"])
+    assert missing.exit_code == 1 and "is not suppressed" in missing.stderr
+
+
+def test_reactivating_a_complaint_needs_yes(project: Path) -> None:
+    store = Store(f"sqlite:///{project / 'pp.db'}")
+    store.suppress("ok@one.example", "complained", "ARF abuse report from Yahoo")
+    refused = runner.invoke(app, ["subscribers", "reactivate", "ok@one.example"])
+    assert refused.exit_code == 1 and "--yes" in refused.stderr
+    assert "complained since" in refused.stdout and "ARF abuse report" in refused.stdout
+    assert store.suppression("ok@one.example") is not None
+    done = runner.invoke(app, ["subscribers", "reactivate", "ok@one.example", "--yes"])
+    assert done.exit_code == 0 and store.suppression("ok@one.example") is None
+
+
+def test_unwritable_outbox_exit_8_in_one_line(project: Path, monkeypatch) -> None:
+    (project / "blocked").write_text("a file where the outbox folder should be")
+    monkeypatch.setenv("PAPERPOST_OUTBOX_DIR", str(project / "blocked"))
+    result = run()
+    assert result.exit_code == ExitCode.FILESYSTEM
+    assert "PAPERPOST_OUTBOX_DIR" in result.stderr and "Traceback" not in result.output
+
+
+def test_digest_holds_no_server_path_or_internal_id(project: Path) -> None:
+    assert run().exit_code == ExitCode.OK
+    import mailbox
+
+    for message in mailbox.Maildir(project / "outbox", create=False):
+        raw = message.as_bytes()
+        for private in (str(project), "team.yaml", "subs/", "X-Paperpost"):
+            assert private.encode() not in raw, private
