@@ -35,6 +35,7 @@ from premailer import Premailer
 
 from paperpost.models import Paper, normalize_space
 from paperpost.rank import Ranked
+from paperpost.sanitize import NAME_CHARS, SUBJECT_CHARS, header_text, strip_bidi
 from paperpost.unsubscribe import make_token
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -176,10 +177,11 @@ def message_id(address: str, digest: str, sender: str) -> str:
 
 
 def subject_line(items: Sequence[Ranked]) -> str:
+    """The Subject: the count and the top title, through the header sanitiser."""
     count = len(items)
-    top = normalize_space(items[0].paper.title) if items else ""
+    top = items[0].paper.title if items else ""
     line = f"{count} new paper{'s' if count != 1 else ''} for you: {top}"
-    return line if len(line) <= 110 else line[:108].rsplit(" ", 1)[0] + " …"
+    return header_text(line, SUBJECT_CHARS)
 
 
 class Renderer:
@@ -261,11 +263,11 @@ class Renderer:
         return self.html_env.from_string(styled)
 
     def html(self, context: dict[str, object]) -> str:
-        """The digest with inline styles, as premailer would produce it."""
-        return self.styled_template.render(**context)
+        """The digest with inline styles, as premailer would produce it (no bidi controls)."""
+        return strip_bidi(self.styled_template.render(**context))
 
     def text(self, context: dict[str, object]) -> str:
-        return self.text_template.render(**context)
+        return strip_bidi(self.text_template.render(**context))
 
     # --- messages --------------------------------------------------------------------------
 
@@ -316,11 +318,11 @@ class Renderer:
                 html = self.html(context)
         text = self.text(context)
 
-        # Reader-controlled values (name, subject) go through EmailMessage and the SMTP
-        # policy (quoting, RFC 2047, no CR/LF); the rest are ASCII values paperpost makes.
+        # Third-party values (name, subject) are sanitised (paperpost.sanitize), then
+        # encoded by EmailMessage and the SMTP policy; the rest are ASCII paperpost makes.
         message = EmailMessage(policy=POLICY)
         message["To"] = Address(
-            display_name=normalize_space(reader.name or ""), addr_spec=reader.email
+            display_name=header_text(reader.name or "", NAME_CHARS), addr_spec=reader.email
         )
         message["Subject"] = str(context["subject"])
         mime_head, body = mime_body(text, html, msg_id)

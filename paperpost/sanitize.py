@@ -1,0 +1,54 @@
+"""Third-party text (paper titles, subscriber names, tags, keywords) made safe to show.
+
+Headers are built only from :func:`header_text`: no control, format, separator, unassigned
+or private-use characters (CR, LF, NUL, bidi overrides, zero-width...), no RFC 2047
+encoded-word syntax (``=?``: on Python 3.11/3.12 the email package decodes encoded words
+while folding, so ``=?utf-8?q?=0D=0ABcc:...?=`` would come out as a raw line break), one
+line, length-capped.
+Bodies keep their text but lose bidi override, embedding and isolate controls
+(:func:`strip_bidi`), which can make a line read differently from what it is.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Bidi formatting characters: ALM, LRM, RLM, LRE..RLO, LRI..PDI.
+BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+_PRINTABLE_ASCII = re.compile("[ -~]*")
+_BREAKS = "\t\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_SPACE = re.compile(r"\s+")
+SUBJECT_CHARS = 110
+NAME_CHARS = 80
+
+
+def strip_bidi(text: str) -> str:
+    """``text`` without bidi formatting characters."""
+    return BIDI.sub("", text)
+
+
+def header_text(text: str, limit: int) -> str:
+    """Third-party text as a safe one-line header value of at most ``limit`` characters."""
+    if len(text) <= limit and "=?" not in text and _PRINTABLE_ASCII.fullmatch(text):
+        return _SPACE.sub(" ", text).strip()  # the common case, fast
+    text = "".join(
+        " " if ch in _BREAKS else ch
+        for ch in text
+        if ch in _BREAKS or unicodedata.category(ch) not in _UNSAFE_CATEGORIES
+    )
+    text = _SPACE.sub(" ", text).strip()
+    while "=?" in text:  # "=?=?" needs two passes
+        text = text.replace("=?", "= ?")
+    return shorten_line(text, limit)
+
+
+def shorten_line(text: str, limit: int) -> str:
+    """Cut one line at a word boundary so that it is at most ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut[limit // 2 :]:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip() + "…"

@@ -1,0 +1,177 @@
+"""Hostile titles, names and keywords cannot add a header or a body (run on Python 3.11).
+
+Each digest's bytes are parsed back with the email package; the header names, the single
+recipient and the two body parts must be exactly what paperpost writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import quopri
+from datetime import date
+from email import policy
+from email.message import EmailMessage
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paperpost.models import Paper
+from paperpost.rank import Interest, Profile, Ranked, rank
+from paperpost.render import Edition, Reader, Renderer
+from paperpost.sanitize import BIDI, NAME_CHARS, SUBJECT_CHARS, header_text
+
+EDITION = Edition(
+    "paperpost <digest@example.org>", "secret", "https://pp.example.org", date(2026, 11, 25), 3
+)
+HEADERS = [
+    "From",
+    "Date",
+    "List-Id",
+    "List-Unsubscribe-Post",
+    "Auto-Submitted",
+    "To",
+    "Subject",
+    "Message-ID",
+    "List-Unsubscribe",
+    "X-Paperpost-Digest",
+    "MIME-Version",
+    "Content-Type",
+]
+INJECTED = "Bcc: victim@evil.example"
+EVIL_BODY = "<h1>Your account is locked</h1>"
+RENDERER = Renderer()
+
+
+def q_word(payload: str, charset: str = "utf-8") -> str:
+    encoded = quopri.encodestring(payload.encode(), header=True).decode().replace("=\n", "")
+    return f"=?{charset}?q?{encoded}?="
+
+
+def b_word(payload: str, charset: str = "utf-8") -> str:
+    return f"=?{charset}?b?{base64.b64encode(payload.encode()).decode()}?="
+
+
+HOSTILE = [
+    q_word(f"Hello\r\n{INJECTED}"),
+    "=?utf-8?q?Hello=0D=0ABcc:_victim@evil.example?=",  # as the adversarial pass found it
+    b_word(f"Hello\r\n\r\n{EVIL_BODY}"),
+    b_word(f"x\r\nContent-Type: text/html\r\n\r\n{EVIL_BODY}"),
+    f"Hello\r\n{INJECTED}",
+    f"Hello\n\n{EVIL_BODY}",
+    "Hello\x00\x0b\x1b[31m\u2028Bcc: victim@evil.example",
+    "evil\u202egnp.exe cool paper",
+    "=?=?utf-8?q?=0D=0A?=?=",
+]
+
+
+def parse(data: bytes) -> EmailMessage:
+    return email.message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]
+
+
+def assert_only_our_headers_and_bodies(data: bytes, address: str) -> EmailMessage:
+    msg = parse(data)
+    assert list(msg.keys()) == HEADERS
+    assert not msg.defects
+    assert [a.addr_spec for a in msg["To"].addresses] == [address]
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert [list(p.keys()) for p in parts] == [["Content-Type", "Content-Transfer-Encoding"]] * 2
+    head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    assert not [line for line in head.split("\r\n") if line.lower().startswith("bcc")]
+    for value in (msg["Subject"], msg["To"]):
+        assert not set(str(value)) & set("\r\n\x00\u202e")
+        assert "=?" not in str(value)
+    for part in parts:
+        assert not BIDI.search(part.get_content())
+    return msg
+
+
+def digest(title: str, name: str, keyword: str) -> tuple[bytes, str]:
+    paper = Paper(title=title, abstract=f"An abstract about agents. {title}", arxiv_id="2611.1")
+    item = Ranked(paper, 1.0, ("agents", keyword), f'keyword "{keyword}" in the title')
+    reader = Reader("ann@example.org", name, ("agents", keyword), "subscribers/ann.yaml")
+    return RENDERER.render(reader, [item], EDITION, 0, 1).data, reader.email
+
+
+def test_hostile_titles_names_and_keywords_add_no_header_or_body() -> None:
+    for hostile in HOSTILE:
+        data, address = digest(f"Agents {hostile} for tool use", hostile, hostile)
+        msg = assert_only_our_headers_and_bodies(data, address)
+        assert str(msg["Subject"]).startswith("1 new paper for you: Agents ")
+        html = msg.get_body(("html",)).get_content()
+        assert EVIL_BODY not in html  # autoescaped where it appears at all
+
+
+def test_a_hostile_keyword_through_the_ranker(tmp_path) -> None:
+    keyword = f"agents {q_word(chr(13) + chr(10) + INJECTED)} \u202e"
+    paper = Paper(title=f"Tool-using {keyword} agents", abstract="LLM agents that use tools.")
+    items = rank([paper], Profile((Interest("agents", 1.0, (keyword,)),)))
+    assert items
+    reader = Reader("ann@example.org", keyword, ("agents",), "subscribers/ann.yaml")
+    out = RENDERER.render(reader, items, EDITION, 0, 1)
+    assert_only_our_headers_and_bodies(out.data, reader.email)
+
+
+def test_right_to_left_override_never_reaches_subject_or_bodies() -> None:
+    data, address = digest("Safe \u202eelif.exe\u202c paper \u2067isolate\u2069", "Ann", "x")
+    msg = assert_only_our_headers_and_bodies(data, address)
+    assert str(msg["Subject"]) == "1 new paper for you: Safe elif.exe paper isolate"
+
+
+def test_header_text_caps_length_at_a_word_boundary() -> None:
+    capped = header_text("word " * 100, SUBJECT_CHARS)
+    assert len(capped) <= SUBJECT_CHARS and capped.endswith("word…")
+    assert header_text("x" * 10_000, NAME_CHARS) == "x" * (NAME_CHARS - 1) + "…"
+    assert header_text("  Ann \t Example ", NAME_CHARS) == "Ann Example"
+
+
+# --- properties --------------------------------------------------------------------------
+
+NASTY = "\r\n\t\x00\x0b\x0c\x1b\x7f\x85\u2028\u2029\u200b\u200e\u202a\u202e\u2066\u2069\ufeff"
+SPECIALS = "=?_:;,<>\"'()[]\\@. "
+
+
+@st.composite
+def encoded_words(draw: st.DrawFn) -> str:
+    payload = draw(
+        st.lists(
+            st.sampled_from(
+                ["\r\n", "\r\n\r\n", INJECTED, EVIL_BODY, "Content-Type: text/html", "x", "\u202e"]
+            ),
+            max_size=4,
+        ).map("".join)
+    )
+    charset = draw(st.sampled_from(["utf-8", "UTF-8", "iso-8859-1", "us-ascii", "x-unknown"]))
+    encode = draw(st.sampled_from([q_word, b_word]))
+    try:
+        return encode(payload, charset)
+    except UnicodeEncodeError:
+        return encode(payload)
+
+
+hostile_text = st.lists(
+    st.one_of(
+        st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(NASTY + SPECIALS)),
+        encoded_words(),
+    ),
+    max_size=4,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(title=hostile_text, name=hostile_text, keyword=hostile_text)
+def test_any_title_name_and_keyword_keep_the_message_shape(
+    title: str, name: str, keyword: str
+) -> None:
+    data, address = digest(title or "x", name, keyword)
+    assert_only_our_headers_and_bodies(data, address)
+
+
+@given(text=hostile_text, limit=st.integers(min_value=2, max_value=200))
+def test_header_text_is_one_safe_line(text: str, limit: int) -> None:
+    value = header_text(text, limit)
+    assert len(value) <= limit
+    assert "=?" not in value and not BIDI.search(value)
+    assert value.isprintable() and value == value.strip()
