@@ -24,20 +24,6 @@ from paperpost.sanitize import BIDI, NAME_CHARS, SUBJECT_CHARS, header_text
 EDITION = Edition(
     "paperpost <digest@example.org>", "secret", "https://pp.example.org", date(2026, 11, 25), 3
 )
-HEADERS = [
-    "From",
-    "Date",
-    "List-Id",
-    "List-Unsubscribe-Post",
-    "Auto-Submitted",
-    "To",
-    "Subject",
-    "Message-ID",
-    "List-Unsubscribe",
-    "X-Paperpost-Digest",
-    "MIME-Version",
-    "Content-Type",
-]
 INJECTED = "Bcc: victim@evil.example"
 EVIL_BODY = "<h1>Your account is locked</h1>"
 RENDERER = Renderer()
@@ -71,7 +57,7 @@ def parse(data: bytes) -> EmailMessage:
 
 def assert_only_our_headers_and_bodies(data: bytes, address: str) -> EmailMessage:
     msg = parse(data)
-    assert list(msg.keys()) == HEADERS
+    assert list(msg.keys()) == HEADERS  # the same as a harmless digest's
     assert not msg.defects
     assert [a.addr_spec for a in msg["To"].addresses] == [address]
     assert msg.get_content_type() == "multipart/alternative"
@@ -91,8 +77,11 @@ def assert_only_our_headers_and_bodies(data: bytes, address: str) -> EmailMessag
 def digest(title: str, name: str, keyword: str) -> tuple[bytes, str]:
     paper = Paper(title=title, abstract=f"An abstract about agents. {title}", arxiv_id="2611.1")
     item = Ranked(paper, 1.0, ("agents", keyword), f'keyword "{keyword}" in the title')
-    reader = Reader("ann@example.org", name, ("agents", keyword), "subscribers/ann.yaml")
+    reader = Reader("ann@example.org", name, ("agents", keyword))
     return RENDERER.render(reader, [item], EDITION, 0, 1).data, reader.email
+
+
+HEADERS = list(parse(digest("Agents for tool use", "Ann Example", "tools")[0]).keys())
 
 
 def test_hostile_titles_names_and_keywords_add_no_header_or_body() -> None:
@@ -109,7 +98,7 @@ def test_a_hostile_keyword_through_the_ranker(tmp_path) -> None:
     paper = Paper(title=f"Tool-using {keyword} agents", abstract="LLM agents that use tools.")
     items = rank([paper], Profile((Interest("agents", 1.0, (keyword,)),)))
     assert items
-    reader = Reader("ann@example.org", keyword, ("agents",), "subscribers/ann.yaml")
+    reader = Reader("ann@example.org", keyword, ("agents",))
     out = RENDERER.render(reader, items, EDITION, 0, 1)
     assert_only_our_headers_and_bodies(out.data, reader.email)
 
