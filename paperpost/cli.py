@@ -44,6 +44,10 @@ subscribers_app = typer.Typer(
 app.add_typer(subscribers_app, name="subscribers")
 db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+feedback_app = typer.Typer(
+    help="Move readers' votes between databases (JSON lines).", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -379,6 +383,55 @@ def subscribers_reactivate(
     out.print(f"{found.address} reactivated; the next run sends them digests again")
 
 
+@subscribers_app.command("show")
+def subscribers_show(
+    email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
+) -> None:
+    """One subscriber: tags, follows, liked examples, votes and the profile's top terms."""
+    from paperpost.feedback import find_papers, history, tastes, votes_of
+    from paperpost.profile import top_terms
+
+    settings = Settings()
+    entries, _ = load_subscribers(settings.subscribers_dir)
+    match = [e for e in entries if e.subscriber.address == email.lower()]
+    if not match:
+        err.print(
+            f"[red]error[/red] no valid subscriber {escape(email)} in {settings.subscribers_dir}; "
+            "see `paperpost subscribers list` and `paperpost subscribers validate`"
+        )
+        raise typer.Exit(1)
+    sub = match[0].subscriber
+    store = Store(settings.db_url)
+    out.print(f"[bold]{escape(sub.email)}[/bold]  ({escape(match[0].path)}:{match[0].line})")
+    tags = [t.tag if t.weight == 1 else f"{t.tag} (x{t.weight:g})" for t in sub.tags]
+    rows = [
+        ("tags", ", ".join(tags)),
+        ("exclude", ", ".join(sub.exclude) or "-"),
+        ("authors", ", ".join(sub.authors) or "-"),
+        ("organizations", ", ".join(sub.organizations) or "-"),
+    ]
+    for name, value in rows:
+        out.print(f"{name:>13}: {escape(value)}")
+    if sub.like:
+        found = find_papers(store, sub.like)
+        out.print(f"{'like':>13}:")
+        for ref in sub.like:
+            state = escape(found[ref].title) if ref in found else "[dim]not seen yet[/dim]"
+            out.print(f"               {escape(ref)} → {state}")
+    votes = votes_of(store, [sub.address]).get(sub.address, [])
+    out.print(f"{'votes':>13}: {len(votes) or '-'}")
+    for vote in reversed(votes):
+        mark = "[green]more [/green]" if vote.vote > 0 else "[red]fewer[/red]"
+        when = vote.voted_at.strftime("%Y-%m-%d")
+        out.print(f"               {mark} {when} {escape(vote.title)}")
+    taste = tastes(store, [sub])[0]
+    if taste.liked or taste.disliked:
+        terms = top_terms(taste, history(store), 12)
+        out.print(f"{'profile':>13}: " + ", ".join(f"{t} {w:+.2f}" for t, w in terms))
+    else:
+        out.print(f"{'profile':>13}: - (no votes or liked examples yet; tags alone rank)")
+
+
 @subscribers_app.command("add")
 def subscribers_add(
     email: Annotated[str, typer.Argument(help="The new subscriber's email address.")],
@@ -464,6 +517,48 @@ def db_upgrade(
         out.print(f"database upgraded from {before or 'empty'} to revision {after}")
 
 
+@feedback_app.command("export")
+def feedback_export(
+    output: Annotated[
+        Path | None, typer.Option("--out", help="File to write (default: standard output).")
+    ] = None,
+) -> None:
+    """Write every vote as JSON lines: address, paper_id, vote, title, digest, voted_at."""
+    from paperpost.feedback import export_votes
+
+    lines = export_votes(Store(Settings().db_url))
+    if output is None:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+        return
+    count = 0
+    with output.open("w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line + "\n")
+            count += 1
+    err.print(f"{count} votes → {output}")
+
+
+@feedback_app.command("import")
+def feedback_import(
+    source: Annotated[Path, typer.Argument(help="A file written by `paperpost feedback export`.")],
+) -> None:
+    """Load votes from JSON lines; per (address, paper) the later vote wins. All or nothing."""
+    from paperpost.feedback import BadExport, parse_export, record_votes
+
+    try:
+        with source.open(encoding="utf-8") as handle:
+            votes = parse_export(handle, str(source))
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]error[/red] cannot read {escape(str(source))}: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except BadExport as exc:
+        err.print(f"[red]error[/red] nothing imported:\n{escape(str(exc))}")
+        raise typer.Exit(1) from None
+    record_votes(Store(Settings().db_url), votes)
+    out.print(f"imported {len(votes)} votes from {source}")
+
+
 @app.command()
 def serve(
     cron: Annotated[str, typer.Option(help="When to run, as cron (UTC).")] = "0 7 * * 1-5",
@@ -498,7 +593,7 @@ def web(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
 ) -> None:
-    """Serve the unsubscribe endpoint (set PAPERPOST_BASE_URL to its public https URL)."""
+    """Serve the unsubscribe and vote endpoints (set PAPERPOST_BASE_URL to its public URL)."""
     import uvicorn
 
     from paperpost.web import create_app

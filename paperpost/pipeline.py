@@ -20,6 +20,7 @@ from uuid import uuid4
 
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
 from paperpost.dumps import DumpError, parse_dump
+from paperpost.feedback import reader_ids, reader_nudge
 from paperpost.fetch import Fetched, expand_sources, fetch_all, last_api_days
 from paperpost.rank import Interest, Profile, Ranked, rank_many
 from paperpost.render import Edition, Outgoing, Reader, Renderer
@@ -137,13 +138,14 @@ def profile_of(entry: LoadedSubscriber) -> Profile:
     )
 
 
-def reader_of(entry: LoadedSubscriber) -> Reader:
+def reader_of(entry: LoadedSubscriber, reader_id: str | None = None) -> Reader:
     sub = entry.subscriber
     return Reader(
         email=sub.email,
         name=sub.name,
         tags=tuple(t.tag for t in sub.tags),
         text_only=sub.format == "text",
+        reader_id=reader_id,
     )
 
 
@@ -190,15 +192,18 @@ def rank_stage(
 
     jobs: list[DigestJob] = []
     quiet: list[tuple[str, int]] = []
+    ids = reader_ids(store, [e.subscriber.address for group in windows.values() for e in group])
     for lo, entries in windows.items():
         papers = [paper for _, paper in store.papers_between(lo, plan.high_water)]
-        rankings = rank_many(papers, [profile_of(e) for e in entries])
+        taught = reader_nudge(store, papers, [e.subscriber for e in entries])
+        rankings = rank_many(papers, [profile_of(e) for e in entries], taught)
         for entry, items in zip(entries, rankings, strict=True):
             if not items and not send_empty:
                 skips.append(Skip(entry.subscriber.address, "nothing above min_score"))
                 quiet.append((entry.subscriber.address, plan.high_water))
                 continue
-            jobs.append(DigestJob(reader_of(entry), items, lo, plan.high_water))
+            reader = reader_of(entry, ids[entry.subscriber.address])
+            jobs.append(DigestJob(reader, items, lo, plan.high_water))
     if quiet:  # deciding that nothing is worth sending is work done: move past it
         store.advance_cursors(quiet)
     return RankedBatch(jobs, skips)

@@ -20,11 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from paperpost.models import Paper
+
+if TYPE_CHECKING:
+    from paperpost.profile import Nudge
 
 TOPICS_FILE = Path(__file__).with_name("data") / "topics.yaml"
 FIELD_WEIGHTS = {"title": 3.0, "keywords": 2.0, "abstract": 1.0}
@@ -369,8 +373,14 @@ def _near_duplicates(papers: Sequence[Paper]) -> dict[int, set[int]]:
     return pairs
 
 
-def rank_many(papers: Sequence[Paper], profiles: Sequence[Profile]) -> list[list[Ranked]]:
-    """Rank ``papers`` for every profile at once; one ordered list per profile."""
+def rank_many(
+    papers: Sequence[Paper], profiles: Sequence[Profile], nudge: Nudge | None = None
+) -> list[list[Ranked]]:
+    """Rank ``papers`` for every profile at once; one ordered list per profile.
+
+    ``nudge`` (from :func:`paperpost.profile.nudge`) applies what readers taught by votes,
+    examples and follows: a bounded bonus on the tag score, and followed papers first.
+    """
     if not papers or not profiles:
         return [[] for _ in profiles]
     topic_index: dict[tuple[str, tuple[str, ...]], int] = {}
@@ -412,12 +422,18 @@ def rank_many(papers: Sequence[Paper], profiles: Sequence[Profile]) -> list[list
     duplicates = _near_duplicates(papers)
     reasons: dict[tuple[int, tuple[tuple[str, int], ...]], str] = {}
 
+    untaught = np.zeros(len(papers))
     results: list[list[Ranked]] = []
     for row, profile in enumerate(profiles):
         relevant = (scores[row] >= profile.min_score) & ~blocked[row]
+        bonus = lift = untaught
+        if nudge is not None:  # reader feedback: see paperpost.profile
+            relevant, bonus, lift = nudge.apply(
+                row, scores[row], relevant, ~blocked[row], profile.min_score
+            )
         candidates = np.flatnonzero(relevant)
-        final = scores[row, candidates] + prior[candidates]
-        order = candidates[np.argsort(-final, kind="stable")]
+        final = scores[row] + prior + bonus
+        order = candidates[np.argsort(-(final + lift)[candidates], kind="stable")]
         ranked = []
         for p in _diverse(order, duplicates, profile.max_items):
             per_tag = sorted(
@@ -427,12 +443,13 @@ def rank_many(papers: Sequence[Paper], profiles: Sequence[Profile]) -> list[list
             key = (p, tuple(per_tag))
             if key not in reasons:
                 reasons[key] = _why([(tag, evid[p][t]) for tag, t in per_tag])
+            taught = nudge.why(row, p) if nudge is not None else ""
             ranked.append(
                 Ranked(
                     paper=papers[p],
-                    score=round(float(scores[row, p] + prior[p]), 3),
+                    score=round(float(final[p]), 3),
                     matched=tuple(tag for tag, _ in per_tag),
-                    why=reasons[key],
+                    why="; ".join(part for part in (reasons[key], taught) if part),
                 )
             )
         results.append(ranked)

@@ -33,6 +33,7 @@ import jinja2
 import lxml.html
 from premailer import Premailer
 
+from paperpost.feedback import vote_expiry, vote_urls
 from paperpost.models import Paper, normalize_space
 from paperpost.rank import Ranked
 from paperpost.sanitize import NAME_CHARS, SUBJECT_CHARS, header_text, strip_bidi
@@ -77,6 +78,7 @@ class Reader:
     name: str | None
     tags: tuple[str, ...]
     text_only: bool = False
+    reader_id: str | None = None  # the opaque id vote links carry (paperpost.feedback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,8 @@ class Card(NamedTuple):
     links: tuple[tuple[str, str], ...]  # (label, url)
     matched: tuple[str, ...] = ()
     why: str = ""
+    more_url: str | None = None  # "more like this" / "fewer like this" vote links
+    fewer_url: str | None = None
 
 
 def card(item: Ranked) -> Card:
@@ -272,9 +276,26 @@ class Renderer:
     # --- messages --------------------------------------------------------------------------
 
     def context(
-        self, reader: Reader, items: Sequence[Ranked], edition: Edition, unsubscribe_url: str
+        self,
+        reader: Reader,
+        items: Sequence[Ranked],
+        edition: Edition,
+        unsubscribe_url: str,
+        digest: str | None = None,
     ) -> dict[str, object]:
         cards = [card(item) for item in items[: edition.max_cards]]
+        if reader.reader_id and edition.base_url and digest:
+            expires = vote_expiry(edition.day)
+            for i, item in enumerate(items[: len(cards)]):
+                more, fewer = vote_urls(
+                    edition.secret_key,
+                    edition.base_url,
+                    reader.reader_id,
+                    item.paper.id,
+                    digest,
+                    expires,
+                )
+                cards[i] = cards[i]._replace(more_url=more, fewer_url=fewer)
         count = len(items)
         topics = sorted({tag for item in items for tag in item.matched}, key=str.lower)
         return {
@@ -306,7 +327,7 @@ class Renderer:
         token = make_token(edition.secret_key, reader.email)
         mailto = f"mailto:unsubscribe@{sender_domain(edition.sender)}?subject=unsubscribe%20{token}"
         web = f"{edition.base_url}/unsubscribe/{token}" if edition.base_url else None
-        context = self.context(reader, items, edition, web or mailto)
+        context = self.context(reader, items, edition, web or mailto, digest)
         html = None
         if not reader.text_only:
             html = self.html(context)
@@ -430,7 +451,13 @@ def sample_context() -> dict[str, object]:
         "date_label": "Monday",
         "headline": "Sample",
         "counts": "Sample",
-        "cards": [card(item), card(item)],
+        "cards": [
+            card(item)._replace(
+                more_url="https://example.org/vote/more/x",
+                fewer_url="https://example.org/vote/fewer/x",
+            )
+        ]
+        * 2,
         "more": 2,
         "more_url": LISTING_URL,
         "reader": "reader@example.org",

@@ -12,6 +12,8 @@ SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
   sent | failed | retry | ambiguous`` (``data-sent``: the SMTP end-of-data went out).
 * ``suppressions``: addresses that unsubscribed or bounced permanently.
 * ``locks``: a lease so overlapping runs do not both send.
+* ``readers``: per address, the opaque id that vote links carry instead of the address.
+* ``feedback``: per (address, paper), the reader's last vote: +1 "more", -1 "fewer".
 
 The schema is owned by the Alembic revisions in ``paperpost/migrations`` (see
 ``paperpost.schema``); the tables below mirror it for queries and ``--autogenerate``.
@@ -134,6 +136,25 @@ locks = Table(
     Column("name", String(100), primary_key=True),
     Column("owner", String(100), nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+readers = Table(
+    "readers",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("reader_id", String(32), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("paper_id", String(64), primary_key=True),
+    Column("vote", Integer, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("voted_at", DateTime(timezone=True), nullable=False),
 )
 
 

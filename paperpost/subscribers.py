@@ -22,6 +22,11 @@ from pydantic_core import PydanticCustomError
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+_ARXIV_REF = re.compile(
+    r"(?:arxiv:|https?://(?:www\.)?(?:arxiv\.org/(?:abs|pdf)|huggingface\.co/papers)/)?"
+    r"(\d{4}\.\d{4,5})(?:v\d+)?(?:\.pdf)?/?",
+    re.I,
+)
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -58,6 +63,9 @@ class Subscriber(BaseModel):
     name: str | None = None
     tags: list[TagInterest] = Field(min_length=1)
     exclude: list[Annotated[str, Field(min_length=1)]] = []
+    like: list[Annotated[str, Field(min_length=1, max_length=300)]] = []
+    authors: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
+    organizations: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
     cadence: Literal["daily", "weekly"] = "daily"
     weekday: Literal[WEEKDAYS] = "monday"  # type: ignore[valid-type]
     max_items: Annotated[int, Field(ge=1, le=100)] = 10
@@ -106,10 +114,21 @@ class Subscriber(BaseModel):
                 )
         return items
 
-    @field_validator("exclude", mode="before")
+    @field_validator("exclude", "like", "authors", "organizations", mode="before")
     @classmethod
-    def _exclude(cls, value: Any) -> Any:
+    def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("like")
+    @classmethod
+    def _paper_refs(cls, value: list[str]) -> list[str]:
+        """An arXiv id, abs/pdf or Hugging Face paper URL becomes the bare id; else a title."""
+        out = []
+        for ref in value:
+            ref = " ".join(ref.split())
+            found = _ARXIV_REF.fullmatch(ref)
+            out.append(found[1] if found else ref)
+        return out
 
     @field_validator("weekday", mode="before")
     @classmethod
@@ -326,7 +345,8 @@ def json_schema() -> dict[str, Any]:
     props = single["properties"]
     props["tags"]["items"] = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/TagInterest"}]}
     props["tags"] = {"anyOf": [{"type": "string"}, props["tags"]]}
-    props["exclude"] = {"anyOf": [{"type": "string"}, props["exclude"]]}
+    for name in ("exclude", "like", "authors", "organizations"):
+        props[name] = {"anyOf": [{"type": "string"}, props[name]]}
     defs["Subscriber"] = single
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -1,8 +1,9 @@
-"""``paperpost web``: the unsubscribe endpoint behind the links in every digest.
+"""``paperpost web``: the unsubscribe and vote endpoints behind the links in every digest.
 
 GET shows a confirmation page with a button and changes nothing (mail scanners follow
-GETs); POST records the unsubscribe: the button, and RFC 8058 one-click requests from mail
-clients (``List-Unsubscribe=One-Click``). Tampered tokens get a 400.
+GETs); POST records the unsubscribe (the button, and RFC 8058 one-click requests from mail
+clients, ``List-Unsubscribe=One-Click``) or the "more/fewer like this" vote. Tampered,
+expired or foreign tokens get a 400 and change nothing. Nothing else is tracked.
 """
 
 from __future__ import annotations
@@ -12,8 +13,18 @@ from html import escape
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
+from paperpost.feedback import (
+    VOTES,
+    BadVoteToken,
+    Vote,
+    address_of,
+    paper_by_id,
+    read_vote_token,
+    record_votes,
+)
+from paperpost.models import Paper
 from paperpost.settings import Settings
-from paperpost.store import Store
+from paperpost.store import Store, now
 from paperpost.unsubscribe import BadToken, read_token
 
 PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
@@ -61,6 +72,60 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Unsubscribed",
             f"<p>{escape(address)} will get no more digests. To come back, ask whoever runs "
             "this paperpost to re-activate your subscription.</p>",
+        )
+
+    def vote_or_error(direction: str, token: str) -> tuple[str, str, Paper] | HTMLResponse:
+        """(address, digest, paper) of a valid vote link, else the error page to show."""
+        if direction not in VOTES:
+            return page("Not found", "<p>Vote links end in /more/… or /fewer/….</p>", 404)
+        try:
+            link = read_vote_token(key, token)
+        except BadVoteToken as exc:
+            return page("Link not valid", f"<p>{escape(str(exc))}.</p>", 400)
+        address = address_of(store, link.reader_id)
+        paper = paper_by_id(store, link.paper_id)
+        if address is None or paper is None:
+            return page(
+                "Link not valid",
+                "<p>This vote link is for a reader or paper this paperpost does not know "
+                "(was its database replaced?).</p>",
+                400,
+            )
+        return address, link.digest, paper
+
+    def vote_form(direction: str, token: str, label: str) -> str:
+        return (
+            f'<form method="post" action="/vote/{direction}/{escape(token)}">'
+            f'<button type="submit">{label}</button></form>'
+        )
+
+    @app.get("/vote/{direction}/{token}", response_class=HTMLResponse)
+    def confirm_vote(direction: str, token: str) -> HTMLResponse:
+        found = vote_or_error(direction, token)
+        if isinstance(found, HTMLResponse):
+            return found
+        title = escape(found[2].title)
+        lean = "toward" if direction == "more" else "away from"
+        return page(
+            f"{direction.capitalize()} like this?",
+            f"<p><strong>{title}</strong></p><p>Your future digests will lean {lean} papers "
+            "like this one. Your topics stay as they are.</p>"
+            + vote_form(direction, token, f"Yes, {direction} like this"),
+        )
+
+    @app.post("/vote/{direction}/{token}", response_class=HTMLResponse)
+    def vote(direction: str, token: str) -> HTMLResponse:
+        found = vote_or_error(direction, token)
+        if isinstance(found, HTMLResponse):
+            return found
+        address, digest, paper = found
+        record_votes(store, [Vote(address, paper.id, VOTES[direction], paper.title, digest, now())])
+        other = "fewer" if direction == "more" else "more"
+        return page(
+            "Thanks, noted",
+            f"<p>You will see {direction} papers like <strong>{escape(paper.title)}</strong>."
+            "</p><p>Changed your mind? Your last vote on a paper is the one that counts.</p>"
+            + vote_form(other, token, f"{other.capitalize()} like this instead"),
         )
 
     @app.get("/healthz")

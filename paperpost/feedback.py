@@ -1,0 +1,380 @@
+"""What readers teach paperpost: "more like this" / "fewer like this" votes, and their examples.
+
+Every paper card carries two links to ``paperpost web``. Their token names the reader by an
+opaque id (``readers`` table), never by address, and binds the paper, the digest it came
+in and an expiry, all under an HMAC-SHA256 tag. A GET only shows a confirmation; the POST
+records the vote in ``feedback``, one row per (address, paper): the last vote counts.
+
+This module is the I/O side (tokens, the two tables, JSON-lines export/import, loading a
+reader's :class:`~paperpost.profile.Taste`); the ranking maths is in ``profile.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import lru_cache
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from paperpost.models import Paper, title_key
+from paperpost.profile import History, Nudge, Taste, nudge
+from paperpost.store import Store, feedback, key_hash, now, papers, readers
+from paperpost.subscribers import Subscriber
+
+VOTES = {"more": 1, "fewer": -1}
+LINK_DAYS = 60  # how long a vote link works
+HISTORY_SAMPLE = 10_000  # latest papers whose document frequencies weight the profile
+_ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")
+
+
+class BadVoteToken(ValueError):
+    """A vote token that was altered, expired, or made for someone this database does not know."""
+
+
+# --- signed links ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VoteLink:
+    """What a vote token says: whose vote, on which paper, from which digest, until when."""
+
+    reader_id: str
+    paper_id: str
+    digest: str
+    expires: int  # Unix time
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _tag(key: str, body: bytes) -> bytes:
+    return hmac.new(key.encode(), b"vote:" + body, hashlib.sha256).digest()[:16]
+
+
+def make_vote_token(key: str, link: VoteLink) -> str:
+    body = "\n".join((link.reader_id, link.paper_id, link.digest, str(link.expires))).encode()
+    return f"{_b64(body)}.{_b64(_tag(key, body))}"
+
+
+def read_vote_token(key: str, token: str, at: float | None = None) -> VoteLink:
+    """The link a token was made for, or :class:`BadVoteToken` (altered, foreign, expired)."""
+    try:
+        body_text, tag_text = token.strip().split(".", 1)
+        body, given = _unb64(body_text), _unb64(tag_text)
+        reader_id, paper_id, digest, expires = body.decode("utf-8").split("\n")
+        link = VoteLink(reader_id, paper_id, digest, int(expires))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadVoteToken("this vote link is malformed; copy the whole link") from None
+    if not hmac.compare_digest(given, _tag(key, body)):
+        raise BadVoteToken("this vote link was not issued by this paperpost (bad signature)")
+    if link.expires < (time.time() if at is None else at):
+        raise BadVoteToken(
+            f"this vote link expired ({LINK_DAYS} days after its digest); "
+            "use the links in a newer digest"
+        )
+    return link
+
+
+def vote_urls(
+    key: str, base_url: str, reader_id: str, paper_id: str, digest: str, expires: int
+) -> tuple[str, str]:
+    """The "more like this" and "fewer like this" URLs of one card (one token for both)."""
+    token = make_vote_token(key, VoteLink(reader_id, paper_id, digest, expires))
+    return f"{base_url}/vote/more/{token}", f"{base_url}/vote/fewer/{token}"
+
+
+def vote_expiry(day: date) -> int:
+    """When links in the digest of ``day`` stop working (Unix time; same for every reader)."""
+    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    return int(start.timestamp()) + (LINK_DAYS + 1) * 86_400
+
+
+# --- the readers and feedback tables ------------------------------------------------------
+
+
+def _insert(store: Store, table):  # type: ignore[no-untyped-def]
+    """INSERT with ON CONFLICT support for the store's dialect."""
+    dialect = postgresql if store.engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def reader_ids(store: Store, addresses: Iterable[str]) -> dict[str, str]:
+    """Each address's opaque id for vote links, created on first use (race-free)."""
+    wanted = sorted({a.lower() for a in addresses})
+    found: dict[str, str] = {}
+    with store.engine.begin() as conn:
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = conn.execute(
+                select(readers.c.address, readers.c.reader_id).where(readers.c.address.in_(chunk))
+            )
+            found.update({r.address: r.reader_id for r in rows})
+        missing = [a for a in wanted if a not in found]
+        if missing:
+            stamp = now()
+            conn.execute(
+                _insert(store, readers).on_conflict_do_nothing(index_elements=["address"]),
+                [
+                    {"address": a, "reader_id": secrets.token_urlsafe(12), "created_at": stamp}
+                    for a in missing
+                ],
+            )
+            for start in range(0, len(missing), 500):
+                chunk = missing[start : start + 500]
+                rows = conn.execute(
+                    select(readers.c.address, readers.c.reader_id).where(
+                        readers.c.address.in_(chunk)
+                    )
+                )
+                found.update({r.address: r.reader_id for r in rows})
+    return found
+
+
+def address_of(store: Store, reader_id: str) -> str | None:
+    with store.engine.connect() as conn:
+        return conn.execute(
+            select(readers.c.address).where(readers.c.reader_id == reader_id)
+        ).scalar()
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    address: str
+    paper_id: str
+    vote: int  # +1 more, -1 fewer
+    title: str
+    digest: str
+    voted_at: datetime
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "paper_id": self.paper_id,
+            "vote": "more" if self.vote > 0 else "fewer",
+            "title": self.title,
+            "digest": self.digest,
+            "voted_at": self.voted_at.isoformat(),
+        }
+
+
+def record_votes(store: Store, votes: Sequence[Vote]) -> None:
+    """Upsert votes; per (address, paper) the latest ``voted_at`` wins, whatever the order."""
+    if not votes:
+        return
+    stmt = _insert(store, feedback)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["address", "paper_id"],
+        set_={
+            "vote": stmt.excluded.vote,
+            "title": stmt.excluded.title,
+            "digest": stmt.excluded.digest,
+            "voted_at": stmt.excluded.voted_at,
+        },
+        where=stmt.excluded.voted_at >= feedback.c.voted_at,
+    )
+    rows = [
+        {
+            "address": v.address.lower(),
+            "paper_id": v.paper_id,
+            "vote": v.vote,
+            "title": v.title,
+            "digest": v.digest,
+            "voted_at": v.voted_at.astimezone(UTC),
+        }
+        for v in votes
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(stmt, rows)
+
+
+def votes_of(store: Store, addresses: Iterable[str]) -> dict[str, list[Vote]]:
+    """Every address's votes, oldest first."""
+    out: dict[str, list[Vote]] = {}
+    wanted = sorted({a.lower() for a in addresses})
+    with store.engine.connect() as conn:
+        for start in range(0, len(wanted), 500):
+            rows = conn.execute(
+                select(feedback)
+                .where(feedback.c.address.in_(wanted[start : start + 500]))
+                .order_by(feedback.c.voted_at)
+            )
+            for r in rows:
+                out.setdefault(r.address, []).append(_vote(r))
+    return out
+
+
+def _vote(row) -> Vote:  # type: ignore[no-untyped-def]
+    voted_at = row.voted_at if row.voted_at.tzinfo else row.voted_at.replace(tzinfo=UTC)
+    return Vote(row.address, row.paper_id, row.vote, row.title, row.digest, voted_at)
+
+
+def export_votes(store: Store) -> Iterator[str]:
+    """Every vote as one JSON object per line, in a stable order."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(feedback).order_by(feedback.c.address, feedback.c.paper_id))
+        for row in rows:
+            yield json.dumps(_vote(row).to_json(), ensure_ascii=False)
+
+
+class BadExport(ValueError):
+    """A line of a feedback export that cannot be imported (message says where and why)."""
+
+
+def parse_export(lines: Iterable[str], name: str = "<stdin>") -> list[Vote]:
+    """Votes from JSON lines; every bad line is reported as ``name:line: problem``."""
+    votes: list[Vote] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            vote = VOTES[data["vote"]]
+            voted_at = datetime.fromisoformat(data["voted_at"])
+            if voted_at.tzinfo is None:
+                voted_at = voted_at.replace(tzinfo=UTC)
+            votes.append(
+                Vote(
+                    str(data["address"]).lower(),
+                    str(data["paper_id"]),
+                    vote,
+                    str(data["title"]),
+                    str(data["digest"]),
+                    voted_at,
+                )
+            )
+        except json.JSONDecodeError as exc:
+            problems.append(f"{name}:{number}: not JSON ({exc.msg})")
+        except KeyError as exc:
+            problems.append(f"{name}:{number}: missing or unknown value for {exc}")
+        except (TypeError, ValueError, AttributeError) as exc:
+            problems.append(f"{name}:{number}: {exc}")
+    if problems:
+        raise BadExport("\n".join(problems))
+    return votes
+
+
+# --- papers, history and tastes -------------------------------------------------------------
+
+
+def is_arxiv_id(text: str) -> bool:
+    return bool(_ARXIV_ID.fullmatch(text))
+
+
+def find_papers(store: Store, refs: Iterable[str]) -> dict[str, Paper]:
+    """Papers of the history by arXiv id or by title (folded: case, accents, punctuation)."""
+    refs = set(refs)
+    ids = [r for r in refs if is_arxiv_id(r)]
+    hashes = {key_hash(title_key(r)): r for r in refs if not is_arxiv_id(r)}
+    found: dict[str, Paper] = {}
+    with store.engine.connect() as conn:
+        for start in range(0, max(len(ids), len(hashes)), 500):
+            id_chunk = ids[start : start + 500]
+            hash_chunk = list(hashes)[start : start + 500]
+            rows = conn.execute(
+                select(papers.c.arxiv_id, papers.c.key_hash, papers.c.data).where(
+                    papers.c.arxiv_id.in_(id_chunk) | papers.c.key_hash.in_(hash_chunk)
+                )
+            )
+            for row in rows:
+                paper = Paper.from_json(json.loads(row.data))
+                if row.arxiv_id in refs:
+                    found[row.arxiv_id] = paper
+                if row.key_hash in hashes:
+                    found[hashes[row.key_hash]] = paper
+    return found
+
+
+def paper_by_id(store: Store, paper_id: str) -> Paper | None:
+    """A paper by :attr:`Paper.id` (an arXiv id, or ``title-...`` for papers without one)."""
+    if not paper_id.startswith("title-"):
+        return find_papers(store, [paper_id]).get(paper_id)
+    with store.engine.connect() as conn:
+        for row in conn.execute(select(papers.c.data).where(papers.c.arxiv_id.is_(None))):
+            paper = Paper.from_json(json.loads(row.data))
+            if paper.id == paper_id:
+                return paper
+    return None
+
+
+def history(store: Store) -> History:
+    """Document frequencies over the latest papers seen (cached until new papers arrive)."""
+    with store.engine.connect() as conn:
+        high = conn.execute(select(func.max(papers.c.seq))).scalar() or 0
+    return _history(store.url, high)
+
+
+@lru_cache(maxsize=4)
+def _history(url: str, high: int) -> History:
+    store = Store(url)
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(papers.c.data)
+            .where(papers.c.seq <= high)
+            .order_by(papers.c.seq.desc())
+            .limit(HISTORY_SAMPLE)
+        )
+        return History.from_papers([Paper.from_json(json.loads(r.data)) for r in rows])
+
+
+def tastes(store: Store, subscribers: Sequence[Subscriber]) -> list[Taste]:
+    """What each subscriber taught: votes, ``like:`` examples found in the history, follows.
+
+    A vote's paper is looked up in the history (its text feeds the profile); a paper the
+    history no longer has still counts by its title.
+    """
+    votes = votes_of(store, [s.address for s in subscribers])
+    refs: set[str] = {ref for s in subscribers for ref in s.like}
+    for address_votes in votes.values():
+        for v in address_votes:
+            refs.add(v.paper_id if is_arxiv_id(v.paper_id) else v.title)
+    known = find_papers(store, refs) if refs else {}
+    out = []
+    for sub in subscribers:
+        liked: dict[str, Paper] = {}
+        disliked: dict[str, Paper] = {}
+        for ref in sub.like:
+            if ref in known:
+                liked[known[ref].id] = known[ref]
+        for v in votes.get(sub.address, []):
+            ref = v.paper_id if is_arxiv_id(v.paper_id) else v.title
+            paper = known.get(ref) or Paper(title=v.title, abstract="")
+            liked.pop(paper.id, None)
+            disliked.pop(paper.id, None)
+            if v.vote > 0:
+                liked[paper.id] = paper
+            else:
+                disliked[paper.id] = paper
+        out.append(
+            Taste(
+                liked=tuple(liked.values()),
+                disliked=tuple(disliked.values()),
+                authors=tuple(sub.authors),
+                organizations=tuple(sub.organizations),
+            )
+        )
+    return out
+
+
+def reader_nudge(
+    store: Store, papers: Sequence[Paper], subscribers: Sequence[Subscriber]
+) -> Nudge | None:
+    """What these subscribers taught, ready for :func:`paperpost.rank.rank_many`."""
+    taught = tastes(store, subscribers)
+    return nudge(papers, taught, history(store)) if any(taught) else None

@@ -1,0 +1,292 @@
+"""A reader's profile from what they liked and disliked, and follows (pure; no I/O).
+
+Rocchio-style: every paper becomes a term vector over its title, keywords/TL;DR and
+abstract (field-weighted like the ranker, sublinear term counts, idf from the history's
+document frequencies, unit length). A reader's profile is the centroid of the papers they
+liked minus the centroid of those they marked "fewer"; a new paper's similarity to each
+centroid turns into a bonus of at most :data:`LIKE_CAP` and a penalty of at most
+:data:`DISLIKE_CAP` on its tag score. Only papers the tags already found are nudged, so the
+tags decide what a digest is about and a handful of votes reorder it; a demoted paper can
+fall below ``min_score``. A followed author's or organisation's paper is always included
+(unless excluded) and put first.
+
+:func:`nudge` computes this for a whole batch of readers with numpy (one similarity
+matrix between the voted papers and the new ones); :func:`paperpost.rank.rank_many` applies
+it through :meth:`Nudge.apply` and :meth:`Nudge.why`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from paperpost.models import Paper, title_key
+from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, tokens
+
+LIKE_CAP = 6.0  # the most liked papers can add to a tag score
+DISLIKE_CAP = 0.5  # the most disliked papers can take from it
+FULL_AT = 0.25  # centroid similarity that earns the whole bonus (cosine of tf-idf vectors)
+EXPLAIN_AT = 0.5  # a bonus or penalty at least this big is named in the reason line
+FOLLOW_LIFT = 1e6  # followed papers go first (ordering only; not shown as score)
+OPEN = False
+NOISE = 0.05
+_CHUNK = 1024  # readers per block when averaging similarities (bounds memory)
+
+
+@dataclass(frozen=True, slots=True)
+class Taste:
+    """What one reader taught: papers they liked and disliked, authors and orgs they follow."""
+
+    liked: tuple[Paper, ...] = ()
+    disliked: tuple[Paper, ...] = ()
+    authors: tuple[str, ...] = ()
+    organizations: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.liked or self.disliked or self.authors or self.organizations)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class History:
+    """Document frequencies of terms over the papers seen so far."""
+
+    documents: int
+    df: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_papers(cls, papers: Sequence[Paper]) -> History:
+        df: Counter[str] = Counter()
+        for paper in papers:
+            df.update(term_counts(paper).keys())
+        return cls(len(papers), dict(df))
+
+    def idf(self, term: str) -> float:
+        return math.log((self.documents + 1) / (self.df.get(term, 0) + 0.5))
+
+
+@lru_cache(maxsize=65536)
+def term_counts(paper: Paper) -> dict[str, float]:
+    """Sublinear, field-weighted term counts (title 3, keywords/TL;DR 2, abstract 1)."""
+    weights: Counter[str] = Counter()
+    fields = (
+        ("title", paper.title),
+        ("keywords", " ; ".join(paper.ai_keywords) + " ; " + (paper.ai_summary or "")),
+        ("abstract", paper.abstract),
+    )
+    for name, text in fields:
+        for token in tokens(text):
+            if len(token) > 1 and token not in STOPWORDS and not token.isdigit():
+                weights[token] += FIELD_WEIGHTS[name]
+    return {term: 1.0 + math.log(weight) for term, weight in weights.items()}
+
+
+@lru_cache(maxsize=65536)
+def vector(paper: Paper, history: History) -> dict[str, float]:
+    """The paper's unit-length tf-idf vector."""
+    raw = {t: w * history.idf(t) for t, w in term_counts(paper).items()}
+    norm = math.sqrt(sum(v * v for v in raw.values())) or 1.0
+    return {t: v / norm for t, v in raw.items() if v > 0}
+
+
+def centroid(papers: Sequence[Paper], history: History) -> dict[str, float]:
+    total: Counter[str] = Counter()
+    for paper in papers:
+        total.update(vector(paper, history))
+    return {t: v / len(papers) for t, v in total.items()} if papers else {}
+
+
+def top_terms(taste: Taste, history: History, count: int = 10) -> list[tuple[str, float]]:
+    """The profile's strongest terms: positive toward likes, negative toward dislikes."""
+    profile: Counter[str] = Counter(centroid(taste.liked, history))
+    profile.subtract(centroid(taste.disliked, history))
+    ranked = sorted(profile.items(), key=lambda item: -abs(item[1]))
+    return [(t, round(w, 3)) for t, w in ranked[:count] if w]
+
+
+def _fold(name: str) -> str:
+    return title_key(name)
+
+
+def _quote(title: str, limit: int = 70) -> str:
+    title = " ".join(title.split())
+    return title if len(title) <= limit else title[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
+class Nudge:
+    """Per-reader bonuses for one batch of papers (rows follow the readers' order)."""
+
+    def __init__(
+        self,
+        papers: Sequence[Paper],
+        rows: dict[int, int],
+        bonus: np.ndarray,
+        similar: np.ndarray,
+        voted: list[Paper],
+        lists: dict[int, tuple[np.ndarray, np.ndarray]],
+        follows: dict[int, dict[int, str]],
+    ) -> None:
+        self.papers = papers
+        self.rows = rows  # reader row -> row of ``bonus`` (readers with votes only)
+        self.bonus = bonus
+        self.similar = similar  # voted paper × new paper cosine
+        self.voted = voted
+        self.lists = lists  # reader row -> (liked, disliked) indices into ``voted``
+        self.follows = follows  # reader row -> {paper index: reason}
+        self.zero = np.zeros(len(papers))
+
+    def apply(
+        self,
+        row: int,
+        tag: np.ndarray,
+        relevant: np.ndarray,
+        allowed: np.ndarray,
+        min_score: float,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(relevant, bonus, lift) for one reader.
+
+        ``tag`` is the reader's tag score per paper, ``relevant`` the tag ranker's choice,
+        ``allowed`` the papers no exclusion blocks. Liked directions add up to LIKE_CAP,
+        disliked ones take up to DISLIKE_CAP (and may drop a paper under ``min_score``);
+        followed papers are added and lifted to the front.
+        """
+        bonus, lift = self.zero, self.zero
+        index = self.rows.get(row)
+        if index is not None:
+            bonus = self.bonus[index]
+            if OPEN:
+                relevant = (relevant | (tag + bonus >= min_score)) & allowed
+            relevant = relevant & (tag + bonus >= min_score)
+        followed = self.follows.get(row)
+        if followed:
+            mask = np.zeros(len(self.papers), dtype=bool)
+            mask[list(followed)] = True
+            mask &= allowed
+            relevant = relevant | mask
+            lift = mask * FOLLOW_LIFT
+        return relevant, bonus, lift
+
+    def why(self, row: int, paper: int) -> str:
+        """What the reader's feedback did to one paper, for its reason line ('' if nothing)."""
+        parts = []
+        followed = self.follows.get(row, {}).get(paper)
+        if followed:
+            parts.append(followed)
+        index = self.rows.get(row)
+        if index is not None:
+            bonus = float(self.bonus[index, paper])
+            liked, disliked = self.lists[row]
+            if bonus >= EXPLAIN_AT and len(liked):
+                best = liked[int(np.argmax(self.similar[liked, paper]))]
+                parts.append(f"like '{_quote(self.voted[best].title)}' you liked")
+            elif bonus <= -EXPLAIN_AT and len(disliked):
+                best = disliked[int(np.argmax(self.similar[disliked, paper]))]
+                parts.append(f"like '{_quote(self.voted[best].title)}' you wanted fewer of")
+        return "; ".join(parts)
+
+
+def _mean_similarity(similar: np.ndarray, lists: list[np.ndarray]) -> np.ndarray:
+    """Row r: the mean of ``similar`` over the voted papers in ``lists[r]`` (0 if none)."""
+    padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
+    blank = similar.shape[0]
+    out = np.zeros((len(lists), similar.shape[1]), dtype=similar.dtype)
+    for start in range(0, len(lists), _CHUNK):
+        block = lists[start : start + _CHUNK]
+        width = max((len(items) for items in block), default=0)
+        if not width:
+            continue
+        index = np.full((len(block), width), blank)
+        counts = np.ones(len(block), dtype=similar.dtype)
+        for i, items in enumerate(block):
+            index[i, : len(items)] = items
+            counts[i] = max(len(items), 1)
+        out[start : start + len(block)] = padded[index].sum(axis=1) / counts[:, None]
+    return out
+
+
+def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], history: History) -> Nudge | None:
+    """The feedback part of ranking ``papers`` for readers with these tastes (None: none)."""
+    if not papers or not any(tastes):
+        return None
+    vocab: dict[str, int] = {}
+    vectors = [vector(p, history) for p in papers]
+    for vec in vectors:
+        for term in vec:
+            vocab.setdefault(term, len(vocab))
+    new = np.zeros((len(papers), len(vocab)), dtype=np.float32)
+    for i, vec in enumerate(vectors):
+        new[i, [vocab[t] for t in vec]] = list(vec.values())
+
+    position: dict[str, int] = {}
+    voted: list[Paper] = []
+    voters: list[int] = []
+    likes: list[np.ndarray] = []
+    dislikes: list[np.ndarray] = []
+    lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for row, taste in enumerate(tastes):
+        if not (taste.liked or taste.disliked):
+            continue
+        pair = []
+        for group in (taste.liked, taste.disliked):
+            indices = []
+            for paper in group:
+                if paper.id not in position:
+                    position[paper.id] = len(voted)
+                    voted.append(paper)
+                indices.append(position[paper.id])
+            pair.append(np.array(indices, dtype=np.intp))
+        voters.append(row)
+        likes.append(pair[0])
+        dislikes.append(pair[1])
+        lists[row] = (pair[0], pair[1])
+
+    rows: dict[int, int] = {}
+    bonus = np.zeros((0, len(papers)), dtype=np.float32)
+    similar = np.zeros((0, len(papers)), dtype=np.float32)
+    if voted:
+        old = np.zeros((len(voted), len(vocab)), dtype=np.float32)
+        for i, paper in enumerate(voted):
+            vec = vector(paper, history)
+            shared = [t for t in vec if t in vocab]
+            old[i, [vocab[t] for t in shared]] = [vec[t] for t in shared]
+        similar = old @ new.T
+        span = FULL_AT - NOISE
+        toward = np.clip((_mean_similarity(similar, likes) - NOISE) / span, 0.0, 1.0)
+        away = np.clip((_mean_similarity(similar, dislikes) - NOISE) / span, 0.0, 1.0)
+        bonus = LIKE_CAP * toward - DISLIKE_CAP * away
+        rows = {row: i for i, row in enumerate(voters)}
+
+    follows = _follows(papers, tastes)
+    return Nudge(papers, rows, bonus, similar, voted, lists, follows)
+
+
+def _follows(papers: Sequence[Paper], tastes: Sequence[Taste]) -> dict[int, dict[int, str]]:
+    """Per reader row, the papers by an author or organisation they follow, with why."""
+    if not any(t.authors or t.organizations for t in tastes):
+        return {}
+    by_author: dict[str, list[int]] = {}
+    by_org: dict[str, list[int]] = {}
+    for i, paper in enumerate(papers):
+        for name in paper.authors or ():
+            by_author.setdefault(_fold(name), []).append(i)
+        if paper.organization:
+            folded = _fold(paper.organization)
+            by_org.setdefault(folded, []).append(i)
+            by_org.setdefault(folded.replace(" ", ""), []).append(i)
+    out: dict[int, dict[int, str]] = {}
+    for row, taste in enumerate(tastes):
+        found: dict[int, str] = {}
+        for name in taste.authors:
+            for i in by_author.get(_fold(name), []):
+                found.setdefault(i, f"followed author: {name}")
+        for name in taste.organizations:
+            folded = _fold(name)
+            for i in by_org.get(folded, []) or by_org.get(folded.replace(" ", ""), []):
+                found.setdefault(i, f"followed organization: {name}")
+        if found:
+            out[row] = found
+    return out
