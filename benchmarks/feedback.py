@@ -139,15 +139,16 @@ def study() -> None:
             cast.append(votes)
         base = results[tag][0]
         group = "dev" if tag in DEV else "blind"
-        rows.append(
-            [tag, group, VAGUE[tag], *(results[tag][b] for b in BUDGETS)]
-            + [results[tag][5] - base, "/".join(map(str, cast[1:]))]
-        )
+        scores = [results[tag][b] for b in BUDGETS]
+        votes_cast = "/".join(map(str, cast[1:]))
+        rows.append([tag, group, VAGUE[tag], *scores, results[tag][5] - base, votes_cast])
     for name, tags in (("MEAN dev", DEV), ("MEAN blind", BLIND), ("MEAN all", list(VAGUE))):
         chosen = [t for t in tags if t in results]
         means = [statistics.fmean(results[t][b] for t in chosen) for b in BUDGETS]
         worse = sum(1 for t in chosen if any(results[t][b] < results[t][0] - 1e-9 for b in BUDGETS))
-        rows.append([name, f"{len(chosen)} tags", f"{worse} worse", *means, means[2] - means[0], ""])
+        rows.append(
+            [name, f"{len(chosen)} tags", f"{worse} worse", *means, means[2] - means[0], ""]
+        )
     headers = ["tag", "set", "vague tag", *(f"nDCG@10 {b} votes" for b in BUDGETS)]
     headers += ["delta@5", "votes cast (3/5/10)"]
     report(
@@ -199,10 +200,10 @@ def _free_port() -> int:
 
 
 def endpoint(count: int = 1_000, clients: int = 50) -> None:
+    from sqlalchemy import func, select
+
     from paperpost.feedback import VoteLink, make_vote_token, reader_ids, vote_expiry
     from paperpost.store import Store, feedback
-
-    from sqlalchemy import func, select
 
     key = "bench-key"
     work = Path(tempfile.mkdtemp(prefix="paperpost-votes-"))
@@ -269,7 +270,9 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
             "tampered": f"{flipped}.{tag}",
             "expired": make_vote_token(key, VoteLink(ids[addresses[0]], papers[0].id, "0-1", 1)),
             "cross-address (other reader id, same signature)": _swap_reader(good, stranger),
-            "other key": make_vote_token("not-the-key", VoteLink(stranger, papers[0].id, "0-1", expires)),
+            "other key": make_vote_token(
+                "not-the-key", VoteLink(stranger, papers[0].id, "0-1", expires)
+            ),
         }
         with store.engine.connect() as conn:
             before_bad = conn.execute(select(func.count()).select_from(feedback)).scalar_one()
@@ -277,9 +280,9 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
         with store.engine.connect() as conn:
             after_bad = conn.execute(select(func.count()).select_from(feedback)).scalar_one()
             stranger_rows = conn.execute(
-                select(func.count()).select_from(feedback).where(
-                    feedback.c.address == "stranger@example.org"
-                )
+                select(func.count())
+                .select_from(feedback)
+                .where(feedback.c.address == "stranger@example.org")
             ).scalar_one()
     finally:
         server.terminate()
@@ -290,13 +293,19 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
         ["HTTP 200", sum(1 for s, _ in results if s == 200), ""],
         ["rows recorded", recorded, "exactly once each" if recorded == count else "MISMATCH"],
         ["votes per second", round(count / elapsed), f"{elapsed:.2f} s in all"],
-        ["median / p99 latency ms", round(statistics.median(latencies) * 1000), round(latencies[int(0.99 * len(latencies))] * 1000)],
+        [
+            "median / p99 latency ms",
+            round(statistics.median(latencies) * 1000),
+            round(latencies[int(0.99 * len(latencies))] * 1000),
+        ],
         ["same votes re-posted as 'fewer': 200", sum(1 for s, _ in again if s == 200), ""],
         ["rows after re-vote / sum of votes", after[0], after[1]],
     ]
     for name, status in bad_status.items():
         rows.append([f"{name}: HTTP status", status, ""])
-    rows.append(["rows added by the bad tokens", after_bad - before_bad, f"stranger rows {stranger_rows}"])
+    rows.append(
+        ["rows added by the bad tokens", after_bad - before_bad, f"stranger rows {stranger_rows}"]
+    )
     report("feedback_endpoint", ["measure", "value", "note"], rows, {})
 
 

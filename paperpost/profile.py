@@ -4,8 +4,11 @@ Rocchio-style: every paper becomes a term vector over its title, keywords/TL;DR 
 abstract (field-weighted like the ranker, sublinear term counts, idf from the history's
 document frequencies, unit length). A reader's profile is the centroid of the papers they
 liked minus the centroid of those they marked "fewer"; a new paper's similarity to each
-centroid turns into a bonus of at most :data:`LIKE_CAP` and a penalty of at most
-:data:`DISLIKE_CAP` on its tag score. Only papers the tags already found are nudged, so the
+centroid, from :data:`NOISE` (what unrelated papers share) up to :data:`FULL_AT`, turns
+into a bonus of at most :data:`LIKE_CAP` and a penalty of at most :data:`DISLIKE_CAP` on
+its tag score. Dislikes weigh less than likes, as in Rocchio's usual settings: "not this"
+says less about what a reader wants than "this". The constants were chosen on the DEV tags
+of ``benchmarks/feedback.py`` only. Only papers the tags already found are nudged, so the
 tags decide what a digest is about and a handful of votes reorder it; a demoted paper can
 fall below ``min_score``. A followed author's or organisation's paper is always included
 (unless excluded) and put first.
@@ -28,13 +31,12 @@ import numpy as np
 from paperpost.models import Paper, title_key
 from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, tokens
 
-LIKE_CAP = 6.0  # the most liked papers can add to a tag score
-DISLIKE_CAP = 0.5  # the most disliked papers can take from it
+LIKE_CAP = 8.0  # the most liked papers can add to a tag score
+DISLIKE_CAP = 1.0  # the most disliked papers can take from it
+NOISE = 0.1  # centroid similarity below this is what unrelated papers share: no effect
 FULL_AT = 0.25  # centroid similarity that earns the whole bonus (cosine of tf-idf vectors)
 EXPLAIN_AT = 0.5  # a bonus or penalty at least this big is named in the reason line
 FOLLOW_LIFT = 1e6  # followed papers go first (ordering only; not shown as score)
-OPEN = False
-NOISE = 0.05
 _CHUNK = 1024  # readers per block when averaging similarities (bounds memory)
 
 
@@ -158,8 +160,6 @@ class Nudge:
         index = self.rows.get(row)
         if index is not None:
             bonus = self.bonus[index]
-            if OPEN:
-                relevant = (relevant | (tag + bonus >= min_score)) & allowed
             relevant = relevant & (tag + bonus >= min_score)
         followed = self.follows.get(row)
         if followed:

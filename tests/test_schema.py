@@ -91,7 +91,10 @@ def test_concurrent_first_runs_on_an_empty_postgres_database(tmp_path: Path) -> 
 def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = create_engine(url)
-    metadata.create_all(old)  # how paperpost made its tables before Alembic
+    before_alembic = [
+        t for name, t in metadata.tables.items() if name not in {"readers", "feedback"}
+    ]
+    metadata.create_all(old, tables=before_alembic)  # how paperpost made its tables then
     with old.begin() as conn:
         conn.execute(metadata.tables["locks"].insert().values(name="x", owner="y", expires_at=1))
     old.dispose()

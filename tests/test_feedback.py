@@ -1,0 +1,417 @@
+"""Reader feedback: signed vote links, the vote pages on a live server, the feedback table,
+the profile's effect on ranking, follows, and the operator's commands."""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from email import policy
+from pathlib import Path
+
+import pytest
+import requests
+import uvicorn
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from paperpost.cli import app
+from paperpost.feedback import (
+    BadExport,
+    BadVoteToken,
+    Vote,
+    VoteLink,
+    _b64,
+    _unb64,
+    export_votes,
+    make_vote_token,
+    parse_export,
+    read_vote_token,
+    reader_ids,
+    record_votes,
+    vote_expiry,
+    votes_of,
+)
+from paperpost.models import Paper
+from paperpost.pipeline import run_plain
+from paperpost.profile import DISLIKE_CAP, LIKE_CAP, History, Taste, nudge
+from paperpost.rank import Interest, Profile, rank_many
+from paperpost.settings import Settings
+from paperpost.store import Store
+from paperpost.web import create_app
+
+KEY = "feedback-test-key"
+LATER = vote_expiry(date.today())
+
+
+def paper(title: str, abstract: str = "", arxiv_id: str | None = None, **extra) -> Paper:
+    return Paper(
+        title=title, abstract=abstract or f"We study {title.lower()}.", arxiv_id=arxiv_id, **extra
+    )
+
+
+SPEC = paper(
+    "Speculative decoding with draft model trees",
+    "A small draft model proposes tokens that the target model verifies in parallel; "
+    "tree-structured drafts raise the acceptance rate of speculative decoding.",
+    arxiv_id="2401.00001",
+)
+SPEC_NEW = paper(
+    "Faster speculative decoding with self-drafting heads",
+    "Draft heads propose tokens verified by the target model; the acceptance rate of "
+    "speculative decoding rises and latency falls.",
+)
+GRAMMAR = paper(
+    "Grammar-constrained decoding for structured output",
+    "Constrained decoding restricts generation to a formal grammar so outputs parse as JSON.",
+)
+SPEECH = paper(
+    "Decoding speech from brain signals",
+    "We decode imagined speech from EEG recordings with a convolutional network.",
+)
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+def test_vote_token_round_trip_and_what_it_does_not_reveal() -> None:
+    link = VoteLink("r-abc", "2401.00001", "3-9", LATER)
+    token = make_vote_token(KEY, link)
+    assert read_vote_token(KEY, token) == link
+    body = _unb64(token.split(".")[0]).decode()
+    assert "@" not in body and "example" not in body  # the address is not in the token
+
+
+def test_tampered_foreign_and_expired_tokens_are_refused() -> None:
+    token = make_vote_token(KEY, VoteLink("r-abc", "2401.00001", "3-9", LATER))
+    body, tag = token.split(".")
+    parts = _unb64(body).decode().split("\n")
+    for index, value in ((0, "r-other"), (1, "2401.99999"), (2, "1-2"), (3, str(LATER * 2))):
+        changed = list(parts)
+        changed[index] = value
+        with pytest.raises(BadVoteToken, match="bad signature"):
+            read_vote_token(KEY, f"{_b64(chr(10).join(changed).encode())}.{tag}")
+    with pytest.raises(BadVoteToken, match="bad signature"):
+        read_vote_token("another-key", token)
+    expired = make_vote_token(KEY, VoteLink("r-abc", "2401.00001", "3-9", 1_000))
+    with pytest.raises(BadVoteToken, match="expired"):
+        read_vote_token(KEY, expired)
+    assert read_vote_token(KEY, expired, at=999).expires == 1_000
+
+
+@given(st.text(max_size=300))
+def test_any_string_is_a_valid_token_or_bad_vote_token(text: str) -> None:
+    with contextlib.suppress(BadVoteToken):
+        read_vote_token(KEY, text)
+
+
+# --- the feedback table (SQLite and PostgreSQL) --------------------------------------------
+
+
+def test_last_vote_counts_whatever_the_order_and_ids_are_stable(any_db_url: str) -> None:
+    store = Store(any_db_url)
+    first = reader_ids(store, ["Ann@Example.org", "bob@example.org"])
+    assert reader_ids(store, ["ann@example.org"]) == {"ann@example.org": first["ann@example.org"]}
+    assert len(set(first.values())) == 2
+    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    late = Vote("ann@example.org", "2401.00001", -1, "T", "1-5", t0 + timedelta(hours=1))
+    early = Vote("ann@example.org", "2401.00001", 1, "T", "1-5", t0)
+    record_votes(store, [late])
+    record_votes(store, [early])  # older: does not overwrite
+    assert [v.vote for v in votes_of(store, ["ann@example.org"])["ann@example.org"]] == [-1]
+    newest = Vote("ann@example.org", "2401.00001", 1, "T", "6-9", t0 + timedelta(hours=2))
+    record_votes(store, [newest])
+    (only,) = votes_of(store, ["ann@example.org"])["ann@example.org"]
+    assert (only.vote, only.digest) == (1, "6-9")
+
+
+def test_export_import_moves_votes_between_databases(tmp_path: Path, db_url: str) -> None:
+    source = Store(db_url)
+    t0 = datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
+    record_votes(
+        source,
+        [
+            Vote("ann@example.org", "2401.00001", 1, "Spec ✓", "1-5", t0),
+            Vote("ann@example.org", "title-abc", -1, "Other", "1-5", t0),
+            Vote("bob@example.org", "2401.00001", -1, "Spec ✓", "1-5", t0),
+        ],
+    )
+    lines = list(export_votes(source))
+    assert len(lines) == 3 and json.loads(lines[0])["vote"] == "more"
+    target = Store(f"sqlite:///{tmp_path / 'moved.db'}")
+    record_votes(target, parse_export(lines))
+    assert list(export_votes(target)) == lines
+
+    with pytest.raises(BadExport) as caught:
+        parse_export([lines[0], "{not json", '{"vote": "maybe"}'], "votes.jsonl")
+    assert "votes.jsonl:2: not JSON" in str(caught.value)
+    assert "votes.jsonl:3:" in str(caught.value)
+
+
+# --- the vote pages, on a real server ---------------------------------------------------------
+
+
+@pytest.fixture
+def web(db_url: str) -> Iterator[tuple[str, Store]]:
+    """``paperpost web``'s app under uvicorn on 127.0.0.1, with one known paper."""
+    store = Store(db_url)
+    store.ingest("test", [SPEC])
+    settings = Settings(database_url=db_url, secret_key=SecretStr(KEY))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", store
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _vote_count(store: Store) -> int:
+    return sum(len(v) for v in votes_of(store, ["ann@example.org", "bob@example.org"]).values())
+
+
+def test_get_confirms_post_records_and_bad_links_change_nothing(web) -> None:
+    base, store = web
+    ids = reader_ids(store, ["ann@example.org", "bob@example.org"])
+    token = make_vote_token(KEY, VoteLink(ids["ann@example.org"], SPEC.id, "0-1", LATER))
+
+    shown = requests.get(f"{base}/vote/more/{token}", timeout=10)
+    assert shown.status_code == 200 and SPEC.title in shown.text
+    assert 'method="post"' in shown.text and "ann@" not in shown.text
+    assert _vote_count(store) == 0  # a GET (a mail scanner) records nothing
+
+    assert requests.post(f"{base}/vote/more/{token}", timeout=10).status_code == 200
+    assert requests.post(f"{base}/vote/more/{token}", timeout=10).status_code == 200
+    changed = requests.post(f"{base}/vote/fewer/{token}", timeout=10)
+    assert changed.status_code == 200 and "fewer papers like" in changed.text
+    (vote,) = votes_of(store, ["ann@example.org"])["ann@example.org"]
+    assert (vote.paper_id, vote.vote, vote.digest) == (SPEC.id, -1, "0-1")
+
+    body, tag = token.split(".")
+    parts = _unb64(body).decode().split("\n")
+    parts[0] = ids["bob@example.org"]  # Ann's signature on Bob's id
+    bad = {
+        "cross-address": f"{_b64(chr(10).join(parts).encode())}.{tag}",
+        "tampered": token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB"),
+        "expired": make_vote_token(KEY, VoteLink(ids["bob@example.org"], SPEC.id, "0-1", 5)),
+        "foreign key": make_vote_token(
+            "x", VoteLink(ids["bob@example.org"], SPEC.id, "0-1", LATER)
+        ),
+        "unknown reader": make_vote_token(KEY, VoteLink("nobody", SPEC.id, "0-1", LATER)),
+        "unknown paper": make_vote_token(
+            KEY, VoteLink(ids["bob@example.org"], "2999.00001", "0-1", LATER)
+        ),
+    }
+    for name, value in bad.items():
+        for method in (requests.get, requests.post):
+            answer = method(f"{base}/vote/more/{value}", timeout=10)
+            assert answer.status_code == 400, name
+    assert votes_of(store, ["bob@example.org"]) == {}
+    assert requests.post(f"{base}/vote/maybe/{token}", timeout=10).status_code == 404
+    assert "<script>" not in requests.get(f"{base}/vote/more/%3Cscript%3E", timeout=10).text
+
+
+def test_concurrent_votes_are_each_recorded_once(web) -> None:
+    base, store = web
+    papers = [paper(f"Concurrent paper number {i}", arxiv_id=f"2402.{i:05d}") for i in range(20)]
+    store.ingest("more", papers)
+    ids = reader_ids(store, [f"r{i}@example.org" for i in range(5)])
+    tokens = [
+        make_vote_token(KEY, VoteLink(rid, p.id, "0-20", LATER))
+        for rid in ids.values()
+        for p in papers
+    ]
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(
+            pool.map(
+                lambda t: requests.post(f"{base}/vote/more/{t}", timeout=30).status_code, tokens * 2
+            )
+        )
+    assert codes == [200] * 200
+    recorded = votes_of(store, ids)
+    assert sum(len(v) for v in recorded.values()) == 100
+    assert all(v.vote == 1 for votes in recorded.values() for v in votes)
+
+
+# --- ranking with feedback -----------------------------------------------------------------
+
+
+def _ranked(papers, taste: Taste, tag: str = "decoding", **profile) -> list:
+    reader = Profile((Interest(tag),), **profile)
+    return rank_many(papers, [reader], nudge(papers, [taste], History.from_papers(papers)))[0]
+
+
+def test_likes_lift_similar_papers_and_say_why() -> None:
+    papers = [GRAMMAR, SPEECH, SPEC_NEW]
+    plain = _ranked(papers, Taste())
+    taught = _ranked(papers, Taste(liked=(SPEC,)))
+    assert plain[0].paper != SPEC_NEW and taught[0].paper == SPEC_NEW
+    assert f"like '{SPEC.title}' you liked" in taught[0].why
+    assert "you liked" not in " ".join(r.why for r in taught[1:])
+    gain = taught[0].score - next(r.score for r in plain if r.paper == SPEC_NEW)
+    assert 0 < gain <= LIKE_CAP
+
+
+def test_dislikes_demote_and_votes_never_add_papers_the_tags_did_not_find() -> None:
+    elsewhere = paper(
+        "Tree drafts raise the acceptance rate of a target model",
+        "A small draft model proposes tokens that the target model verifies in parallel.",
+    )
+    papers = [GRAMMAR, SPEECH, SPEC_NEW, elsewhere]
+    taught = _ranked(papers, Taste(liked=(SPEC,), disliked=(SPEECH,)))
+    assert elsewhere not in [r.paper for r in taught]  # no "decoding": not this digest's topic
+    plain_scores = {r.paper: r.score for r in _ranked(papers, Taste())}
+    speech = next(r for r in taught if r.paper == SPEECH)
+    assert plain_scores[SPEECH] - DISLIKE_CAP <= speech.score < plain_scores[SPEECH]
+    assert "you wanted fewer of" in speech.why
+    # a dislike strong enough can drop a weak match under min_score
+    weak = _ranked(papers, Taste(disliked=(SPEECH,)), min_score=plain_scores[SPEECH] - 0.1)
+    assert SPEECH not in [r.paper for r in weak]
+
+
+def test_followed_authors_and_organizations_are_always_included_and_marked() -> None:
+    by_ada = paper("A survey of protein folding", authors=("Ada Lovelace", "B. Other"))
+    by_lab = paper("Robot grasping at scale", organization="Open Robotics Lab")
+    excluded = paper("Speculative decoding for robots", authors=("Ada Lovelace",))
+    papers = [GRAMMAR, SPEC_NEW, by_ada, by_lab, excluded]
+    taste = Taste(authors=("ada lovelace",), organizations=("openroboticslab",))
+    reader = Profile((Interest("decoding"),), exclude=("speculative",), max_items=3)
+    ranked = rank_many(papers, [reader], nudge(papers, [taste], History.from_papers(papers)))[0]
+    assert {r.paper for r in ranked[:2]} == {by_ada, by_lab}  # first, though no tag matches
+    assert [r.paper for r in ranked] == [*[r.paper for r in ranked[:2]], GRAMMAR]
+    assert next(r for r in ranked if r.paper == by_ada).why == "followed author: ada lovelace"
+    assert "followed organization" in next(r for r in ranked if r.paper == by_lab).why
+    assert excluded not in [r.paper for r in ranked]  # an exclusion still wins
+
+
+def test_readers_without_feedback_rank_exactly_as_before() -> None:
+    papers = [GRAMMAR, SPEECH, SPEC_NEW]
+    readers = [Profile((Interest("decoding"),)), Profile((Interest("speech"),))]
+    tastes = [Taste(liked=(SPEC,)), Taste()]
+    taught = rank_many(papers, readers, nudge(papers, tastes, History.from_papers(papers)))
+    assert taught[1] == rank_many(papers, readers)[1]
+    assert nudge(papers, [Taste(), Taste()], History.from_papers(papers)) is None
+
+
+# --- end to end: digest links, a vote, the next digest ------------------------------------------
+
+HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\nNov 24\n\n"
+
+
+def _dump(folder: Path, name: str, papers: list[Paper]) -> None:
+    body = "\n\n".join(f"{p.title}\n\n{p.abstract}" for p in papers)
+    (folder / name).write_text(HEADER + body + "\n")
+
+
+def test_vote_from_a_digest_changes_the_next_digest(tmp_path: Path, web, db_url: str) -> None:
+    base, _ = web
+    dumps, subs, outbox = tmp_path / "dumps", tmp_path / "subs", tmp_path / "outbox"
+    dumps.mkdir()
+    subs.mkdir()
+    (subs / "ann.yaml").write_text("email: ann@example.org\ntags: [decoding]\n")
+    settings = Settings(
+        sources=[str(dumps)],
+        subscribers_dir=subs,
+        outbox_dir=outbox,
+        database_url=db_url,
+        base_url=base,
+        secret_key=SecretStr(KEY),
+    )
+    first = paper(SPEC.title, SPEC.abstract)  # from a text dump: no arXiv id
+    _dump(dumps, "a.txt", [first, SPEECH])
+    assert run_plain(settings, date(2026, 11, 24)).digests_sent == 1
+    (path,) = (outbox / "new").glob("ann@example.org_*.eml")
+    message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    more = re.findall(r"More like this: (\S+)", text)
+    assert len(more) == 2 and len(re.findall(r"Fewer like this: (\S+)", text)) == 2
+    assert all(f'href="{url}"' in html for url in more)
+    assert "ann" not in " ".join(more)
+
+    card = text.split(first.title, 1)[1]
+    link = re.search(r"More like this: (\S+)", card)[1]
+    assert first.title in requests.get(link, timeout=10).text
+    assert requests.post(link, timeout=10).status_code == 200
+
+    _dump(dumps, "b.txt", [GRAMMAR, SPEC_NEW])
+    assert run_plain(settings, date(2026, 11, 25)).digests_sent == 1
+    newest = max((outbox / "new").glob("ann@example.org_*.eml"), key=lambda p: p.stat().st_mtime)
+    body = email.message_from_bytes(newest.read_bytes(), policy=policy.default)
+    text = body.get_body(("plain",)).get_content()
+    assert text.index(SPEC_NEW.title) < text.index(GRAMMAR.title)
+    assert f"like '{first.title}' you liked" in text
+
+
+# --- subscriber YAML and the operator's commands ----------------------------------------------
+
+
+def test_like_authors_organizations_in_yaml(tmp_path: Path) -> None:
+    from paperpost.subscribers import load_file
+
+    path = tmp_path / "ann.yaml"
+    path.write_text(
+        "email: ann@example.org\ntags: [agents]\n"
+        "like:\n  - https://arxiv.org/abs/2401.00001v2\n  - arXiv:2402.00002\n"
+        "  - Speculative decoding with draft model trees\n"
+        "authors: Ada Lovelace\norganizations: [OpenBMB]\n"
+    )
+    (entry,), errors = load_file(path)
+    assert errors == []
+    sub = entry.subscriber
+    assert sub.like == ["2401.00001", "2402.00002", "Speculative decoding with draft model trees"]
+    assert sub.authors == ["Ada Lovelace"] and sub.organizations == ["OpenBMB"]
+
+    path.write_text("email: ann@example.org\ntags: [agents]\nlike:\n  - ok\n  - 42\nauthor: [x]\n")
+    _, errors = load_file(path)
+    assert [str(e).replace(str(tmp_path) + "/", "") for e in errors] == [
+        "ann.yaml:5:5: like[1]: expected text, got a number",
+        'ann.yaml:6:1: author: unknown field "author"; did you mean "authors"?',
+    ]
+
+
+def test_subscribers_show_and_feedback_export_import(tmp_path: Path, monkeypatch) -> None:
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "ann.yaml").write_text(
+        "email: ann@example.org\ntags: [decoding]\nauthors: [Ada Lovelace]\n"
+        f"like: ['{SPEC_NEW.title}', '2999.00001']\n"
+    )
+    db = f"sqlite:///{tmp_path / 'pp.db'}"
+    monkeypatch.setenv("PAPERPOST_SUBSCRIBERS_DIR", str(subs))
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", db)
+    store = Store(db)
+    store.ingest("t", [SPEC, SPEC_NEW, GRAMMAR, SPEECH])
+    at = datetime(2026, 11, 24, tzinfo=UTC)
+    record_votes(store, [Vote("ann@example.org", SPEECH.id, -1, SPEECH.title, "0-4", at)])
+    runner = CliRunner()
+
+    shown = runner.invoke(app, ["subscribers", "show", "ann@example.org"])
+    assert shown.exit_code == 0, shown.output
+    assert "Ada Lovelace" in shown.output and SPEECH.title in shown.output
+    assert "2999.00001 → not seen yet" in shown.output
+    assert re.search(r"profile: .*draft", shown.output)  # the liked example's terms
+    missing = runner.invoke(app, ["subscribers", "show", "zed@example.org"])
+    assert missing.exit_code == 1 and "no valid subscriber" in missing.output
+
+    exported = tmp_path / "votes.jsonl"
+    assert runner.invoke(app, ["feedback", "export", "--out", str(exported)]).exit_code == 0
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", f"sqlite:///{tmp_path / 'new.db'}")
+    imported = runner.invoke(app, ["feedback", "import", str(exported)])
+    assert imported.exit_code == 0 and "imported 1 votes" in imported.output
+    assert votes_of(Store(f"sqlite:///{tmp_path / 'new.db'}"), ["ann@example.org"])
+    exported.write_text("{oops\n")
+    broken = runner.invoke(app, ["feedback", "import", str(exported)])
+    assert broken.exit_code == 1 and f"{exported}:1: not JSON" in broken.output
