@@ -75,6 +75,11 @@ def diff(settings: Settings, fetched: list[Fetched], today: date, run_id: int): 
     return reports, plan, interrupted
 
 
+@task(name="bounces", retries=1, retry_delay_seconds=10, **_TASK)
+def bounces(settings: Settings) -> dict:
+    return pipeline.bounce_stage(settings, Store(settings.db_url))
+
+
 @task(name="load-subscribers", **_TASK)
 def subscribers(
     folder: Path, cadence: str | None
@@ -151,6 +156,9 @@ def digest(
             plan.high_water,
             plan.high_water - plan.low_water,
         )
+        clock = time.perf_counter()
+        summary.bounces = bounces(settings)
+        summary.stage_seconds["bounces"] = time.perf_counter() - clock
         clock = time.perf_counter()
         readers, errors = subscribers(settings.subscribers_dir, cadence)
         for error in errors:

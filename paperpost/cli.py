@@ -186,6 +186,40 @@ def _print_summary(summary: dict, settings: Settings) -> None:
 
 
 @app.command()
+def bounces(
+    mailbox: Annotated[
+        str | None,
+        typer.Option(help='"imap", a Maildir folder or an mbox file (default: settings).'),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Read bounces, complaints and mailto unsubscribes; suppress who must not be mailed."""
+    from paperpost.bounces import BounceError, process
+
+    settings = Settings()
+    if mailbox:
+        settings = settings.model_copy(update={"bounce_mailbox": mailbox})
+    if not settings.bounce_mailbox:
+        err.print(
+            "[red]error[/red] no bounce mailbox: set PAPERPOST_BOUNCE_MAILBOX (imap, a Maildir "
+            "folder or an mbox file) or pass --mailbox"
+        )
+        raise typer.Exit(ExitCode.USAGE)
+    try:
+        summary = process(settings, Store(settings.db_url))
+    except BounceError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(summary.to_json()))
+        return
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.counts.items()))
+    out.print(f"processed: {counts or 'no new messages'}")
+    for address, reason, detail in summary.suppressed:
+        out.print(f"suppressed {address} ({reason}): {escape(detail)}")
+
+
+@app.command()
 def parse(
     sources: SourcesArg,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per paper.")] = False,

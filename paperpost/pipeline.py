@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
+from paperpost.bounces import BounceError, process
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
 from paperpost.dumps import DumpError, parse_dump
 from paperpost.feedback import reader_ids, reader_nudge
@@ -79,6 +80,7 @@ class RunSummary:
     invalid_subscribers: list[str] = field(default_factory=list)
     deliveries: list[dict[str, object]] = field(default_factory=list)
     skip_reasons: dict[str, int] = field(default_factory=dict)
+    bounces: dict[str, object] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     message: str = ""
 
@@ -123,6 +125,20 @@ def diff_stage(store: Store, fetched: Sequence[Fetched], today: date) -> list[So
             SourceReport(item.source, "ingested", counts.seen, counts.new, warnings=parsed.warnings)
         )
     return reports
+
+
+# --- bounces ----------------------------------------
+
+
+def bounce_stage(settings: Settings, store: Store) -> dict[str, object]:
+    """Read bounces, complaints and unsubscribes before sending, so that nobody who must not
+    be mailed is; a mailbox that cannot be read is reported and the run goes on."""
+    if not settings.bounce_mailbox:
+        return {}
+    try:
+        return process(settings, store).to_json()
+    except BounceError as exc:
+        return {"error": str(exc)}
 
 
 # --- rank ----------------------------------------
@@ -398,6 +414,9 @@ def run_plain(
         reports = diff_stage(store, fetched, today)
         plan, outcomes = prepare(settings, store, run_id)
         summary.stage_seconds["diff"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        summary.bounces = bounce_stage(settings, store)
+        summary.stage_seconds["bounces"] = time.perf_counter() - clock
         subscribers, errors = load_readers(settings.subscribers_dir)
         renderer = Renderer()
         edition = edition_for(settings, plan, today)

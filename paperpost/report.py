@@ -18,6 +18,12 @@ def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
     ]
     for reason, count in sorted(summary.skip_reasons.items()):
         rows.append((f"  skipped: {reason}", str(count)))
+    counts = summary.bounces.get("counts")
+    if isinstance(counts, dict):
+        for kind, count in sorted(counts.items()):
+            rows.append((f"bounce mailbox: {kind}", str(count)))
+    if summary.bounces.get("error"):
+        rows.append(("bounce mailbox", f"not read: {summary.bounces['error']}"))
     return rows
 
 

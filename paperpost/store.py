@@ -130,6 +130,18 @@ suppressions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+bounces = Table(
+    "bounces",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_key", String(200), nullable=False, unique=True),
+    Column("kind", String(20), nullable=False),
+    Column("address", String(320), index=True),
+    Column("digest", String(64)),
+    Column("detail", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
 locks = Table(
     "locks",
     metadata,
@@ -506,6 +518,72 @@ class Store:
         except IntegrityError:
             return False
         return True
+
+    # --- bounces -----------------------------------------------------------------------------
+
+    def record_bounce(
+        self,
+        message_key: str,
+        kind: str,
+        address: str | None,
+        digest: str | None,
+        detail: str,
+        at: datetime,
+        suppression: tuple[str, str] | None,
+        soft_limit: int,
+        soft_since: datetime,
+    ) -> tuple[str, str] | bool | None:
+        """Record one processed report, and any suppression it causes, in one transaction.
+
+        None when this report was processed before (nothing changes); the (reason, detail)
+        of a new suppression; False otherwise. A soft bounce suppresses the address once it
+        has ``soft_limit`` soft bounces since ``soft_since``.
+        """
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(bounces).values(
+                        message_key=message_key,
+                        kind=kind,
+                        address=address,
+                        digest=digest,
+                        detail=detail,
+                        received_at=at,
+                    )
+                )
+                if kind == "soft" and address and suppression is None:
+                    count = conn.execute(
+                        select(func.count())
+                        .select_from(bounces)
+                        .where(
+                            bounces.c.address == address,
+                            bounces.c.kind == "soft",
+                            bounces.c.received_at >= soft_since,
+                        )
+                    ).scalar_one()
+                    if count >= soft_limit:
+                        suppression = (
+                            "bounced",
+                            f"{count} soft bounces since {soft_since:%Y-%m-%d}; last: {detail}",
+                        )
+                if suppression is None or address is None:
+                    return False
+                exists = conn.execute(
+                    select(suppressions.c.address).where(suppressions.c.address == address)
+                ).first()
+                if exists:
+                    return False
+                conn.execute(
+                    insert(suppressions).values(
+                        address=address,
+                        reason=suppression[0],
+                        detail=suppression[1],
+                        created_at=now(),
+                    )
+                )
+                return suppression
+        except IntegrityError:
+            return None
 
     # --- delivery ledger ------------------------------------------------------------------
 

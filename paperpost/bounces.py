@@ -1,0 +1,444 @@
+"""Bounces, complaints and mailto unsubscribes: read a mailbox, suppress who must not be mailed.
+
+What arrives at the bounce address (``PAPERPOST_BOUNCE_MAILBOX``):
+
+* **DSNs** (RFC 3464, ``multipart/report; report-type=delivery-status``) from relays and
+  providers that accepted a digest and could not deliver it later; older Exim sends a
+  plain-text notice with ``X-Failed-Recipients`` instead, which is read too.
+* **Complaints** as ARF reports (RFC 5965, ``report-type=feedback-report``) from feedback
+  loops (Yahoo, Microsoft JMRP, ...).
+* **Unsubscribe requests** sent to the ``mailto:`` of ``List-Unsubscribe`` (subject
+  ``unsubscribe <signed token>``).
+
+A report counts only when it names a digest paperpost sent: through the signed VERP
+envelope sender (:mod:`paperpost.verp`), or the digest's Message-ID together with the
+same recipient. A hard bounce (bad mailbox) and a complaint suppress the address at once,
+a soft bounce (mailbox full, expired, blocked) after ``PAPERPOST_SOFT_BOUNCE_LIMIT`` of
+them within ``PAPERPOST_SOFT_BOUNCE_DAYS``. Every report is recorded once by its
+Message-ID (processing it again changes nothing) and flagged in the mailbox: an IMAP
+keyword ``$PaperpostDone`` plus ``\\Seen``; in a Maildir it moves to ``cur/`` as seen.
+
+:func:`parse_report` is pure; :func:`process` does the I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.utils
+import hashlib
+import imaplib
+import mailbox
+import re
+import ssl
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from email.parser import HeaderParser
+from pathlib import Path
+from typing import Protocol
+
+from paperpost.delivery import RECIPIENT_CODES, enhanced_code
+from paperpost.settings import Settings
+from paperpost.store import Store
+from paperpost.unsubscribe import BadToken, read_token
+from paperpost.verp import read_verp
+
+DONE_KEYWORD = "$PaperpostDone"
+COMPLAINT_TYPES = {"abuse", "fraud", "virus"}
+# Diagnostics of a bad mailbox from servers that give no (or only a generic) enhanced code.
+NO_SUCH_USER = re.compile(
+    r"user unknown|unknown user|no such (user|mailbox|recipient)|does not exist|"
+    r"doesn't exist|address (couldn't be|could not be|not) found|recipient not found|"
+    r"invalid (mailbox|recipient)|mailbox (is )?disabled|account (has been )?disabled",
+    re.IGNORECASE,
+)
+STATUS_IN_TEXT = re.compile(r"\b([245])\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")
+# An SMTP reply quoted in a plain-text bounce: "550 No such user" or "550 5.1.1 <a@b>: ..."
+SMTP_REPLY = re.compile(
+    r"(?m)(?:^|[:\s])([45][0-5]\d)[ -]((?:[245]\.\d{1,3}\.\d{1,3} )?[A-Za-z<].*)$"
+)
+TOKEN_IN_SUBJECT = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", re.IGNORECASE)
+
+
+class BounceError(Exception):
+    """The mailbox could not be read (one line, with what to check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one message in the bounce mailbox says."""
+
+    kind: str  # hard, soft, complaint, unsubscribe, delayed, ignored
+    detail: str
+    recipient: str | None = None  # the address the report names, when it names one
+    digest_hash: str | None = None  # from a correctly signed VERP address
+    message_ids: tuple[str, ...] = ()  # Message-IDs of the original message
+    token: str | None = None  # unsubscribe token
+
+
+# --- parsing (pure) ------------------------------------------------------------------
+
+
+def _address(value: str | None) -> str | None:
+    """``rfc822; user@host`` or ``<user@host>`` -> ``user@host`` (lower case)."""
+    if not value:
+        return None
+    value = value.split(";", 1)[1] if ";" in value else value
+    found = email.utils.parseaddr(value.strip())[1]
+    return found.lower() if "@" in found else None
+
+
+def _parts(message: Message, content_type: str) -> list[Message]:
+    return [p for p in message.walk() if p.get_content_type() == content_type]
+
+
+def _original_headers(message: Message) -> list[Message]:
+    """The original message's headers, as included in a report."""
+    found = []
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind == "text/rfc822-headers":
+            text = part.get_payload(decode=True) or b""
+            found.append(HeaderParser().parsestr(text.decode("utf-8", "replace")))
+        elif kind == "message/rfc822":
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner:
+                found.append(inner[0])
+    return found
+
+
+def _text(message: Message) -> str:
+    """All text/plain parts, decoded."""
+    chunks = []
+    for part in _parts(message, "text/plain"):
+        payload = part.get_payload(decode=True) or b""
+        chunks.append(payload.decode(part.get_content_charset() or "utf-8", "replace"))
+    return "\n".join(chunks)
+
+
+def _is_hard(status: str | None, diagnostic: str) -> bool:
+    codes = {status, enhanced_code(diagnostic.split(None, 1)[-1] if diagnostic else "")}
+    codes |= {m[1] for m in STATUS_IN_TEXT.finditer(diagnostic)}
+    if codes & RECIPIENT_CODES:
+        return True
+    if any(c and c.startswith("5.") and c not in {"5.0.0", "5.1.0"} for c in codes):
+        return False  # a specific code that is not a bad mailbox: mailbox full, policy, ...
+    return bool(status and status.startswith("5.")) and bool(NO_SUCH_USER.search(diagnostic))
+
+
+def _fields(part: Message) -> Message:
+    """The header-style fields of a report part (parsed or left as text by the parser)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return payload[0] if payload else Message()
+    raw = part.get_payload(decode=True) or b""
+    return HeaderParser().parsestr(raw.decode("utf-8", "replace"))
+
+
+def _field(block: Message, name: str) -> str:
+    return re.sub(r"\s+", " ", str(block.get(name, ""))).strip()
+
+
+def _dsn(message: Message, status_part: Message) -> tuple[str, str, str | None]:
+    """kind, detail and recipient from a message/delivery-status part."""
+    blocks = status_part.get_payload()
+    if not isinstance(blocks, list):  # some parsers leave it as text: parse the blocks
+        raw = status_part.get_payload(decode=True) or b""
+        text = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+        blocks = [HeaderParser().parsestr(b) for b in re.split(r"\n\s*\n", text) if b.strip()]
+    recipients = [b for b in blocks[1:] if b.get("Final-Recipient") or b.get("Action")]
+    failed = [b for b in recipients if _field(b, "Action").lower() == "failed"]
+    if not failed:
+        delayed = any(_field(b, "Action").lower() == "delayed" for b in recipients)
+        first = recipients[0] if recipients else Message()
+        return (
+            "delayed" if delayed else "ignored",
+            f"DSN action {_field(first, 'Action') or 'unknown'}",
+            _address(_field(first, "Final-Recipient")),
+        )
+    block = failed[0]
+    status = enhanced_code(_field(block, "Status"))
+    diagnostic = _field(block, "Diagnostic-Code")
+    diagnostic = diagnostic.split(";", 1)[1].strip() if ";" in diagnostic else diagnostic
+    recipient = _address(_field(block, "Final-Recipient")) or _address(
+        _field(block, "Original-Recipient")
+    )
+    detail = diagnostic or f"status {status or 'unknown'}"
+    return ("hard" if _is_hard(status, diagnostic) else "soft"), detail[:500], recipient
+
+
+def _plain_bounce(message: Message) -> tuple[str, str, str | None] | None:
+    """A non-standard bounce (older Exim, some appliances): X-Failed-Recipients + text."""
+    failed = message.get("X-Failed-Recipients")
+    sender = (message.get("From") or "").lower()
+    if not failed and "mailer-daemon" not in sender and "postmaster" not in sender:
+        return None
+    text = _text(message)
+    codes = STATUS_IN_TEXT.search(text)
+    reply = SMTP_REPLY.search(text)
+    detail = f"{reply[1]} {reply[2]}".strip() if reply else "non-standard bounce"
+    status = codes[2] if codes else None
+    permanent = (status or "").startswith("5.") or "permanent error" in text.lower()
+    if not permanent:
+        return "soft", detail[:500], _address(failed)
+    status = status or "5.0.0"
+    return ("hard" if _is_hard(status, text) else "soft"), detail[:500], _address(failed)
+
+
+def parse_report(raw: bytes, key: str) -> Report:
+    """Classify one message from the bounce mailbox (``key``: the secret key, for VERP)."""
+    message = email.message_from_bytes(raw)
+    originals = _original_headers(message)
+    message_ids = tuple(str(h["Message-ID"]).strip() for h in originals if h.get("Message-ID"))
+    digest_hash = read_verp(
+        key, "\n".join(f"{k}: {v}" for m in (message, *originals) for k, v in m.items())
+    )
+    content_type = message.get_content_type()
+    report_type = (message.get_param("report-type") or "").lower()
+
+    feedback = _parts(message, "message/feedback-report")
+    if feedback or (content_type == "multipart/report" and report_type == "feedback-report"):
+        fields = _fields(feedback[0]) if feedback else Message()
+        kind_field = _field(fields, "Feedback-Type").lower()
+        agent = _field(fields, "User-Agent")
+        digest_hash = read_verp(key, _field(fields, "Original-Mail-From")) or digest_hash
+        return Report(
+            "complaint" if kind_field in COMPLAINT_TYPES else "ignored",
+            f"ARF {kind_field or 'report'} report" + (f" from {agent}" if agent else ""),
+            _address(_field(fields, "Original-Rcpt-To")),
+            digest_hash,
+            message_ids,
+        )
+
+    status_parts = _parts(message, "message/delivery-status")
+    if status_parts:
+        kind, detail, recipient = _dsn(message, status_parts[0])
+        return Report(kind, detail, recipient, digest_hash, message_ids)
+
+    plain = _plain_bounce(message)
+    if plain:
+        kind, detail, recipient = plain
+        return Report(kind, detail, recipient, digest_hash, message_ids)
+
+    token = TOKEN_IN_SUBJECT.search(str(message.get("Subject", "")))
+    if token:  # a mail client following the List-Unsubscribe mailto: link
+        return Report("unsubscribe", "unsubscribe request by mail", token=token[1])
+    return Report("ignored", "not a bounce, complaint or unsubscribe request")
+
+
+def message_key(raw: bytes) -> str:
+    """The report's identity for idempotency: its Message-ID, else a hash of its bytes."""
+    message_id = email.message_from_bytes(raw, _class=Message).get("Message-ID")
+    if message_id and len(str(message_id).strip()) <= 200:
+        return str(message_id).strip()
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def report_time(raw: bytes) -> datetime:
+    """When the report was written (its Date), never in the future; now if it has none."""
+    stamp = datetime.now(UTC)
+    value = email.message_from_bytes(raw).get("Date")
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        parsed = email.utils.parsedate_to_datetime(str(value))
+        if parsed.tzinfo is not None:
+            return min(parsed.astimezone(UTC), stamp)
+    return stamp
+
+
+# --- mailboxes ---------------------------------------------------------------------------
+
+
+class Source(Protocol):
+    def messages(self) -> Iterator[tuple[str, bytes]]:
+        """(id within the mailbox, raw bytes) of each message not yet flagged done."""
+        ...
+
+    def done(self, ident: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Imap:
+    """An IMAP folder over implicit TLS or STARTTLS; certificates are always verified."""
+
+    def __init__(self, settings: Settings) -> None:
+        s = settings
+        if not s.imap_username or s.imap_password is None:
+            raise BounceError(
+                "PAPERPOST_BOUNCE_MAILBOX=imap needs PAPERPOST_IMAP_USERNAME and "
+                "PAPERPOST_IMAP_PASSWORD"
+            )
+        context = ssl.create_default_context(cafile=str(s.imap_ca_file) if s.imap_ca_file else None)
+        where = f"{s.imap_host}:{s.imap_port}"
+        try:
+            if s.imap_security == "tls":
+                self.conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(
+                    s.imap_host, s.imap_port, ssl_context=context, timeout=30
+                )
+            else:
+                self.conn = imaplib.IMAP4(s.imap_host, s.imap_port, timeout=30)
+                self.conn.starttls(ssl_context=context)
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise BounceError(
+                f"cannot connect to the IMAP server {where}: {exc}; check PAPERPOST_IMAP_HOST, "
+                "PAPERPOST_IMAP_PORT and PAPERPOST_IMAP_SECURITY"
+            ) from None
+        try:
+            self.conn.login(s.imap_username, s.imap_password.get_secret_value())
+        except imaplib.IMAP4.error:
+            self.close()
+            raise BounceError(
+                f"the IMAP server {where} refused the login; check PAPERPOST_IMAP_USERNAME "
+                "and PAPERPOST_IMAP_PASSWORD"
+            ) from None
+        status, _ = self.conn.select(_quote(s.imap_folder))
+        if status != "OK":
+            self.close()
+            raise BounceError(f"no IMAP folder {s.imap_folder!r}; check PAPERPOST_IMAP_FOLDER")
+
+    def messages(self) -> Iterator[tuple[str, bytes]]:
+        status, data = self.conn.uid("SEARCH", "UNKEYWORD", DONE_KEYWORD)
+        if status != "OK":
+            raise BounceError(f"IMAP SEARCH failed: {data!r}")
+        for uid in (data[0] or b"").split():
+            status, fetched = self.conn.uid("FETCH", uid, "(BODY.PEEK[])")
+            raw = next((item[1] for item in fetched if isinstance(item, tuple)), None)
+            if status == "OK" and raw is not None:
+                yield uid.decode(), raw
+
+    def done(self, ident: str) -> None:
+        self.conn.uid("STORE", ident, "+FLAGS.SILENT", f"({DONE_KEYWORD} \\Seen)")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error):
+            self.conn.logout()
+
+
+def _quote(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Local:
+    """A Maildir folder (processed messages move to ``cur/`` as seen) or an mbox file (left
+    as it is; the database remembers what was processed)."""
+
+    def __init__(self, path: Path) -> None:
+        if path.is_dir():
+            self.box: mailbox.Mailbox = mailbox.Maildir(path, factory=None, create=False)
+        elif path.is_file():
+            self.box = mailbox.mbox(path, create=False)
+        else:
+            raise BounceError(
+                f"no mailbox at {path}; PAPERPOST_BOUNCE_MAILBOX must be a Maildir folder, "
+                'an mbox file or "imap"'
+            )
+
+    def messages(self) -> Iterator[tuple[str, bytes]]:
+        for key in list(self.box.keys()):
+            if isinstance(self.box, mailbox.Maildir):
+                message = self.box.get_message(key)
+                if "S" in message.get_flags() and message.get_subdir() == "cur":
+                    continue
+            yield key, self.box.get_bytes(key)
+
+    def done(self, ident: str) -> None:
+        if isinstance(self.box, mailbox.Maildir):
+            message = self.box.get_message(ident)
+            message.set_subdir("cur")
+            message.add_flag("S")
+            self.box[ident] = message
+
+    def close(self) -> None:
+        self.box.close()
+
+
+def open_source(settings: Settings) -> Source:
+    assert settings.bounce_mailbox
+    if settings.bounce_mailbox == "imap":
+        return Imap(settings)
+    return Local(Path(settings.bounce_mailbox))
+
+
+# --- applying reports ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BounceSummary:
+    counts: Counter[str] = field(default_factory=Counter)
+    suppressed: list[tuple[str, str, str]] = field(default_factory=list)  # address, why, detail
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "counts": dict(self.counts),
+            "suppressed": [{"address": a, "reason": r, "detail": d} for a, r, d in self.suppressed],
+        }
+
+
+def _target(store: Store, key: str, report: Report) -> tuple[str, str | None] | None:
+    """(address, digest) a report is about, only if paperpost can trust it."""
+    if report.kind == "unsubscribe" and report.token:
+        try:
+            return read_token(key, report.token), None
+        except BadToken:
+            return None
+    if report.digest_hash:
+        found = store.delivery_by_hash(report.digest_hash)
+        if found:
+            return found
+    for message_id in report.message_ids:  # an unsigned match needs the same recipient too
+        found = store.delivery_by_message_id(message_id)
+        if found and report.recipient == found[0]:
+            return found
+    return None
+
+
+def apply(settings: Settings, store: Store, raw: bytes, summary: BounceSummary) -> None:
+    key = settings.secret_key.get_secret_value()
+    report = parse_report(raw, key)
+    target = _target(store, key, report) if report.kind != "ignored" else None
+    kind = report.kind if target or report.kind == "ignored" else "unmatched"
+    address, digest = target if target else (report.recipient, None)
+    at = report_time(raw)
+    suppression = None
+    if target and kind == "hard":
+        suppression = ("bounced", f"bounce: {report.detail}")
+    elif target and kind == "complaint":
+        suppression = ("complained", report.detail)
+    elif target and kind == "unsubscribe":
+        suppression = ("unsubscribed", report.detail)
+    result = store.record_bounce(
+        message_key(raw),
+        kind,
+        address if target else None,
+        digest,
+        report.detail if target else f"{report.detail} (recipient {address or 'unknown'})",
+        at,
+        suppression,
+        soft_limit=settings.soft_bounce_limit,
+        soft_since=at - timedelta(days=settings.soft_bounce_days),
+    )
+    if result is None:
+        summary.counts["already processed"] += 1
+        return
+    summary.counts[kind] += 1
+    if result and address:
+        reason, detail = result
+        summary.suppressed.append((address, reason, detail))
+
+
+def process(settings: Settings, store: Store) -> BounceSummary:
+    """Read every new message in the bounce mailbox, apply it, flag it done."""
+    summary = BounceSummary()
+    source = open_source(settings)
+    try:
+        for ident, raw in source.messages():
+            apply(settings, store, raw, summary)
+            source.done(ident)
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise BounceError(f"reading the bounce mailbox failed: {exc}") from None
+    finally:
+        source.close()
+    return summary

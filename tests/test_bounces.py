@@ -1,0 +1,320 @@
+"""Bounces, complaints and mailto unsubscribes, read from a real IMAP server (a private Dovecot),
+a Maildir and an mbox. The samples in tests/data/bounces are our own, written in the formats
+Postfix, Exim, Gmail and Microsoft send, plus ARF reports from Yahoo and Hotmail; the tests fill
+in the addresses, VERP return paths, Message-IDs and tokens of digests they really sent."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import mailbox
+import os
+import ssl
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import imap_server
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from paperpost.bounces import parse_report, process
+from paperpost.cli import app
+from paperpost.delivery import Outbox, send_batch
+from paperpost.models import Paper
+from paperpost.rank import Interest, Profile, rank
+from paperpost.render import Edition, Outgoing, Reader, Renderer
+from paperpost.settings import Settings
+from paperpost.store import Store
+from paperpost.unsubscribe import make_token
+from paperpost.verp import envelope_sender
+
+SAMPLES = Path(__file__).parent / "data" / "bounces"
+KEY = "bounce-test-key-5f1c0e7a9b3d4c2e8f60"
+SENDER = "paperpost <digest@example.org>"
+# sample -> what it is, and a piece of the detail recorded for it
+EXPECTED = {
+    "postfix_user_unknown": ("hard", "550 5.1.1"),
+    "postfix_mailbox_full": ("soft", "552 5.2.2"),
+    "exim_dsn_user_unknown": ("hard", "550 5.1.1"),
+    "exim_plain_no_such_user": ("hard", "550 No Such User Here"),
+    "gmail_address_not_found": ("hard", "550-5.1.1 The email account"),
+    "gmail_delayed": ("delayed", "DSN action delayed"),
+    "microsoft_recipient_not_found": ("hard", "550 5.1.10 RESOLVER.ADR.RecipientNotFound"),
+    "microsoft_quota_exceeded": ("soft", "554 5.2.2 mailbox full"),
+    "yahoo_arf_abuse": ("complaint", "ARF abuse report from Yahoo!-Mail-Feedback/2.0"),
+    "microsoft_jmrp_arf": ("complaint", "ARF abuse report from Hotmail FBL"),
+    "mailto_unsubscribe": ("unsubscribe", "unsubscribe request by mail"),
+    "out_of_office": ("ignored", "not a bounce"),
+    "forged_dsn": ("hard", "550 5.1.1 User unknown"),
+}
+# what each sample does to its reader: the suppression reason, or None
+EFFECT = {
+    "hard": "bounced",
+    "complaint": "complained",
+    "unsubscribe": "unsubscribed",
+    "soft": None,
+    "delayed": None,
+    "ignored": None,
+}
+
+
+def settings_for(**changes: object) -> Settings:
+    return Settings(secret_key=SecretStr(KEY), sender=SENDER, **changes)
+
+
+def reader_of(sample: str) -> str:
+    return f"{sample.replace('_', '.')}@{sample.split('_')[0]}.example"
+
+
+def fill(sample: str, digest: Outgoing, when: datetime | None = None) -> bytes:
+    """A sample made real: about this digest, with its VERP address, Message-ID and token."""
+    local, _, domain = digest.address.partition("@")
+    values = {
+        "VERP": envelope_sender(settings_for(), digest.message_id),
+        "RCPT": digest.address,
+        "LOCAL": local,
+        "DOMAIN": domain,
+        "MSGID": digest.message_id,
+        "TOKEN": make_token(KEY, digest.address),
+        "DATE": format_datetime(when or datetime.now(UTC)),
+        "UNIQUE": uuid.uuid4().hex,
+    }
+    text = (SAMPLES / f"{sample}.eml").read_text()
+    for name, value in values.items():
+        text = text.replace(f"@@{name}@@", value)
+    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode()
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, Outgoing]:
+    """One real digest per sample's reader."""
+    paper = Paper("Agents for tasks", "LLM agents use tools.")
+    items = rank([paper], Profile((Interest("agents"),)))
+    edition = Edition(SENDER, KEY, None, date(2026, 11, 25), 1)
+    renderer = Renderer()
+    return {
+        name: renderer.render(Reader(reader_of(name), None, ("agents",)), items, edition, 0, 1)
+        for name in EXPECTED
+    }
+
+
+@pytest.fixture
+def sent(tmp_path: Path, rendered) -> tuple[Store, dict[str, Outgoing]]:
+    """The digests, sent (to the outbox) through the ledger."""
+    store = Store(f"sqlite:///{tmp_path / 'pp.db'}")
+    digests = dict(rendered)
+    send_batch(store, Outbox(tmp_path / "outbox"), list(digests.values()), run_id=1)
+    return store, digests
+
+
+def everyone(store: Store, digests: dict[str, Outgoing]) -> dict[str, tuple[str, str | None]]:
+    found = store.suppressions([d.address for d in digests.values()])
+    return {a: (s.reason, s.detail) for a, s in found.items()}
+
+
+@pytest.mark.parametrize("sample", sorted(EXPECTED))
+def test_each_sample_is_classified_and_traced_to_its_digest(sample: str, rendered) -> None:
+    digest = rendered[sample]
+    report = parse_report(fill(sample, digest), KEY)
+    kind, detail = EXPECTED[sample]
+    assert report.kind == kind
+    assert detail in report.detail
+    if sample in {"mailto_unsubscribe", "forged_dsn", "out_of_office"}:
+        assert report.digest_hash is None  # no (validly signed) VERP address, or not a report
+    else:
+        assert digest.message_id == f"<{report.digest_hash}@example.org>"
+    if kind in {"hard", "soft"}:
+        assert report.recipient == digest.address
+
+
+@pytest.fixture(scope="module")
+def dovecot(tmp_path_factory: pytest.TempPathFactory):
+    if not imap_server.available():
+        if os.environ.get("PAPERPOST_REQUIRE_IMAP"):
+            pytest.fail("Dovecot is required (PAPERPOST_REQUIRE_IMAP) but not installed")
+        pytest.skip("needs Dovecot (Debian package dovecot-imapd) for a real IMAP server")
+    server = imap_server.ImapServer(tmp_path_factory.mktemp("imap")).start()
+    yield server
+    server.stop()
+
+
+def imap_settings(server: imap_server.ImapServer, security: str = "tls") -> Settings:
+    return settings_for(
+        bounce_mailbox="imap",
+        imap_host="127.0.0.1",
+        imap_port=server.port_tls if security == "tls" else server.port_starttls,
+        imap_security=security,
+        imap_username=imap_server.USER,
+        imap_password=SecretStr(imap_server.PASSWORD),
+        imap_ca_file=server.cert,
+    )
+
+
+def imap_client(server: imap_server.ImapServer) -> imaplib.IMAP4_SSL:
+    context = ssl.create_default_context(cafile=str(server.cert))
+    client = imaplib.IMAP4_SSL("127.0.0.1", server.port_tls, ssl_context=context)
+    client.login(imap_server.USER, imap_server.PASSWORD)
+    client.select("INBOX")
+    return client
+
+
+def test_imap_bounces_complaints_and_unsubscribes_are_applied_once(dovecot, sent) -> None:
+    store, digests = sent
+    client = imap_client(dovecot)
+    for sample, digest in digests.items():
+        client.append("INBOX", None, None, fill(sample, digest))
+
+    summary = process(imap_settings(dovecot, "tls"), store)
+    suppressed = everyone(store, digests)
+    for sample, digest in digests.items():
+        effect = None if sample == "forged_dsn" else EFFECT[EXPECTED[sample][0]]
+        assert suppressed.get(digest.address, (None,))[0] == effect, sample
+    # a suppressed address records what the server or the report said
+    assert "550 5.1.10 RESOLVER.ADR.RecipientNotFound" in str(
+        suppressed[digests["microsoft_recipient_not_found"].address][1]
+    )
+    assert summary.counts == {
+        "hard": 5,
+        "soft": 2,
+        "delayed": 1,
+        "complaint": 2,
+        "unsubscribe": 1,
+        "ignored": 1,
+        "unmatched": 1,  # the forged DSN: its VERP signature is wrong, nobody is suppressed
+    }
+    # every message is flagged as processed
+    client.noop()  # let this session see the other session's flags
+    assert client.uid("SEARCH", "UNKEYWORD", "$PaperpostDone")[1] == [b""]
+
+    again = process(imap_settings(dovecot, "starttls"), store)  # STARTTLS this time
+    assert again.counts == {}
+    # even with the flags gone, processing the same messages twice changes nothing
+    client.uid("STORE", "1:*", "-FLAGS.SILENT", "($PaperpostDone)")
+    third = process(imap_settings(dovecot, "tls"), store)
+    assert third.counts == {"already processed": len(digests)}
+    assert everyone(store, digests) == suppressed
+    client.logout()
+
+
+def test_imap_wrong_password_is_one_clear_line(dovecot, sent) -> None:
+    from paperpost.bounces import BounceError
+
+    store, _ = sent
+    wrong = imap_settings(dovecot).model_copy(update={"imap_password": SecretStr("nope-123")})
+    with pytest.raises(BounceError, match="refused the login; check PAPERPOST_IMAP_USERNAME"):
+        process(wrong, store)
+
+
+def test_soft_bounces_suppress_after_n_within_the_window(tmp_path: Path, sent) -> None:
+    store, digests = sent
+    digest = digests["postfix_mailbox_full"]
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    now = datetime.now(UTC)
+    settings = settings_for(bounce_mailbox=str(tmp_path / "bounces"))
+    for age in (40, 3):  # one too old to count, one recent
+        box.add(fill("postfix_mailbox_full", digest, now - timedelta(days=age)))
+    assert process(settings, store).counts == {"soft": 2}
+    assert store.suppression(digest.address) is None
+    box.add(fill("microsoft_quota_exceeded", digest, now - timedelta(days=1)))
+    summary = process(settings, store)
+    assert summary.counts == {"soft": 1}
+    assert store.suppression(digest.address) is None  # 2 within 14 days: not yet
+    box.add(fill("postfix_mailbox_full", digest, now))
+    process(settings, store)
+    gone = store.suppression(digest.address)
+    assert gone is not None and gone.reason == "bounced"
+    assert gone.detail.startswith("3 soft bounces since") and "552 5.2.2" in gone.detail
+    # processed messages were moved to cur/ as seen; nothing is left to process
+    assert all("S" in m.get_flags() and m.get_subdir() == "cur" for m in box)
+    assert process(settings, store).counts == {}
+
+
+def test_mbox_processed_twice_changes_nothing(tmp_path: Path, sent) -> None:
+    store, digests = sent
+    box = mailbox.mbox(tmp_path / "bounces.mbox")
+    for sample in ("postfix_user_unknown", "yahoo_arf_abuse", "gmail_delayed"):
+        box.add(fill(sample, digests[sample]))
+    box.flush()
+    settings = settings_for(bounce_mailbox=str(tmp_path / "bounces.mbox"))
+    first = process(settings, store)
+    assert first.counts == {"hard": 1, "complaint": 1, "delayed": 1}
+    before = everyone(store, digests)
+    assert process(settings, store).counts == {"already processed": 3}
+    assert everyone(store, digests) == before
+
+
+def test_bounces_command(tmp_path: Path, sent, monkeypatch) -> None:
+    store, digests = sent
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    box.add(fill("gmail_address_not_found", digests["gmail_address_not_found"]))
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", store.url)
+    monkeypatch.setenv("PAPERPOST_SECRET_KEY", KEY)
+    monkeypatch.setenv("PAPERPOST_SENDER", SENDER)
+    result = CliRunner().invoke(app, ["bounces", "--mailbox", str(tmp_path / "bounces"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["counts"] == {"hard": 1}
+    assert data["suppressed"][0]["address"] == digests["gmail_address_not_found"].address
+    missing = CliRunner().invoke(app, ["bounces", "--mailbox", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no mailbox at" in missing.stderr
+
+
+SAMPLE_BYTES = [(SAMPLES / f"{name}.eml").read_bytes() for name in sorted(EXPECTED)]
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=3000),
+        st.tuples(st.sampled_from(SAMPLE_BYTES), st.integers(0, 4000), st.binary(max_size=40)).map(
+            lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :]
+        ),
+        st.tuples(st.sampled_from(SAMPLE_BYTES), st.integers(0, 4000)).map(lambda t: t[0][: t[1]]),
+    )
+)
+def test_parse_report_never_fails_on_hostile_input(raw: bytes) -> None:
+    """Whatever arrives at the bounce address (garbage, truncated or spliced reports)."""
+    report = parse_report(raw, KEY)
+    assert report.kind in {"hard", "soft", "complaint", "unsubscribe", "delayed", "ignored"}
+    assert report.digest_hash is None  # nothing unsigned is ever taken for a digest
+
+
+def test_a_run_reads_bounces_before_sending(tmp_path: Path) -> None:
+    """The flow's bounce stage runs before rank/send: a reader whose digest hard-bounced
+    since the last run gets nothing this run."""
+    import shutil
+
+    from conftest import EXAMPLES
+    from paperpost.pipeline import run_plain
+
+    shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
+    (tmp_path / "subs.yaml").write_text(
+        "- email: gone@one.example\n  tags: [agents, reasoning]\n  min_score: 0.1\n"
+        "- email: stays@two.example\n  tags: [agents, reasoning]\n  min_score: 0.1\n"
+    )
+    settings = settings_for(
+        sources=[str(tmp_path / "dumps")],
+        subscribers_dir=tmp_path / "subs.yaml",
+        database_url=f"sqlite:///{tmp_path / 'pp.db'}",
+        outbox_dir=tmp_path / "outbox",
+        bounce_mailbox=str(tmp_path / "bounces"),
+    )
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    first = run_plain(settings, date(2026, 11, 25))
+    assert first.digests_sent == 2 and first.bounces == {"counts": {}, "suppressed": []}
+    sent_digest = next(
+        m for m in mailbox.Maildir(tmp_path / "outbox", create=False) if "gone@" in m["To"]
+    )
+    digest = Outgoing("gone@one.example", "", 0, 0, sent_digest["Message-ID"], "", 0, b"")
+    box.add(fill("postfix_user_unknown", digest))
+    shutil.copy(EXAMPLES / "newer" / "2026-11-24.txt", tmp_path / "dumps")
+    second = run_plain(settings, date(2026, 11, 26))
+    assert second.bounces["counts"] == {"hard": 1}
+    assert second.skip_reasons == {"suppressed (bounced)": 1}
+    assert [d["address"] for d in second.deliveries] == ["stays@two.example"]
