@@ -115,7 +115,10 @@ def _text(message: Message) -> str:
     chunks = []
     for part in _parts(message, "text/plain"):
         payload = part.get_payload(decode=True) or b""
-        chunks.append(payload.decode(part.get_content_charset() or "utf-8", "replace"))
+        try:
+            chunks.append(payload.decode(part.get_content_charset() or "utf-8", "replace"))
+        except LookupError:  # an unknown charset
+            chunks.append(payload.decode("utf-8", "replace"))
     return "\n".join(chunks)
 
 
@@ -172,8 +175,8 @@ def _dsn(message: Message, status_part: Message) -> tuple[str, str, str | None]:
 
 def _plain_bounce(message: Message) -> tuple[str, str, str | None] | None:
     """A non-standard bounce (older Exim, some appliances): X-Failed-Recipients + text."""
-    failed = message.get("X-Failed-Recipients")
-    sender = (message.get("From") or "").lower()
+    failed = _field(message, "X-Failed-Recipients")
+    sender = _field(message, "From").lower()
     if not failed and "mailer-daemon" not in sender and "postmaster" not in sender:
         return None
     text = _text(message)
@@ -197,10 +200,12 @@ def parse_report(raw: bytes, key: str) -> Report:
         key, "\n".join(f"{k}: {v}" for m in (message, *originals) for k, v in m.items())
     )
     content_type = message.get_content_type()
-    report_type = (message.get_param("report-type") or "").lower()
+    report_type = str(email.utils.collapse_rfc2231_value(message.get_param("report-type") or ""))
 
     feedback = _parts(message, "message/feedback-report")
-    if feedback or (content_type == "multipart/report" and report_type == "feedback-report"):
+    if feedback or (
+        content_type == "multipart/report" and report_type.lower() == "feedback-report"
+    ):
         fields = _fields(feedback[0]) if feedback else Message()
         kind_field = _field(fields, "Feedback-Type").lower()
         agent = _field(fields, "User-Agent")
