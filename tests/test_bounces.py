@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
-import imap_server
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+import imap_server
 from paperpost.bounces import parse_report, process
 from paperpost.cli import app
 from paperpost.delivery import Outbox, send_batch

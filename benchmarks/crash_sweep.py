@@ -1,0 +1,62 @@
+"""SIGKILL `paperpost run` at random moments while it sends 200 digests; tally per path.
+
+    python benchmarks/crash_sweep.py [--kills 30] [--paths plain prefect]
+
+Uses the harness of tests/crash_harness.py: a local SMTP sink logs every end-of-data and
+every accepted message; each trial kills the sending process once (at the k-th end-of-data,
+the sink accepting or refusing that message, or at a random time of the sending phase),
+then reruns it. The Prefect path reports to one temporary Prefect server for the sweep
+(prefect_test_harness), so each run does not pay for starting its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from common import report
+from crash_harness import Sweep, sweep
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=30)
+    parser.add_argument("--paths", nargs="+", default=["plain", "prefect"])
+    args = parser.parse_args()
+    combined = Sweep()
+    for path in args.paths:
+        with tempfile.TemporaryDirectory() as folder:
+            if path == "prefect":
+                from prefect.settings import PREFECT_API_URL
+                from prefect.testing.utilities import prefect_test_harness
+
+                with prefect_test_harness(server_startup_timeout=120):
+                    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+                    result = sweep(Path(folder), args.kills, prefect=True, prefect_env=env)
+            else:
+                result = sweep(Path(folder), args.kills, prefect=False)
+        combined.trials += result.trials
+    tally = combined.tally()
+    columns = [
+        "trials",
+        "kills",
+        "duplicates",
+        "missing",
+        "missing_never_sent",
+        "ambiguous",
+        "ambiguous_accepted",
+        "max_ambiguous",
+        "ambiguous_over_connections",
+    ]
+    rows = [[path, *(counts[c] for c in columns)] for path, counts in tally.items()]
+    report("crash_sweep", ["path", *columns], rows, combined.to_json())
+
+
+if __name__ == "__main__":
+    main()
