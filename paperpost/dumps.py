@@ -37,7 +37,9 @@ _LISTING_DATE = re.compile(rf"{_MONTH} (\d{{1,2}})")
 _AUTHORS = re.compile(r"\s*•\s*(\d+) authors?\s*")
 _ORG = re.compile(r"\s*(\S+) (\S.*?)\s*")
 _PAPER_DATE = re.compile(rf"{_MONTH} (\d{{1,2}})(?:, (\d{{4}}))?(?: (\d+))?\s*")
-_ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7}")
+_ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}|[a-z][a-z.-]{0,30}/\d{7}")
+# Counts (upvotes, authors) above this are nonsense and do not fit a 32-bit column.
+MAX_COUNT = 2**31 - 1
 
 
 class DumpError(ValueError):
@@ -119,6 +121,15 @@ def latest_date_on_or_before(month: int, day: int, reference: date) -> date | No
     return None
 
 
+def count(value: object) -> int | None:
+    """A plausible count: an int (or digit string) from 0 to MAX_COUNT, else None."""
+    if isinstance(value, str):
+        value = int(value) if value.isdigit() and len(value) <= 10 else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
+
+
 @dataclass(slots=True)
 class _Meta:
     author_count: int | None
@@ -149,10 +160,10 @@ def _parse_meta(lines: list[str], listing: date) -> _Meta | None:
     except ValueError:
         published = None
     return _Meta(
-        author_count=int(authors[1]) if authors else None,
-        organization=org[2] if org else None,
+        author_count=count(authors[1]) if authors else None,
+        organization=normalize_space(org[2]) or None if org else None,
         published=published,
-        upvotes=int(dated[4]) if dated[4] else None,
+        upvotes=count(dated[4]) if dated[4] else None,
     )
 
 
@@ -209,12 +220,12 @@ def parse_text_dump(text: str, source: str, reference: date) -> ParsedDump:
             )
             index += 2
             continue
-        paper = Paper(
-            title=title,
-            abstract=normalize_space(" ".join(abstract_lines)),
-            source=source,
-            listing_date=listing,
-        )
+        abstract = normalize_space(" ".join(abstract_lines))
+        if not title or not abstract:
+            warnings.append(f"{source}:{line_no}: a paper with no readable title; skipped")
+            index += 2
+            continue
+        paper = Paper(title=title, abstract=abstract, source=source, listing_date=listing)
         index += 2
         if index < len(paras) and _looks_like_meta(paras[index][1]):
             meta_line, meta_lines = paras[index]
@@ -250,11 +261,14 @@ def _iso_date(value: object) -> date | None:
 
 
 def _text(value: object) -> str | None:
-    return normalize_space(value) if isinstance(value, str) and value.strip() else None
+    return (normalize_space(value) or None) if isinstance(value, str) else None
+
+
+_HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>\ud800-\udfff]{1,2000}", re.I)
 
 
 def _http_url(value: object) -> str | None:
-    if isinstance(value, str) and value.startswith(("https://", "http://")):
+    if isinstance(value, str) and _HTTP_URL.fullmatch(value.strip()):
         return value.strip()
     return None
 
@@ -280,12 +294,11 @@ def _api_paper(item: dict, source: str) -> Paper:
     arxiv_id = raw_id.strip() if isinstance(raw_id, str) and _ARXIV_ID.fullmatch(raw_id) else None
     authors = inner.get("authors")
     names = (
-        tuple(a["name"].strip() for a in authors if isinstance(a, dict) and _text(a.get("name")))
+        tuple(n for n in (_text(a.get("name")) for a in authors if isinstance(a, dict)) if n)
         if isinstance(authors, list)
         else None
     )
     keywords = inner.get("ai_keywords")
-    upvotes = inner.get("upvotes")
     return Paper(
         title=title,
         abstract=abstract,
@@ -294,7 +307,7 @@ def _api_paper(item: dict, source: str) -> Paper:
         author_count=len(names) if names else None,
         organization=_org_name(inner.get("organization"), item.get("organization")),
         published=_iso_date(inner.get("publishedAt")) or _iso_date(item.get("publishedAt")),
-        upvotes=upvotes if isinstance(upvotes, int) and not isinstance(upvotes, bool) else None,
+        upvotes=count(inner.get("upvotes")),
         ai_summary=_text(inner.get("ai_summary")),
         ai_keywords=tuple(k for k in (_text(k) for k in keywords or ()) if k)
         if isinstance(keywords, list)
@@ -306,10 +319,20 @@ def _api_paper(item: dict, source: str) -> Paper:
     )
 
 
+def _json_int(digits: str) -> int | None:
+    """JSON integers of up to 18 digits; longer ones (which Python refuses past 4300
+    digits, and no column holds) are read as None."""
+    return int(digits) if len(digits.lstrip("-")) <= 18 else None
+
+
 def parse_api_json(text: str, source: str) -> ParsedDump:
     """Parse the body of ``GET /api/daily_papers``: a JSON list of items."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_json_int)
+    except RecursionError:
+        raise DumpError(
+            source, "the JSON is nested too deeply to be a daily-papers list; re-download it"
+        ) from None
     except json.JSONDecodeError as exc:
         truncated = exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated")
         hint = "the file is truncated" if truncated else "this is not valid JSON"
@@ -375,20 +398,41 @@ def merge_papers(old: Paper, new: Paper) -> Paper:
 
 
 def distinct_papers(papers: Iterable[Paper]) -> list[Paper]:
-    """Papers with duplicates merged (same arXiv id, or same folded title), first-seen order."""
-    merged: list[Paper] = []
-    by_id: dict[str, int] = {}
-    by_key: dict[str, int] = {}
+    """Papers with duplicates merged (same arXiv id, or same folded title), first-seen order.
+
+    Merging can give a record a new id or title that another record already has (a
+    text-only paper, then two API reports of one arXiv id under two titles); such records
+    are merged too, so no two results share an id or a folded title.
+    """
+    merged: list[Paper | None] = []
+    index: dict[tuple[str, str], int] = {}  # ("id", arxiv id) or ("key", folded title)
+
+    def names(paper: Paper) -> list[tuple[str, str]]:
+        key = ("key", paper.key)
+        return [("id", paper.arxiv_id), key] if paper.arxiv_id else [key]
+
     for paper in papers:
-        slot = by_id.get(paper.arxiv_id) if paper.arxiv_id else None
-        if slot is None:
-            slot = by_key.get(paper.key)
-        if slot is None:
+        found = sorted({index[n] for n in names(paper) if n in index})
+        if not found:
             slot = len(merged)
             merged.append(paper)
         else:
-            merged[slot] = merge_papers(merged[slot], paper)
-        if merged[slot].arxiv_id:
-            by_id[merged[slot].arxiv_id] = slot
-        by_key[merged[slot].key] = slot
-    return merged
+            slot = found[0]
+            merged[slot] = merge_papers(merged[slot], paper)  # type: ignore[arg-type]
+        while True:
+            record = merged[slot]
+            assert record is not None
+            record_names = names(record)
+            clash = next((index[n] for n in record_names if index.get(n, slot) != slot), None)
+            if clash is None:
+                break
+            first, second = min(slot, clash), max(slot, clash)
+            merged[first] = merge_papers(merged[first], merged[second])  # type: ignore[arg-type]
+            merged[second] = None
+            for name, at in index.items():
+                if at == second:
+                    index[name] = first
+            slot = first
+        for name in record_names:
+            index[name] = slot
+    return [p for p in merged if p is not None]

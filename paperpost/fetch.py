@@ -97,6 +97,18 @@ def last_api_days(specs: Iterable[str], known: dict[str, FetchState]) -> dict[st
     return out
 
 
+def failed_api_days(specs: Iterable[str], failed: Iterable[str]) -> list[str]:
+    """Day URLs of API range sources that failed and were never ingested: a later day's
+    success moves the range past them, so they are tried again on their own."""
+    bases = {_endpoint(spec) for spec in specs if is_url(spec) and _is_api_range(spec)}
+    return sorted(s for s in failed if is_url(s) and _is_api_day(s) and _endpoint(s) in bases)
+
+
+def _endpoint(url: str) -> tuple[str, str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc, parts.path
+
+
 def api_day_urls(base: str, last_day: date | None, today: date, first_days: int = 3) -> list[str]:
     """One ``?date=`` URL per weekday after ``last_day`` (or the last few days) to today."""
     start = last_day + timedelta(days=1) if last_day else today - timedelta(days=first_days - 1)
@@ -285,7 +297,7 @@ def _json_list_length(content: bytes) -> int | None:
     """How many items a JSON list holds (None if it is not one: the parser will say why)."""
     try:
         data = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, huge numbers, deep nesting
         return None
     return len(data) if isinstance(data, list) else None
 

@@ -11,11 +11,15 @@ from urllib.parse import quote_plus
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 _SPACE = re.compile(r"\s+")
+# Characters no database column or message should hold: NUL (PostgreSQL text refuses it),
+# other control characters, and lone surrogates (not encodable as UTF-8).
+_UNSTORABLE = re.compile("[\x00-\x08\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def normalize_space(text: str) -> str:
-    """Collapse runs of whitespace (including raw line breaks) into single spaces."""
-    return _SPACE.sub(" ", text).strip()
+    """Collapse runs of whitespace (including raw line breaks) into single spaces, and drop
+    control characters and lone surrogates."""
+    return _SPACE.sub(" ", _UNSTORABLE.sub("", text)).strip()
 
 
 def title_key(title: str) -> str:

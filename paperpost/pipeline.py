@@ -18,11 +18,13 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
 from paperpost.bounces import BounceError, process
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
 from paperpost.dumps import DumpError, parse_dump
 from paperpost.feedback import reader_ids, reader_nudge
-from paperpost.fetch import Fetched, expand_sources, fetch_all, last_api_days
+from paperpost.fetch import Fetched, expand_sources, failed_api_days, fetch_all, last_api_days
 from paperpost.rank import Interest, Profile, Ranked, rank_many
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
@@ -95,6 +97,8 @@ def fetch_stage(settings: Settings, store: Store, today: date) -> list[Fetched]:
     """Fetch every configured source (conditional requests against what was ingested)."""
     known = store.fetch_states()
     sources = expand_sources(settings.sources, last_api_days(settings.sources, known), today)
+    retry = failed_api_days(settings.sources, store.failed_sources())
+    sources = [s for s in retry if s not in sources] + sources
     return fetch_all(sources, known, int(settings.max_dump_mb * 1_000_000), settings.fetch_timeout)
 
 
@@ -102,7 +106,13 @@ def fetch_stage(settings: Settings, store: Store, today: date) -> list[Fetched]:
 
 
 def diff_stage(store: Store, fetched: Sequence[Fetched], today: date) -> list[SourceReport]:
-    """Parse what was fetched and store it; a bad source is reported, never fatal."""
+    """Parse what was fetched and store it; a bad source is reported, never fatal.
+
+    Each source is parsed and stored on its own: whatever goes wrong with one (a parser
+    failure on hostile input, a value the database refuses) is reported for it and leaves
+    its fetch state as it was, so the next run tries it again. Only a database that cannot
+    be used at all (locked, unreachable, read-only) stops the run.
+    """
     reports = []
     for item in fetched:
         if item.status == "unchanged":
@@ -118,13 +128,33 @@ def diff_stage(store: Store, fetched: Sequence[Fetched], today: date) -> list[So
             store.record_fetch_error(item.source, str(exc))
             reports.append(SourceReport(item.source, "invalid", detail=str(exc)))
             continue
-        counts = store.ingest(
-            item.source, parsed.papers, item.etag, item.last_modified, item.content_hash
-        )
+        except Exception as exc:  # hostile input must not stop the other sources
+            detail = f"{item.source}: cannot parse this dump ({_reason(exc)}); skipped"
+            store.record_fetch_error(item.source, detail)
+            reports.append(SourceReport(item.source, "invalid", detail=detail))
+            continue
+        try:
+            counts = store.ingest(
+                item.source, parsed.papers, item.etag, item.last_modified, item.content_hash
+            )
+        except (OperationalError, InterfaceError):
+            raise  # the database itself is unusable: not this source's fault
+        except Exception as exc:  # rolled back; the other sources go on
+            detail = f"cannot store its papers ({_reason(exc)}); will retry next run"
+            store.record_fetch_error(item.source, detail)
+            reports.append(SourceReport(item.source, "failed", detail=detail))
+            continue
         reports.append(
             SourceReport(item.source, "ingested", counts.seen, counts.new, warnings=parsed.warnings)
         )
     return reports
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception in one short line (a database error without its SQL and parameters)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first}"[:300]
 
 
 # --- bounces ----------------------------------------

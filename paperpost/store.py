@@ -53,7 +53,7 @@ from sqlalchemy.exc import IntegrityError
 
 from paperpost import db, schema
 from paperpost.dumps import distinct_papers, merge_papers
-from paperpost.models import Paper
+from paperpost.models import Paper, normalize_space
 
 metadata = MetaData()
 
@@ -191,6 +191,13 @@ def _chunks(items: Sequence, size: int = 500) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def _fits(value: str | None, column: Column) -> str | None:
+    """A validator value from a server, or None when it would not fit its column (a
+    truncated ETag would never match; the content hash still detects an unchanged dump)."""
+    length = column.type.length  # type: ignore[attr-defined]
+    return value if value is None or len(value) <= length else None
+
+
 @dataclass(frozen=True, slots=True)
 class FetchState:
     etag: str | None
@@ -255,6 +262,7 @@ class Store:
 
     def record_fetch_error(self, source: str, error: str) -> None:
         """Remember a failed fetch without touching what was last ingested from it."""
+        error = normalize_space(error)[:2000]
         with self.engine.begin() as conn:
             changed = conn.execute(
                 update(fetches)
@@ -267,6 +275,13 @@ class Store:
                         source=source, status="failed", papers=0, error=error, fetched_at=now()
                     )
                 )
+
+    def failed_sources(self) -> list[str]:
+        """Sources that failed and were never ingested (to be tried again)."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(select(fetches.c.source).where(fetches.c.status == "failed")).scalars()
+            )
 
     # --- papers ------------------------------------------------------------------------
 
@@ -304,7 +319,8 @@ class Store:
                 by_hash = {row.key_hash: row for row in found}
                 by_id = {row.arxiv_id: row for row in found if row.arxiv_id}
                 inserts: list[dict[str, object]] = []
-                updates: list[dict[str, object]] = []
+                updates: dict[int, dict[str, object]] = {}  # by seq: two papers, one row
+                merged_at: dict[int, Paper] = {}
                 for paper, digest in zip(chunk, hashes, strict=True):
                     row = by_id.get(paper.arxiv_id or "") or by_hash.get(digest)
                     if row is None:
@@ -320,15 +336,14 @@ class Store:
                             }
                         )
                         continue
-                    merged = merge_papers(Paper.from_json(json.loads(row.data)), paper)
-                    updates.append(
-                        {
-                            "b_seq": row.seq,
-                            "b_data": json.dumps(merged.to_json()),
-                            "b_upvotes": row.upvotes if paper.upvotes is None else paper.upvotes,
-                            "b_arxiv_id": row.arxiv_id or merged.arxiv_id,
-                        }
-                    )
+                    known = merged_at.get(row.seq) or Paper.from_json(json.loads(row.data))
+                    merged = merged_at[row.seq] = merge_papers(known, paper)
+                    updates[row.seq] = {
+                        "b_seq": row.seq,
+                        "b_data": json.dumps(merged.to_json()),
+                        "b_upvotes": merged.upvotes,
+                        "b_arxiv_id": row.arxiv_id or merged.arxiv_id,
+                    }
                 if inserts:
                     conn.execute(insert(papers), inserts)
                     new += len(inserts)
@@ -342,15 +357,15 @@ class Store:
                             upvotes=bindparam("b_upvotes"),
                             arxiv_id=bindparam("b_arxiv_id"),
                         ),
-                        updates,
+                        list(updates.values()),
                     )
             self._record_fetch(conn, source, etag, last_modified, content_hash, len(unique))
         return IngestCounts(seen=len(unique), new=new)
 
     def _record_fetch(self, conn, source, etag, last_modified, content_hash, count) -> None:  # type: ignore[no-untyped-def]
         values = dict(
-            etag=etag,
-            last_modified=last_modified,
+            etag=_fits(etag, fetches.c.etag),
+            last_modified=_fits(last_modified, fetches.c.last_modified),
             content_hash=content_hash,
             status="ingested",
             papers=count,
