@@ -2,6 +2,8 @@
 
 Measurements run inside the page (a script appended to a copy of the digest) and come back
 through ``--dump-dom``; screenshots are kept under $PAPERPOST_ARTIFACTS/screenshots/.
+Chromium is found on PATH (``chromium``, ``chromium-browser``) or at $PAPERPOST_TEST_CHROMIUM;
+without a working one these tests skip, unless PAPERPOST_REQUIRE_BROWSER is set (CI).
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, unavailable
 from paperpost.rank import Interest, Profile, rank
 from paperpost.render import Edition, Reader, Renderer
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = (
+    os.environ.get("PAPERPOST_TEST_CHROMIUM")
+    or shutil.which("chromium")
+    or shutil.which("chromium-browser")
+)
 ARTIFACTS = Path(os.environ.get("PAPERPOST_ARTIFACTS", ROOT / "artifacts")) / "screenshots"
 
 PROBE = """
@@ -83,6 +89,7 @@ def frame_page(html: str, width: int) -> str:
 
 
 def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM
     base = [
         CHROMIUM,
         "--headless",
@@ -99,16 +106,32 @@ def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]
     return subprocess.run(base + args, capture_output=True, text=True, timeout=120, check=True)
 
 
+@pytest.fixture(scope="session")
+def working_chromium(tmp_path_factory) -> None:
+    """Skip (or fail where required) unless Chromium runs a script in a headless page."""
+    need = "install Debian's chromium (or set PAPERPOST_TEST_CHROMIUM) to look at rendered digests"
+    if not CHROMIUM or not Path(CHROMIUM).is_file():
+        unavailable("PAPERPOST_REQUIRE_BROWSER", f"no chromium found: {need}")
+    page = tmp_path_factory.mktemp("probe") / "probe.html"
+    page.write_text("<p id=out></p><script>out.textContent = 6 * 7;</script>")
+    try:
+        dom = chromium(["--dump-dom", page.as_uri()], page.parent / "profile").stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        unavailable("PAPERPOST_REQUIRE_BROWSER", f"{CHROMIUM} fails headless ({exc}): {need}")
+    if ">42<" not in dom:
+        unavailable("PAPERPOST_REQUIRE_BROWSER", f"{CHROMIUM} ran no script: {need}")
+
+
 @pytest.fixture(scope="module")
-def digest_html(shared_papers, tmp_path_factory) -> Path:
-    items = rank(shared_papers, Profile((Interest("agents"), Interest("reasoning")), max_items=6))
+def digest_html(corpus, tmp_path_factory) -> Path:
+    items = rank(corpus, Profile((Interest("agents"), Interest("reasoning")), max_items=6))
     renderer = Renderer()
     edition = Edition(
         "paperpost <d@example.org>",
         "k",
         "https://pp.example.org",
         date(2026, 11, 25),
-        len(shared_papers),
+        len(corpus),
     )
     reader = Reader("ann@example.org", "Ann", ("agents", "reasoning"))
     context = renderer.context(reader, items, edition, "https://pp.example.org/unsubscribe/t")
@@ -120,11 +143,8 @@ def digest_html(shared_papers, tmp_path_factory) -> Path:
 @pytest.mark.browser
 @pytest.mark.parametrize("width", [600, 375])
 @pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.usefixtures("working_chromium")
 def test_digest_in_chromium(digest_html: Path, tmp_path: Path, width: int, scheme: str) -> None:
-    if CHROMIUM is None:
-        if os.environ.get("PAPERPOST_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed but PAPERPOST_REQUIRE_BROWSER is set")
-        pytest.skip("install Debian's chromium to look at rendered digests")
     flags = [
         f"--window-size={max(width, 500)},1400",
         f"--blink-settings=preferredColorScheme={0 if scheme == 'dark' else 1}",

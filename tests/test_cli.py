@@ -6,18 +6,18 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from conftest import DUMPS, EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT
 from paperpost.cli import app
 
 runner = CliRunner()
 
 
 def test_parse_jsonl_prints_every_distinct_paper() -> None:
-    result = runner.invoke(app, ["parse", *map(str, DUMPS), "--jsonl"])
+    result = runner.invoke(app, ["parse", str(EXAMPLES / "dumps"), "--jsonl"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 307
-    assert len({r["id"] for r in rows}) == 307
+    assert len(rows) == 13  # 16 listed in three dumps, 3 of them twice
+    assert len({r["id"] for r in rows}) == 13
     keys = {
         "id",
         "title",
@@ -30,16 +30,19 @@ def test_parse_jsonl_prints_every_distinct_paper() -> None:
         "url",
     }
     assert all(keys <= set(r) for r in rows)
-    video = next(r for r in rows if r["title"].startswith("VideoLLM-online"))
-    assert video["published"] == "2024-06-17" and video["upvotes"] == 1
+    grasp = next(r for r in rows if r["title"].startswith("GraspAnything"))
+    assert grasp["arxiv_id"] == "2611.05012" and grasp["published"] == "2026-11-20"
+    murmur = next(r for r in rows if r["title"].startswith("Murmur"))
+    assert murmur["published"] == "2026-11-18" and murmur["upvotes"] is None
 
 
 def test_parse_reports_a_bad_source_and_continues(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('[{"paper": ')
-    result = runner.invoke(app, ["parse", str(bad), str(DUMPS[1]), "--jsonl"])
+    good = EXAMPLES / "dumps" / "2026-11-20.txt"
+    result = runner.invoke(app, ["parse", str(bad), str(good), "--jsonl"])
     assert result.exit_code == 0
-    assert len(result.stdout.splitlines()) == 92
+    assert len(result.stdout.splitlines()) == 6
     assert f"{bad}:1: the file is truncated" in result.stderr
 
 
@@ -49,10 +52,11 @@ def test_rank_jsonl_orders_best_first_with_reasons() -> None:
         [
             "rank",
             "--tag",
-            "text-to-speech",
+            "llm-inference",
             "--exclude",
-            "music",
-            *map(str, DUMPS),
+            "quantization",
+            str(EXAMPLES / "dumps"),
+            str(EXAMPLES / "newer"),
             "--jsonl",
             "--limit",
             "5",
@@ -60,9 +64,9 @@ def test_rank_jsonl_orders_best_first_with_reasons() -> None:
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 5
+    assert [r["title"].split(":")[0] for r in rows] == ["TidalKV", "DraftLens"]
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
-    assert all(r["matched"] == ["text-to-speech"] and r["why"] for r in rows)
+    assert all(r["matched"] == ["llm-inference"] and r["why"] for r in rows)
 
 
 def test_subscribers_validate_prints_every_error(tmp_path: Path) -> None:

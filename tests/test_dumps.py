@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import API_DAYS, CAPTURED, DUMPS
+from conftest import API_DAYS, CAPTURED, DUMPS, EXAMPLE_API_DAY, EXAMPLES
 from paperpost.dumps import DumpError, distinct_papers, parse_dump, parse_text_dump
 from paperpost.models import Paper, title_key
 
@@ -19,9 +19,10 @@ def parse_text(text: str, reference: date = CAPTURED):
     return parse_dump(text.encode(), "test.txt", reference)
 
 
-# --- the real dumps -----------------------------------------------------------------
+# --- the real dumps (../shared) and the shipped examples ---------------------------------
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize(
     ("index", "count", "listing"),
     [
@@ -39,6 +40,7 @@ def test_each_shared_dump_yields_its_papers(index: int, count: int, listing: dat
     assert parsed.warnings == []
 
 
+@pytest.mark.shared
 def test_shared_dumps_hold_307_distinct_papers() -> None:
     papers = []
     for path in DUMPS:
@@ -46,15 +48,21 @@ def test_shared_dumps_hold_307_distinct_papers() -> None:
     assert len(distinct_papers(papers)) == 307
 
 
-def test_titles_and_abstracts_are_kept_verbatim() -> None:
-    raw = DUMPS[2].read_text(encoding="utf-8")
-    parsed = parse_dump(raw.encode(), "003", CAPTURED)
+TEXT_DUMPS = sorted(EXAMPLES.glob("*/*.txt")) + DUMPS
+
+
+@pytest.mark.parametrize("path", TEXT_DUMPS, ids=lambda path: path.name)
+def test_titles_and_abstracts_are_kept_verbatim(path) -> None:
+    raw = path.read_text(encoding="utf-8")
+    parsed = parse_dump(raw.encode(), path.name, CAPTURED)
+    assert parsed.papers and parsed.warnings == []
     lines = set(raw.splitlines())
     for paper in parsed.papers:
         assert paper.title in lines
         assert paper.abstract in lines
 
 
+@pytest.mark.shared
 def test_metadata_blocks_of_003() -> None:
     parsed = parse_dump(DUMPS[2].read_bytes(), "003", CAPTURED)
     by_title = {p.title: p for p in parsed.papers}
@@ -67,18 +75,22 @@ def test_metadata_blocks_of_003() -> None:
     assert sum(1 for p in parsed.papers if p.published) == 84
 
 
-def test_api_days_keep_optional_fields_and_normalise_line_breaks() -> None:
-    for path in API_DAYS:
-        parsed = parse_dump(path.read_bytes(), str(path), CAPTURED)
-        raw = json.loads(path.read_text())
-        assert len(parsed.papers) == len(raw)
-        for paper, item in zip(parsed.papers, raw, strict=True):
-            assert paper.arxiv_id == item["paper"]["id"]
-            assert "\n" not in paper.title and "  " not in paper.abstract
-            assert paper.title == " ".join(item["paper"]["title"].split())
-            assert paper.ai_keywords == tuple(item["paper"].get("ai_keywords", ()))
-            assert paper.github_repo == item["paper"].get("githubRepo")
-            assert paper.url == f"https://huggingface.co/papers/{paper.arxiv_id}"
+@pytest.mark.parametrize("path", [EXAMPLE_API_DAY, *API_DAYS], ids=lambda path: path.name)
+def test_api_days_keep_optional_fields_and_normalise_line_breaks(path) -> None:
+    parsed = parse_dump(path.read_bytes(), str(path), CAPTURED)
+    raw = json.loads(path.read_text())
+    assert len(parsed.papers) == len(raw)
+    for paper, item in zip(parsed.papers, raw, strict=True):
+        assert paper.arxiv_id == item["paper"]["id"]
+        assert "\n" not in paper.title and "  " not in paper.abstract
+        assert paper.title == " ".join(item["paper"]["title"].split())
+        assert paper.ai_keywords == tuple(item["paper"].get("ai_keywords", ()))
+        assert paper.github_repo == item["paper"].get("githubRepo")
+        assert paper.url == f"https://huggingface.co/papers/{paper.arxiv_id}"
+
+
+@pytest.mark.shared
+def test_the_latest_shared_api_day_has_summaries() -> None:
     last = parse_dump(API_DAYS[-1].read_bytes(), "x.json", CAPTURED).papers
     assert all(p.ai_summary for p in last)
 

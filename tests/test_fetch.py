@@ -8,7 +8,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from conftest import DUMPS
+from conftest import EXAMPLE_API_DAY, EXAMPLE_DUMP
 from paperpost.dumps import parse_dump
 from paperpost.fetch import (
     api_day_urls,
@@ -21,7 +21,7 @@ from paperpost.fetch import (
 from paperpost.store import FetchState
 
 LIMIT = 5_000_000
-DUMP = DUMPS[0].read_bytes()
+DUMP = EXAMPLE_DUMP.read_bytes()
 
 
 def fetch_one(url: str, known: FetchState | None = None, limit: int = LIMIT, read: float = 5.0):
@@ -137,9 +137,7 @@ def test_api_range_skips_weekends_and_resumes_after_last_day() -> None:
 
 
 def test_api_day_follows_pages_and_skips_unchanged_days(httpserver: HTTPServer) -> None:
-    from conftest import API_DAYS
-
-    items = json.loads(API_DAYS[0].read_text())  # 21 papers
+    items = json.loads(EXAMPLE_API_DAY.read_text())  # 3 papers: pages of 2
 
     def handler(request: Request) -> Response:
         page, limit = int(request.args["p"]), int(request.args["limit"])
@@ -150,12 +148,12 @@ def test_api_day_follows_pages_and_skips_unchanged_days(httpserver: HTTPServer) 
     httpserver.expect_request("/api/daily_papers").respond_with_handler(handler)
     url = httpserver.url_for("/api/daily_papers") + "?date=2026-08-10"
     http = session(retries=0)
-    day = fetch_api_day(url, None, LIMIT, http, (2.0, 2.0), limit=10)
+    day = fetch_api_day(url, None, LIMIT, http, (2.0, 2.0), limit=2)
     assert day.status == "fetched" and day.source == url
     parsed = parse_dump(day.content, url, date(2026, 11, 25))
     assert [p.arxiv_id for p in parsed.papers] == [i["paper"]["id"] for i in items]
     again = fetch_api_day(
-        url, FetchState(day.etag, None, day.content_hash), LIMIT, http, (2.0, 2.0), limit=10
+        url, FetchState(day.etag, None, day.content_hash), LIMIT, http, (2.0, 2.0), limit=2
     )
     assert again.status == "unchanged"
 

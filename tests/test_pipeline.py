@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DUMPS, EXAMPLES
+from conftest import EXAMPLES
 from paperpost.pipeline import run_plain
 from paperpost.settings import Settings
 
@@ -141,9 +141,9 @@ def test_examples_then_a_newer_dump_sends_only_the_new_papers(tmp_path: Path) ->
         database_url=f"sqlite:///{tmp_path / 'pp.db'}",
     )
     assert run_plain(settings, TUE).digests_sent == 4
-    shutil.copy(DUMPS[0], dumps)  # a real, unrelated dump: only its papers are news
+    shutil.copy(EXAMPLES / "newer" / "2026-11-24.txt", dumps)  # only its papers are news
     later = run_plain(settings, WED)
-    assert later.papers_new == 103
+    assert later.papers_seen == 5 and later.papers_new == 3  # 2 of its 5 were seen before
 
 
 def test_an_overlapping_run_does_nothing(setup) -> None:

@@ -32,8 +32,10 @@ def ranked_for(papers, *tags: str, n: int = 10) -> list[Ranked]:
     return rank(papers, Profile(tuple(Interest(t) for t in tags), max_items=n))
 
 
-def test_digest_from_shared_data_is_a_complete_message(renderer, shared_papers) -> None:
-    items = ranked_for(shared_papers, "agents", "reasoning")
+@pytest.mark.parametrize("papers", ["corpus", "shared_papers"])
+def test_digest_is_a_complete_message(renderer, papers, request) -> None:
+    items = ranked_for(request.getfixturevalue(papers), "agents", "reasoning")
+    assert len(items) == 10
     out = renderer.render(READER, items, EDITION, 0, 307)
     msg = parse(out.data)
     assert msg.get_content_type() == "multipart/alternative"
@@ -63,17 +65,17 @@ def test_digest_from_shared_data_is_a_complete_message(renderer, shared_papers) 
     assert f"Unsubscribe: https://pp.example.org/unsubscribe/{token}" in text
 
 
-def test_message_id_is_deterministic_per_digest_and_subscriber(renderer, shared_papers) -> None:
-    items = ranked_for(shared_papers, "agents")
+def test_message_id_is_deterministic_per_digest_and_subscriber(renderer, corpus) -> None:
+    items = ranked_for(corpus, "agents")
     a = renderer.render(READER, items, EDITION, 0, 10)
     b = renderer.render(READER, items, EDITION, 0, 10)
     c = renderer.render(READER, items, EDITION, 0, 11)
     assert a.message_id == b.message_id != c.message_id
 
 
-def test_fast_inlining_matches_premailer_on_every_element(renderer, shared_papers) -> None:
+def test_fast_inlining_matches_premailer_on_every_element(renderer, corpus) -> None:
     for tags in (("agents",), ("text-to-speech", "diffusion"), ("bayesian-inference",)):
-        items = ranked_for(shared_papers, *tags)
+        items = ranked_for(corpus, *tags)
         context = renderer.context(READER, items, EDITION, "https://x.example/u")
         naive = lxml.html.document_fromstring(renderer.premailer(renderer.html_unstyled(context)))
         fast = lxml.html.document_fromstring(renderer.html(context))
@@ -104,8 +106,8 @@ def test_untrusted_titles_are_escaped_and_links_are_http_only(renderer) -> None:
     assert "https://ok.example.org/page" in hrefs and not any("javascript" in h for h in hrefs)
 
 
-def test_large_digests_stay_under_gmail_clipping(renderer, shared_papers) -> None:
-    items = ranked_for(shared_papers, "llm", "reasoning", "agents", "diffusion", n=100)
+def test_large_digests_stay_under_gmail_clipping(renderer, corpus) -> None:
+    items = ranked_for(corpus, "llm", "reasoning", "agents", "diffusion", n=100)
     assert len(items) == 100
     sizes = {}
     for n in (10, 25, 50, 100):
@@ -122,9 +124,9 @@ def test_large_digests_stay_under_gmail_clipping(renderer, shared_papers) -> Non
     )
 
 
-def test_text_only_readers_get_a_single_text_part(renderer, shared_papers) -> None:
+def test_text_only_readers_get_a_single_text_part(renderer, corpus) -> None:
     reader = Reader("t@example.org", None, ("agents",), text_only=True)
-    msg = parse(renderer.render(reader, ranked_for(shared_papers, "agents"), EDITION, 0, 5).data)
+    msg = parse(renderer.render(reader, ranked_for(corpus, "agents"), EDITION, 0, 5).data)
     assert msg.get_content_type() == "text/plain"
 
 
@@ -150,10 +152,10 @@ def test_unsubscribe_tokens_round_trip_and_reject_tampering() -> None:
         read_token("k", "garbage")
 
 
-def test_fast_mime_parses_like_the_standard_library_build(renderer, shared_papers) -> None:
+def test_fast_mime_parses_like_the_standard_library_build(renderer, corpus) -> None:
     from paperpost.render import POLICY
 
-    items = ranked_for(shared_papers, "text-to-speech")
+    items = ranked_for(corpus, "text-to-speech")
     out = renderer.render(READER, items, EDITION, 0, 9)
     ours = parse(out.data)
     web = f"https://pp.example.org/unsubscribe/{make_token('secret', READER.email)}"
