@@ -119,7 +119,6 @@ def send(settings: Settings, outgoing: list[Outgoing], run_id: int) -> list[Outc
 def digest(
     sources: list[str] | None = None,
     subscribers_dir: str | None = None,
-    database_url: str | None = None,
     outbox_dir: str | None = None,
     cadence: Literal["daily", "weekly"] | None = None,
     today: date | None = None,
@@ -127,15 +126,12 @@ def digest(
     """Fetch new dumps, find the papers no run has delivered, and send each reader a digest.
 
     ``cadence`` limits the run to daily or weekly subscribers (the two deployments in
-    prefect.yaml); by default everyone due today is served.
+    prefect.yaml); by default everyone due today is served. Everything else, the database
+    URL and every secret included, comes from the settings of the flow's process (its
+    environment and ``.env``): Prefect stores a flow run's parameters in plain text.
     """
     logger = get_run_logger()
-    overrides = {
-        "sources": sources,
-        "subscribers_dir": subscribers_dir,
-        "database_url": database_url,
-        "outbox_dir": outbox_dir,
-    }
+    overrides = {"sources": sources, "subscribers_dir": subscribers_dir, "outbox_dir": outbox_dir}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     today = today or datetime.now(UTC).date()
     store, owner, run_id = pipeline.begin(settings)

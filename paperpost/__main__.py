@@ -1,5 +1,5 @@
 """``python -m paperpost``: the same as the ``paperpost`` command."""
 
-from paperpost.cli import app
+from paperpost.cli import main
 
-app()
+main()

@@ -1,42 +1,36 @@
-"""The ``paperpost`` command line (typer + rich, both already used by Prefect's stack)."""
+"""The ``paperpost`` command line (typer + rich, both already used by Prefect's stack).
+
+Commands import what they use when they run: ``paperpost --help`` and the commands that do
+not run a flow never import Prefect, SQLAlchemy or numpy before they need them.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import requests
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
-from paperpost.dumps import DumpError, distinct_papers, parse_dump
 from paperpost.exitcodes import ExitCode, for_summary
-from paperpost.fetch import expand_sources, fetch_all
-from paperpost.models import Paper
-from paperpost.rank import Interest, Profile, rank, vocabulary
-from paperpost.settings import Settings
-from paperpost.store import Store
-from paperpost.subscribers import (
-    Subscriber,
-    SubscriberFileError,
-    add_subscriber,
-    load_subscribers,
-    remove_subscriber,
-)
-from paperpost.unsubscribe import BadToken, read_token
+
+if TYPE_CHECKING:
+    from paperpost.models import Paper
+    from paperpost.settings import Settings
 
 app = typer.Typer(
     help="paperpost: personal email digests from the Hugging Face Daily Papers listing.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals can hold addresses and secrets
 )
 subscribers_app = typer.Typer(
     help="Add, remove, list and check subscriber YAML files.", no_args_is_help=True
@@ -54,6 +48,47 @@ err = Console(stderr=True, soft_wrap=True)
 SourcesArg = Annotated[list[str], typer.Argument(help="Files, folders, globs or http(s) URLs.")]
 
 
+def main() -> None:
+    """The ``paperpost`` command: a configuration error is one line per variable, exit 2."""
+    from paperpost.errors import ConfigError
+
+    try:
+        app()
+    except ConfigError as exc:
+        for line in exc.lines:
+            err.print(f"[red]configuration error[/red] {escape(line)}")
+        sys.exit(ExitCode.USAGE)
+
+
+def _settings() -> Settings:
+    from paperpost.settings import Settings
+
+    return Settings()
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+@contextmanager
+def _environment(values: dict[str, str | None]) -> Iterator[None]:
+    """Command-line options as the PAPERPOST_ variables they override, for this call only.
+
+    Settings reach the flow through its process's environment, never as flow parameters
+    (Prefect stores those in plain text).
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _today(value: str | None) -> date:
     return date.fromisoformat(value) if value else datetime.now(UTC).date()
 
@@ -65,6 +100,9 @@ def _database_url(db: str | None) -> str | None:
 
 def _read_papers(sources: list[str], settings: Settings) -> list[Paper]:
     """Parse sources without touching any state; errors go to stderr, others continue."""
+    from paperpost.dumps import DumpError, distinct_papers, parse_dump
+    from paperpost.fetch import expand_sources, fetch_all
+
     today = _today(None)
     papers: list[Paper] = []
     failed = 0
@@ -109,30 +147,28 @@ def run(
     today: Annotated[str | None, typer.Option(help="Run as if on this date (YYYY-MM-DD).")] = None,
 ) -> None:
     """Run the digest job once: fetch → diff → rank → render → send."""
-    database_url = _database_url(db)
+    from sqlalchemy.exc import SQLAlchemyError
+
     overrides = {
-        "sources": source or None,
-        "subscribers_dir": str(subscribers) if subscribers else None,
-        "database_url": database_url,
-        "outbox_dir": str(outbox) if outbox else None,
+        "PAPERPOST_SOURCES": json.dumps(source) if source else None,
+        "PAPERPOST_SUBSCRIBERS_DIR": str(subscribers) if subscribers else None,
+        "PAPERPOST_DATABASE_URL": _database_url(db),
+        "PAPERPOST_OUTBOX_DIR": str(outbox) if outbox else None,
     }
     day = _today(today)
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     try:
-        if no_prefect:
-            from paperpost.pipeline import run_plain
+        with _environment(overrides):
+            settings = _settings()
+            if no_prefect:
+                summary = _run_plain(settings, day, as_json)
+            else:
+                from flows.local_api import LocalAPIError, run_digest
 
-            with Progress(transient=True, console=err, disable=as_json) as bar:
-                task = bar.add_task("rank → render → send", total=None)
-
-                def advance(done: int, total: int) -> None:
-                    bar.update(task, completed=done, total=total)
-
-                summary = run_plain(settings, day, advance).to_json()
-        else:
-            from flows.digest import digest
-
-            summary = digest(**overrides, today=day)
+                try:
+                    summary = run_digest(day)
+                except LocalAPIError as exc:
+                    err.print(f"[red]error[/red] {escape(str(exc))}")
+                    raise typer.Exit(ExitCode.INTERNAL) from None
     except SQLAlchemyError as exc:
         err.print(
             f"[red]error[/red] database: {escape(_first_line(exc))}; check "
@@ -150,6 +186,20 @@ def run(
     else:
         _print_summary(summary, settings)
     raise typer.Exit(for_summary(summary))
+
+
+def _run_plain(settings: Settings, day: date, quiet: bool) -> dict:
+    from rich.progress import Progress
+
+    from paperpost.pipeline import run_plain
+
+    with Progress(transient=True, console=err, disable=quiet) as bar:
+        task = bar.add_task("rank → render → send", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return run_plain(settings, day, advance).to_json()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -171,7 +221,8 @@ def _print_summary(summary: dict, settings: Settings) -> None:
     for s in result.sources:
         colour = {"ingested": "green", "unchanged": "dim"}.get(s.status, "red")
         out.print(
-            f"[{colour}]{s.status:>9}[/{colour}] {s.source}  {s.papers} papers, {s.new} new"
+            f"[{colour}]{s.status:>9}[/{colour}] {s.source}  {_plural(s.papers, 'paper')}, "
+            f"{s.new} new"
             f"{'  ' + s.detail if s.detail else ''}"
         )
     for error in result.invalid_subscribers:
@@ -225,7 +276,7 @@ def parse(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per paper.")] = False,
 ) -> None:
     """Parse dumps and print every distinct paper (no state is read or written)."""
-    papers = _read_papers(sources, Settings())
+    papers = _read_papers(sources, _settings())
     if jsonl:
         for paper in papers:
             sys.stdout.write(json.dumps(paper.to_json(), ensure_ascii=False) + "\n")
@@ -236,7 +287,7 @@ def parse(
             paper.id, paper.title[:80], str(paper.published or ""), str(paper.upvotes or "")
         )
     out.print(table)
-    out.print(f"{len(papers)} distinct papers")
+    out.print(f"{_plural(len(papers), 'distinct paper')}")
 
 
 @app.command(name="rank")
@@ -249,7 +300,9 @@ def rank_command(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per paper.")] = False,
 ) -> None:
     """Rank papers for tags, best first, with the reason for each."""
-    papers = _read_papers(sources, Settings())
+    from paperpost.rank import Interest, Profile, rank
+
+    papers = _read_papers(sources, _settings())
     profile = Profile(
         tuple(Interest(t) for t in tag), tuple(exclude or ()), min_score=min_score, max_items=limit
     )
@@ -283,14 +336,29 @@ def preview(
 ) -> None:
     """Render one subscriber's digest from dumps to an HTML file (nothing is sent or stored)."""
     from paperpost.pipeline import profile_of, reader_of
+    from paperpost.rank import rank
     from paperpost.render import Edition, Renderer
+    from paperpost.store import Store
+    from paperpost.subscribers import load_subscribers
 
-    settings = Settings()
+    settings = _settings()
     entries, _ = load_subscribers(settings.subscribers_dir)
     match = [e for e in entries if e.subscriber.address == email.lower()]
     if not match:
         err.print(f"[red]error[/red] no valid subscriber {email} in {settings.subscribers_dir}")
         raise typer.Exit(1)
+    address = match[0].subscriber.address
+    suppressed = Store(settings.db_url).suppressions([address]).get(address)
+    if suppressed or not match[0].subscriber.active:
+        why = (
+            f"{suppressed.reason} since {suppressed.created_at:%Y-%m-%d}"
+            if suppressed
+            else f"paused (active: false in {match[0].path}:{match[0].line})"
+        )
+        err.print(
+            f"[yellow]note[/yellow] {escape(email)} is {escape(why)}: runs send them nothing; "
+            "this preview shows what they would get"
+        )
     papers = _read_papers(source or settings.sources, settings)
     items = rank(papers, profile_of(match[0]))
     renderer = Renderer()
@@ -305,7 +373,7 @@ def preview(
         reader_of(match[0]), items, edition, "https://example.invalid/unsubscribe"
     )
     output.write_text(renderer.html(context), encoding="utf-8")
-    out.print(f"{len(items)} papers for {email} → {output}")
+    out.print(f"{_plural(len(items), 'paper')} for {email} → {output}")
 
 
 @subscribers_app.command("validate")
@@ -315,7 +383,9 @@ def subscribers_validate(
     ] = None,
 ) -> None:
     """Check every subscriber file; print every error; exit 1 if any."""
-    target = folder or Settings().subscribers_dir
+    from paperpost.subscribers import load_subscribers
+
+    target = folder or _settings().subscribers_dir
     entries, errors = load_subscribers(target)
     for error in errors:
         err.print(escape(str(error)))
@@ -332,7 +402,10 @@ def subscribers_list(
 ) -> None:
     """List subscribers: tags, cadence, last digest, status, and why and since when an
     address is suppressed (the server's reply for a bounce)."""
-    settings = Settings()
+    from paperpost.store import Store
+    from paperpost.subscribers import load_subscribers
+
+    settings = _settings()
     entries, errors = load_subscribers(settings.subscribers_dir)
     store = Store(settings.db_url)
     addresses = [e.subscriber.address for e in entries]
@@ -395,7 +468,9 @@ def subscribers_reactivate(
     ] = False,
 ) -> None:
     """Lift a suppression (bounce, complaint or unsubscribe) so the address gets digests again."""
-    store = Store(Settings().db_url)
+    from paperpost.store import Store
+
+    store = Store(_settings().db_url)
     found = store.suppression(email)
     if found is None:
         err.print(f"[red]error[/red] {escape(email)} is not suppressed; nothing to do")
@@ -476,7 +551,11 @@ def subscribers_add(
     exclude: Annotated[list[str] | None, typer.Option(help="A tag or word to exclude.")] = None,
 ) -> None:
     """Write a new subscriber file (never overwrites one)."""
-    folder = Settings().subscribers_dir
+    from pydantic import ValidationError
+
+    from paperpost.subscribers import Subscriber, SubscriberFileError, add_subscriber
+
+    folder = _settings().subscribers_dir
     fields = {
         "email": email,
         "name": name,
@@ -504,8 +583,10 @@ def subscribers_remove(
     email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
 ) -> None:
     """Remove a subscriber: deletes their file, or their entry in a list file."""
+    from paperpost.subscribers import SubscriberFileError, remove_subscriber
+
     try:
-        path = remove_subscriber(Settings().subscribers_dir, email)
+        path = remove_subscriber(_settings().subscribers_dir, email)
     except SubscriberFileError as exc:
         err.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -517,6 +598,8 @@ def subscribers_tags(
     search: Annotated[str | None, typer.Argument(help="Only topics containing this text.")] = None,
 ) -> None:
     """The topic vocabulary: tags the ranker understands (other tags match by their words)."""
+    from paperpost.rank import vocabulary
+
     seen: dict[str, list[str]] = {}
     for name, topic in vocabulary().items():
         seen.setdefault(topic.id, [topic.name]).append(name)
@@ -537,7 +620,7 @@ def db_upgrade(
     from paperpost import schema
     from paperpost.db import create
 
-    url = _database_url(db) or Settings().db_url
+    url = _database_url(db) or _settings().db_url
     engine = create(url)
     try:
         with engine.connect() as conn:
@@ -599,6 +682,7 @@ def serve(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "digest-served",
 ) -> None:
     """Serve the digest flow on a cron schedule from this process (needs a Prefect server)."""
+    import requests
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
@@ -625,7 +709,7 @@ def serve(
 @app.command()
 def web(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve the unsubscribe and vote endpoints (set PAPERPOST_BASE_URL to its public URL)."""
     import uvicorn
@@ -640,7 +724,10 @@ def unsubscribe(
     token: Annotated[str, typer.Argument(help="The token from an unsubscribe link.")],
 ) -> None:
     """Record an unsubscribe from a signed token; later runs skip the address."""
-    settings = Settings()
+    from paperpost.store import Store
+    from paperpost.unsubscribe import BadToken, read_token
+
+    settings = _settings()
     try:
         address = read_token(settings.secret_key.get_secret_value(), token)
     except BadToken as exc:

@@ -1,18 +1,42 @@
 """Configuration: environment variables with the ``PAPERPOST_`` prefix, or a ``.env`` file.
 
 Every setting has a default that runs the bundled examples; see the README's
-configuration table.
+configuration table. A bad value raises :class:`ConfigError`, one line per variable.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from paperpost.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _split_list(value: Any) -> Any:
+    """A list setting from the environment: a JSON list, a comma-separated list or one value."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            items = None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError("a comma-separated list, one value, or a valid JSON list of strings")
+        return items
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+# A list of strings; in the environment: `a`, `a,b` or `["a", "b"]`.
+ListSetting = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
 class Settings(BaseSettings):
@@ -22,9 +46,10 @@ class Settings(BaseSettings):
         env_prefix="PAPERPOST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    sources: list[str] = Field(
+    sources: ListSetting = Field(
         default_factory=lambda: [str(PROJECT_ROOT / "examples" / "dumps")],
-        description="Dumps to read: files, folders, globs or http(s) URLs (JSON list in env).",
+        description="Dumps to read: files, folders, globs or http(s) URLs (comma-separated).",
+        examples=["examples/dumps,https://huggingface.co/api/daily_papers"],
     )
     subscribers_dir: Path = Field(
         default=PROJECT_ROOT / "subscribers", description="Folder of subscriber YAML files."
@@ -47,6 +72,7 @@ class Settings(BaseSettings):
     base_url: str | None = Field(
         default=None,
         description="Public https URL of `paperpost web`, for one-click unsubscribe links.",
+        examples=["https://paperpost.example.org"],
     )
     secret_key: SecretStr = Field(
         default=SecretStr("paperpost-development-key-change-me"),
@@ -125,14 +151,81 @@ class Settings(BaseSettings):
         "scheduler address like tcp://10.0.0.5:8786.",
     )
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError([_explain(type(self), e) for e in exc.errors()]) from None
+        except SettingsError as exc:
+            raise ConfigError([_explain_source(type(self), exc)]) from None
+
     @field_validator("base_url")
     @classmethod
     def _https_only(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("base_url must start with https:// (or http:// for testing)")
+            raise ValueError("an https:// URL (or http:// for testing)")
         return value.rstrip("/") if value else value
 
     @property
     def db_url(self) -> str:
         """The database URL in effect."""
         return self.database_url or f"sqlite:///{self.state_dir / 'paperpost.db'}"
+
+
+_EXPECTED = {
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "int_type": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "greater_than": "a number greater than {gt}",
+    "greater_than_equal": "a number of at least {ge}",
+    "less_than": "a number below {lt}",
+    "less_than_equal": "a number of at most {le}",
+    "literal_error": "one of {expected}",
+}
+_EXAMPLE_BY_TYPE = {"int": "10", "float": "1.5", "bool": "true"}
+_PASSWORD_IN_URL = re.compile(r"(://[^/:@]*:)[^@/]*@")
+
+
+def _explain(model: type[BaseSettings], error: Any) -> str:
+    """``PAPERPOST_X=value: expected ..., e.g. PAPERPOST_X=example`` for one pydantic error."""
+    name = str(error["loc"][0]) if error["loc"] else "?"
+    ctx = {k: (v if isinstance(v, str) else repr(v)) for k, v in (error.get("ctx") or {}).items()}
+    template = _EXPECTED.get(error["type"])
+    if template:
+        expected = template.format(**ctx)
+    else:
+        expected = str(error["msg"]).removeprefix("Value error, ").removeprefix("Input should be ")
+    return _line(model, name, error.get("input"), expected)
+
+
+def _explain_source(model: type[BaseSettings], exc: SettingsError) -> str:
+    found = re.search(r'field "(\w+)"', str(exc))
+    if not found:
+        return f"configuration: {exc}"
+    return _line(model, found.group(1), None, "a value in the form below")
+
+
+def _line(model: type[BaseSettings], name: str, value: Any, expected: str) -> str:
+    variable = f"PAPERPOST_{name.upper()}"
+    field = model.model_fields.get(name)
+    if field is None:
+        return f"{variable}: expected {expected}"
+    if value is None:
+        shown = ""
+    elif "SecretStr" in str(field.annotation):
+        shown = "=<hidden>"
+    else:
+        text = _PASSWORD_IN_URL.sub(r"\1***@", str(value))
+        shown = "=" + (text if len(text) <= 60 else text[:57] + "...")
+    if field.examples:
+        example = str(field.examples[0])
+    elif field.default is not None and not isinstance(field.default, SecretStr):
+        example = str(field.default).lower() if isinstance(field.default, bool) else field.default
+    else:
+        kind = re.search(r"\b(int|float|bool)\b", str(field.annotation))
+        example = _EXAMPLE_BY_TYPE[kind.group(1)] if kind else "..."
+    return f"{variable}{shown}: expected {expected}, e.g. {variable}={example}"

@@ -180,9 +180,21 @@ def reset_postgres(url: str, migrate: bool = True) -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect server for the whole session (it costs ~10 s to start)."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Prefect API for the session: the in-process one `paperpost run` starts, on a
+    fresh database (migrating it is most of the few seconds this costs)."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    from flows.local_api import LocalAPI
+
+    database = tmp_path_factory.mktemp("prefect") / "prefect.db"
+    with temporary_settings(
+        {PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{database}"}
+    ):
+        api = LocalAPI().start()
+    try:
+        api.wait_ready()
+        with api.in_use():
+            yield
+    finally:
+        api.stop()

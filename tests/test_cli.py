@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -192,3 +195,60 @@ def test_readme_documents_every_setting() -> None:
         variable = f"PAPERPOST_{name.upper()}"
         short = "_" + name.upper().split("_", 1)[-1]
         assert variable in readme or (name.startswith("smtp_") and f"`{short}`" in readme), name
+
+
+def test_commands_that_run_no_flow_never_import_prefect(tmp_path: Path) -> None:
+    """`--help` imports none of the heavy libraries; no command but run/serve imports Prefect."""
+    script = f"""
+import json, sys
+from paperpost.cli import app
+
+def call(*args):
+    try:
+        app(list(args), prog_name="paperpost")
+    except SystemExit:
+        pass
+
+heavy = ("prefect", "sqlalchemy", "numpy", "requests", "pydantic_settings")
+call("--help")
+after_help = [name for name in heavy if name in sys.modules]
+call("parse", "{EXAMPLES / "dumps"}", "--jsonl")
+call("rank", "--tag", "agents", "{EXAMPLES / "dumps"}")
+call("preview", "alice@example.org", "--out", "{tmp_path / "p.html"}")
+for command in ("validate", "list", "tags"):
+    call("subscribers", command)
+call("unsubscribe", "not-a-token")
+print(json.dumps([after_help, "prefect" in sys.modules, (sys.modules.get("paperpost.rank") and 1)]))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERPOST_")}
+    env["PAPERPOST_DATABASE_URL"] = f"sqlite:///{tmp_path / 'pp.db'}"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    after_help, prefect, ranked = json.loads(result.stdout.splitlines()[-1])
+    assert after_help == [] and prefect is False and ranked == 1, result.stderr
+    assert (tmp_path / "p.html").exists()  # the commands did run
+
+
+def test_preview_says_when_the_reader_gets_nothing(tmp_path: Path, monkeypatch) -> None:
+    from paperpost.store import Store
+
+    url = f"sqlite:///{tmp_path / 'pp.db'}"
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", url)
+    out = tmp_path / "p.html"
+    paused = runner.invoke(app, ["preview", "erin@example.org", "--out", str(out)])
+    assert paused.exit_code == 0, paused.output
+    assert paused.stdout == f"1 paper for erin@example.org → {out}\n"  # not "1 papers"
+    assert "erin@example.org is paused (active: false in " in paused.stderr
+    assert "research-group.yaml:11)" in paused.stderr and "send them nothing" in paused.stderr
+    Store(url).suppress("bob@example.org", "unsubscribed")
+    gone = runner.invoke(app, ["preview", "bob@example.org", "--out", str(out)])
+    assert gone.exit_code == 0 and "2 papers for bob@example.org" in gone.stdout
+    assert "bob@example.org is unsubscribed since " in gone.stderr
+    active = runner.invoke(app, ["preview", "alice@example.org", "--out", str(out)])
+    assert active.exit_code == 0 and active.stderr == ""
+
+
+def test_web_does_not_default_to_the_smtp_sink_port() -> None:
+    result = runner.invoke(app, ["web", "--help"])
+    assert "8025" not in result.stdout and "8000" in result.stdout

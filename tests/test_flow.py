@@ -26,7 +26,7 @@ def titles(msg) -> str:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_digest_flow_end_to_end(tmp_path: Path) -> None:
+def test_digest_flow_end_to_end(tmp_path: Path, monkeypatch) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -38,12 +38,8 @@ def test_digest_flow_end_to_end(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "subscribers", subs)
     (subs / "zed.yaml").write_text("email: zed@example.org\ntags:\n  - agents\n  - 3\n")
     outbox = tmp_path / "outbox"
-    args = dict(
-        sources=[str(dumps)],
-        subscribers_dir=str(subs),
-        database_url=f"sqlite:///{tmp_path / 'pp.db'}",
-        outbox_dir=str(outbox),
-    )
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", f"sqlite:///{tmp_path / 'pp.db'}")
+    args = dict(sources=[str(dumps)], subscribers_dir=str(subs), outbox_dir=str(outbox))
 
     first = digest(**args)
     assert first["papers_new"] == 13 and first["digests_sent"] == 4
@@ -125,10 +121,9 @@ def test_flow_on_a_local_dask_cluster_with_smtp_550(tmp_path: Path, monkeypatch)
                 "dashboard_address": None,
             }
         )
+        monkeypatch.setenv("PAPERPOST_DATABASE_URL", f"sqlite:///{tmp_path / 'pp.db'}")
         result = digest.with_options(task_runner=runner)(
-            sources=[str(EXAMPLES / "dumps")],
-            subscribers_dir=str(subs),
-            database_url=f"sqlite:///{tmp_path / 'pp.db'}",
+            sources=[str(EXAMPLES / "dumps")], subscribers_dir=str(subs)
         )
     finally:
         server.stop()
@@ -149,3 +144,37 @@ def test_flow_on_a_local_dask_cluster_with_smtp_550(tmp_path: Path, monkeypatch)
     assert "| bob@example.org | failed | permanent: 550 5.1.1 no such mailbox" in summary
     assert "s3cret-pass" not in summary and "s3cret-pass" not in str(table)
     assert "bob@example.org" in str(table) and "failed" in str(table)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_stores_no_secret_in_flow_run_parameters_or_logs(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.logging.handlers import APILogWorker
+    from typer.testing import CliRunner
+
+    from paperpost.cli import app
+
+    secrets = {"db-path-s3cret", "smtp-pa55word", "signing-k3y-0123456789abcdef"}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAPERPOST_SMTP_PASSWORD", "smtp-pa55word")
+    monkeypatch.setenv("PAPERPOST_SECRET_KEY", "signing-k3y-0123456789abcdef")
+    database = tmp_path / "db-path-s3cret" / "pp.db"
+    database.parent.mkdir()
+    result = CliRunner().invoke(
+        app, ["run", "--json", "--db", f"sqlite:///{database}", "--outbox", "out"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["digests_sent"] == 4
+    assert database.exists()  # the --db option reached the flow through the environment
+    APILogWorker.drain_all()
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    stored = json.dumps(run.parameters, default=str) + "\n".join(log.message for log in logs)
+    assert "today" in run.parameters and logs
+    for secret in secrets:
+        assert secret not in stored

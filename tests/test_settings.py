@@ -1,0 +1,86 @@
+"""Configuration errors through the real command line: one line per bad variable, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from conftest import EXAMPLES
+from paperpost.cli import app
+
+
+def paperpost(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PAPERPOST_")}
+    return subprocess.run(
+        [sys.executable, "-m", "paperpost", *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bad_values_are_one_line_each_with_an_example(tmp_path: Path) -> None:
+    result = paperpost(
+        ["run", "--no-prefect"],
+        tmp_path,
+        PAPERPOST_SMTP_PORT="abc",
+        PAPERPOST_SOURCES='["examples/dumps",',
+        PAPERPOST_DELIVERY="smpt",
+        PAPERPOST_MAX_ERROR_RATE="2",
+        PAPERPOST_BASE_URL="ftp://user:hunter2@example.org",
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert sorted(lines) == sorted(
+        [
+            "configuration error PAPERPOST_SMTP_PORT=abc: expected a whole number, "
+            "e.g. PAPERPOST_SMTP_PORT=587",
+            'configuration error PAPERPOST_SOURCES=["examples/dumps",: expected a '
+            "comma-separated list, one value, or a valid JSON list of strings, "
+            "e.g. PAPERPOST_SOURCES=examples/dumps,https://huggingface.co/api/daily_papers",
+            "configuration error PAPERPOST_DELIVERY=smpt: expected one of 'outbox' or 'smtp', "
+            "e.g. PAPERPOST_DELIVERY=outbox",
+            "configuration error PAPERPOST_MAX_ERROR_RATE=2: expected a number of at most 1.0, "
+            "e.g. PAPERPOST_MAX_ERROR_RATE=0.5",
+            "configuration error PAPERPOST_BASE_URL=ftp://user:***@example.org: expected an "
+            "https:// URL (or http:// for testing), e.g. "
+            "PAPERPOST_BASE_URL=https://paperpost.example.org",
+        ]
+    )
+
+
+def test_a_bad_value_in_dotenv_is_named_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PAPERPOST_SMTP_TIMEOUT=soon\n")
+    result = paperpost(["subscribers", "list"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "configuration error PAPERPOST_SMTP_TIMEOUT=soon: expected a number, "
+        "e.g. PAPERPOST_SMTP_TIMEOUT=30.0\n"
+    )
+
+
+def test_list_settings_take_one_value_a_comma_list_or_json(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    first, second = EXAMPLES / "dumps" / "2026-11-19.txt", EXAMPLES / "dumps" / "2026-11-20.txt"
+    shutil.copy(first, tmp_path)
+    runs = {
+        "one": ("2026-11-19.txt", 7),
+        "comma": (f" {first} ,{second},", 13),
+        "json": (json.dumps([str(first), str(second)]), 13),
+    }
+    for name, (value, papers) in runs.items():
+        monkeypatch.setenv("PAPERPOST_SOURCES", value)
+        result = CliRunner().invoke(
+            app, ["run", "--no-prefect", "--json", "--db", f"{name}.db", "--outbox", name]
+        )
+        assert result.exit_code == 0, (name, result.output)
+        assert json.loads(result.stdout)["papers_seen"] == papers, name
