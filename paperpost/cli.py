@@ -246,8 +246,9 @@ def bounces(
 ) -> None:
     """Read bounces, complaints and mailto unsubscribes; suppress who must not be mailed."""
     from paperpost.bounces import BounceError, process
+    from paperpost.store import Store
 
-    settings = Settings()
+    settings = _settings()
     if mailbox:
         settings = settings.model_copy(update={"bounce_mailbox": mailbox})
     if not settings.bounce_mailbox:
@@ -499,8 +500,10 @@ def subscribers_show(
     """One subscriber: tags, follows, liked examples, votes and the profile's top terms."""
     from paperpost.feedback import find_papers, history, tastes, votes_of
     from paperpost.profile import top_terms
+    from paperpost.store import Store
+    from paperpost.subscribers import load_subscribers
 
-    settings = Settings()
+    settings = _settings()
     entries, _ = load_subscribers(settings.subscribers_dir)
     match = [e for e in entries if e.subscriber.address == email.lower()]
     if not match:
@@ -642,8 +645,9 @@ def feedback_export(
 ) -> None:
     """Write every vote as JSON lines: address, paper_id, vote, title, digest, voted_at."""
     from paperpost.feedback import export_votes
+    from paperpost.store import Store
 
-    lines = export_votes(Store(Settings().db_url))
+    lines = export_votes(Store(_settings().db_url))
     if output is None:
         for line in lines:
             sys.stdout.write(line + "\n")
@@ -662,6 +666,7 @@ def feedback_import(
 ) -> None:
     """Load votes from JSON lines; per (address, paper) the later vote wins. All or nothing."""
     from paperpost.feedback import BadExport, parse_export, record_votes
+    from paperpost.store import Store
 
     try:
         with source.open(encoding="utf-8") as handle:
@@ -672,7 +677,7 @@ def feedback_import(
     except BadExport as exc:
         err.print(f"[red]error[/red] nothing imported:\n{escape(str(exc))}")
         raise typer.Exit(1) from None
-    record_votes(Store(Settings().db_url), votes)
+    record_votes(Store(_settings().db_url), votes)
     out.print(f"imported {len(votes)} votes from {source}")
 
 
