@@ -129,7 +129,7 @@ class Nudge:
         bonus: np.ndarray,
         similar: np.ndarray,
         voted: list[Paper],
-        lists: dict[int, tuple[np.ndarray, np.ndarray]],
+        lists: dict[int, tuple[list[int], list[int]]],
         follows: dict[int, dict[int, str]],
     ) -> None:
         self.papers = papers
@@ -180,31 +180,31 @@ class Nudge:
         if index is not None:
             bonus = float(self.bonus[index, paper])
             liked, disliked = self.lists[row]
-            if bonus >= EXPLAIN_AT and len(liked):
-                best = liked[int(np.argmax(self.similar[liked, paper]))]
+            if bonus >= EXPLAIN_AT and liked:
+                best = max(liked, key=lambda v: self.similar[v, paper])
                 parts.append(f"like '{_quote(self.voted[best].title)}' you liked")
-            elif bonus <= -EXPLAIN_AT and len(disliked):
-                best = disliked[int(np.argmax(self.similar[disliked, paper]))]
+            elif bonus <= -EXPLAIN_AT and disliked:
+                best = max(disliked, key=lambda v: self.similar[v, paper])
                 parts.append(f"like '{_quote(self.voted[best].title)}' you wanted fewer of")
         return "; ".join(parts)
 
 
-def _mean_similarity(similar: np.ndarray, lists: list[np.ndarray]) -> np.ndarray:
+def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
     """Row r: the mean of ``similar`` over the voted papers in ``lists[r]`` (0 if none)."""
     padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
-    blank = similar.shape[0]
     out = np.zeros((len(lists), similar.shape[1]), dtype=similar.dtype)
     for start in range(0, len(lists), _CHUNK):
         block = lists[start : start + _CHUNK]
-        width = max((len(items) for items in block), default=0)
-        if not width:
+        counts = np.fromiter((len(items) for items in block), dtype=np.intp, count=len(block))
+        if not counts.any():
             continue
-        index = np.full((len(block), width), blank)
-        counts = np.ones(len(block), dtype=similar.dtype)
-        for i, items in enumerate(block):
-            index[i, : len(items)] = items
-            counts[i] = max(len(items), 1)
-        out[start : start + len(block)] = padded[index].sum(axis=1) / counts[:, None]
+        # a (readers × most votes) matrix of voted-paper rows, padded with the zero row
+        index = np.full((len(block), int(counts.max())), similar.shape[0])
+        rows = np.repeat(np.arange(len(block)), counts)
+        cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        index[rows, cols] = [i for items in block for i in items]
+        total = padded[index].sum(axis=1)
+        out[start : start + len(block)] = total / np.maximum(counts, 1)[:, None]
     return out
 
 
@@ -221,24 +221,25 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], history: History) ->
     for i, vec in enumerate(vectors):
         new[i, [vocab[t] for t in vec]] = list(vec.values())
 
-    position: dict[str, int] = {}
+    position: dict[int, int] = {}  # id(paper) -> index in voted (Paper.id folds titles: slow)
     voted: list[Paper] = []
     voters: list[int] = []
-    likes: list[np.ndarray] = []
-    dislikes: list[np.ndarray] = []
-    lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    likes: list[list[int]] = []
+    dislikes: list[list[int]] = []
+    lists: dict[int, tuple[list[int], list[int]]] = {}
     for row, taste in enumerate(tastes):
         if not (taste.liked or taste.disliked):
             continue
-        pair = []
+        pair: list[list[int]] = []
         for group in (taste.liked, taste.disliked):
             indices = []
             for paper in group:
-                if paper.id not in position:
-                    position[paper.id] = len(voted)
+                index = position.get(id(paper))
+                if index is None:
+                    index = position[id(paper)] = len(voted)
                     voted.append(paper)
-                indices.append(position[paper.id])
-            pair.append(np.array(indices, dtype=np.intp))
+                indices.append(index)
+            pair.append(indices)
         voters.append(row)
         likes.append(pair[0])
         dislikes.append(pair[1])
@@ -248,12 +249,14 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], history: History) ->
     bonus = np.zeros((0, len(papers)), dtype=np.float32)
     similar = np.zeros((0, len(papers)), dtype=np.float32)
     if voted:
-        old = np.zeros((len(voted), len(vocab)), dtype=np.float32)
-        for i, paper in enumerate(voted):
+        by_term = np.ascontiguousarray(new.T)  # term × new paper
+        similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
+        for i, paper in enumerate(voted):  # sparse × dense: a voted paper has few terms
             vec = vector(paper, history)
             shared = [t for t in vec if t in vocab]
-            old[i, [vocab[t] for t in shared]] = [vec[t] for t in shared]
-        similar = old @ new.T
+            if shared:
+                weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
+                similar[i] = weights @ by_term[[vocab[t] for t in shared]]
         span = FULL_AT - NOISE
         toward = np.clip((_mean_similarity(similar, likes) - NOISE) / span, 0.0, 1.0)
         away = np.clip((_mean_similarity(similar, dislikes) - NOISE) / span, 0.0, 1.0)

@@ -71,12 +71,12 @@ class Settings(BaseSettings):
     )
     base_url: str | None = Field(
         default=None,
-        description="Public https URL of `paperpost web`, for one-click unsubscribe links.",
+        description="Public https URL of `paperpost web`, for unsubscribe and vote links.",
         examples=["https://paperpost.example.org"],
     )
     secret_key: SecretStr = Field(
         default=SecretStr("paperpost-development-key-change-me"),
-        description="Key that signs unsubscribe links. Set your own in production.",
+        description="Key that signs unsubscribe and vote links. Set your own in production.",
     )
     smtp_host: str = Field(default="localhost", description="SMTP server.")
     smtp_port: int = Field(default=587, description="SMTP port (465 = implicit TLS).")

@@ -58,6 +58,7 @@ window.addEventListener("load", () => {
   }
   const texts = [...doc.querySelectorAll(
     ".card .title-link, .card .abstract, .card .meta, .card .why, .card .tldr, .card .rank, "
+    + ".card .vote, "
     + ".headline, .counts, .footer")];
   const links = [...doc.querySelectorAll("a[href]")].map(a => {
     const r = a.getClientRects()[0];  // the first line box of a link that wraps
@@ -133,8 +134,11 @@ def digest_html(corpus, tmp_path_factory) -> Path:
         date(2026, 11, 25),
         len(corpus),
     )
-    reader = Reader("ann@example.org", "Ann", ("agents", "reasoning"))
-    context = renderer.context(reader, items, edition, "https://pp.example.org/unsubscribe/t")
+    reader = Reader("ann@example.org", "Ann", ("agents", "reasoning"), reader_id="r-ann")
+    context = renderer.context(
+        reader, items, edition, "https://pp.example.org/unsubscribe/t", digest="1-300"
+    )
+    assert all(card.more_url and card.fewer_url for card in context["cards"])
     path = tmp_path_factory.mktemp("digest") / "digest.html"
     path.write_text(renderer.html(context), encoding="utf-8")
     return path
@@ -172,3 +176,41 @@ def test_digest_in_chromium(digest_html: Path, tmp_path: Path, width: int, schem
     for link in result["links"]:
         assert link["clickable"], link
         assert link["href"].startswith(("https://", "http://"))
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_card_with_vote_links(shared_papers, tmp_path: Path, scheme: str) -> None:
+    """One card as a reader sees it, with "More like this" / "Fewer like this" (screenshot
+    kept as card-votes-<scheme>.png; docs/img has copies for the README)."""
+    if CHROMIUM is None:
+        if os.environ.get("PAPERPOST_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed but PAPERPOST_REQUIRE_BROWSER is set")
+        pytest.skip("install Debian's chromium to look at rendered digests")
+    items = rank(shared_papers, Profile((Interest("speculative-decoding"),), max_items=1))
+    edition = Edition(
+        "paperpost <d@example.org>", "k", "https://pp.example.org", date(2026, 11, 25), 1
+    )
+    reader = Reader("ann@example.org", "Ann", ("speculative-decoding",), reader_id="r-ann")
+    renderer = Renderer()
+    context = renderer.context(reader, items, edition, "https://pp.example.org/u/t", digest="1-9")
+    page = tmp_path / "card.html"
+    page.write_text(frame_page(renderer.html(context), 600), encoding="utf-8")
+    flags = [
+        "--window-size=600,560",
+        f"--blink-settings=preferredColorScheme={0 if scheme == 'dark' else 1}",
+    ]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / f"card-votes-{scheme}.png"
+    chromium([*flags, f"--screenshot={shot}", page.as_uri()], tmp_path / "p1")
+    assert shot.stat().st_size > 10_000
+    dom = chromium(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], tmp_path / "p2"
+    ).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, "the probe script did not run"
+    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    votes = [link for link in result["links"] if "/vote/" in link["href"]]
+    assert [v["href"].split("/")[4] for v in votes] == ["more", "fewer"]
+    assert all(v["clickable"] for v in votes)
+    assert result["minContrast"] >= 4.5, result["worst"]
