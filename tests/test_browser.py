@@ -180,18 +180,16 @@ def test_digest_in_chromium(digest_html: Path, tmp_path: Path, width: int, schem
 
 @pytest.mark.browser
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_card_with_vote_links(shared_papers, tmp_path: Path, scheme: str) -> None:
+@pytest.mark.usefixtures("working_chromium")
+def test_card_with_vote_links(corpus, tmp_path: Path, scheme: str) -> None:
     """One card as a reader sees it, with "More like this" / "Fewer like this" (screenshot
     kept as card-votes-<scheme>.png; docs/img has copies for the README)."""
-    if CHROMIUM is None:
-        if os.environ.get("PAPERPOST_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed but PAPERPOST_REQUIRE_BROWSER is set")
-        pytest.skip("install Debian's chromium to look at rendered digests")
-    items = rank(shared_papers, Profile((Interest("speculative-decoding"),), max_items=1))
+    items = rank(corpus, Profile((Interest("agents"),), max_items=1))
+    assert items
     edition = Edition(
         "paperpost <d@example.org>", "k", "https://pp.example.org", date(2026, 11, 25), 1
     )
-    reader = Reader("ann@example.org", "Ann", ("speculative-decoding",), reader_id="r-ann")
+    reader = Reader("ann@example.org", "Ann", ("agents",), reader_id="r-ann")
     renderer = Renderer()
     context = renderer.context(reader, items, edition, "https://pp.example.org/u/t", digest="1-9")
     page = tmp_path / "card.html"
