@@ -1,32 +1,92 @@
-"""The whole job at 1,000 / 10,000 / 100,000 subscribers: Prefect flow vs plain loop.
+"""The whole job end to end, in paired runs: Prefect flow vs plain loop, before vs after.
 
-    python benchmarks/end_to_end.py [--sizes 1000 10000 100000] [--deliveries outbox smtp]
+    python benchmarks/end_to_end.py [--sizes 1000 10000] [--deliveries outbox smtp]
+        [--engines plain flow] [--pairs 3] [--before /path/to/older/checkout] [--no-warm]
 
-300 new papers (the shared dumps, first 300) and N synthetic subscribers (1-4 tags each),
-rank → render → deliver to the .eml outbox or to a local SMTP sink (aiosmtpd, another
-process). Each case runs in a fresh process with a fresh database, so its peak RSS is its
-own; flow cases talk to one `prefect server` started here (its startup is not timed).
+300 new papers (the shared dumps, first 300) and N synthetic subscribers in one list file
+(1-4 tags each), rank → render → deliver to the outbox or to a local SMTP sink (aiosmtpd in
+its own process; its CPU seconds are reported per case, since on 2 cores it competes with the
+job). Digests are real size (10 cards, ~33 KB).
+
+Variants are (code tree, engine) pairs; with ``--before`` the same cases also run against an
+older checkout (imported through PYTHONPATH, checked). Every round runs every variant once,
+in the same order (A B A B ...), each in a fresh process with a fresh database and outbox,
+so drift on a shared machine hits all variants alike; medians and per-round ratios are
+reported. Each process reports:
+
+- ``import s``: interpreter start to the engine's modules imported (what every run pays; the
+  plain engine imports no Prefect, checked);
+- ``cold s``: the first job in the process (templates, premailer learning, engines);
+- ``warm s``: a second job in the same process on a fresh database and outbox (what a
+  long-lived worker pays per run);
+- ``process s``: the parent's wall clock for the whole process (start-up + cold + warm + exit).
+
+Flow cases talk to one ``prefect server`` started here; its start-up (paid by ``paperpost
+run`` on every run without a configured server) is measured once and reported on its own.
 """
 
 from __future__ import annotations
+
+import sys
+import time
+
+START = time.perf_counter()
+
+
+def child(engine: str, warm: bool) -> None:
+    """Run the job once (cold) and optionally again (warm) and print one JSON line."""
+    import json
+    import os
+    import resource
+
+    if engine == "flow":
+        from flows.digest import digest
+    else:
+        from paperpost.pipeline import run_plain
+    import paperpost
+    from paperpost.settings import Settings
+
+    imported = time.perf_counter() - START
+
+    def job() -> dict:
+        clock = time.perf_counter()
+        summary = digest() if engine == "flow" else run_plain(Settings()).to_json()
+        return {
+            "seconds": time.perf_counter() - clock,
+            "sent": summary["digests_sent"],
+            "stages": summary["stage_seconds"],
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+
+    result = {"import_s": imported, "prefect_imported": "prefect" in sys.modules}
+    result["cold"] = job()
+    if warm:
+        os.environ["PAPERPOST_DATABASE_URL"] += "-warm"
+        os.environ["PAPERPOST_OUTBOX_DIR"] += "-warm"
+        result["warm"] = job()
+    result["paperpost_file"] = paperpost.__file__
+    print(json.dumps(result))
+
+
+if __name__ == "__main__" and "--case" in sys.argv:
+    child(sys.argv[sys.argv.index("--case") + 1], "--warm" in sys.argv)
+    sys.exit(0)
 
 import argparse
 import json
 import multiprocessing as mp
 import os
 import random
-import resource
+import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from common import report
+from common import cpu_of, report
 from smtp_server import free_port
 
 HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
@@ -40,7 +100,7 @@ def sink(port: int, ready: mp.Event, stop: mp.Event) -> None:
         async def handle_DATA(self, server, session, envelope):
             return "250 OK"
 
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, data_size_limit=0)
     controller.start()
     ready.set()
     stop.wait()
@@ -58,51 +118,16 @@ def prepare(folder: Path, size: int) -> None:
     (folder / "dumps" / "today.txt").write_text(HEADER + body + "\n")
     tags = sorted({t.id for t in vocabulary().values()})
     rng = random.Random(size)
-    lines = []
-    for i in range(size):
-        chosen = ", ".join(rng.sample(tags, rng.randint(1, 4)))
-        lines.append(f"- email: reader{i}@example.org\n  tags: [{chosen}]\n")
-    (folder / "subscribers.yaml").write_text("".join(lines))
+    with (folder / "subscribers.yaml").open("w") as out:
+        for i in range(size):
+            chosen = ", ".join(rng.sample(tags, rng.randint(1, 4)))
+            out.write(f"- email: reader{i}@example.org\n  tags: [{chosen}]\n")
 
 
-def case(engine: str) -> None:
-    """Child process: run the job once and print timing and peak RSS as JSON.
+def start_prefect(env: dict[str, str], port: int) -> tuple[subprocess.Popen, float]:
+    import requests
 
-    Imports happen before the clock starts (Prefect's import alone takes seconds)."""
-    from flows.digest import digest
-    from paperpost.pipeline import run_plain
-    from paperpost.settings import Settings
-
-    start = time.perf_counter()
-    summary = digest() if engine == "flow" else run_plain(Settings()).to_json()
-    print(
-        json.dumps(
-            {
-                "seconds": time.perf_counter() - start,
-                "sent": summary["digests_sent"],
-                "skipped": summary["digests_skipped"],
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            }
-        )
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    parser.add_argument("--deliveries", nargs="+", default=["outbox", "smtp"])
-    parser.add_argument("--case", choices=["flow", "plain"])
-    args = parser.parse_args()
-    if args.case:
-        case(args.case)
-        return
-    root = Path(tempfile.mkdtemp())
-    api_port, smtp_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(root / "prefect"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{api_port}/api",
-    }
+    clock = time.perf_counter()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -113,91 +138,205 @@ def main() -> None:
             "--host",
             "127.0.0.1",
             "--port",
-            str(api_port),
+            str(port),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    for _ in range(600):
+        try:
+            requests.get(f"{env['PREFECT_API_URL']}/health", timeout=1).raise_for_status()
+            return server, time.perf_counter() - clock
+        except requests.RequestException:
+            time.sleep(0.2)
+    server.terminate()
+    raise RuntimeError("prefect server did not start within 2 minutes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000])
+    parser.add_argument("--deliveries", nargs="+", default=["outbox", "smtp"])
+    parser.add_argument("--engines", nargs="+", default=["plain", "flow"])
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="an older checkout to compare against")
+    parser.add_argument("--no-warm", action="store_true", help="skip the warm second job")
+    parser.add_argument("--name", default="end_to_end", help="results/<name>.json")
+    args = parser.parse_args()
+    trees = {"after": HERE.parent}
+    if args.before:
+        trees = {"before": args.before.resolve(), **trees}
+    variants = [(tree, engine) for engine in args.engines for tree in trees]
+    root = Path(tempfile.mkdtemp(prefix="pp-e2e-"))
+    api_port, smtp_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{api_port}/api",
+    }
+    server, server_start = start_prefect(env, api_port) if "flow" in args.engines else (None, 0.0)
     ready, stop = mp.Event(), mp.Event()
     smtp = mp.Process(target=sink, args=(smtp_port, ready, stop))
     smtp.start()
     ready.wait(30)
-    import requests
-
-    for _ in range(120):
-        try:
-            requests.get(f"{env['PREFECT_API_URL']}/health", timeout=1).raise_for_status()
-            break
-        except requests.RequestException:
-            time.sleep(1)
-    rows = []
+    runs: list[dict] = []
     try:
         for size in args.sizes:
             data = root / f"data-{size}"
             prepare(data, size)
             for delivery in args.deliveries:
-                results = {}
-                for engine in ("flow", "plain"):
-                    work = root / f"{size}-{delivery}-{engine}"
-                    case_env = {
-                        **env,
-                        "PAPERPOST_SOURCES": json.dumps([str(data / "dumps")]),
-                        "PAPERPOST_SUBSCRIBERS_DIR": str(data / "subscribers.yaml"),
-                        "PAPERPOST_DATABASE_URL": f"sqlite:///{work / 'pp.db'}",
-                        "PAPERPOST_OUTBOX_DIR": str(work / "outbox"),
-                        "PAPERPOST_DELIVERY": delivery,
-                        "PAPERPOST_SMTP_HOST": "127.0.0.1",
-                        "PAPERPOST_SMTP_PORT": str(smtp_port),
-                        "PAPERPOST_SMTP_SECURITY": "none",
-                    }
-                    out = (
-                        subprocess.run(
-                            [sys.executable, __file__, "--case", engine],
+                for round_ in range(args.pairs):
+                    for tree, engine in variants:
+                        work = root / f"{size}-{delivery}-{tree}-{engine}-{round_}"
+                        case_env = {
+                            **env,
+                            "PYTHONPATH": str(trees[tree]),
+                            "PAPERPOST_SOURCES": json.dumps([str(data / "dumps")]),
+                            "PAPERPOST_SUBSCRIBERS_DIR": str(data / "subscribers.yaml"),
+                            "PAPERPOST_DATABASE_URL": f"sqlite:///{work / 'pp.db'}",
+                            "PAPERPOST_OUTBOX_DIR": str(work / "outbox"),
+                            "PAPERPOST_DELIVERY": delivery,
+                            "PAPERPOST_SMTP_HOST": "127.0.0.1",
+                            "PAPERPOST_SMTP_PORT": str(smtp_port),
+                            "PAPERPOST_SMTP_SECURITY": "none",
+                        }
+                        command = [sys.executable, __file__, "--case", engine]
+                        command += [] if args.no_warm else ["--warm"]
+                        sink_cpu = cpu_of(smtp.pid)
+                        clock = time.perf_counter()
+                        done = subprocess.run(
+                            command,
                             env=case_env,
                             capture_output=True,
                             text=True,
-                            check=True,
-                            cwd=HERE.parent,
+                            cwd=trees[tree],
                         )
-                        .stdout.strip()
-                        .splitlines()[-1]
-                    )
-                    results[engine] = json.loads(out)
-                    r = results[engine]
-                    rows.append(
-                        [
-                            size,
-                            delivery,
-                            engine,
-                            r["seconds"],
-                            r["sent"] / r["seconds"],
-                            r["peak_rss_mb"],
-                            r["sent"],
-                        ]
-                    )
-                    print(rows[-1], flush=True)
+                        wall = time.perf_counter() - clock
+                        if done.returncode:
+                            raise RuntimeError(f"{tree}/{engine} failed:\n{done.stderr[-3000:]}")
+                        result = json.loads(done.stdout.strip().splitlines()[-1])
+                        if not result["paperpost_file"].startswith(str(trees[tree])):
+                            raise RuntimeError(f"{tree} imported {result['paperpost_file']}")
+                        if engine == "plain" and result["prefect_imported"]:
+                            print(f"note: {tree}/plain imported Prefect", flush=True)
+                        result.update(
+                            size=size,
+                            delivery=delivery,
+                            tree=tree,
+                            engine=engine,
+                            round=round_,
+                            process_s=wall,
+                            sink_cpu_s=cpu_of(smtp.pid) - sink_cpu,
+                        )
+                        runs.append(result)
+                        warm = result.get("warm", {}).get("seconds", "")
+                        print(
+                            f"{size} {delivery} {tree}/{engine} round {round_}: "
+                            f"cold {result['cold']['seconds']:.2f}s warm {warm} "
+                            f"process {wall:.2f}s rss {result['cold']['rss_mb']:.0f} MB",
+                            flush=True,
+                        )
+    finally:
+        stop.set()
+        smtp.join(10)
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+    rows, ratios = tables(runs, variants, trees, args)
+    report(
+        args.name,
+        [
+            "subscribers",
+            "delivery",
+            "variant",
+            "cold s",
+            "warm s",
+            "digests/s cold",
+            "import s",
+            "process s",
+            "peak RSS MB",
+            "sink CPU s",
+            "sent",
+        ],
+        rows,
+        {"runs": runs, "ratios": ratios, "prefect_server_start_s": server_start},
+    )
+    print()
+    for line in ratios:
+        print(line["text"])
+    if server is not None:
+        print(
+            f"\nprefect server start (paid by every `paperpost run` without one): "
+            f"{server_start:.1f} s"
+        )
+
+
+def tables(runs: list[dict], variants, trees, args) -> tuple[list[list[object]], list[dict]]:
+    def med(values: list[float]) -> float | str:
+        return statistics.median(values) if values else ""
+
+    rows: list[list[object]] = []
+    ratios: list[dict] = []
+    for size in args.sizes:
+        for delivery in args.deliveries:
+            picked: dict[tuple[str, str], list[dict]] = {}
+            for tree, engine in variants:
+                mine = [
+                    r
+                    for r in runs
+                    if (r["size"], r["delivery"], r["tree"], r["engine"])
+                    == (size, delivery, tree, engine)
+                ]
+                picked[tree, engine] = mine
+                cold = [r["cold"]["seconds"] for r in mine]
                 rows.append(
                     [
                         size,
                         delivery,
-                        "flow/plain",
-                        results["flow"]["seconds"] / results["plain"]["seconds"],
-                        "",
-                        "",
-                        "",
+                        f"{tree}/{engine}",
+                        med(cold),
+                        med([r["warm"]["seconds"] for r in mine if "warm" in r]),
+                        mine[0]["cold"]["sent"] / statistics.median(cold),
+                        med([r["import_s"] for r in mine]),
+                        med([r["process_s"] for r in mine]),
+                        max(r.get("warm", r["cold"])["rss_mb"] for r in mine),
+                        med([r["sink_cpu_s"] for r in mine]),
+                        mine[0]["cold"]["sent"],
                     ]
                 )
-    finally:
-        stop.set()
-        smtp.join(10)
-        server.terminate()
-    report(
-        "end_to_end",
-        ["subscribers", "delivery", "engine", "wall s", "digests/s", "peak RSS MB", "sent"],
-        rows,
-        {},
-    )
+            comparisons = []
+            if "before" in trees:
+                comparisons += [(("after", e), ("before", e)) for e in args.engines]
+            if {"flow", "plain"} <= set(args.engines):
+                comparisons += [((t, "flow"), (t, "plain")) for t in trees]
+            for a, b in comparisons:
+                for phase in ("cold", "warm"):
+                    pairs = [
+                        x[phase]["seconds"] / y[phase]["seconds"]
+                        for x, y in zip(picked[a], picked[b], strict=True)
+                        if phase in x and phase in y
+                    ]
+                    if not pairs:
+                        continue
+                    text = (
+                        f"{size} {delivery} {phase}: {'/'.join(a)} ÷ {'/'.join(b)} = "
+                        f"{statistics.median(pairs):.3f} (pairs: "
+                        + ", ".join(f"{p:.3f}" for p in pairs)
+                        + ")"
+                    )
+                    ratios.append(
+                        {
+                            "size": size,
+                            "delivery": delivery,
+                            "phase": phase,
+                            "a": a,
+                            "b": b,
+                            "pairs": pairs,
+                            "text": text,
+                        }
+                    )
+    return rows, ratios
 
 
 if __name__ == "__main__":

@@ -332,7 +332,9 @@ class Renderer:
         if not reader.text_only:
             html = self.html(context)
             cards = list(context["cards"])  # type: ignore[call-overload]
-            while len(html.encode()) > HTML_LIMIT and len(cards) > 1:
+            while (
+                len(html) > HTML_LIMIT // 4 and len(html.encode()) > HTML_LIMIT and len(cards) > 1
+            ):
                 keep = max(1, int(len(cards) * HTML_LIMIT / len(html.encode())) - 1)
                 cards = cards[:keep]
                 context = {**context, "cards": cards, "more": len(items) - keep}
@@ -340,17 +342,15 @@ class Renderer:
         text = self.text(context)
 
         # Third-party values (name, subject) are sanitised (paperpost.sanitize), then
-        # encoded by EmailMessage and the SMTP policy; the rest are ASCII paperpost makes.
-        message = EmailMessage(policy=POLICY)
-        message["To"] = Address(
-            display_name=header_text(reader.name or "", NAME_CHARS), addr_spec=reader.email
-        )
-        message["Subject"] = str(context["subject"])
+        # written as the SMTP policy folds them (reader_headers); the rest are ASCII
+        # values paperpost makes.
         mime_head, body = mime_body(text, html, msg_id)
         unsubscribe = ", ".join(f"<{u}>" for u in (web, mailto) if u)
         head = (
             edition_headers(edition)
-            + b"".join(POLICY.fold_binary(k, v) for k, v in message.items())
+            + reader_headers(
+                header_text(reader.name or "", NAME_CHARS), reader.email, str(context["subject"])
+            )
             + (f"Message-ID: {msg_id}\r\nList-Unsubscribe: {unsubscribe}\r\n").encode("ascii")
             + mime_head
             + b"\r\n"
@@ -380,12 +380,64 @@ def edition_headers(edition: Edition) -> bytes:
     return b"".join(POLICY.fold_binary(k, v) for k, v in message.items())
 
 
+# Display names and addresses the SMTP policy writes exactly as given (no quoting, no
+# RFC 2047), and subject text it leaves alone: printable ASCII, single spaces, no "=?".
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+( [A-Za-z0-9!#$%&'*+/^_`{|}~-]+)*")
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*"
+)
+_PLAIN_TEXT = re.compile(r"[!-~]+( [!-~]+)*")
+
+
+def reader_headers(name: str, email: str, subject: str) -> bytes:
+    """``To`` and ``Subject`` as the SMTP policy folds them.
+
+    Reader-controlled values go through EmailMessage (quoting, RFC 2047, no CR/LF), which
+    costs about half a millisecond a message; values that policy would write unchanged
+    (plain ASCII words, an unquoted address, a short one-line subject) are written
+    directly. ``tests/test_render.py`` checks both paths give the same bytes.
+    """
+    to = f"{name} <{email}>" if name else email
+    if (
+        (not name or _PLAIN_NAME.fullmatch(name))
+        and _PLAIN_ADDRESS.fullmatch(email)
+        and _PLAIN_TEXT.fullmatch(subject)
+        and "=?" not in subject
+        and len(subject) < 900
+        and len(to) < 900
+    ):
+        return f"To: {to}\r\nSubject: {subject}\r\n".encode("ascii")
+    message = EmailMessage(policy=POLICY)
+    message["To"] = Address(display_name=name, addr_spec=email)
+    message["Subject"] = subject
+    return b"".join(POLICY.fold_binary(k, v) for k, v in message.items())
+
+
+_QP_LINES: dict[str, bytes] = {}
+_QP_CACHE_LIMIT = 50_000
+
+
 def _qp(text: str) -> bytes:
-    """Quoted-printable UTF-8 with CRLF line ends (binascii's C encoder)."""
-    crlf = text.replace("\r\n", "\n").replace("\n", "\r\n")
-    if not crlf.endswith("\r\n"):
-        crlf += "\r\n"  # as set_content does
-    return binascii.b2a_qp(crlf.encode("utf-8"), istext=True)
+    """Quoted-printable UTF-8 with CRLF line ends (binascii's C encoder), line by line.
+
+    Quoted-printable encodes each line on its own, so a digest's encoding is the join of
+    its lines' encodings; lines every digest shares (the template, a paper's card) are
+    encoded once and remembered, leaving only each reader's own lines to encode.
+    """
+    lines = text.replace("\r\n", "\n").split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # the text ended with a line break; set_content adds one otherwise
+    cache = _QP_LINES
+    if len(cache) > _QP_CACHE_LIMIT:
+        cache.clear()
+    out = []
+    for line in lines:
+        encoded = cache.get(line)
+        if encoded is None:
+            encoded = cache[line] = binascii.b2a_qp((line + "\r\n").encode("utf-8"), istext=True)
+        out.append(encoded)
+    return b"".join(out)
 
 
 def mime_body(text: str, html: str | None, msg_id: str) -> tuple[bytes, bytes]:

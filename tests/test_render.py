@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import email
+import email.errors
 from datetime import date
 from email import policy
 from email.message import EmailMessage
 
 import lxml.html
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, Ranked, rank
@@ -182,3 +185,62 @@ def test_premailer_runs_offline_keeps_important_and_is_quiet(renderer, capfd, ca
     assert "@media only screen and (max-width: 620px)" in html
     assert "padding: 6px 8px !important" in html or "padding:6px 8px !important" in html
     assert "prefers-color-scheme: dark" in html
+
+
+# --- fast paths: the same bytes as the standard library's ---------------------------------
+
+_HEADER_TEXT = st.text(
+    alphabet=st.sampled_from(list("aZ09 .,;:!?=\"'()<>@[]\\-_~#|{}…é\t")), max_size=60
+)
+
+
+def _reference_headers(name: str, email_address: str, subject: str) -> bytes:
+    from email.headerregistry import Address
+
+    from paperpost.render import POLICY
+
+    message = EmailMessage(policy=POLICY)
+    message["To"] = Address(display_name=name, addr_spec=email_address)
+    message["Subject"] = subject
+    return b"".join(POLICY.fold_binary(k, v) for k, v in message.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=_HEADER_TEXT,
+    local=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,15}", fullmatch=True),
+    subject=_HEADER_TEXT,
+)
+def test_reader_headers_match_the_email_package(name: str, local: str, subject: str) -> None:
+    from paperpost.render import reader_headers
+
+    address = f"{local}@example.org"
+    try:
+        reference = _reference_headers(name, address, subject)
+    except (ValueError, IndexError, email.errors.HeaderParseError):
+        return  # names the email package refuses; the fast path never sees them either
+    assert reader_headers(name, address, subject) == reference
+
+
+def test_reader_headers_fast_path_is_taken_for_plain_ascii() -> None:
+    from paperpost.render import reader_headers
+
+    fast = reader_headers("Ann Example", "ann@example.org", "3 new papers for you: Agents")
+    assert fast == _reference_headers(
+        "Ann Example", "ann@example.org", "3 new papers for you: Agents"
+    )
+    assert fast == b"To: Ann Example <ann@example.org>\r\nSubject: 3 new papers for you: Agents\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*"ab =.\t\r\n…é", "x" * 40]), max_size=100).map("".join))
+def test_line_cached_quoted_printable_equals_whole_text_encoding(text: str) -> None:
+    import binascii
+
+    from paperpost.render import _qp
+
+    crlf = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    if not crlf.endswith("\r\n"):
+        crlf += "\r\n"
+    assert _qp(text) == binascii.b2a_qp(crlf.encode("utf-8"), istext=True)
+    assert _qp(text) == _qp(text)  # second time from the cache
