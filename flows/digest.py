@@ -8,10 +8,9 @@ pure tasks do not. The run summary is returned and published as artefacts.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -34,6 +33,7 @@ _TASK = {"cache_policy": NONE, "persist_result": False}
 THREAD_BATCHES = 2
 DASK_BATCHES = 8
 _renderer: Renderer | None = None
+T = TypeVar("T")
 
 
 def task_runner(settings: Settings) -> TaskRunner:
@@ -80,39 +80,35 @@ def bounces(settings: Settings) -> dict:
     return pipeline.bounce_stage(settings, Store(settings.db_url))
 
 
-@task(name="load-subscribers", **_TASK)
-def subscribers(
-    folder: Path, cadence: str | None
-) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
-    return pipeline.load_readers(folder, cadence)
+class Box(Generic[T]):
+    """A batch's data between tasks, boxed: Prefect walks lists, dataclasses and models in
+    task arguments and results looking for futures, which costs real time for thousands
+    of subscribers, digests and messages; a plain object it passes through untouched
+    (also to Dask workers, which unpickle it)."""
 
+    __slots__ = ("value",)
 
-class Batch:
-    """Subscribers for one task, boxed: Prefect walks lists and models in task arguments
-    looking for futures, which costs real time for 2,000 subscribers; a plain object it
-    passes through untouched (also to Dask workers, which unpickle it)."""
-
-    __slots__ = ("entries",)
-
-    def __init__(self, entries: list[LoadedSubscriber]) -> None:
-        self.entries = entries
+    def __init__(self, value: T) -> None:
+        self.value = value
 
 
 @task(name="rank", retries=1, retry_delay_seconds=2, **_TASK)
-def rank(settings: Settings, plan: RunPlan, batch: Batch, today: date) -> pipeline.RankedBatch:
-    return pipeline.rank_stage(
-        Store(settings.db_url), plan, batch.entries, today, settings.send_empty
+def rank(
+    settings: Settings, plan: RunPlan, batch: Box[list[LoadedSubscriber]], today: date
+) -> Box[pipeline.RankedBatch]:
+    return Box(
+        pipeline.rank_stage(Store(settings.db_url), plan, batch.value, today, settings.send_empty)
     )
 
 
 @task(name="render", **_TASK)
-def render(ranked: pipeline.RankedBatch, edition: Edition) -> list[Outgoing]:
-    return pipeline.render_stage(renderer(), ranked.jobs, edition)
+def render(ranked: Box[pipeline.RankedBatch], edition: Edition) -> Box[list[Outgoing]]:
+    return Box(pipeline.render_stage(renderer(), ranked.value.jobs, edition))
 
 
 @task(name="send", retries=2, retry_delay_seconds=[10, 60], **_TASK)
-def send(settings: Settings, outgoing: list[Outgoing], run_id: int) -> list[Outcome]:
-    return pipeline.send_stage(settings, Store(settings.db_url), outgoing, run_id)
+def send(settings: Settings, outgoing: Box[list[Outgoing]], run_id: int) -> list[Outcome]:
+    return pipeline.send_stage(settings, Store(settings.db_url), outgoing.value, run_id)
 
 
 @flow(name="digest", log_prints=False, task_runner=task_runner(Settings()))
@@ -156,31 +152,33 @@ def digest(
         summary.bounces = bounces(settings)
         summary.stage_seconds["bounces"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        readers, errors = subscribers(settings.subscribers_dir, cadence)
-        for error in errors:
-            logger.warning("Skipping invalid subscriber entry: %s", error)
+        # subscribers are read as batches are submitted: memory holds the batches in
+        # flight, not the whole list
+        errors: list[SubscriberError] = []
+        readers = pipeline.stream_readers(settings.subscribers_dir, errors, cadence)
         edition = pipeline.edition_for(settings, plan, today)
-        batches = list(pipeline.batches(readers, settings.batch_size))
-        skips: list[pipeline.Skip] = []
+        skips: Counter[str] = Counter()
         in_flight: deque = deque()
         done = 0
 
         def collect() -> None:
             nonlocal done
             ranked, sent = in_flight.popleft()
-            skips.extend(ranked.result().skips)
+            skips.update(skip.reason for skip in ranked.result().value.skips)
             outcomes.extend(sent.result())
             done += 1
-            logger.info("Batch %s/%s done: %s deliveries so far", done, len(batches), len(outcomes))
+            logger.info("Batch %s done: %s deliveries so far", done, len(outcomes))
 
-        for batch in batches:
-            ranked = rank.submit(settings, plan, Batch(batch), today)
+        for batch in pipeline.batches(readers, settings.batch_size):
+            ranked = rank.submit(settings, plan, Box(batch), today)
             rendered = render.submit(ranked, edition)
             in_flight.append((ranked, send.submit(settings, rendered, run_id)))
             if len(in_flight) >= (DASK_BATCHES if settings.dask_address else THREAD_BATCHES):
                 collect()
         while in_flight:
             collect()
+        for error in errors:
+            logger.warning("Skipping invalid subscriber entry: %s", error)
         summary.stage_seconds["rank+render+send"] = time.perf_counter() - clock
         pipeline.summarize(store, summary, plan, reports, errors, skips, outcomes)
         store.finish_run(run_id, "finished", summary.to_json())

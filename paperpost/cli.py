@@ -196,7 +196,7 @@ def _run_plain(settings: Settings, day: date, quiet: bool) -> dict:
     with Progress(transient=True, console=err, disable=quiet) as bar:
         task = bar.add_task("rank → render → send", total=None)
 
-        def advance(done: int, total: int) -> None:
+        def advance(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
 
         return run_plain(settings, day, advance).to_json()

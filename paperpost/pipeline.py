@@ -7,14 +7,14 @@ imports Prefect.
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from uuid import uuid4
 
@@ -29,7 +29,7 @@ from paperpost.rank import Interest, Profile, Ranked, rank_many
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
 from paperpost.store import RunPlan, Store
-from paperpost.subscribers import LoadedSubscriber, SubscriberError, load_subscribers
+from paperpost.subscribers import LoadedSubscriber, SubscriberError, iter_subscribers
 
 LOCK = "digest-run"
 LOCK_TTL = timedelta(hours=2)
@@ -285,24 +285,20 @@ def send_stage(
 # --- whole-run helpers ---------------------------------------------------------------
 
 
-def load_readers(
-    folder: Path, cadence: str | None = None
-) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
-    """Valid subscribers (of one cadence, if given) and every error in their files.
-
-    They live for the whole run, so they are moved out of the garbage collector's view
-    (``gc.freeze``): with 100,000 readers, every full collection would walk them again.
-    """
-    entries, errors = load_subscribers(folder)
-    if cadence:
-        entries = [e for e in entries if e.subscriber.cadence == cadence]
-    gc.freeze()
-    return entries, errors
+def stream_readers(
+    folder: Path, errors: list[SubscriberError], cadence: str | None = None
+) -> Iterator[LoadedSubscriber]:
+    """Valid subscribers (of one cadence, if given), read as they are needed; every error
+    in their files is appended to ``errors``. Only a batch of them is ever in memory."""
+    for entry in iter_subscribers(folder, errors):
+        if not cadence or entry.subscriber.cadence == cadence:
+            yield entry
 
 
-def batches(items: Sequence[LoadedSubscriber], size: int) -> Iterator[list[LoadedSubscriber]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+def batches(items: Iterable[LoadedSubscriber], size: int) -> Iterator[list[LoadedSubscriber]]:
+    items = iter(items)
+    while batch := list(islice(items, size)):
+        yield batch
 
 
 def edition_for(settings: Settings, plan: RunPlan, today: date) -> Edition:
@@ -363,9 +359,10 @@ def summarize(
     plan: RunPlan,
     reports: Sequence[SourceReport],
     errors: Sequence[SubscriberError],
-    skips: Sequence[Skip],
+    skips: Counter[str],
     outcomes: Sequence[Outcome],
 ) -> RunSummary:
+    """Fill in the summary; ``skips`` counts subscribers left out, by reason."""
     paused = store.pause_reason(summary.run_id)
     if paused:
         summary.status, summary.message = "paused", paused
@@ -378,9 +375,9 @@ def summarize(
     summary.digests_failed = counts["failed"]
     summary.digests_retry = counts["retry"]
     summary.digests_ambiguous = counts["ambiguous"]
-    summary.skip_reasons = dict(Counter(s.reason for s in skips))
+    summary.skip_reasons = dict(skips)
     already = sum(v for k, v in counts.items() if k.startswith("already-"))
-    summary.digests_skipped = len(skips) + already
+    summary.digests_skipped = sum(skips.values()) + already
     if already:
         summary.skip_reasons["already delivered"] = already
     summary.deliveries = [
@@ -425,11 +422,12 @@ def outcome_message(summary: RunSummary) -> str:
 def run_plain(
     settings: Settings,
     today: date | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> RunSummary:
     """The whole pipeline without Prefect, in one process (same functions as the flow).
 
-    ``progress(done, total)`` is called after each batch of subscribers.
+    ``progress(done, None)`` is called after each batch of subscribers (the total is not
+    known: subscribers are read as the batches need them).
     """
     today = today or datetime.now(UTC).date()
     store, owner, run_id = begin(settings)
@@ -447,10 +445,11 @@ def run_plain(
         clock = time.perf_counter()
         summary.bounces = bounce_stage(settings, store)
         summary.stage_seconds["bounces"] = time.perf_counter() - clock
-        subscribers, errors = load_readers(settings.subscribers_dir)
+        errors: list[SubscriberError] = []
+        subscribers = stream_readers(settings.subscribers_dir, errors)
         renderer = Renderer()
         edition = edition_for(settings, plan, today)
-        skips: list[Skip] = []
+        skips: Counter[str] = Counter()
         for stage in ("rank", "render", "send"):
             summary.stage_seconds[stage] = 0.0
         processed = 0
@@ -464,10 +463,10 @@ def run_plain(
             clock = time.perf_counter()
             outcomes += send_stage(settings, store, rendered, run_id)
             summary.stage_seconds["send"] += time.perf_counter() - clock
-            skips += ranked.skips
+            skips.update(skip.reason for skip in ranked.skips)
             processed += len(batch)
             if progress:
-                progress(processed, len(subscribers))
+                progress(processed, None)
         summarize(store, summary, plan, reports, errors, skips, outcomes)
         store.finish_run(run_id, "finished", summary.to_json())
         return summary

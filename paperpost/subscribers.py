@@ -11,14 +11,16 @@ from __future__ import annotations
 import difflib
 import gc
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TextIO
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
+from yaml.composer import Composer, ComposerError
+from yaml.events import DocumentStartEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
@@ -236,8 +238,9 @@ def _describe(error: dict[str, Any], allowed: Iterable[str]) -> str:
 
 
 def _errors_from_validation(
-    exc: ValidationError, root: yaml.Node, path: str, prefix: tuple[Any, ...]
+    exc: ValidationError, entry: yaml.Node, path: str, prefix: tuple[Any, ...]
 ) -> list[SubscriberError]:
+    """Errors of one entry (``entry`` its node; ``prefix`` its place in the file)."""
     found = []
     for error in exc.errors():
         loc = tuple(error["loc"])
@@ -246,9 +249,9 @@ def _errors_from_validation(
             index = error["ctx"]["index"]
             loc = (*loc, index)
             message = message.split(": ", 1)[1]
-        target, _ = _node_at(root, prefix + loc)
+        target, _ = _node_at(entry, loc)
         if error["type"] == "extra_forbidden":
-            parent, _ = _node_at(root, prefix + loc[:-1])
+            parent, _ = _node_at(entry, loc[:-1])
             target = _key_node(parent, str(loc[-1])) or target
         mark = target.start_mark
         found.append(
@@ -286,52 +289,127 @@ def _compose(text: str) -> tuple[yaml.Node | None, Any]:
             gc.enable()
 
 
-def load_file(path: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
-    """Load one YAML file holding a subscriber mapping or a list of them."""
-    name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return [], [SubscriberError(name, 1, 1, "", f"cannot read the file: {exc}")]
-    try:
-        root, data = _compose(text)
-    except yaml.MarkedYAMLError as exc:
+class _EntryLoader(_Loader, Composer):  # type: ignore[misc]
+    """The (C) parser's events composed one top-level entry at a time by PyYAML's
+    Composer, so a list file of a million subscribers never exists as one node tree."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.anchors: dict[str, yaml.Node] = {}
+
+
+def _check_syntax(path: Path) -> None:
+    """Raise the parser's error, if any, before any entry of the file is used: a file
+    with broken YAML loads nothing (events only, no nodes or values are built)."""
+    with path.open(encoding="utf-8") as stream:
+        parser = _Loader(stream)
+        try:
+            first = None
+            while parser.check_event():
+                event = parser.get_event()
+                if isinstance(event, DocumentStartEvent):
+                    if first is not None:
+                        raise ComposerError(
+                            "expected a single document in the stream",
+                            first.start_mark,
+                            "but found another document",
+                            event.start_mark,
+                        )
+                    first = event
+        finally:
+            parser.dispose()
+
+
+def _entries(loader: _EntryLoader) -> Iterator[tuple[tuple[Any, ...], yaml.Node]]:
+    """(place in the file, node) of each entry: a top-level list's items, else the document."""
+    loader.get_event()  # stream start
+    if loader.check_event(StreamEndEvent):
+        return
+    loader.get_event()  # document start
+    if loader.check_event(SequenceStartEvent):
+        loader.get_event()
+        index = 0
+        while not loader.check_event(SequenceEndEvent):
+            yield (index,), loader.compose_node(None, None)  # type: ignore[arg-type]
+            index += 1
+    else:
+        yield (), loader.compose_node(None, None)  # type: ignore[arg-type]
+
+
+def _yaml_error(name: str, exc: yaml.YAMLError) -> SubscriberError:
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
-        return [], [SubscriberError(name, line, column, "", f"YAML syntax: {problem}")]
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        return [], [SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}")]
-    if root is None or data is None:
-        return [], [SubscriberError(name, 1, 1, "", "the file is empty; expected a subscriber")]
-    entries: list[tuple[tuple[Any, ...], Any]]
-    if isinstance(data, list):
-        entries = [((index,), item) for index, item in enumerate(data)]
-    else:
-        entries = [((), data)]
-    loaded: list[LoadedSubscriber] = []
-    errors: list[SubscriberError] = []
-    for prefix, item in entries:
-        node, _ = _node_at(root, prefix)
-        if not isinstance(item, dict):
-            mark = node.start_mark
-            errors.append(
-                SubscriberError(
-                    name,
-                    mark.line + 1,
-                    mark.column + 1,
-                    _field_label(prefix),
-                    f"expected a subscriber mapping (email, tags, ...), got {_kind(item)}",
-                )
-            )
-            continue
+        return SubscriberError(name, line, column, "", f"YAML syntax: {problem}")
+    return SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}")
+
+
+def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubscriber]:
+    """The valid subscribers of one YAML file (a subscriber mapping or a list of them), one
+    at a time; every problem is appended to ``errors``. Memory stays that of one entry."""
+    name = str(path)
+    try:
+        _check_syntax(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.append(SubscriberError(name, 1, 1, "", f"cannot read the file: {exc}"))
+        return
+    except yaml.YAMLError as exc:
+        errors.append(_yaml_error(name, exc))
+        return
+    except (RecursionError, ValueError) as exc:
+        errors.append(SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}"))
+        return
+    found = False
+    with path.open(encoding="utf-8") as stream:
+        loader = _EntryLoader(stream)
         try:
-            email_node, _ = _node_at(node, ("email",))
-            line = email_node.start_mark.line + 1
-            loaded.append(LoadedSubscriber(Subscriber.model_validate(item), name, line))
-        except ValidationError as exc:
-            errors.extend(_errors_from_validation(exc, root, name, prefix))
-    return loaded, errors
+            for prefix, node in _entries(loader):
+                found = True
+                try:
+                    item = loader.construct_document(node)
+                except yaml.YAMLError as exc:  # e.g. a tag the safe loader refuses
+                    errors.append(_yaml_error(name, exc))
+                    continue
+                except (RecursionError, ValueError) as exc:
+                    errors.append(SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}"))
+                    continue
+                if item is None and prefix == ():
+                    found = False
+                    break
+                if not isinstance(item, dict):
+                    mark = node.start_mark
+                    errors.append(
+                        SubscriberError(
+                            name,
+                            mark.line + 1,
+                            mark.column + 1,
+                            _field_label(prefix),
+                            f"expected a subscriber mapping (email, tags, ...), got {_kind(item)}",
+                        )
+                    )
+                    continue
+                try:
+                    subscriber = Subscriber.model_validate(item)
+                except ValidationError as exc:
+                    errors.extend(_errors_from_validation(exc, node, name, prefix))
+                    continue
+                email_node, _ = _node_at(node, ("email",))
+                yield LoadedSubscriber(subscriber, name, email_node.start_mark.line + 1)
+        except yaml.YAMLError as exc:  # composing: an undefined alias and the like
+            errors.append(_yaml_error(name, exc))
+        except RecursionError as exc:
+            errors.append(SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}"))
+        finally:
+            loader.dispose()
+    if not found:
+        errors.append(SubscriberError(name, 1, 1, "", "the file is empty; expected a subscriber"))
+
+
+def load_file(path: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
+    """Load one YAML file holding a subscriber mapping or a list of them."""
+    errors: list[SubscriberError] = []
+    return list(iter_file(path, errors)), errors
 
 
 SCHEMA_FILE = Path(__file__).with_name("data") / "subscriber.schema.json"
@@ -424,17 +502,15 @@ def subscriber_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
 
 
-def load_subscribers(folder: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
-    """Every valid subscriber under ``folder``, and every error found on the way."""
+def iter_subscribers(folder: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubscriber]:
+    """Every valid subscriber under ``folder``, one at a time (file by file, entry by
+    entry: memory does not grow with the list); every error is appended to ``errors``."""
     if not folder.exists():
-        return [], [SubscriberError(str(folder), 1, 1, "", "subscribers folder does not exist")]
-    subscribers: list[LoadedSubscriber] = []
-    errors: list[SubscriberError] = []
+        errors.append(SubscriberError(str(folder), 1, 1, "", "subscribers folder does not exist"))
+        return
     first_file: dict[str, str] = {}
     for path in subscriber_files(folder):
-        loaded, problems = load_file(path)
-        errors.extend(problems)
-        for entry in loaded:
+        for entry in iter_file(path, errors):
             address = entry.subscriber.address
             if address in first_file:
                 errors.append(
@@ -449,5 +525,10 @@ def load_subscribers(folder: Path) -> tuple[list[LoadedSubscriber], list[Subscri
                 )
                 continue
             first_file[address] = entry.path
-            subscribers.append(entry)
-    return subscribers, errors
+            yield entry
+
+
+def load_subscribers(folder: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
+    """Every valid subscriber under ``folder``, and every error found on the way."""
+    errors: list[SubscriberError] = []
+    return list(iter_subscribers(folder, errors)), errors

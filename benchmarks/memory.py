@@ -1,0 +1,160 @@
+"""Peak memory of the plain path against the size of the subscriber list.
+
+    python benchmarks/memory.py [--sizes 10000 100000 1000000] [--due 0.01]
+        [--mode run|load] [--before /path/to/older/checkout]
+
+A generated list file of N subscribers (one file, 1-4 tags each); a share ``--due`` of them
+is daily (gets a digest today), the rest weekly on another weekday (read, checked and
+skipped), so a million-subscriber list can be measured without sending a million digests.
+``--mode run`` runs ``run_plain`` (300 new papers, outbox, SQLite); ``--mode load`` only
+reads the list the way the plain path does (the older checkout: ``load_subscribers``).
+Each case runs in a fresh process; peak RSS is that process's ``ru_maxrss``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+START = time.perf_counter()
+
+
+def child(mode: str) -> None:
+    import json
+    import os
+    import resource
+    from pathlib import Path
+
+    from paperpost import subscribers
+
+    result: dict[str, object] = {"paperpost_file": subscribers.__file__}
+    folder = Path(os.environ["PAPERPOST_SUBSCRIBERS_DIR"])
+    clock = time.perf_counter()
+    if mode == "load":
+        if hasattr(subscribers, "iter_subscribers"):
+            errors: list = []
+            result["loaded"] = sum(1 for _ in subscribers.iter_subscribers(folder, errors))
+            result["api"] = "iter_subscribers (streamed)"
+        else:
+            loaded, errors = subscribers.load_subscribers(folder)
+            result["loaded"] = len(loaded)
+            result["api"] = "load_subscribers (materialised)"
+    else:
+        from paperpost.pipeline import run_plain
+        from paperpost.settings import Settings
+
+        summary = run_plain(Settings())
+        result["sent"] = summary.digests_sent
+        result["skipped"] = summary.digests_skipped
+    result["seconds"] = time.perf_counter() - clock
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+if __name__ == "__main__" and "--case" in sys.argv:
+    child(sys.argv[sys.argv.index("--case") + 1])
+    sys.exit(0)
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from end_to_end import prepare
+
+from common import report
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def write_list(path: Path, size: int, due: float) -> int:
+    from paperpost.rank import vocabulary
+
+    tags = sorted({t.id for t in vocabulary().values()})
+    today = datetime.now(UTC).weekday()
+    other = WEEKDAYS[(today + 3) % 7]
+    rng = random.Random(size)
+    daily = 0
+    with path.open("w") as out:
+        for i in range(size):
+            chosen = ", ".join(rng.sample(tags, rng.randint(1, 4)))
+            entry = f"- email: reader{i}@example.org\n  tags: [{chosen}]\n"
+            if rng.random() < due:
+                daily += 1
+            else:
+                entry += f"  cadence: weekly\n  weekday: {other}\n"
+            out.write(entry)
+    return daily
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--due", type=float, default=0.01, help="share of subscribers due today")
+    parser.add_argument("--mode", choices=["run", "load"], default="run")
+    parser.add_argument("--before", type=Path, help="an older checkout to compare against")
+    parser.add_argument("--name", default="memory", help="results/<name>.json")
+    args = parser.parse_args()
+    trees = {"after": HERE.parent}
+    if args.before:
+        trees = {"before": args.before.resolve(), **trees}
+    root = Path(tempfile.mkdtemp(prefix="pp-memory-"))
+    rows, runs = [], []
+    for size in args.sizes:
+        data = root / f"data-{size}"
+        prepare(data, 1)  # the dumps (and a one-line list, replaced next)
+        daily = write_list(data / "subscribers.yaml", size, args.due)
+        for tree, path in trees.items():
+            work = root / f"{size}-{tree}"
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(path),
+                "PAPERPOST_SOURCES": json.dumps([str(data / "dumps")]),
+                "PAPERPOST_SUBSCRIBERS_DIR": str(data / "subscribers.yaml"),
+                "PAPERPOST_DATABASE_URL": f"sqlite:///{work / 'pp.db'}",
+                "PAPERPOST_OUTBOX_DIR": str(work / "outbox"),
+                "PAPERPOST_DELIVERY": "outbox",
+            }
+            done = subprocess.run(
+                [sys.executable, __file__, "--case", args.mode],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=path,
+            )
+            if done.returncode:
+                raise RuntimeError(f"{tree} at {size} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            if not result["paperpost_file"].startswith(str(path)):
+                raise RuntimeError(f"{tree} imported {result['paperpost_file']}")
+            result.update(size=size, tree=tree, daily=daily, mode=args.mode)
+            runs.append(result)
+            rows.append(
+                [
+                    size,
+                    daily,
+                    tree,
+                    args.mode,
+                    result["peak_rss_mb"],
+                    result["seconds"],
+                    result.get("sent", result.get("loaded", "")),
+                ]
+            )
+            print(rows[-1], flush=True)
+    report(
+        args.name,
+        ["subscribers", "due today", "code", "mode", "peak RSS MB", "seconds", "sent/loaded"],
+        rows,
+        {"runs": runs, "due": args.due},
+    )
+
+
+if __name__ == "__main__":
+    main()
