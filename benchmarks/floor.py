@@ -85,7 +85,7 @@ def jobs(count: int) -> list[tuple[Reader, list[Ranked]]]:
     for i, (person, items) in enumerate(zip(people, rank_many(papers, people), strict=True)):
         if items:
             tags = tuple(x.tag for x in person.interests)
-            out.append((Reader(f"reader{i}@example.org", f"Reader {i}", tags, "s.yaml"), items))
+            out.append((Reader(f"reader{i}@example.org", f"Reader {i}", tags), items))
     return out[:count]
 
 
