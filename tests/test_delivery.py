@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from paperpost.delivery import Outbox, Smtp, resolve_interrupted, send_batch
+from paperpost.delivery import DeliveryError, Outbox, Smtp, resolve_interrupted, send_batch
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, rank
 from paperpost.render import Edition, Outgoing, Reader, Renderer
@@ -410,3 +410,84 @@ def test_envelope_sender_is_a_signed_verp_address(smtp, db_url: str, messages) -
     assert messages[0].message_id.startswith(f"<{digest_hash}@")
     assert read_verp("another-key", first) is None
     assert read_verp("k" * 32, first.replace(first[9], "0" if first[9] != "0" else "1")) is None
+
+
+def test_outbox_group_is_delivered_only_when_flushed(tmp_path: Path, messages) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    for m in messages:
+        outbox.stage(m)
+    assert not any(outbox.delivered(m.address, m.digest) for m in messages)
+    assert len(mailbox.Maildir(tmp_path / "outbox", create=False)) == 0
+    outbox.flush()
+    assert all(outbox.delivered(m.address, m.digest) for m in messages)
+    assert list((tmp_path / "outbox" / "tmp").iterdir()) == []
+
+    broken = Outbox(tmp_path / "broken")
+    broken.stage(messages[0])
+    (tmp_path / "broken" / "new").rmdir()  # new/ replaced by a file: the renames fail
+    (tmp_path / "broken" / "new").write_text("not a folder")
+    with pytest.raises(DeliveryError) as failure:
+        broken.flush()
+    assert failure.value.kind == "temporary" and "cannot write" in failure.value.detail
+    assert list((tmp_path / "broken" / "tmp").iterdir()) == []  # nothing half-written left
+
+
+_KILLED_SENDER = """
+import sys
+from datetime import date
+from pathlib import Path
+from paperpost.delivery import Outbox, send_batch
+from paperpost.models import Paper
+from paperpost.rank import Interest, Profile, rank
+from paperpost.render import Edition, Reader, Renderer
+from paperpost.store import Store
+
+folder, url, run_id = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+papers = [Paper(f"Agents for task {i}", "LLM agents use tools.") for i in range(3)]
+items = rank(papers, Profile((Interest("agents"),)))
+edition = Edition("paperpost <digest@example.org>", "k", None, date(2026, 11, 25), 3)
+renderer = Renderer()
+messages = [
+    renderer.render(Reader(f"r{i}@example.org", None, ("agents",)), items, edition, 0, 3)
+    for i in range(250)
+]
+store = Store(url)
+print("ready", flush=True)
+send_batch(store, Outbox(folder), messages, run_id=run_id)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kill_after", [1, 130])
+def test_outbox_groups_survive_sigkill_each_digest_once(tmp_path: Path, kill_after: int) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder, url = tmp_path / "outbox", f"sqlite:///{tmp_path / 'pp.db'}"
+    script = tmp_path / "sender.py"
+    script.write_text(_KILLED_SENDER)
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(folder), url, "1"], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        if len(list((folder / "new").iterdir())) >= kill_after:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+    store, outbox = Store(url), Outbox(folder)
+    resolve_interrupted(store, outbox, resend=False)
+    rerun = subprocess.run(
+        [sys.executable, str(script), str(folder), url, "2"], capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    delivered = [m["To"] for m in mailbox.Maildir(folder, create=False)]
+    assert len(delivered) == 250 and len(set(delivered)) == 250  # every digest, once
+    assert all(ids(store, f"r{i}@example.org") == [("0-3", "sent")] for i in range(250))
+    cursors = store.cursors([f"r{i}@example.org" for i in range(250)])
+    assert {cursor for cursor, _ in cursors.values()} == {3} and len(cursors) == 250
