@@ -49,7 +49,7 @@ from rank_quality import shared_papers
 from rank_speed import profiles
 
 from common import report
-from paperpost.delivery import Outbox
+from paperpost.delivery import OUTBOX_GROUP, Outbox
 from paperpost.models import Paper
 from paperpost.rank import Ranked, rank_many
 from paperpost.render import Edition, Outgoing, Reader, Renderer
@@ -176,6 +176,10 @@ CLAIM = (
     "INSERT INTO deliveries (address, digest, lo, hi, message_id, status, attempts, run_id,"
     " updated_at) VALUES ({p}, {p}, {p}, {p}, {p}, 'sending', 1, 1, {p})"
 )
+DATA_SENT = (
+    "UPDATE deliveries SET status = 'data-sent', updated_at = {p}"
+    " WHERE address = {p} AND digest = {p}"
+)
 SETTLE = (
     "UPDATE deliveries SET status = 'sent', error = NULL, updated_at = {p}"
     " WHERE address = {p} AND digest = {p}"
@@ -194,6 +198,7 @@ def ledger_floor(connect: Callable[[], object], p: str, messages, group: int | N
     if p == "?":
         stamp = stamp.isoformat(sep=" ")  # SQLAlchemy's SQLite format
     claim, settle, cursor = CLAIM.format(p=p), SETTLE.format(p=p), CURSOR.format(p=p)
+    data_sent = DATA_SENT.format(p=p)
     step = 1 if group is None else group
     for start in range(0, len(messages), step):
         part = messages[start : start + step]
@@ -202,20 +207,31 @@ def ledger_floor(connect: Callable[[], object], p: str, messages, group: int | N
             claim, [(m.address, m.digest, m.lo, m.hi, m.message_id, stamp) for m in part]
         )
         conn.commit()
+        cur.executemany(data_sent, [(stamp, m.address, m.digest) for m in part])
+        conn.commit()
         cur.executemany(settle, [(stamp, m.address, m.digest) for m in part])
         cur.executemany(cursor, [(m.address, m.hi, stamp) for m in part])
         conn.commit()
     conn.close()
 
 
-def send_all(outbox: Outbox, messages: Sequence[Outgoing]) -> None:
+def send_each(outbox: Outbox, messages: Sequence[Outgoing]) -> None:
     for m in messages:
         outbox.send(m)
+
+
+def send_grouped(outbox: Outbox, messages: Sequence[Outgoing]) -> None:
+    """As send_batch drives the outbox: stage a group, flush it once."""
+    for start in range(0, len(messages), OUTBOX_GROUP):
+        for m in messages[start : start + OUTBOX_GROUP]:
+            outbox.stage(m)
+        outbox.flush()
 
 
 def ledger_paperpost(store: Store, messages: Sequence[Outgoing]) -> None:
     for m in messages:
         store.claim(m.address, m.digest, m.lo, m.hi, m.message_id, 1)
+        store.mark_data_sent(m.address, m.digest)
         store.settle(m.address, m.digest, "sent", m.hi, None)
 
 
@@ -276,7 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--subscribers", type=int, default=5000)
-    parser.add_argument("--group", type=int, default=500)
+    parser.add_argument("--group", type=int, default=OUTBOX_GROUP)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--postgres", help="a PostgreSQL URL (tables are dropped and made)")
     args = parser.parse_args()
@@ -299,11 +315,6 @@ def main() -> None:
     connects = {"SQLite": sqlite_connect(root / "ledger.db")}
     if args.postgres:
         connects["PostgreSQL"] = pg_connect(args.postgres)
-        from paperpost.store import metadata
-
-        with Store(args.postgres).engine.begin() as conn:  # a clean schema
-            metadata.drop_all(conn)
-            metadata.create_all(conn)
     opened = {name: Store(url) for name, (url, _) in stores.items()}
 
     samples: dict[str, list[float]] = {}
@@ -322,7 +333,9 @@ def main() -> None:
         folder = fresh_maildir(root, f"group-{round_}-")
         add("file floor grouped", timed(maildir_grouped, folder, messages, args.group))
         outbox = Outbox(Path(tempfile.mkdtemp(prefix=f"outbox-{round_}-", dir=root)))
-        add("file paperpost", timed(send_all, outbox, messages))
+        add("file paperpost", timed(send_grouped, outbox, messages))
+        outbox = Outbox(Path(tempfile.mkdtemp(prefix=f"outbox1-{round_}-", dir=root)))
+        add("file paperpost one at a time", timed(send_each, outbox, messages))
         for name, (_, p) in stores.items():
             store = opened[name]
             for label, group in (("each", None), ("grouped", args.group)):
@@ -364,12 +377,23 @@ def main() -> None:
             med["render paperpost"],
             f"{size / 1024:.1f} KB vs floor {floor_size / 1024:.1f} KB",
         ),
-        row("outbox file", "file floor each", med["file paperpost"], "fsync per file"),
+        row(
+            "outbox file",
+            "file floor each",
+            med["file paperpost"],
+            f"floor: fsync per file; paperpost: send_batch's groups of {OUTBOX_GROUP}",
+        ),
         row(
             "outbox file",
             "file floor grouped",
             med["file paperpost"],
-            f"one fsync pass per {args.group}",
+            f"floor: one sync pass per {args.group}",
+        ),
+        row(
+            "outbox file, one at a time",
+            "file floor each",
+            med["file paperpost one at a time"],
+            "Outbox.send alone (fsync per file)",
         ),
     ]
     for name in stores:
@@ -424,6 +448,16 @@ def main() -> None:
             whole,
             whole / floor_group,
             "floor with group fsync + grouped ledger",
+        ]
+    )
+    rows.append(
+        [
+            "whole pipeline less rank",
+            "pipeline each",
+            floor_each,
+            whole - stage["rank"],
+            (whole - stage["rank"]) / floor_each,
+            "ranking has no floor here; this leaves it out of paperpost's side",
         ]
     )
     report(
