@@ -161,10 +161,16 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["plain", "flow"])
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--before", type=Path, help="an older checkout to compare against")
+    parser.add_argument(
+        "--after",
+        type=Path,
+        default=HERE.parent,
+        help="the checkout under test (default: this one)",
+    )
     parser.add_argument("--no-warm", action="store_true", help="skip the warm second job")
     parser.add_argument("--name", default="end_to_end", help="results/<name>.json")
     args = parser.parse_args()
-    trees = {"after": HERE.parent}
+    trees = {"after": args.after.resolve()}
     if args.before:
         trees = {"before": args.before.resolve(), **trees}
     variants = [(tree, engine) for engine in args.engines for tree in trees]
@@ -196,6 +202,7 @@ def main() -> None:
                             "PAPERPOST_SUBSCRIBERS_DIR": str(data / "subscribers.yaml"),
                             "PAPERPOST_DATABASE_URL": f"sqlite:///{work / 'pp.db'}",
                             "PAPERPOST_OUTBOX_DIR": str(work / "outbox"),
+                            "PAPERPOST_SECRET_KEY": "benchmark-only-key-0123456789abcdef0123456789",
                             "PAPERPOST_DELIVERY": delivery,
                             "PAPERPOST_SMTP_HOST": "127.0.0.1",
                             "PAPERPOST_SMTP_PORT": str(smtp_port),

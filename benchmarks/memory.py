@@ -100,9 +100,15 @@ def main() -> None:
     parser.add_argument("--due", type=float, default=0.01, help="share of subscribers due today")
     parser.add_argument("--mode", choices=["run", "load"], default="run")
     parser.add_argument("--before", type=Path, help="an older checkout to compare against")
+    parser.add_argument(
+        "--after",
+        type=Path,
+        default=HERE.parent,
+        help="the checkout under test (default: this one)",
+    )
     parser.add_argument("--name", default="memory", help="results/<name>.json")
     args = parser.parse_args()
-    trees = {"after": HERE.parent}
+    trees = {"after": args.after.resolve()}
     if args.before:
         trees = {"before": args.before.resolve(), **trees}
     root = Path(tempfile.mkdtemp(prefix="pp-memory-"))
@@ -120,6 +126,7 @@ def main() -> None:
                 "PAPERPOST_SUBSCRIBERS_DIR": str(data / "subscribers.yaml"),
                 "PAPERPOST_DATABASE_URL": f"sqlite:///{work / 'pp.db'}",
                 "PAPERPOST_OUTBOX_DIR": str(work / "outbox"),
+                "PAPERPOST_SECRET_KEY": "benchmark-only-key-0123456789abcdef0123456789",
                 "PAPERPOST_DELIVERY": "outbox",
             }
             done = subprocess.run(
