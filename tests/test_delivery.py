@@ -475,7 +475,7 @@ def test_outbox_groups_survive_sigkill_each_digest_once(tmp_path: Path, kill_aft
     assert child.stdout is not None and child.stdout.readline().strip() == "ready"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and child.poll() is None:
-        if len(list((folder / "new").iterdir())) >= kill_after:
+        if (folder / "new").is_dir() and len(list((folder / "new").iterdir())) >= kill_after:
             break
     os.kill(child.pid, signal.SIGKILL)
     child.wait()

@@ -135,3 +135,23 @@ def test_committed_json_schema_is_current_and_accepts_the_examples() -> None:
         jsonschema.validate(
             {"email": "a@example.org", "tags": ["x"], "cadense": "daily"}, committed
         )
+
+
+def test_list_files_are_read_entry_by_entry_with_the_same_errors(tmp_path: Path) -> None:
+    path = tmp_path / "team.yaml"
+    good = "".join(f"- email: r{i}@example.org\n  tags: [agents]\n" for i in range(3))
+    # a refused tag spoils only its own entry; the others still load
+    path.write_text(good + "- email: !!python/name:os.system x@example.org\n  tags: [a]\n")
+    loaded, errors = load_file(path)
+    assert [e.subscriber.email for e in loaded] == [f"r{i}@example.org" for i in range(3)]
+    assert len(errors) == 1 and errors[0].line == 7 and "YAML syntax" in errors[0].message
+    # broken YAML anywhere in the file loads none of it, even entries before the break
+    path.write_text(good + "- email: [unclosed\n")
+    loaded, errors = load_file(path)
+    assert loaded == [] and [str(e).rsplit("/", 1)[1] for e in errors] == [
+        "team.yaml:8:1: YAML syntax: did not find expected ',' or ']'"
+    ]
+    # a second document is refused as before
+    path.write_text(good + "---\n- email: z@example.org\n  tags: [agents]\n")
+    loaded, errors = load_file(path)
+    assert loaded == [] and "but found another document" in str(errors[0])
