@@ -1,55 +1,87 @@
-"""Ranking quality on the shared papers: paperpost vs BM25 vs substring, side by side.
+"""Ranking quality on the shared papers: paperpost vs BM25 (stemmed) vs substring.
 
-    python benchmarks/rank_quality.py
+    python benchmarks/rank_quality.py [--no-blind]
 
-Judgments: benchmarks/data/relevance.yaml (how they were made is written at its top).
-Prints NDCG@10 and precision@10 per tag and on average; writes results/rank_quality.json.
+Three judged sets (how each was made is written at the top of its file):
+  blind      data/relevance_blind.yaml: tags that are not vocabulary entries, judged by
+             independent judges before the ranker changes (every paper read)
+  leave-out  data/relevance.yaml with each tag's vocabulary entry (id and aliases) removed
+  existing   data/relevance.yaml as it is
+  dev        data/relevance_dev.yaml: compound tags the developer judged and tuned on (not blind)
+Prints NDCG@10 and P@10 per tag and on average (tags with no relevant paper apart: NDCG is
+undefined there, so they report how many papers a default reader would get instead), a
+calibration table (share of judged-relevant papers per score band) and the delivered-
+precision replay: ../shared day by day with default settings, one reader per judged tag.
+Writes results/rank_quality.json. Works against older versions of paperpost too (the
+"before" figures are this script run against the original code).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import inspect
 import math
+import re
 import sys
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
 import bm25s
+import Stemmer
 import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import paperpost.rank as rank_module
 from common import report
 from paperpost.dumps import distinct_papers, parse_dump
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, rank_many
 
 SHARED = HERE.parent.parent / "shared"
+DATA = HERE / "data"
 K = 10
+Judged = dict[str, dict[str, int]]  # tag -> paper key -> grade
+
+
+def sources() -> list[Path]:
+    """The shared dumps in replay order: the page dumps, then the API days."""
+    return sorted((SHARED / "dumps").glob("*.txt")) + sorted((SHARED / "hf_api").glob("*.json"))
+
+
+def day_papers() -> list[list[Paper]]:
+    return [
+        distinct_papers(parse_dump(path.read_bytes(), str(path), date(2026, 11, 25)).papers)
+        for path in sources()
+    ]
 
 
 def shared_papers() -> list[Paper]:
-    papers = []
-    for path in sorted((SHARED / "dumps").glob("*.txt")) + sorted(
-        (SHARED / "hf_api").glob("*.json")
-    ):
-        papers += parse_dump(path.read_bytes(), str(path), date(2026, 11, 25)).papers
-    return distinct_papers(papers)
+    return distinct_papers(p for day in day_papers() for p in day)
 
 
-def judgments(papers: list[Paper]) -> dict[str, dict[str, int]]:
-    raw = yaml.safe_load((HERE / "data" / "relevance.yaml").read_text(encoding="utf-8"))
-    out: dict[str, dict[str, int]] = {}
+def _fold(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def judgments(papers: list[Paper], name: str = "relevance.yaml") -> Judged:
+    """Grades by paper key; a listed title (or unique title prefix) must name one paper."""
+    raw = yaml.safe_load((DATA / name).read_text(encoding="utf-8")) or {}
+    out: Judged = {}
     for tag, grades in raw.items():
         out[tag] = {}
-        for grade, prefixes in grades.items():
-            for prefix in prefixes:
-                hits = [p.id for p in papers if p.title.startswith(prefix)]
+        for grade, titles in (grades or {}).items():
+            for title in titles or []:
+                folded = _fold(title)
+                hits = [p.key for p in papers if _fold(p.title) == folded]
+                if not hits:
+                    hits = [p.key for p in papers if _fold(p.title).startswith(folded)]
                 if len(hits) != 1:
-                    raise SystemExit(
-                        f"relevance.yaml: {tag}: {prefix!r} matches {len(hits)} papers"
-                    )
-                out[tag][hits[0]] = int(grade)
+                    raise SystemExit(f"{name}: {tag}: {title!r} matches {len(hits)} papers")
+                out[tag][hits[0]] = max(int(grade), out[tag].get(hits[0], 0))
     return out
 
 
@@ -57,69 +89,321 @@ def ndcg(ranked: list[str], rel: dict[str, int]) -> float:
     dcg = sum((2 ** rel.get(pid, 0) - 1) / math.log2(i + 2) for i, pid in enumerate(ranked[:K]))
     ideal = sorted(rel.values(), reverse=True)[:K]
     idcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
-    return dcg / idcg if idcg else 0.0
+    return dcg / idcg if idcg else float("nan")
 
 
 def precision(ranked: list[str], rel: dict[str, int]) -> float:
     return sum(1 for pid in ranked[:K] if rel.get(pid, 0) > 0) / K
 
 
-def evaluate() -> tuple[dict[str, dict[str, int]], dict[str, dict[str, tuple[float, float]]]]:
-    """Per system and tag: (nDCG@10, P@10); also returns the judgments."""
-    papers = shared_papers()
-    truth = judgments(papers)
-    corpus = [f"{p.title} {p.abstract}" for p in papers]
+def _text(p: Paper) -> str:
+    return " ".join([p.title, " ; ".join(p.ai_keywords), p.ai_summary or "", p.abstract])
+
+
+def baselines(papers: list[Paper]) -> dict[str, Callable[[str], list[str]]]:
+    """BM25 (bm25s, English stopwords, Snowball stemmer) and raw substring counts, both over
+    the same text paperpost sees (title, AI keywords, TL;DR, abstract)."""
+    corpus = [_text(p) for p in papers]
+    stemmer = Stemmer.Stemmer("english")
     retriever = bm25s.BM25()
     retriever.index(
-        bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False
+        bm25s.tokenize(corpus, stopwords="en", stemmer=stemmer, show_progress=False),
+        show_progress=False,
     )
 
-    def bm25(tag: str) -> list[str]:
-        query = bm25s.tokenize([tag.replace("-", " ")], stopwords="en", show_progress=False)
-        ids, scores = retriever.retrieve(query, k=K, show_progress=False)
-        return [papers[int(i)].id for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
+    def bm25(tag: str, depth: int = K) -> list[str]:
+        query = bm25s.tokenize(
+            [tag.replace("-", " ")], stopwords="en", stemmer=stemmer, show_progress=False
+        )
+        ids, scores = retriever.retrieve(query, k=depth, show_progress=False)
+        return [papers[int(i)].key for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
 
     def substring(tag: str) -> list[str]:
         needle = tag.replace("-", " ").lower()
         counted = [(text.lower().count(needle), i) for i, text in enumerate(corpus)]
-        return [papers[i].id for c, i in sorted(counted, key=lambda x: (-x[0], x[1])) if c][:K]
+        return [papers[i].key for c, i in sorted(counted, key=lambda x: (-x[0], x[1])) if c][:K]
 
+    return {"bm25+stemmer": bm25, "substring": substring}
+
+
+def _rank(papers: list[Paper], profiles: list[Profile], background: list[Paper]):  # type: ignore[no-untyped-def]
+    """rank_many with the history as background when this version of paperpost has one."""
+    if "background" in inspect.signature(rank_many).parameters:
+        return rank_many(papers, profiles, background=rank_module.Background.of(background))
+    return rank_many(papers, profiles)
+
+
+def ours(papers: list[Paper], tags: list[str]) -> dict[str, list[str]]:
+    """paperpost's top K per tag (ordering only: no min_score cut)."""
+    profiles = [Profile((Interest(tag),), min_score=0.0, max_items=K) for tag in tags]
+    rankings = _rank(papers, profiles, papers)
+    return {
+        tag: [r.paper.key for r in ranked if r.score > 0]
+        for tag, ranked in zip(tags, rankings, strict=True)
+    }
+
+
+@contextlib.contextmanager
+def without_topic(tag: str) -> Iterator[None]:
+    """The vocabulary without the entry a tag resolves to (its id and every alias)."""
+    full = rank_module.vocabulary()
+    slug = rank_module._slug(tag)
+    gone = full.get(slug)
+    reduced = {k: v for k, v in full.items() if gone is None or v.id != gone.id}
+    caches = [
+        getattr(rank_module, n)
+        for n in ("read_tag", "_vocabulary_words", "_cached_evidence")
+        if hasattr(getattr(rank_module, n, None), "cache_clear")
+    ]
+    original = rank_module.vocabulary
+    rank_module.vocabulary = lambda path=None: reduced  # type: ignore[assignment]
+    for c in caches:
+        c.cache_clear()
+    try:
+        yield
+    finally:
+        rank_module.vocabulary = original
+        for c in caches:
+            c.cache_clear()
+
+
+def scores_for(
+    truth: Judged, rankings: dict[str, dict[str, list[str]]]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    return {
+        system: {
+            tag: (ndcg(by_tag[tag], rel), precision(by_tag[tag], rel)) for tag, rel in truth.items()
+        }
+        for system, by_tag in rankings.items()
+    }
+
+
+def evaluate_set(papers: list[Paper], truth: Judged, leave_out: bool = False):  # type: ignore[no-untyped-def]
+    """Per system and tag: (NDCG@10, P@10)."""
     tags = list(truth)
-    rankings = rank_many(papers, [Profile((Interest(tag),), max_items=K) for tag in tags])
-    by_tag = {tag: [r.paper.id for r in ranked] for tag, ranked in zip(tags, rankings, strict=True)}
-
-    def ours(tag: str) -> list[str]:
-        return by_tag[tag]
-
-    systems = {"paperpost": ours, "bm25": bm25, "substring": substring}
-    scores: dict[str, dict[str, tuple[float, float]]] = {}
-    for name, system in systems.items():
-        scores[name] = {}
-        for tag, rel in truth.items():
-            ranked = system(tag)
-            scores[name][tag] = (ndcg(ranked, rel), precision(ranked, rel))
-    return truth, scores
+    if leave_out:
+        mine: dict[str, list[str]] = {}
+        for tag in tags:
+            with without_topic(tag):
+                mine.update(ours(papers, [tag]))
+    else:
+        mine = ours(papers, tags)
+    rankings = {"paperpost": mine}
+    for name, system in baselines(papers).items():
+        rankings[name] = {tag: system(tag) for tag in tags}
+    return scores_for(truth, rankings)
 
 
-def main() -> None:
-    truth, scores = evaluate()
+def evaluate() -> tuple[Judged, dict[str, dict[str, tuple[float, float]]]]:
+    """The existing judged set (kept for the quality test)."""
+    papers = shared_papers()
+    truth = judgments(papers)
+    return truth, evaluate_set(papers, truth)
+
+
+def mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+# --- what readers receive ----------------------------------------
+
+_QUOTED = re.compile(r'"([^"]+)"')
+
+
+def evidence_words(item) -> set[str]:  # type: ignore[no-untyped-def]
+    """Distinct evidence terms of a delivered item (stemmed, stopwords dropped)."""
+    hits = getattr(item, "evidence", ())
+    if hits:
+        terms = {h["term"] for detail in hits for h in detail["hits"]}
+    else:  # before: the reason was a field dump like title: "a", "b"; abstract: "c"
+        terms = set(_QUOTED.findall(item.why))
+    stops = rank_module.STOPWORDS
+    return {" ".join(w for w in rank_module.tokens(t) if w not in stops) for t in terms} - {""}
+
+
+def replay(
+    truth: Judged, leave_out: bool = False, min_score: float | None = None
+) -> dict[str, float]:
+    """Replay ../shared day by day: each day's new papers, one default reader per tag.
+
+    Returns delivered, relevant delivered, judged-relevant, one-word items (evidence is a
+    single word) and precision/recall/one-word share.
+    """
+    seen: set[str] = set()
+    history: list[Paper] = []
+    delivered = relevant = one_word = 0
+    reached: dict[str, set[str]] = {tag: set() for tag in truth}
+    tags = list(truth)
+
+    def profile(tag: str) -> Profile:
+        if min_score is None:
+            return Profile((Interest(tag),))
+        return Profile((Interest(tag),), min_score=min_score)
+
+    for day in day_papers():
+        new = [p for p in day if p.key not in seen]
+        seen |= {p.key for p in new}
+        history += new
+        if not new:
+            continue
+        if leave_out:
+            rankings = []
+            for tag in tags:
+                with without_topic(tag):
+                    rankings += _rank(new, [profile(tag)], history)
+        else:
+            rankings = _rank(new, [profile(tag) for tag in tags], history)
+        for tag, items in zip(tags, rankings, strict=True):
+            for item in items:
+                delivered += 1
+                if truth[tag].get(item.paper.key, 0) > 0:
+                    relevant += 1
+                    reached[tag].add(item.paper.key)
+                words = evidence_words(item)
+                if len(words) == 1 and " " not in next(iter(words)):
+                    one_word += 1
+    judged = sum(1 for rel in truth.values() for g in rel.values() if g > 0)
+    found = sum(len(v) for v in reached.values())
+    return {
+        "delivered": delivered,
+        "relevant": relevant,
+        "judged_relevant": judged,
+        "reached": found,
+        "precision": relevant / delivered if delivered else float("nan"),
+        "recall": found / judged if judged else float("nan"),
+        "one_word_share": one_word / delivered if delivered else float("nan"),
+    }
+
+
+# --- report ----------------------------------------
+
+
+def table_rows(
+    name: str, truth: Judged, scores: dict[str, dict[str, tuple[float, float]]]
+) -> list[list[object]]:
     rows: list[list[object]] = []
-    for tag, rel in truth.items():
-        row: list[object] = [tag, sum(1 for g in rel.values() if g == 2), len(rel)]
+    with_relevant = [t for t, rel in truth.items() if any(g > 0 for g in rel.values())]
+    for tag in with_relevant:
+        rel = truth[tag]
+        row: list[object] = [name, tag, sum(1 for g in rel.values() if g == 2)]
+        row.append(sum(1 for g in rel.values() if g > 0))
         for by_tag in scores.values():
             row += list(by_tag[tag])
         rows.append(row)
-    mean: list[object] = ["MEAN", "", ""]
+    row = [name, f"MEAN ({len(with_relevant)} tags)", "", ""]
     for by_tag in scores.values():
-        mean += [
-            sum(v[0] for v in by_tag.values()) / len(truth),
-            sum(v[1] for v in by_tag.values()) / len(truth),
+        row += [
+            mean([by_tag[t][0] for t in with_relevant]),
+            mean([by_tag[t][1] for t in with_relevant]),
         ]
-    rows.append(mean)
-    headers = ["tag", "central", "judged>0"]
-    for name in scores:
-        headers += [f"{name} nDCG@10", f"{name} P@10"]
-    report("rank_quality", headers, rows, {"k": K})
+    rows.append(row)
+    return rows
+
+
+def calibration(papers: list[Paper], truth: Judged, leave_out: bool) -> list[list[object]]:
+    """Share of judged-relevant papers per score band (every paper, every tag)."""
+    bands = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.01]
+    counts = [[0, 0] for _ in bands[:-1]]
+    for tag, rel in truth.items():
+        profile = Profile((Interest(tag),), min_score=0.0, max_items=len(papers))
+        if leave_out:
+            with without_topic(tag):
+                (ranked,) = _rank(papers, [profile], papers)
+        else:
+            (ranked,) = _rank(papers, [profile], papers)
+        for item in ranked:
+            for i in range(len(bands) - 1):
+                if bands[i] <= item.score < bands[i + 1]:
+                    counts[i][0] += 1
+                    counts[i][1] += rel.get(item.paper.key, 0) > 0
+    return [
+        [f"{bands[i]:.1f}-{min(bands[i + 1], 1.0):.1f}", n, r / n if n else float("nan")]
+        for i, (n, r) in enumerate(counts)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-blind", action="store_true", help="Leave the blind set out.")
+    parser.add_argument(
+        "--sweep", action="store_true", help="Replay the dev sets at several min_score values."
+    )
+    args = parser.parse_args()
+    papers = shared_papers()
+    existing = judgments(papers)
+    sets: list[tuple[str, Judged, bool]] = []
+    blind_file = DATA / "relevance_blind.yaml"
+    if not args.no_blind and blind_file.exists():
+        sets.append(("blind", judgments(papers, blind_file.name), False))
+    sets += [("leave-out", existing, True), ("existing", existing, False)]
+    sets.append(("dev", judgments(papers, "relevance_dev.yaml"), False))
+
+    rows: list[list[object]] = []
+    extra: dict[str, object] = {"k": K, "empty_tags": {}}
+    for name, truth, leave_out in sets:
+        scores = evaluate_set(papers, truth, leave_out)
+        rows += table_rows(name, truth, scores)
+        empty = [t for t, rel in truth.items() if not any(g > 0 for g in rel.values())]
+        if empty:  # NDCG is undefined: what would a default reader get?
+            got = replay({t: truth[t] for t in empty}, leave_out)
+            extra["empty_tags"][name] = {"tags": empty, "delivered": got["delivered"]}  # type: ignore[index]
+    headers = ["set", "tag", "central", "judged>0"]
+    for system in ("paperpost", "bm25+stemmer", "substring"):
+        headers += [f"{system} NDCG", f"{system} P@10"]
+    report("rank_quality", headers, rows, extra | {"note": "see replay below"})
+
+    print("\nTags with no judged-relevant paper (NDCG undefined):")
+    for name, info in extra["empty_tags"].items():  # type: ignore[union-attr]
+        print(
+            f"  {name}: {', '.join(info['tags'])}: "
+            f"{info['delivered']} item(s) delivered in the replay"
+        )
+
+    print("\nCalibration: share of judged-relevant papers per score band")
+    for name, truth, leave_out in sets:
+        for band, n, share in calibration(papers, truth, leave_out):
+            print(
+                f"  {name:9} {band}: {n:5d} papers, {share:.2f} relevant"
+                if n
+                else f"  {name:9} {band}: 0"
+            )
+
+    print("\nWhat readers receive (replay of ../shared day by day, default settings):")
+    replay_rows = []
+    results = {}
+    for name, truth, leave_out in sets:
+        results[name] = replay(truth, leave_out)
+        replay_rows.append(_replay_row(name, results[name]))
+    if "blind" in results:
+        results["vocabulary+blind"] = _merge(results["blind"], results["existing"])
+        replay_rows.append(_replay_row("vocabulary+blind", results["vocabulary+blind"]))
+    extra["replay"] = results
+    if args.sweep:
+        for threshold in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6):
+            for name, truth, leave_out in sets:
+                result = replay(truth, leave_out, threshold)
+                replay_rows.append(_replay_row(f"{name} @ min_score {threshold}", result))
+    report(
+        "rank_quality_replay",
+        ["readers", "delivered", "relevant", "precision", "recall", "one-word share"],
+        replay_rows,
+        extra,
+    )
+
+
+def _replay_row(name: str, r: dict[str, float]) -> list[object]:
+    return [name, r["delivered"], r["relevant"], r["precision"], r["recall"], r["one_word_share"]]
+
+
+def _merge(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    total = {k: a[k] + b[k] for k in ("delivered", "relevant", "judged_relevant", "reached")}
+    one = a["one_word_share"] * a["delivered"] + b["one_word_share"] * b["delivered"]
+    return total | {
+        "precision": total["relevant"] / total["delivered"] if total["delivered"] else float("nan"),
+        "recall": total["reached"] / total["judged_relevant"],
+        "one_word_share": one / total["delivered"] if total["delivered"] else float("nan"),
+    }
 
 
 if __name__ == "__main__":

@@ -293,17 +293,40 @@ def parse(
 
 @app.command(name="rank")
 def rank_command(
-    sources: SourcesArg,
-    tag: Annotated[list[str], typer.Option(help="An interest tag (repeatable).")],
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="Files, folders, globs or http(s) URLs.")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="An interest tag (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="A tag or keyword to exclude.")] = None,
     limit: Annotated[int, typer.Option(help="How many papers to show.")] = 20,
-    min_score: Annotated[float, typer.Option(help="Leave out papers scoring below this.")] = 1.0,
-    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per paper.")] = False,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            help="Leave out papers scoring below this (0..1; default: the subscribers' default)."
+        ),
+    ] = None,
+    jsonl: Annotated[
+        bool, typer.Option("--jsonl", help="One JSON object per paper, with the evidence.")
+    ] = False,
+    explain: Annotated[
+        list[str] | None,
+        typer.Option("--explain-tag", help="Print how a tag is read (facets), then stop."),
+    ] = None,
 ) -> None:
     """Rank papers for tags, best first, with the reason for each."""
-    from paperpost.rank import Interest, Profile, rank
+    from paperpost.rank import DEFAULT_MIN_SCORE, Interest, Profile, explain_tag, rank
 
+    if explain:
+        for name in explain:
+            for line in explain_tag(name):
+                out.print(escape(line), highlight=False)
+        return
+    if not sources or not tag:
+        err.print("[red]error[/red] give dump files (or folders/URLs) and at least one --tag")
+        raise typer.Exit(2)
     papers = _read_papers(sources, _settings())
+    if min_score is None:
+        min_score = DEFAULT_MIN_SCORE
     profile = Profile(
         tuple(Interest(t) for t in tag), tuple(exclude or ()), min_score=min_score, max_items=limit
     )
@@ -316,6 +339,7 @@ def rank_command(
                 "score": item.score,
                 "matched": list(item.matched),
                 "why": item.why,
+                "evidence": list(item.evidence),
             }
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
@@ -383,14 +407,27 @@ def subscribers_validate(
         Path | None, typer.Argument(help="Folder or file (default: settings).")
     ] = None,
 ) -> None:
-    """Check every subscriber file; print every error; exit 1 if any."""
+    """Check every subscriber file; print every error; exit 1 if any; warn on unknown tags."""
+    from paperpost.rank import tag_warnings
     from paperpost.subscribers import load_subscribers
 
     target = folder or _settings().subscribers_dir
     entries, errors = load_subscribers(target)
     for error in errors:
         err.print(escape(str(error)))
-    out.print(f"{len(entries)} valid subscriber(s), {len(errors)} error(s) in {target}")
+    warnings = 0
+    for entry in entries:
+        for index, interest in enumerate(entry.subscriber.tags):
+            for warning in tag_warnings(interest.tag):
+                warnings += 1
+                err.print(
+                    f"[yellow]warning[/yellow] {escape(str(entry.path))}: "
+                    f"{escape(entry.subscriber.email)}: tags[{index}]: {escape(warning)}"
+                )
+    out.print(
+        f"{len(entries)} valid subscriber(s), {len(errors)} error(s), "
+        f"{warnings} warning(s) in {target}"
+    )
     if errors:
         raise typer.Exit(1)
 
@@ -556,6 +593,7 @@ def subscribers_add(
     """Write a new subscriber file (never overwrites one)."""
     from pydantic import ValidationError
 
+    from paperpost.rank import tag_warnings
     from paperpost.subscribers import Subscriber, SubscriberFileError, add_subscriber
 
     folder = _settings().subscribers_dir
@@ -579,6 +617,9 @@ def subscribers_add(
         err.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     out.print(f"added {subscriber.email} → {path}")
+    for interest in subscriber.tags:
+        for warning in tag_warnings(interest.tag):
+            err.print(f"[yellow]warning[/yellow] {escape(warning)}")
 
 
 @subscribers_app.command("remove")

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from uuid import uuid4
@@ -25,7 +26,7 @@ from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transpo
 from paperpost.dumps import DumpError, parse_dump
 from paperpost.feedback import reader_ids, reader_nudge
 from paperpost.fetch import Fetched, expand_sources, failed_api_days, fetch_all, last_api_days
-from paperpost.rank import Interest, Profile, Ranked, rank_many
+from paperpost.rank import BACKGROUND_PAPERS, Background, Interest, Profile, Ranked, rank_many
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
 from paperpost.store import RunPlan, Store
@@ -195,6 +196,13 @@ def reader_of(entry: LoadedSubscriber, reader_id: str | None = None) -> Reader:
     )
 
 
+@lru_cache(maxsize=2)
+def _background(store: Store, high: int) -> Background:
+    """Word weights over the most recent papers of the history (shared by a run's batches)."""
+    low = max(0, high - BACKGROUND_PAPERS)
+    return Background.of(paper for _, paper in store.papers_between(low, high))
+
+
 def rank_stage(
     store: Store,
     plan: RunPlan,
@@ -242,7 +250,8 @@ def rank_stage(
     for lo, entries in windows.items():
         papers = [paper for _, paper in store.papers_between(lo, plan.high_water)]
         taught = reader_nudge(store, papers, [e.subscriber for e in entries])
-        rankings = rank_many(papers, [profile_of(e) for e in entries], taught)
+        background = _background(store, plan.high_water)
+        rankings = rank_many(papers, [profile_of(e) for e in entries], taught, background)
         for entry, items in zip(entries, rankings, strict=True):
             if not items and not send_empty:
                 skips.append(Skip(entry.subscriber.address, "nothing above min_score"))

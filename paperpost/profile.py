@@ -31,11 +31,13 @@ import numpy as np
 from paperpost.models import Paper, title_key
 from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, tokens
 
-LIKE_CAP = 8.0  # the most liked papers can add to a tag score
-DISLIKE_CAP = 1.0  # the most disliked papers can take from it
+# tag scores are 0..1 (default min_score 0.35) since the ranker of issue 11; these were 8.0,
+# 1.0 and 0.5 on the older unbounded scale and are rescaled to keep their meaning
+LIKE_CAP = 0.6  # the most liked papers can add to a tag score
+DISLIKE_CAP = 0.15  # the most disliked papers can take from it
 NOISE = 0.1  # centroid similarity below this is what unrelated papers share: no effect
 FULL_AT = 0.25  # centroid similarity that earns the whole bonus (cosine of tf-idf vectors)
-EXPLAIN_AT = 0.5  # a bonus or penalty at least this big is named in the reason line
+EXPLAIN_AT = 0.05  # a bonus or penalty at least this big is named in the reason line
 FOLLOW_LIFT = 1e6  # followed papers go first (ordering only; not shown as score)
 _CHUNK = 1024  # readers per block when averaging similarities (bounds memory)
 

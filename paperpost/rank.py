@@ -1,28 +1,40 @@
-"""Rank papers for readers' interest tags: topics, not substrings; a reason for each.
+"""Rank papers for readers' interest tags: topics and their parts, not substrings.
 
-A tag resolves to a *topic* from the curated vocabulary in ``data/topics.yaml``
-(aliases, strong phrases, plain terms, weak terms, disambiguating context and
-phrases to avoid). Unknown tags become a topic made of their own words. A paper's
-evidence for a topic is counted per field (title > HF ``ai_keywords``/TL;DR >
-abstract); phrases weigh more than single words, and repeats add little.
+A tag is *read* as one or more facets (:func:`read_tag`): a tag that names a topic of the
+curated vocabulary (``data/topics.yaml``, by id or synonym alias) is that topic; any other
+tag is segmented into the fewest known topic names, and its leftover words become word
+facets ("protein-design" is read as protein AND design). A paper must show evidence for
+every facet to score high: bounded facet scores are combined by a weighted power mean
+(stricter than a geometric mean, so one facet matched strongly cannot carry a missing one),
+each facet weighing by how informative its words are, and the exact phrase of a multi-word
+tag (plus the reader's own keywords) counts as strong evidence of its own.
 
-Everything is pure and offline. :func:`rank_many` scores all subscribers at once
-with numpy (one paper × topic matrix shared by everyone), which is what makes
-10,000 readers × 300 papers cheap.
+Evidence is counted per field (title > HF ``ai_keywords``/TL;DR > abstract), within
+segments: a phrase never matches across sentence punctuation, commas or keyword items.
+Words weigh by how informative they are in the papers' history (:class:`Background`,
+document frequency over the papers seen so far), and a paper whose only evidence is one
+generic word is held back. Scores are bounded 0..1 on one scale for every tag, so a
+reader's ``min_score`` means the same whatever they follow.
+
+Everything is pure and offline. :func:`rank_many` scores all subscribers at once with
+numpy (paper × facet matrices shared by everyone), which is what makes 10,000 readers ×
+300 papers cheap.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import Stemmer
 import yaml
 
 from paperpost.models import Paper
@@ -34,70 +46,96 @@ TOPICS_FILE = Path(__file__).with_name("data") / "topics.yaml"
 FIELD_WEIGHTS = {"title": 3.0, "keywords": 2.0, "abstract": 1.0}
 STRENGTH = {"strong": 2.5, "term": 1.0, "weak": 0.4}
 MAX_NGRAM = 5
-POPULARITY_CAP = 0.2  # the most upvotes can ever add: less than any relevance step
-DUPLICATE_JACCARD = 0.6
 LOOSE_GAP = 2  # words allowed between the words of a phrase for a loose match
 LOOSE_FACTOR = 0.6  # a loose phrase match counts this much of an exact one
+DUPLICATE_JACCARD = 0.6
+# Calibration: raw evidence e maps to 1 - exp(-e / EVIDENCE_SCALE). One informative word
+# in a title is e = 3 (score 0.49), a strong phrase in a title e = 7.5 (0.81), a strong
+# phrase once in an abstract e = 2.5 (0.43).
+EVIDENCE_SCALE = 4.5
+RARE_SHARE = 0.02  # a word in at most this share of past papers is fully informative
+PRIOR_PAPERS = 50  # a short history counts as this many more papers without the word
+CURATED_TRUST = 0.5  # vocabulary terms keep this much weight however common their words
+WORD_TRUST = 0.5  # and a tag's own words this much
+MISSING_FACET = 0.05  # a facet without evidence counts as this score in the geometric mean
+FACET_POWER = -0.5  # facets combine by a weighted power mean (0 geometric, -1 harmonic)
+FACET_BASE = 0.5  # a facet weighs FACET_BASE + (1 - FACET_BASE) * how informative its words are
+EXCLUDE_MIN = 0.5  # a paper is "about" an excluded tag at this score
+DEFAULT_MIN_SCORE = 0.35  # picked from measurements: benchmarks/README.md
+BACKGROUND_PAPERS = 10_000  # word weights count over the most recent papers of the history
+POPULARITY_TIEBREAK = 0.02  # upvotes raise the ordering score by at most 2% (never the bar)
 STOPWORDS = frozenset(
-    (
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "for",
-        "from",
-        "in",
-        "into",
-        "is",
-        "it",
-        "of",
-        "on",
-        "or",
-        "the",
-        "to",
-        "with",
-        "via",
-        "using",
-        "toward",
-        "towards",
-        "we",
-        "our",
-        "this",
-        "that",
-        "their",
-        "its",
-    )
+    "a an and are as at be by for from in into is it of on or the to with via using toward "
+    "towards we our this that their its".split()
 )
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def _stem(token: str) -> str:
-    if len(token) > 4 and token.endswith("ies"):
-        return token[:-3] + "y"
-    if len(token) > 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
-        return token[:-1]
-    return token
+_WORD = re.compile(r"[a-z0-9]+")
+# where phrases stop: sentence punctuation, commas, brackets, colons before a space
+_BREAK = re.compile(r"[,;!?()\[\]{}\"\u201c\u201d|]|[.:](?=\s|$)|\s[-\u2013\u2014]+\s")
+_STEMMER = Stemmer.Stemmer("english")
 
 
 def tokens(text: str) -> list[str]:
-    """Lower-cased, lightly stemmed word tokens (hyphens and punctuation split words)."""
-    return [_stem(t) for t in _TOKEN.findall(text.lower())]
+    """Lower-cased Snowball-stemmed word tokens (hyphens and punctuation split words)."""
+    return _STEMMER.stemWords(_WORD.findall(text.lower()))
+
+
+def segments(text: str) -> list[list[str]]:
+    """The tokens of each stretch of text between phrase boundaries."""
+    return [words for part in _BREAK.split(text) if (words := tokens(part))]
 
 
 def phrase(text: str) -> tuple[str, ...]:
     return tuple(tokens(text))
 
 
-def _ngrams(words: Sequence[str]) -> Counter[tuple[str, ...]]:
-    grams: Counter[tuple[str, ...]] = Counter()
-    for n in range(1, MAX_NGRAM + 1):
-        for i in range(len(words) - n + 1):
-            grams[tuple(words[i : i + n])] += 1
-    return grams
+def _content(words: Iterable[str]) -> list[str]:
+    return [w for w in words if w not in STOPWORDS]
+
+
+# --- background: how informative words are ----------------------------------------
+
+
+@dataclass(eq=False)
+class Background:
+    """Document frequencies of word stems over the papers seen so far (the `papers` table).
+
+    A word's weight is its inverse document frequency relative to a word found in
+    ``RARE_SHARE`` of papers: 1 for rare words, near 0 for words most papers use.
+    """
+
+    size: int
+    df: dict[str, int]
+    _weights: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, papers: Iterable[Paper]) -> Background:
+        df: Counter[str] = Counter()
+        size = 0
+        for paper in papers:
+            df.update(_doc(paper).stems)
+            size += 1
+        return cls(size, dict(df))
+
+    def weight(self, stem: str) -> float:
+        cached = self._weights.get(stem)
+        if cached is None:
+            if stem in STOPWORDS:
+                cached = 0.0
+            else:
+                idf = math.log((self.size + PRIOR_PAPERS) / (self.df.get(stem, 0) + 1))
+                cached = min(1.0, idf / math.log(1 / RARE_SHARE))
+            self._weights[stem] = cached
+        return cached
+
+    def phrase_weight(self, words: Sequence[str]) -> float:
+        """How informative a phrase is: a noisy-or of its words' weights."""
+        missing = 1.0
+        for word in _content(words):
+            missing *= 1.0 - self.weight(word)
+        return 1.0 - missing
+
+
+# --- vocabulary ----------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +146,38 @@ class Term:
     context: tuple[tuple[str, ...], ...] = ()  # counts only if one of these appears too
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # one object per topic: hashed by identity
 class Topic:
+    """Evidence for one facet: a vocabulary topic, a word of a tag, or a tag's phrase."""
+
     id: str
     name: str
     terms: tuple[Term, ...]
     avoid: tuple[tuple[str, ...], ...] = ()
+    curated: bool = True  # vocabulary terms are trusted more than raw words
+
+
+@dataclass(frozen=True, slots=True)
+class Facet:
+    topic: Topic
+    words: tuple[str, ...]  # the tag's words this facet stands for (its weight comes from them)
+
+    @property
+    def is_topic(self) -> bool:
+        return self.topic.curated
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """How a tag is read: facets that must all show evidence, and a phrase bonus."""
+
+    tag: str
+    facets: tuple[Facet, ...]
+    bonus: Topic | None  # the tag's exact phrase and the reader's keywords
+
+    def describe(self) -> str:
+        """``protein AND design``; a topic shows as its id."""
+        return " AND ".join(f.topic.id if f.is_topic else f.topic.name for f in self.facets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,18 +194,8 @@ class Ranked:
     paper: Paper
     score: float
     matched: tuple[str, ...]
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """How strongly one paper matches one topic, and the best terms per field."""
-
-    score: float
-    hits: tuple[tuple[str, str], ...]  # (field, term text), strongest first
-
-
-# --- vocabulary ----------------------------------------
+    why: str  # short, for readers: "speculative decoding, draft model"
+    evidence: tuple[dict, ...] = ()  # per tag: score, facet scores, (field, term) hits
 
 
 @cache
@@ -174,21 +228,15 @@ def vocabulary(path: Path = TOPICS_FILE) -> dict[str, Topic]:
     return table
 
 
-def topic_for(tag: str, extra_keywords: Sequence[str] = ()) -> Topic:
-    """The topic a tag means; unknown tags become a topic of their own words."""
-    slug = _slug(tag)
-    known = vocabulary().get(slug)
-    if known is None:
-        words = [w for w in slug.split() if w not in STOPWORDS]
-        terms = [Term(tuple(slug.split()), slug, STRENGTH["strong"])] if len(words) > 1 else []
-        terms += [
-            Term((w,), w, STRENGTH["term"] if len(words) == 1 else STRENGTH["weak"]) for w in words
-        ]
-        known = Topic(id=tag, name=tag, terms=_ordered(terms))
-    if extra_keywords:
-        extra = [Term(phrase(k), k, STRENGTH["strong"]) for k in extra_keywords if phrase(k)]
-        known = Topic(known.id, known.name, _ordered([*extra, *known.terms]), known.avoid)
-    return known
+@cache
+def _vocabulary_words() -> dict[str, str]:
+    """Every word the vocabulary uses, stem -> a readable form (for did-you-mean)."""
+    words: dict[str, str] = {}
+    for topic in vocabulary().values():
+        for term in topic.terms:
+            for text in _WORD.findall(term.text.lower()):
+                words.setdefault(tokens(text)[0], text)
+    return words
 
 
 def _ordered(terms: Sequence[Term]) -> tuple[Term, ...]:
@@ -200,109 +248,249 @@ def _ordered(terms: Sequence[Term]) -> tuple[Term, ...]:
     return tuple(sorted(unique.values(), key=lambda t: -len(t.words)))
 
 
+def _segment(words: tuple[str, ...]) -> list[tuple[int, int, Topic | None]]:
+    """Split a tag's words into the fewest pieces: known topic names, else single words.
+
+    Stopwords outside a name are dropped. Ties prefer covering more words by names.
+    """
+    names = vocabulary()
+    n = len(words)
+    best: list[tuple[int, int, list[tuple[int, int, Topic | None]]] | None] = [None] * (n + 1)
+    best[0] = (0, 0, [])
+    for end in range(1, n + 1):
+        options = []
+        for start in range(end):
+            prior = best[start]
+            if prior is None:
+                continue
+            pieces, uncovered, path = prior
+            topic = names.get(" ".join(words[start:end]))
+            if topic is not None:
+                options.append((pieces + 1, uncovered, [*path, (start, end, topic)]))
+            elif end - start == 1:
+                if words[start] in STOPWORDS:
+                    options.append((pieces, uncovered, path))
+                else:
+                    options.append((pieces + 1, uncovered + 1, [*path, (start, end, None)]))
+        best[end] = min(options, key=lambda o: (o[0], o[1])) if options else None
+    result = best[n]
+    return result[2] if result else []
+
+
+@cache
+def _word_topic(stem: str, text: str) -> Topic:
+    return Topic(id=stem, name=text, terms=(Term((stem,), text, STRENGTH["term"]),), curated=False)
+
+
+@cache
+def read_tag(tag: str, keywords: tuple[str, ...] = ()) -> Reading:
+    """How a tag is read (see the module docstring); the same tag always reads the same."""
+    slug = _slug(tag)
+    words = tuple(slug.split())
+    known = vocabulary().get(slug)
+    visible = _WORD.findall(tag.lower())
+    if known is not None:
+        facets: tuple[Facet, ...] = (Facet(known, words),)
+    else:
+        pieces = []
+        for start, end, topic in _segment(words):
+            if topic is None:
+                text = visible[start] if len(visible) == len(words) else words[start]
+                topic = _word_topic(words[start], text)
+            pieces.append(Facet(topic, words[start:end]))
+        facets = tuple(pieces)
+    bonus_terms = [Term(phrase(k), k, STRENGTH["strong"]) for k in keywords if phrase(k)]
+    if known is None and len(_content(words)) > 1:
+        bonus_terms.append(Term(words, " ".join(visible), STRENGTH["strong"]))
+    bonus = None
+    if bonus_terms:
+        bonus = Topic(id=f"{tag} (phrase)", name=tag, terms=_ordered(bonus_terms), curated=False)
+    return Reading(tag, facets, bonus)
+
+
+def tag_warnings(tag: str) -> list[str]:
+    """What a person should know about a tag that is not a vocabulary topic (or [])."""
+    if _slug(tag) in vocabulary():
+        return []
+    reading = read_tag(tag)
+    if not reading.facets:
+        return [f"tag {tag!r} has no words to match"]
+    names = sorted({topic.id for topic in vocabulary().values()})
+    hyphenated = "-".join(_WORD.findall(tag.lower()))
+    suggestions = difflib.get_close_matches(hyphenated, names, n=3, cutoff=0.75)
+    known_words = _vocabulary_words()
+    for facet in reading.facets:
+        if not facet.is_topic and facet.topic.id not in known_words:
+            near = difflib.get_close_matches(facet.topic.id, list(known_words), n=1, cutoff=0.75)
+            if near:
+                suggestions.append(tag.lower().replace(facet.topic.name, known_words[near[0]]))
+    message = f"tag {tag!r} is not a topic in the vocabulary; read as: {reading.describe()}"
+    if suggestions:
+        message += "; did you mean " + " or ".join(dict.fromkeys(suggestions)) + "?"
+    return [message]
+
+
+def explain_tag(tag: str) -> list[str]:
+    """Lines telling how a tag resolves to facets (``paperpost rank --explain-tag``)."""
+    reading = read_tag(tag)
+    known = _slug(tag) in vocabulary()
+    lines = [
+        f"{tag}: "
+        + ("the vocabulary topic" if known else "not a vocabulary topic; read as")
+        + f" {reading.describe()}"
+    ]
+    for facet in reading.facets:
+        if facet.is_topic:
+            strong = [t.text for t in facet.topic.terms if t.strength >= STRENGTH["strong"]]
+            lines.append(
+                f"  facet {facet.topic.id} ({facet.topic.name}): topic with "
+                f"{len(facet.topic.terms)} terms, e.g. {', '.join(strong[:6])}"
+            )
+        else:
+            lines.append(f"  facet {facet.topic.name}: the word itself (stem {facet.topic.id!r})")
+    if len(reading.facets) > 1:
+        lines.append(
+            "  a paper needs evidence for every facet; facets weigh by how informative "
+            "their words are in the papers seen so far"
+        )
+    if reading.bonus is not None:
+        lines.append(
+            "  strong evidence on its own: " + ", ".join(t.text for t in reading.bonus.terms)
+        )
+    for warning in tag_warnings(tag):
+        if "did you mean" in warning:
+            lines.append("  " + warning.split("; ", 2)[-1])
+    return lines
+
+
 # --- evidence ----------------------------------------
 
 
 @dataclass(slots=True, eq=False)
 class _Doc:
-    fields: dict[str, Counter[tuple[str, ...]]]
-    words: dict[str, list[str]]
+    grams: dict[str, Counter[tuple[str, ...]]]  # n-grams within segments, per field
+    segments: dict[str, list[list[str]]]
     vocab: dict[str, frozenset[str]]
     everything: Counter[tuple[str, ...]]
+    stems: frozenset[str]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=65536)
 def _doc(paper: Paper) -> _Doc:
-    words = {
-        "title": tokens(paper.title),
-        "keywords": tokens(" ; ".join(paper.ai_keywords) + " ; " + (paper.ai_summary or "")),
-        "abstract": tokens(paper.abstract),
+    parts = {
+        "title": segments(paper.title),
+        "keywords": [
+            *(words for k in paper.ai_keywords if (words := tokens(k))),
+            *segments(paper.ai_summary or ""),
+        ],
+        "abstract": segments(paper.abstract),
     }
-    fields = {name: _ngrams(field) for name, field in words.items()}
+    grams: dict[str, Counter[tuple[str, ...]]] = {}
     everything: Counter[tuple[str, ...]] = Counter()
-    for grams in fields.values():
-        everything.update(grams)
-    vocab = {name: frozenset(field) for name, field in words.items()}
-    return _Doc(fields, words, vocab, everything)
+    vocab = {}
+    for name, segs in parts.items():
+        counter: Counter[tuple[str, ...]] = Counter()
+        for words in segs:
+            for n in range(1, MAX_NGRAM + 1):
+                for i in range(len(words) - n + 1):
+                    counter[tuple(words[i : i + n])] += 1
+        grams[name] = counter
+        everything.update(counter)
+        vocab[name] = frozenset(w for words in segs for w in words)
+    stems = frozenset().union(*vocab.values())
+    return _Doc(grams, parts, vocab, everything, stems)
 
 
-def _loose_count(words: list[str], phrase_words: tuple[str, ...]) -> int:
+def _loose_count(segs: list[list[str]], phrase_words: tuple[str, ...]) -> int:
     """Occurrences of a phrase's words in order with at most LOOSE_GAP words between
-    neighbours ("speculative Jacobi decoding" for "speculative decoding")."""
+    neighbours ("speculative Jacobi decoding" for "speculative decoding"), in one segment."""
     count = 0
     first, rest = phrase_words[0], phrase_words[1:]
-    for start, word in enumerate(words):
-        if word != first:
-            continue
-        position = start
-        for wanted in rest:
-            window = words[position + 1 : position + 2 + LOOSE_GAP]
-            if wanted not in window:
-                break
-            position += 1 + window.index(wanted)
-        else:
-            count += 1
+    for words in segs:
+        for start, word in enumerate(words):
+            if word != first:
+                continue
+            position = start
+            for wanted in rest:
+                window = words[position + 1 : position + 2 + LOOSE_GAP]
+                if wanted not in window:
+                    break
+                position += 1 + window.index(wanted)
+            else:
+                count += 1
     return count
 
 
-def evidence(doc: _Doc, topic: Topic) -> Evidence:
-    """Score one document for one topic (0 when nothing matches).
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """How strongly one paper matches one facet."""
+
+    raw: float  # unbounded evidence
+    hits: tuple[tuple[float, str, str, int], ...]  # (gain, field, term text, words), best first
+    units: int  # distinct terms matched; a phrase counts 2
+    single: float  # if the only evidence is one word: that word's weight squared, else 1
+
+    @property
+    def score(self) -> float:
+        return 1.0 - math.exp(-self.raw / EVIDENCE_SCALE)
+
+
+_NONE = Evidence(0.0, (), 0, 1.0)
+
+
+def evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
+    """Evidence of one document for one facet.
 
     Within a field, an occurrence counts once, for the longest term that covers it:
     "speculative decoding" in a title does not also count as "speculative". The
     topic's ``avoid`` phrases cover their words the same way without scoring.
     """
     total = 0.0
-    hits: list[tuple[float, str, str]] = []
-    for field, grams in doc.fields.items():
-        present = doc.vocab[field]
-        matched: list[tuple[Term, int]] = []
-        for term in topic.terms:  # longest first (see vocabulary)
+    hits: list[tuple[float, str, str, int]] = []
+    distinct: dict[tuple[str, ...], float] = {}
+    for name, grams in doc.grams.items():
+        present = doc.vocab[name]
+        matched: list[tuple[str, ...]] = []
+        for term in topic.terms:  # longest first
             count = grams.get(term.words, 0)
             strength = term.strength
             if not count and len(term.words) > 1 and present.issuperset(term.words):
-                count = _loose_count(doc.words[field], term.words)
+                count = _loose_count(doc.segments[name], term.words)
                 strength *= LOOSE_FACTOR
             if not count or (term.context and not any(doc.everything.get(c) for c in term.context)):
                 continue
             covered = sum(
                 grams.get(longer, 0)
-                for longer in [t.words for t, _ in matched] + list(topic.avoid)
+                for longer in matched + list(topic.avoid)
                 if len(longer) > len(term.words) and _contains(longer, term.words)
             )
             count -= covered
             if count <= 0:
                 continue
-            matched.append((term, count))
-            gain = FIELD_WEIGHTS[field] * strength * (1.0 + 0.5 * math.log(count))
+            matched.append(term.words)
+            informative = background.phrase_weight(term.words)
+            trust = CURATED_TRUST if topic.curated else WORD_TRUST
+            informative = trust + (1.0 - trust) * informative
+            gain = FIELD_WEIGHTS[name] * strength * informative * (1.0 + 0.5 * math.log(count))
+            if gain <= 0:
+                continue
             total += gain
-            hits.append((gain, field, term.text))
+            hits.append((gain, name, term.text, len(_content(term.words))))
+            distinct[term.words] = informative
+    if not hits:
+        return _NONE
     hits.sort(key=lambda h: -h[0])
-    return Evidence(total, tuple((field, text) for _, field, text in hits))
+    units = sum(2 if len(_content(words)) > 1 else 1 for words in distinct)
+    single = 1.0
+    if units == 1:
+        (words,) = distinct
+        single = background.phrase_weight(words) ** 2
+    return Evidence(total, tuple(hits), units, single)
 
 
 def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
     n = len(shorter)
     return any(longer[i : i + n] == shorter for i in range(len(longer) - n + 1))
-
-
-def _why(per_tag: list[tuple[str, Evidence]]) -> str:
-    """``title: "speculative decoding"; abstract: "draft model"``; per tag when several."""
-    parts: list[str] = []
-    for tag, ev in per_tag:
-        by_field: dict[str, list[str]] = {}
-        for field, text in ev.hits:
-            seen = by_field.setdefault(field, [])
-            if text not in seen and len(seen) < 2:
-                seen.append(text)
-        fields = [
-            f"{field}: " + ", ".join(f'"{t}"' for t in by_field[field])
-            for field in ("title", "keywords", "abstract")
-            if field in by_field
-        ][:2]
-        evidence_text = "; ".join(fields)
-        parts.append(f"{tag} ({evidence_text})" if len(per_tag) > 1 else evidence_text)
-    return "; ".join(parts)
 
 
 # --- ranking ----------------------------------------
@@ -314,19 +502,17 @@ class Profile:
 
     interests: tuple[Interest, ...]
     exclude: tuple[str, ...] = ()
-    min_score: float = 1.0
+    min_score: float = DEFAULT_MIN_SCORE
     max_items: int = 10
 
 
-def _topic_key(interest: Interest) -> tuple[str, tuple[str, ...]]:
-    return (_slug(interest.tag), tuple(sorted(interest.keywords)))
+def _evidence_table(
+    docs: list[_Doc], topics: list[Topic], background: Background
+) -> list[dict[int, Evidence]]:
+    """Per document, the evidence for each facet it can match (others are zero).
 
-
-def _evidence_table(docs: list[_Doc], topics: list[Topic]) -> list[dict[int, Evidence]]:
-    """Per document, the evidence for each topic it can match (others are zero).
-
-    An index from each term's words to its topics keeps this proportional to what the
-    documents contain rather than to documents × topics × terms.
+    An index from each term's words to its facets keeps this proportional to what the
+    documents contain rather than to documents × facets × terms.
     """
     exact: dict[tuple[str, ...], set[int]] = {}
     loose: dict[str, list[tuple[tuple[str, ...], int]]] = {}  # by first word
@@ -338,26 +524,25 @@ def _evidence_table(docs: list[_Doc], topics: list[Topic]) -> list[dict[int, Evi
     table = []
     for doc in docs:
         candidates: set[int] = set()
-        for gram in doc.everything:
-            if gram in exact:
-                candidates |= exact[gram]
-            if len(gram) == 1 and gram[0] in loose:
-                for words, t in loose[gram[0]]:
-                    if all((w,) in doc.everything for w in words[1:]):
-                        candidates.add(t)
+        for gram in exact.keys() & doc.everything.keys():
+            candidates |= exact[gram]
+        for first in loose.keys() & doc.stems:
+            for words, t in loose[first]:
+                if t not in candidates and doc.stems.issuperset(words):
+                    candidates.add(t)
         found = {}
         for t in candidates:
-            ev = _cached_evidence(doc, topics[t])
-            if ev.score > 0:
+            ev = _cached_evidence(doc, topics[t], background)
+            if ev.raw > 0:
                 found[t] = ev
         table.append(found)
     return table
 
 
 @lru_cache(maxsize=65536)
-def _cached_evidence(doc: _Doc, topic: Topic) -> Evidence:
-    """Evidence is the same for every batch of readers that shares a topic."""
-    return evidence(doc, topic)
+def _cached_evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
+    """Evidence is the same for every batch of readers that shares a facet."""
+    return evidence(doc, topic, background)
 
 
 def _near_duplicates(papers: Sequence[Paper]) -> dict[int, set[int]]:
@@ -373,94 +558,219 @@ def _near_duplicates(papers: Sequence[Paper]) -> dict[int, set[int]]:
     return pairs
 
 
+class _Scores:
+    """Reading × paper scores for a batch: facets and phrase bonuses, combined."""
+
+    def __init__(
+        self, papers: Sequence[Paper], readings: list[Reading], background: Background
+    ) -> None:
+        topic_index: dict[Topic, int] = {}
+        for reading in readings:
+            for facet in reading.facets:
+                topic_index.setdefault(facet.topic, len(topic_index))
+            if reading.bonus is not None:
+                topic_index.setdefault(reading.bonus, len(topic_index))
+        topics = list(topic_index)
+        self.topics = topics
+        self.topic_index = topic_index
+        self.readings = readings
+        self.evid = _evidence_table([_doc(p) for p in papers], topics, background)
+
+        n_topics, n_papers = len(topics), len(papers)
+        score = np.zeros((n_topics, n_papers))
+        units = np.zeros((n_topics, n_papers))
+        single = np.zeros((n_topics, n_papers))
+        for p, found in enumerate(self.evid):
+            for t, ev in found.items():
+                score[t, p] = ev.score
+                units[t, p] = ev.units
+                single[t, p] = ev.single if ev.units == 1 else 0.0
+
+        n_read = len(readings)
+        weights = np.zeros((n_read, n_topics))  # facet weights, normalised per reading
+        member = np.zeros((n_read, n_topics))  # facets and bonus, for counting evidence
+        bonus = np.zeros((n_read, n_topics))
+        for r, reading in enumerate(readings):
+            for facet in reading.facets:
+                t = topic_index[facet.topic]
+                weights[r, t] += FACET_BASE + (1.0 - FACET_BASE) * background.phrase_weight(
+                    facet.words
+                )
+                member[r, t] = 1.0
+            if reading.bonus is not None:
+                t = topic_index[reading.bonus]
+                bonus[r, t] = 1.0
+                member[r, t] = 1.0
+        totals = weights.sum(axis=1, keepdims=True)
+        weights = np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
+
+        smoothed = MISSING_FACET + (1.0 - MISSING_FACET) * score
+        if FACET_POWER == 0.0:
+            mean = np.exp(weights @ np.log(smoothed))
+        else:
+            mean = (weights @ smoothed**FACET_POWER) ** (1.0 / FACET_POWER)
+        geometric = (mean - MISSING_FACET) / (1.0 - MISSING_FACET)
+        geometric = np.clip(geometric, 0.0, 1.0) * (totals > 0)
+        phrase_score = bonus @ score
+        combined = 1.0 - (1.0 - geometric) * (1.0 - phrase_score)
+        count = member @ units
+        # one word of evidence is held back unless that word is the whole tag
+        whole_word = np.array([len(r.facets) == 1 and not r.facets[0].is_topic for r in readings])
+        one_word = (count == 1) & ~whole_word[:, None]
+        self.about = combined.copy()  # for exclusions: one word in a title is enough there
+        combined[one_word] *= (member @ single)[one_word]
+        self.score = combined  # readings × papers, 0..1
+
+    def detail(self, r: int, p: int) -> dict:
+        reading = self.readings[r]
+        facets = {}
+        hits: list[tuple[float, str, str, str]] = []
+        parts = [*reading.facets, *([Facet(reading.bonus, ())] if reading.bonus else [])]
+        for facet in parts:
+            ev = self.evid[p].get(self.topic_index[facet.topic], _NONE)
+            label = "phrase" if facet.topic is reading.bonus else facet.topic.id
+            facets[label] = round(ev.score, 3)
+            hits += [(gain, field_, text, label) for gain, field_, text, _ in ev.hits]
+        hits.sort(key=lambda h: -h[0])
+        return {
+            "tag": reading.tag,
+            "score": round(float(self.score[r, p]), 3),
+            "facets": facets,
+            "hits": [{"facet": f, "field": fld, "term": t} for _, fld, t, f in hits],
+        }
+
+
+def _short_reason(details: list[dict]) -> str:
+    """``speculative decoding, draft model``; per tag when several tags matched."""
+    parts = []
+    for detail in details:
+        terms: list[str] = []
+        for hit in detail["hits"]:
+            if hit["term"].lower() not in (t.lower() for t in terms):
+                terms.append(hit["term"])
+            if len(terms) == 3:
+                break
+        text = ", ".join(terms)
+        parts.append(f"{detail['tag']}: {text}" if len(details) > 1 else text)
+    return "; ".join(parts)
+
+
 def rank_many(
-    papers: Sequence[Paper], profiles: Sequence[Profile], nudge: Nudge | None = None
+    papers: Sequence[Paper],
+    profiles: Sequence[Profile],
+    nudge: Nudge | None = None,
+    background: Background | None = None,
 ) -> list[list[Ranked]]:
     """Rank ``papers`` for every profile at once; one ordered list per profile.
 
     ``nudge`` (from :func:`paperpost.profile.nudge`) applies what readers taught by votes,
     examples and follows: a bounded bonus on the tag score, and followed papers first.
+    ``background`` is the history word weights come from (default: ``papers`` alone;
+    the pipeline passes the recent papers of the store).
     """
     if not papers or not profiles:
         return [[] for _ in profiles]
-    topic_index: dict[tuple[str, tuple[str, ...]], int] = {}
-    topics: list[Topic] = []
+    if background is None:
+        background = Background.of(papers)
+    reading_index: dict[tuple[str, tuple[str, ...]], int] = {}
+    readings: list[Reading] = []
     rows: list[tuple[list[tuple[int, Interest]], list[int]]] = []
+
+    def index_of(tag: str, keywords: tuple[str, ...] = ()) -> int:
+        key = (tag, keywords)
+        index = reading_index.get(key)
+        if index is None:
+            index = reading_index[key] = len(readings)
+            readings.append(read_tag(tag, tuple(sorted(keywords))))
+        return index
+
     for profile in profiles:
-        wanted, unwanted = [], []
-        for interest in profile.interests:
-            key = _topic_key(interest)
-            if key not in topic_index:
-                topic_index[key] = len(topics)
-                topics.append(topic_for(interest.tag, interest.keywords))
-            wanted.append((topic_index[key], interest))
-        for tag in profile.exclude:
-            key = (_slug(tag), ())
-            if key not in topic_index:
-                topic_index[key] = len(topics)
-                topics.append(topic_for(tag))
-            unwanted.append(topic_index[key])
+        wanted = [(index_of(i.tag, i.keywords), i) for i in profile.interests]
+        unwanted = [index_of(tag) for tag in profile.exclude]
         rows.append((wanted, unwanted))
 
-    evid = _evidence_table([_doc(p) for p in papers], topics)
-    relevance = np.zeros((len(topics), len(papers)))
-    for p, found in enumerate(evid):
-        for t, ev in found.items():
-            relevance[t, p] = ev.score
-
-    weights = np.zeros((len(profiles), len(topics)))
-    excluded = np.zeros((len(profiles), len(topics)))
+    table = _Scores(papers, readings, background)
+    # a zero row at the end pads readers with fewer interests or exclusions
+    log_miss = np.vstack([np.log1p(-np.clip(table.score, 0.0, 0.999)), np.zeros(len(papers))])
+    about = np.vstack([table.about >= EXCLUDE_MIN, np.zeros(len(papers), dtype=bool)])
+    pad = len(readings)
+    width = max(len(w) for w, _ in rows)
+    picks = np.full((len(profiles), width), pad)
+    weights = np.zeros((len(profiles), width))
+    blocked = np.zeros((len(profiles), len(papers)), dtype=bool)
     for row, (wanted, unwanted) in enumerate(rows):
-        for t, interest in wanted:
-            weights[row, t] += interest.weight
-        excluded[row, unwanted] = 1.0
-    scores = weights @ relevance  # S × P
-    # an exclusion hits when the paper's evidence for the excluded topic is real
-    blocked = (excluded @ (relevance >= 1.0).astype(np.float64)) > 0
+        top = max((interest.weight for _, interest in wanted), default=1.0)
+        for k, (r, interest) in enumerate(wanted):
+            picks[row, k] = r
+            weights[row, k] = interest.weight / top
+        for r in unwanted:
+            blocked[row] |= about[r]
+    # S × P: a weighted noisy-or of each reader's tags
+    scores = 1.0 - np.exp(np.einsum("sk,skp->sp", weights, log_miss[picks]))
     upvotes = np.array([p.upvotes or 0 for p in papers], dtype=np.float64)
-    prior = POPULARITY_CAP * (1.0 - np.exp(-upvotes / 30.0))
+    prior = POPULARITY_TIEBREAK * (1.0 - np.exp(-upvotes / 30.0))
     duplicates = _near_duplicates(papers)
-    reasons: dict[tuple[int, tuple[tuple[str, int], ...]], str] = {}
+    details: dict[tuple[int, int], dict] = {}
 
-    untaught = np.zeros(len(papers))
+    min_scores = np.array([p.min_score for p in profiles])[:, None]
+    final = np.where((scores >= min_scores) & ~blocked, scores * (1.0 + prior), -1.0)
+    shown_scores = scores
+    taught: dict[int, str] = {}
+    if nudge is not None:  # reader feedback: see paperpost.profile
+        shown_scores = scores.copy()
+        for row, profile in enumerate(profiles):
+            relevant, bonus, lift = nudge.apply(
+                row, scores[row], final[row] >= 0.0, ~blocked[row], profile.min_score
+            )
+            if bonus is not nudge.zero or lift is not nudge.zero:
+                shown_scores[row] = np.clip(scores[row] + bonus, 0.0, 1.0)
+                final[row] = np.where(relevant, shown_scores[row] * (1.0 + prior) + lift, -1.0)
+                taught[row] = ""
+    depth = min(len(papers), 2 * max(p.max_items for p in profiles) + 10)
+    if depth < len(papers):  # only the best few per reader need sorting
+        part = np.argpartition(-final, depth - 1, axis=1)[:, :depth]
+        top = np.take_along_axis(part, np.argsort(-np.take_along_axis(final, part, 1), 1), 1)
+    else:
+        top = np.argsort(-final, axis=1, kind="stable")
+    tag_scores = table.score.tolist()
+    reasons: dict[tuple[int, tuple[int, ...]], tuple[str, tuple[dict, ...]]] = {}
     results: list[list[Ranked]] = []
     for row, profile in enumerate(profiles):
-        relevant = (scores[row] >= profile.min_score) & ~blocked[row]
-        bonus = lift = untaught
-        if nudge is not None:  # reader feedback: see paperpost.profile
-            relevant, bonus, lift = nudge.apply(
-                row, scores[row], relevant, ~blocked[row], profile.min_score
-            )
-        candidates = np.flatnonzero(relevant)
-        final = scores[row] + prior + bonus
-        order = candidates[np.argsort(-(final + lift)[candidates], kind="stable")]
+        order = [p for p in top[row].tolist() if final[row, p] >= 0.0]
+        wanted = rows[row][0]
         ranked = []
         for p in _diverse(order, duplicates, profile.max_items):
-            per_tag = sorted(
-                ((interest.tag, t) for t, interest in rows[row][0] if t in evid[p]),
-                key=lambda item: -evid[p][item[1]].score,
-            )
-            key = (p, tuple(per_tag))
+            tags = [(tag_scores[r][p], r) for r, _ in wanted if tag_scores[r][p] > 0]
+            best = max((s for s, _ in tags), default=0.0)
+            shown = tuple(r for s, r in sorted(tags, key=lambda x: -x[0]) if s >= best / 2)
+            key = (p, shown)
             if key not in reasons:
-                reasons[key] = _why([(tag, evid[p][t]) for tag, t in per_tag])
-            taught = nudge.why(row, p) if nudge is not None else ""
+                for r in shown:
+                    if (r, p) not in details:
+                        details[r, p] = table.detail(r, p)
+                per_tag = tuple(details[r, p] for r in shown)
+                reasons[key] = (_short_reason(list(per_tag)), per_tag)
+            why, per_tag = reasons[key]
+            if row in taught and nudge is not None:
+                why = "; ".join(part for part in (why, nudge.why(row, p)) if part)
             ranked.append(
                 Ranked(
                     paper=papers[p],
-                    score=round(float(final[p]), 3),
-                    matched=tuple(tag for tag, _ in per_tag),
-                    why="; ".join(part for part in (reasons[key], taught) if part),
+                    score=round(float(shown_scores[row, p]), 3),
+                    matched=tuple(d["tag"] for d in per_tag),
+                    why=why,
+                    evidence=per_tag,
                 )
             )
         results.append(ranked)
     return results
 
 
-def _diverse(order: np.ndarray, duplicates: dict[int, set[int]], limit: int) -> list[int]:
+def _diverse(order: list[int], duplicates: dict[int, set[int]], limit: int) -> list[int]:
     """Take papers best first, pushing near-duplicate titles behind the others."""
     picked: list[int] = []
     deferred: list[int] = []
-    for index in order.tolist():
+    for index in order:
         if duplicates.get(index) and any(j in duplicates[index] for j in picked):
             deferred.append(index)
             continue
@@ -470,6 +780,8 @@ def _diverse(order: np.ndarray, duplicates: dict[int, set[int]], limit: int) -> 
     return (picked + deferred)[:limit]
 
 
-def rank(papers: Sequence[Paper], profile: Profile) -> list[Ranked]:
+def rank(
+    papers: Sequence[Paper], profile: Profile, background: Background | None = None
+) -> list[Ranked]:
     """Rank for one reader (see :func:`rank_many`)."""
-    return rank_many(papers, [profile])[0]
+    return rank_many(papers, [profile], background=background)[0]

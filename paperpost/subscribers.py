@@ -22,6 +22,8 @@ from pydantic_core import PydanticCustomError
 from yaml.composer import Composer, ComposerError
 from yaml.events import DocumentStartEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
 
+from paperpost.rank import DEFAULT_MIN_SCORE
+
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _ARXIV_REF = re.compile(
@@ -71,7 +73,7 @@ class Subscriber(BaseModel):
     cadence: Literal["daily", "weekly"] = "daily"
     weekday: Literal[WEEKDAYS] = "monday"  # type: ignore[valid-type]
     max_items: Annotated[int, Field(ge=1, le=100)] = 10
-    min_score: Annotated[float, Field(ge=0)] = 1.0
+    min_score: Annotated[float, Field(ge=0, le=1)] = DEFAULT_MIN_SCORE
     format: Literal["html", "text"] = "html"
     active: bool = True
 

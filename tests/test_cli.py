@@ -252,3 +252,20 @@ def test_preview_says_when_the_reader_gets_nothing(tmp_path: Path, monkeypatch) 
 def test_web_does_not_default_to_the_smtp_sink_port() -> None:
     result = runner.invoke(app, ["web", "--help"])
     assert "8025" not in result.stdout and "8000" in result.stdout
+
+
+def test_tags_that_are_not_topics_warn_with_how_they_are_read(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "a.yaml").write_text("email: a@example.org\ntags: [protien-design, tts]\n")
+    checked = runner.invoke(app, ["subscribers", "validate", str(tmp_path)])
+    assert checked.exit_code == 0, checked.output  # a warning, not an error
+    assert "tags[0]: tag 'protien-design' is not a topic" in checked.stderr
+    assert "read as: protien AND design" in checked.stderr
+    assert "did you mean protein-design?" in checked.stderr
+    assert "tags[1]" not in checked.stderr and "1 warning(s)" in checked.stdout
+    monkeypatch.setenv("PAPERPOST_SUBSCRIBERS_DIR", str(tmp_path))
+    added = runner.invoke(app, ["subscribers", "add", "x@example.org", "--tag", "xyzzy"])
+    assert added.exit_code == 0 and "tag 'xyzzy' is not a topic" in added.stderr
+    explained = runner.invoke(app, ["rank", "--explain-tag", "gui-agents"])
+    assert explained.exit_code == 0
+    assert "read as gui AND agents" in explained.stdout
+    assert "facet agents (LLM agents and tool use)" in explained.stdout
