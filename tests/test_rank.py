@@ -222,3 +222,17 @@ def test_tag_warnings_for_what_is_not_a_topic() -> None:
 def test_scores_are_bounded(shared_papers) -> None:
     ranked = rank(shared_papers, profile("agents", "diffusion", "protein-design", min_score=0.0))
     assert ranked and all(0.0 <= r.score <= 1.0 for r in ranked)
+
+
+def test_word_weights_come_from_document_frequency_in_the_history() -> None:
+    history = Background.of(
+        [
+            paper(f"Paper {i}", "We study language models." + (" Watermarks." if i == 0 else ""))
+            for i in range(200)
+        ]
+    )
+    assert history.size == 200
+    assert history.weight("languag") < 0.1 < 0.9 < history.weight("watermark")
+    assert history.weight("never-seen") == 1.0 and history.weight("the") == 0.0
+    grown = Background.of([paper(f"Watermark {i}", "Watermarks everywhere.") for i in range(200)])
+    assert grown.weight("watermark") < history.weight("watermark")
