@@ -10,13 +10,11 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED
+from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-pytestmark = pytest.mark.skipif(
-    not (SHARED / "dumps").is_dir(), reason="needs the reference papers in ../shared"
-)
+pytestmark = pytest.mark.shared  # skips with a reason without ../shared (conftest)
 
 
 def _means(scores: dict, system: str) -> tuple[float, float]:
