@@ -55,13 +55,12 @@ DUPLICATE_JACCARD = 0.6
 EVIDENCE_SCALE = 4.5
 RARE_SHARE = 0.02  # a word in at most this share of past papers is fully informative
 PRIOR_PAPERS = 50  # a short history counts as this many more papers without the word
-CURATED_TRUST = 0.5  # vocabulary terms keep this much weight however common their words
-WORD_TRUST = 0.5  # and a tag's own words this much
-MISSING_FACET = 0.05  # a facet without evidence counts as this score in the geometric mean
-FACET_POWER = -0.5  # facets combine by a weighted power mean (0 geometric, -1 harmonic)
+TRUST = 0.5  # a term keeps this much of its weight however common its words are
+MISSING_FACET = 0.05  # a facet without evidence counts as this score in the mean
+FACET_POWER = -0.5  # facets combine by a weighted power mean (0 would be geometric)
 FACET_BASE = 0.5  # a facet weighs FACET_BASE + (1 - FACET_BASE) * how informative its words are
 EXCLUDE_MIN = 0.5  # a paper is "about" an excluded tag at this score
-DEFAULT_MIN_SCORE = 0.35  # picked from measurements: benchmarks/README.md
+DEFAULT_MIN_SCORE = 0.35  # picked from measurements: docs/ranking.md
 BACKGROUND_PAPERS = 10_000  # word weights count over the most recent papers of the history
 POPULARITY_TIEBREAK = 0.02  # upvotes raise the ordering score by at most 2% (never the bar)
 STOPWORDS = frozenset(
@@ -154,7 +153,7 @@ class Topic:
     name: str
     terms: tuple[Term, ...]
     avoid: tuple[tuple[str, ...], ...] = ()
-    curated: bool = True  # vocabulary terms are trusted more than raw words
+    curated: bool = True  # a vocabulary topic (not a word or phrase of the tag itself)
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,8 +468,7 @@ def evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
                 continue
             matched.append(term.words)
             informative = background.phrase_weight(term.words)
-            trust = CURATED_TRUST if topic.curated else WORD_TRUST
-            informative = trust + (1.0 - trust) * informative
+            informative = TRUST + (1.0 - TRUST) * informative
             gain = FIELD_WEIGHTS[name] * strength * informative * (1.0 + 0.5 * math.log(count))
             if gain <= 0:
                 continue
@@ -605,14 +603,11 @@ class _Scores:
         weights = np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
 
         smoothed = MISSING_FACET + (1.0 - MISSING_FACET) * score
-        if FACET_POWER == 0.0:
-            mean = np.exp(weights @ np.log(smoothed))
-        else:
-            mean = (weights @ smoothed**FACET_POWER) ** (1.0 / FACET_POWER)
-        geometric = (mean - MISSING_FACET) / (1.0 - MISSING_FACET)
-        geometric = np.clip(geometric, 0.0, 1.0) * (totals > 0)
+        mean = (weights @ smoothed**FACET_POWER) ** (1.0 / FACET_POWER)
+        facets = (mean - MISSING_FACET) / (1.0 - MISSING_FACET)
+        facets = np.clip(facets, 0.0, 1.0) * (totals > 0)
         phrase_score = bonus @ score
-        combined = 1.0 - (1.0 - geometric) * (1.0 - phrase_score)
+        combined = 1.0 - (1.0 - facets) * (1.0 - phrase_score)
         count = member @ units
         # one word of evidence is held back unless that word is the whole tag
         whole_word = np.array([len(r.facets) == 1 and not r.facets[0].is_topic for r in readings])
