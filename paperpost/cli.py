@@ -469,9 +469,10 @@ def subscribers_list(
     if as_json:
         print(json.dumps(rows, ensure_ascii=False))
     else:
-        table = Table("email", "tags", "cadence", "last digest", "status (since, why)")
+        table = Table("email", "tags", "cadence", "last digest", "status")
         table.columns[0].no_wrap = True  # an address is never cut
         table.columns[0].min_width = max((len(r["email"]) for r in rows), default=5)
+        table.columns[1].overflow = table.columns[4].overflow = "fold"  # wrap, never "…"
         table.columns[2].no_wrap = True
         for row in rows:
             status = row["status"]
@@ -481,7 +482,7 @@ def subscribers_list(
                 status += f"\n{escape(row['reason'])}"
             table.add_row(
                 row["email"],
-                ", ".join(row["tags"]),
+                "\n".join(row["tags"]),
                 row["cadence"] if row["weekday"] is None else f"weekly ({row['weekday']})",
                 _day(row["last_digest"]) or "never",
                 status,

@@ -166,11 +166,18 @@ class Outbox:
     outbox's cost).
     """
 
+    STALE_TMP = 36 * 3600  # the Maildir convention: a tmp/ file this old is a dead write
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         for sub in ("tmp", "new", "cur"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         self._staged: list[tuple[int, Path, Path, Callable[[], None]]] = []
+        cutoff = time.time() - self.STALE_TMP
+        for leftover in (folder / "tmp").iterdir():
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
 
     def path(self, address: str, digest: str) -> Path:
         return self.folder / "new" / outbox_name(address, digest)

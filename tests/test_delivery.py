@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import email
 import mailbox
+import os
 import threading
+import time
 from datetime import date
 from email import policy
 from pathlib import Path
@@ -74,8 +76,12 @@ def test_a_killed_outbox_write_is_never_a_message(tmp_path: Path, messages) -> N
     outbox = Outbox(tmp_path / "outbox")
     a = messages[0]
     # what a SIGKILL half-way through a write leaves: a partial file under tmp/
-    (tmp_path / "outbox" / "tmp" / "r0@example.org_0-3_x.eml.123.abc").write_bytes(a.data[:100])
+    dead = tmp_path / "outbox" / "tmp" / "r0@example.org_0-3_x.eml.123.abc"
+    dead.write_bytes(a.data[:100])
     assert len(mailbox.Maildir(tmp_path / "outbox", create=False)) == 0
+    os.utime(dead, (time.time() - 40 * 3600,) * 2)  # 40 hours later it is cleaned up
+    Outbox(tmp_path / "outbox")
+    assert not dead.exists()
     assert outbox.delivered(a.address, a.digest) is False
     outbox.send(a)
     assert outbox.delivered(a.address, a.digest) is True
