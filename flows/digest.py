@@ -20,7 +20,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from paperpost import pipeline
 from paperpost.delivery import Outcome
 from paperpost.fetch import Fetched
-from paperpost.render import Edition, Outgoing, Renderer
+from paperpost.render import Edition, Renderer
 from paperpost.report import markdown
 from paperpost.settings import Settings
 from paperpost.store import RunPlan, Store
@@ -102,13 +102,13 @@ def rank(
 
 
 @task(name="render", **_TASK)
-def render(ranked: Box[pipeline.RankedBatch], edition: Edition) -> Box[list[Outgoing]]:
+def render(ranked: Box[pipeline.RankedBatch], edition: Edition) -> Box[pipeline.Rendered]:
     return Box(pipeline.render_stage(renderer(), ranked.value.jobs, edition))
 
 
 @task(name="send", retries=2, retry_delay_seconds=[10, 60], **_TASK)
-def send(settings: Settings, outgoing: Box[list[Outgoing]], run_id: int) -> list[Outcome]:
-    return pipeline.send_stage(settings, Store(settings.db_url), outgoing.value, run_id)
+def send(settings: Settings, rendered: Box[pipeline.Rendered], run_id: int) -> list[Outcome]:
+    return pipeline.send_stage(settings, Store(settings.db_url), rendered.value, run_id)
 
 
 @flow(name="digest", log_prints=False, task_runner=task_runner(Settings()))

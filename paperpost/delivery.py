@@ -683,6 +683,8 @@ def _send_with_retries(
         try:
             transport.send(message, end_of_data)
             return None
+        except ValueError as exc:  # an address or message smtplib refuses to write out
+            return DeliveryError(MESSAGE, f"cannot send this message: {exc}")
         except DeliveryError as exc:
             error = exc
             retryable = exc.kind == TEMPORARY or (exc.kind == AMBIGUOUS and resend_ambiguous)

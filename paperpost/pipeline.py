@@ -267,20 +267,44 @@ def rank_stage(
 # --- render and send ----------------------------------------
 
 
-def render_stage(renderer: Renderer, jobs: Sequence[DigestJob], edition: Edition) -> list[Outgoing]:
-    return [renderer.render(job.reader, job.items, edition, job.lo, job.hi) for job in jobs]
+@dataclass(slots=True)
+class Rendered:
+    """A batch's digests ready to send, and the readers whose digest could not be made."""
+
+    outgoing: list[Outgoing]
+    failed: list[Outcome]
 
 
-def send_stage(
-    settings: Settings, store: Store, outgoing: Sequence[Outgoing], run_id: int
-) -> list[Outcome]:
+def render_stage(renderer: Renderer, jobs: Sequence[DigestJob], edition: Edition) -> Rendered:
+    """Render each digest; one that cannot be made fails alone, with the reason."""
+    rendered = Rendered([], [])
+    for job in jobs:
+        try:
+            message = renderer.render(job.reader, job.items, edition, job.lo, job.hi)
+        except Exception as exc:  # one reader's data must not stop the others' digests
+            rendered.failed.append(
+                Outcome(
+                    job.reader.email.lower(),
+                    f"{job.lo}-{job.hi}",
+                    "failed",
+                    len(job.items),
+                    f"cannot render this digest ({_reason(exc)}); tried again next run",
+                )
+            )
+            continue
+        rendered.outgoing.append(message)
+    return rendered
+
+
+def send_stage(settings: Settings, store: Store, rendered: Rendered, run_id: int) -> list[Outcome]:
+    """Send a batch's digests; the ones that could not be rendered are reported with them."""
     transport = transport_for(settings)
     workers = settings.smtp_connections if settings.delivery == "smtp" else 1
     try:
-        return send_batch(
+        return rendered.failed + send_batch(
             store,
             transport,
-            outgoing,
+            rendered.outgoing,
             run_id,
             workers=workers,
             max_error_rate=settings.max_error_rate,

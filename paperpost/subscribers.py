@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
 
 import yaml
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 from yaml.composer import Composer, ComposerError
@@ -25,13 +26,26 @@ from yaml.events import DocumentStartEvent, SequenceEndEvent, SequenceStartEvent
 from paperpost.rank import DEFAULT_MIN_SCORE
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _ARXIV_REF = re.compile(
     r"(?:arxiv:|https?://(?:www\.)?(?:arxiv\.org/(?:abs|pdf)|huggingface\.co/papers)/)?"
     r"(\d{4}\.\d{4,5})(?:v\d+)?(?:\.pdf)?/?",
     re.I,
 )
+# Size limits: a hand-written file never comes near them; a runaway one is refused with a
+# clear error instead of producing a huge digest.
+MAX_FILE_BYTES = 256_000_000  # list files are streamed; 100,000 subscribers are ~15 MB
+MAX_NAME_CHARS = 100
+MAX_TAGS = 50
+MAX_WORDS = 50  # keywords per tag, exclude entries
+MAX_REFERENCES = 500  # like, authors, organizations
+LOCAL_PART_CHARS = 64  # RFC 5321 4.5.3.1.1 (email-validator checks the rest)
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A value quoted for an error message, cut short (a runaway value stays one line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _kind(value: object) -> str:
@@ -45,7 +59,7 @@ def _kind(value: object) -> str:
         return "a mapping"
     if value is None:
         return "nothing"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {_shown(value)}"
 
 
 class TagInterest(BaseModel):
@@ -55,7 +69,9 @@ class TagInterest(BaseModel):
 
     tag: Annotated[str, Field(min_length=1, max_length=80)]
     weight: Annotated[float, Field(gt=0, le=10)] = 1.0
-    keywords: list[Annotated[str, Field(min_length=1, max_length=80)]] = []
+    keywords: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(
+        default=[], max_length=MAX_WORDS
+    )
 
 
 class Subscriber(BaseModel):
@@ -64,12 +80,20 @@ class Subscriber(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     email: str
-    name: str | None = None
-    tags: list[TagInterest] = Field(min_length=1)
-    exclude: list[Annotated[str, Field(min_length=1)]] = []
-    like: list[Annotated[str, Field(min_length=1, max_length=300)]] = []
-    authors: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
-    organizations: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
+    name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    tags: list[TagInterest] = Field(min_length=1, max_length=MAX_TAGS)
+    exclude: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(
+        default=[], max_length=MAX_WORDS
+    )
+    like: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        default=[], max_length=MAX_REFERENCES
+    )
+    authors: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default=[], max_length=MAX_REFERENCES
+    )
+    organizations: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default=[], max_length=MAX_REFERENCES
+    )
     cadence: Literal["daily", "weekly"] = "daily"
     weekday: Literal[WEEKDAYS] = "monday"  # type: ignore[valid-type]
     max_items: Annotated[int, Field(ge=1, le=100)] = 10
@@ -80,13 +104,36 @@ class Subscriber(BaseModel):
     @field_validator("email", mode="before")
     @classmethod
     def _email(cls, value: Any) -> str:
-        if not isinstance(value, str) or not _EMAIL.fullmatch(value.strip()):
+        """An address the send path can use: email-validator's syntax and RFC 5321 length
+        rules, an ASCII local part (no SMTPUTF8), a public domain; stored in ASCII form."""
+        if not isinstance(value, str):
             raise PydanticCustomError(
                 "email",
                 "expected an email address like ada@example.org, got {got}",
-                {"got": _kind(value) if not isinstance(value, str) else repr(value)},
+                {"got": _kind(value)},
             )
-        return value.strip()
+        try:
+            checked = validate_email(
+                value.strip(), check_deliverability=False, allow_smtputf8=False
+            )
+        except EmailNotValidError as exc:
+            raise PydanticCustomError(
+                "email",
+                "expected an email address like ada@example.org, got {got} ({reason})",
+                {"got": _shown(value.strip()), "reason": str(exc)},
+            ) from None
+        if len(checked.local_part) > LOCAL_PART_CHARS:
+            raise PydanticCustomError(
+                "email",
+                "expected an email address like ada@example.org, got {got} (the part before "
+                "the @-sign has {count} characters; at most {limit} are allowed)",
+                {
+                    "got": _shown(value.strip()),
+                    "count": len(checked.local_part),
+                    "limit": LOCAL_PART_CHARS,
+                },
+            )
+        return checked.ascii_email  # type: ignore[return-value]
 
     @field_validator("name", mode="before")
     @classmethod
@@ -223,19 +270,19 @@ def _describe(error: dict[str, Any], allowed: Iterable[str]) -> str:
         return f'unknown field "{name}"{hint}'
     if kind == "literal_error":
         expected = error["ctx"]["expected"].replace("'", "")
-        return f"expected one of {expected}, got {value!r}"
+        return f"expected one of {expected}, got {_shown(value)}"
     if kind in {"int_parsing", "int_type", "int_from_float"}:
-        return f"expected a whole number, got {value!r}"
+        return f"expected a whole number, got {_shown(value)}"
     if kind in {"float_parsing", "float_type"}:
-        return f"expected a number, got {value!r}"
+        return f"expected a number, got {_shown(value)}"
     if kind in {"bool_parsing", "bool_type"}:
-        return f"expected true or false, got {value!r}"
+        return f"expected true or false, got {_shown(value)}"
     if kind in {"string_type"}:
         return f"expected text, got {_kind(value)}"
     if kind == "too_short" and error["loc"][-1:] == ("tags",):
         return "give at least one tag"
     if kind in {"greater_than_equal", "less_than_equal", "greater_than"}:
-        return f"{error['msg'].lower()}, got {value!r}"
+        return f"{error['msg'].lower()}, got {_shown(value)}"
     return error["msg"]
 
 
@@ -268,6 +315,40 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     if loc and loc[0] == "tags" and len(loc) > 2:
         return list(TagInterest.model_fields)
     return list(Subscriber.model_fields)
+
+
+def _duplicate_keys(node: yaml.Node, path: str, prefix: tuple[Any, ...]) -> list[SubscriberError]:
+    """A key given twice in one mapping (YAML would silently keep the last), anywhere in
+    one subscriber entry, reported at the second with the line of the first."""
+    found = []
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(node, prefix)]
+    while stack:
+        current, loc = stack.pop()
+        if id(current) in seen:  # aliases share nodes
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[str, yaml.Node] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in first:
+                        mark = key.start_mark
+                        found.append(
+                            SubscriberError(
+                                path,
+                                mark.line + 1,
+                                mark.column + 1,
+                                _field_label((*loc, key.value)),
+                                f'duplicate key "{_shown(key.value)[1:-1]}", also on line '
+                                f"{first[key.value].start_mark.line + 1}; keep one of them",
+                            )
+                        )
+                    first.setdefault(key.value, key)
+                stack.append((value, (*loc, key.value)))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, (*loc, index)) for index, item in enumerate(current.value))
+    return sorted(found, key=lambda e: (e.line, e.column))
 
 
 # --- loading ----------------------------------------
@@ -352,6 +433,19 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
     at a time; every problem is appended to ``errors``. Memory stays that of one entry."""
     name = str(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            errors.append(
+                SubscriberError(
+                    name,
+                    1,
+                    1,
+                    "",
+                    f"the file is {size / 1e6:.0f} MB, over the {MAX_FILE_BYTES / 1e6:.0f} MB "
+                    "limit for a subscriber file; split it into several files",
+                )
+            )
+            return
         _check_syntax(path)
     except (OSError, UnicodeDecodeError) as exc:
         errors.append(SubscriberError(name, 1, 1, "", f"cannot read the file: {exc}"))
@@ -390,6 +484,10 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
                             f"expected a subscriber mapping (email, tags, ...), got {_kind(item)}",
                         )
                     )
+                    continue
+                duplicates = _duplicate_keys(node, name, prefix)
+                if duplicates:
+                    errors.extend(duplicates)
                     continue
                 try:
                     subscriber = Subscriber.model_validate(item)

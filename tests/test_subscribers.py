@@ -43,7 +43,8 @@ def test_unknown_field_suggests_the_near_miss(tmp_path: Path) -> None:
 def test_bad_email_wrong_literal_and_bad_number(tmp_path: Path) -> None:
     text = "email: bob-at-example\ntags: [agents]\ncadence: monthly\nmax_items: ten\n"
     assert errors_for(tmp_path, text) == [
-        "bob.yaml:1:8: email: expected an email address like ada@example.org, got 'bob-at-example'",
+        "bob.yaml:1:8: email: expected an email address like ada@example.org, "
+        "got 'bob-at-example' (An email address must have an @-sign.)",
         "bob.yaml:3:10: cadence: expected one of daily or weekly, got 'monthly'",
         "bob.yaml:4:12: max_items: expected a whole number, got 'ten'",
     ]

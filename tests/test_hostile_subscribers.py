@@ -1,0 +1,165 @@
+"""Hand-written subscriber files: addresses the send path cannot use, duplicate keys and
+runaway sizes are refused at load time with file:line:col errors; a digest that still
+cannot be rendered or sent fails alone."""
+
+from __future__ import annotations
+
+import email
+from dataclasses import replace
+from datetime import date
+from email import policy
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_delivery import smtp_settings
+
+from paperpost.models import Paper
+from paperpost.pipeline import DigestJob, Rendered, render_stage, send_stage
+from paperpost.rank import Interest, Profile, rank
+from paperpost.render import Edition, Reader, Renderer
+from paperpost.settings import Settings
+from paperpost.store import Store
+from paperpost.subscribers import MAX_NAME_CHARS, MAX_TAGS, Subscriber, load_subscribers
+from smtp_server import SmtpServer
+
+EDITION = Edition("paperpost <digest@example.org>", "k", None, date(2026, 11, 25), 3)
+UNSENDABLE = {
+    "a..b@x.org": "two periods in a row",
+    ".lead@x.org": "cannot start with a period",
+    "trail.@x.org": "period immediately before the @-sign",
+    "../../etc/x@y.org": "cannot start with a period",
+    "a..b@x": "two periods in a row",
+    "x" * 65 + "@example.org": "at most 64 are allowed",
+    "x" * 321 + "@example.org": "too long",
+    "ann@" + "b" * 250 + ".org": "too long",
+    "ünï@example.org": "Internationalized characters before the @-sign are not supported",
+    "ann@localhost": "should have a period",
+    'ann\r\nBcc: x@y.org"@example.org': "invalid characters",
+}
+
+
+def load(folder: Path, files: dict[str, str]) -> tuple[list, list[str]]:
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    entries, errors = load_subscribers(folder)
+    return entries, [str(e) for e in errors]
+
+
+def test_addresses_the_send_path_cannot_use_are_refused_at_load(tmp_path: Path) -> None:
+    lines = ["- email: ok@example.org\n  tags: [agents]\n"]
+    lines += [f"- email: {address!r}\n  tags: [agents]\n" for address in UNSENDABLE]
+    entries, errors = load(tmp_path / "subs", {"list.yaml": "".join(lines)})
+    assert [e.subscriber.email for e in entries] == ["ok@example.org"]
+    assert len(errors) == len(UNSENDABLE)
+    lines_of_emails = range(3, 3 + 2 * len(UNSENDABLE), 2)
+    for (address, reason), error, line in zip(
+        UNSENDABLE.items(), errors, lines_of_emails, strict=True
+    ):
+        assert error.startswith(f"{tmp_path / 'subs' / 'list.yaml'}:{line}:10: [")
+        assert "].email: expected an email address like ada@example.org" in error
+        assert reason in error, (address, error)
+        assert "\n" not in error and len(error) < 400
+
+
+def test_a_valid_address_is_stored_in_the_form_smtp_needs() -> None:
+    sub = Subscriber.model_validate({"email": " Ann@Bücher.Example ", "tags": ["agents"]})
+    assert sub.email == "Ann@xn--bcher-kva.example" and sub.address == "ann@xn--bcher-kva.example"
+
+
+addresses = st.emails() | st.from_regex(r"[a-z0-9.!#$%&'*+/=?^_`{|}~\-]{0,70}@[a-z0-9.\-]{0,70}")
+
+
+@settings(max_examples=150, deadline=None)
+@given(address=addresses)
+def test_every_address_that_loads_can_be_rendered_and_addressed(address: str) -> None:
+    try:
+        sub = Subscriber.model_validate({"email": address, "tags": ["agents"]})
+    except ValueError:
+        return
+    assert len(sub.email) <= 254 and len(sub.email.split("@")[0]) <= 64
+    assert sub.email.isascii() and sub.email == sub.email.strip()
+    papers = rank([Paper("Agents at work", "LLM agents.")], Profile((Interest("agents"),)))
+    out = Renderer().render(Reader(sub.email, "Ann", ("agents",)), papers, EDITION, 0, 1)
+    msg = email.message_from_bytes(out.data, policy=policy.default)
+    assert [a.addr_spec for a in msg["To"].addresses] == [sub.email]
+
+
+def test_duplicate_keys_name_both_lines(tmp_path: Path) -> None:
+    dup = "email: ann@example.org\nname: Ann\ntags: [agents]\nemail: eve@evil.example\n"
+    nested = (
+        "- email: bob@example.org\n  tags:\n    - tag: agents\n      weight: 2\n      weight: 9\n"
+        "- email: cy@example.org\n  tags: [agents]\n"
+    )
+    entries, errors = load(tmp_path / "subs", {"ann.yaml": dup, "list.yaml": nested})
+    folder = tmp_path / "subs"
+    assert errors == [
+        f'{folder / "ann.yaml"}:4:1: email: duplicate key "email", also on line 1; '
+        "keep one of them",
+        f'{folder / "list.yaml"}:5:7: [0].tags[0].weight: duplicate key "weight", also on '
+        "line 4; keep one of them",
+    ]
+    assert [e.subscriber.email for e in entries] == ["cy@example.org"]  # the others still load
+
+
+def test_sizes_are_bounded_with_clear_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "subs"
+    tags = ", ".join(f"t{i}" for i in range(MAX_TAGS + 1))
+    files = {
+        "name.yaml": f"email: a@example.org\nname: {'N' * 1_000_000}\ntags: [agents]\n",
+        "tags.yaml": f"email: b@example.org\ntags: [{tags}]\n",
+        "tag.yaml": f"email: c@example.org\ntags: [{'t' * 81}]\n",
+        "words.yaml": f"email: d@example.org\ntags: [x]\nexclude: [{', '.join('w' * 51)}]\n",
+        "fine.yaml": "email: e@example.org\nname: Eve\ntags: [agents]\n",
+    }
+    entries, errors = load(folder, files)
+    with (folder / "huge.yaml").open("wb") as handle:
+        handle.truncate(257_000_000)  # sparse: never read, refused by its size
+    entries, errors = load_subscribers(folder)
+    text = [str(e) for e in errors]
+    assert [e.subscriber.email for e in entries] == ["e@example.org"]
+    assert all(len(line) < 300 for line in text)
+    joined = "\n".join(text)
+    assert "huge.yaml:1:1: the file is 257 MB, over the 256 MB limit" in joined
+    assert f"name.yaml:2:7: name: String should have at most {MAX_NAME_CHARS} characters" in joined
+    assert f"tags.yaml:2:7: tags: List should have at most {MAX_TAGS} items" in joined
+    assert "tag.yaml:2:8: tags[0].tag: String should have at most 80 characters" in joined
+    assert "words.yaml:3:10: exclude: List should have at most 50 items" in joined
+
+
+def _jobs(*addresses: str) -> list[DigestJob]:
+    items = rank([Paper("Agents at work", "LLM agents.")], Profile((Interest("agents"),)))
+    return [DigestJob(Reader(a, None, ("agents",)), items, 0, 1) for a in addresses]
+
+
+def test_a_digest_that_cannot_be_rendered_fails_alone(tmp_path: Path, db_url: str) -> None:
+    # "a..b@x.org" as if loaded by a laxer version of paperpost: the renderer refuses it
+    jobs = _jobs("r1@example.org", "a..b@x.org", "r2@example.org")
+    rendered = render_stage(Renderer(), jobs, EDITION)
+    assert [m.address for m in rendered.outgoing] == ["r1@example.org", "r2@example.org"]
+    settings = Settings(outbox_dir=tmp_path / "outbox", database_url=db_url)
+    outcomes = send_stage(settings, Store(db_url), rendered, run_id=1)
+    status = {o.address: (o.status, o.detail) for o in outcomes}
+    assert status["r1@example.org"][0] == status["r2@example.org"][0] == "sent"
+    assert status["a..b@x.org"][0] == "failed"
+    assert "cannot render this digest" in status["a..b@x.org"][1]
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 2
+
+
+def test_a_message_smtp_cannot_write_fails_alone(tmp_path: Path, db_url: str) -> None:
+    rendered = render_stage(Renderer(), _jobs("r1@example.org", "r2@example.org"), EDITION)
+    odd = replace(rendered.outgoing[0], address="ünï@example.org")  # not ASCII: no SMTPUTF8
+    server = SmtpServer(tmp_path).start()
+    try:
+        settings = smtp_settings(server).model_copy(update={"database_url": db_url})
+        batch = Rendered([odd, *rendered.outgoing], [])
+        outcomes = send_stage(settings, Store(db_url), batch, run_id=1)
+    finally:
+        server.stop()
+    status = {o.address: (o.status, o.detail) for o in outcomes}
+    assert status["ünï@example.org"][0] == "failed"
+    assert "cannot send this message" in status["ünï@example.org"][1]
+    assert status["r1@example.org"][0] == status["r2@example.org"][0] == "sent"
+    delivered = sorted(r for rcpts, _ in server.handler.messages for r in rcpts)
+    assert delivered == ["r1@example.org", "r2@example.org"]
