@@ -396,21 +396,31 @@ def reader_headers(name: str, email: str, subject: str) -> bytes:
     Reader-controlled values go through EmailMessage (quoting, RFC 2047, no CR/LF), which
     costs about half a millisecond a message; values that policy would write unchanged
     (plain ASCII words, an unquoted address, a short one-line subject) are written
-    directly. ``tests/test_render.py`` checks both paths give the same bytes.
+    directly, and a subject (shared by every reader with the same top paper and count) is
+    folded once. ``tests/test_render.py`` checks both paths give the same bytes.
     """
     to = f"{name} <{email}>" if name else email
     if (
         (not name or _PLAIN_NAME.fullmatch(name))
         and _PLAIN_ADDRESS.fullmatch(email)
-        and _PLAIN_TEXT.fullmatch(subject)
-        and "=?" not in subject
-        and len(subject) < 900
         and len(to) < 900
     ):
-        return f"To: {to}\r\nSubject: {subject}\r\n".encode("ascii")
+        head = f"To: {to}\r\n".encode("ascii")
+    else:
+        head = _folded("To", Address(display_name=name, addr_spec=email))
+    return head + _subject_header(subject)
+
+
+@lru_cache(maxsize=4096)
+def _subject_header(subject: str) -> bytes:
+    if _PLAIN_TEXT.fullmatch(subject) and "=?" not in subject and len(subject) < 900:
+        return f"Subject: {subject}\r\n".encode("ascii")
+    return _folded("Subject", subject)
+
+
+def _folded(name: str, value: object) -> bytes:
     message = EmailMessage(policy=POLICY)
-    message["To"] = Address(display_name=name, addr_spec=email)
-    message["Subject"] = subject
+    message[name] = value
     return b"".join(POLICY.fold_binary(k, v) for k, v in message.items())
 
 
