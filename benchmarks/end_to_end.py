@@ -16,7 +16,9 @@ reported. Each process reports:
 
 - ``import s``: interpreter start to the engine's modules imported (what every run pays; the
   plain engine imports no Prefect, checked);
-- ``cold s``: the first job in the process (templates, premailer learning, engines);
+- ``cold s``: the first job in the process (templates, premailer learning, engines), and
+  its CPU seconds (``cold CPU s``: much less sensitive to other load on the machine than
+  wall time, but blind to time spent waiting on fsync);
 - ``warm s``: a second job in the same process on a fresh database and outbox (what a
   long-lived worker pays per run);
 - ``process s``: the parent's wall clock for the whole process (start-up + cold + warm + exit).
@@ -49,10 +51,11 @@ def child(engine: str, warm: bool) -> None:
     imported = time.perf_counter() - START
 
     def job() -> dict:
-        clock = time.perf_counter()
+        clock, cpu = time.perf_counter(), time.process_time()
         summary = digest() if engine == "flow" else run_plain(Settings()).to_json()
         return {
             "seconds": time.perf_counter() - clock,
+            "cpu_s": time.process_time() - cpu,
             "sent": summary["digests_sent"],
             "stages": summary["stage_seconds"],
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -259,6 +262,7 @@ def main() -> None:
             "variant",
             "cold s",
             "warm s",
+            "cold CPU s",
             "digests/s cold",
             "import s",
             "process s",
@@ -304,6 +308,7 @@ def tables(runs: list[dict], variants, trees, args) -> tuple[list[list[object]],
                         f"{tree}/{engine}",
                         med(cold),
                         med([r["warm"]["seconds"] for r in mine if "warm" in r]),
+                        med([r["cold"]["cpu_s"] for r in mine]),
                         mine[0]["cold"]["sent"] / statistics.median(cold),
                         med([r["import_s"] for r in mine]),
                         med([r["process_s"] for r in mine]),
@@ -318,16 +323,17 @@ def tables(runs: list[dict], variants, trees, args) -> tuple[list[list[object]],
             if {"flow", "plain"} <= set(args.engines):
                 comparisons += [((t, "flow"), (t, "plain")) for t in trees]
             for a, b in comparisons:
-                for phase in ("cold", "warm"):
+                for phase, key in (("cold", "seconds"), ("warm", "seconds"), ("cold", "cpu_s")):
                     pairs = [
-                        x[phase]["seconds"] / y[phase]["seconds"]
+                        x[phase][key] / y[phase][key]
                         for x, y in zip(picked[a], picked[b], strict=True)
                         if phase in x and phase in y
                     ]
                     if not pairs:
                         continue
+                    measure = "CPU" if key == "cpu_s" else "wall"
                     text = (
-                        f"{size} {delivery} {phase}: {'/'.join(a)} ÷ {'/'.join(b)} = "
+                        f"{size} {delivery} {phase} {measure}: {'/'.join(a)} ÷ {'/'.join(b)} = "
                         f"{statistics.median(pairs):.3f} (pairs: "
                         + ", ".join(f"{p:.3f}" for p in pairs)
                         + ")"
@@ -337,6 +343,7 @@ def tables(runs: list[dict], variants, trees, args) -> tuple[list[list[object]],
                             "size": size,
                             "delivery": delivery,
                             "phase": phase,
+                            "measure": measure,
                             "a": a,
                             "b": b,
                             "pairs": pairs,
