@@ -178,7 +178,12 @@ def digest(
         while in_flight:
             collect()
         for error in errors:
-            logger.warning("Skipping invalid subscriber entry: %s", error)
+            logger.warning(  # where, not what: the message may quote an address
+                "Skipping invalid subscriber entry at %s:%s (%s)",
+                error.path,
+                error.line,
+                error.field or "file",
+            )
         summary.stage_seconds["rank+render+send"] = time.perf_counter() - clock
         pipeline.summarize(store, summary, plan, reports, errors, skips, outcomes)
         store.finish_run(run_id, "finished", summary.to_json())

@@ -159,6 +159,8 @@ def run(
     try:
         with _environment(overrides):
             settings = _settings()
+            if settings.delivery == "smtp":
+                settings.require_own_key("SMTP delivery")
             if no_prefect:
                 summary = _run_plain(settings, day, as_json)
             else:
@@ -759,11 +761,9 @@ def web(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve the unsubscribe and vote endpoints (set PAPERPOST_BASE_URL to its public URL)."""
-    import uvicorn
+    from paperpost.web import server
 
-    from paperpost.web import create_app
-
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    server(host, port).run()
 
 
 @app.command()

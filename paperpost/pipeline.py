@@ -350,6 +350,8 @@ def begin(settings: Settings) -> tuple[Store, str, int | None]:
     A lease expires after LOCK_TTL; one held by a process of this machine that no longer
     exists (a run killed mid-way) is taken over at once.
     """
+    if settings.delivery == "smtp":
+        settings.require_own_key("SMTP delivery")
     store = Store(settings.db_url)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex}"
     if not store.acquire_lock(LOCK, owner, LOCK_TTL):

@@ -17,6 +17,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from paperpost.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Public, so anyone can sign links with it: fine for the outbox and tests, refused where
+# links reach real people (SMTP delivery, `paperpost web`).
+DEVELOPMENT_KEY = "paperpost-development-key-change-me"
+MIN_KEY_CHARS = 16
+GENERATE_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def _split_list(value: Any) -> Any:
@@ -75,7 +80,7 @@ class Settings(BaseSettings):
         examples=["https://paperpost.example.org"],
     )
     secret_key: SecretStr = Field(
-        default=SecretStr("paperpost-development-key-change-me"),
+        default=SecretStr(DEVELOPMENT_KEY),
         description="Key that signs unsubscribe and vote links. Set your own in production.",
     )
     smtp_host: str = Field(default="localhost", description="SMTP server.")
@@ -165,6 +170,19 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("an https:// URL (or http:// for testing)")
         return value.rstrip("/") if value else value
+
+    def require_own_key(self, purpose: str) -> None:
+        """Refuse the public development key (or a short one) for ``purpose``."""
+        key = self.secret_key.get_secret_value()
+        if key == DEVELOPMENT_KEY or len(key) < MIN_KEY_CHARS:
+            problem = "is not set" if key == DEVELOPMENT_KEY else "is too short"
+            raise ConfigError(
+                [
+                    f"PAPERPOST_SECRET_KEY {problem}: {purpose} needs a key of your own (links "
+                    "signed with the public development key can be forged by anyone); generate "
+                    f"one with {GENERATE_KEY} and set PAPERPOST_SECRET_KEY to it"
+                ]
+            )
 
     @property
     def db_url(self) -> str:

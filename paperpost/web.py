@@ -8,7 +8,10 @@ expired or foreign tokens get a 400 and change nothing. Nothing else is tracked.
 
 from __future__ import annotations
 
+import logging
+import re
 from html import escape
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
@@ -27,6 +30,32 @@ from paperpost.settings import Settings
 from paperpost.store import Store, now
 from paperpost.unsubscribe import BadToken, read_token
 
+if TYPE_CHECKING:
+    import uvicorn
+
+# Signed tokens in link paths act as passwords: the access log shows "/unsubscribe/…".
+_TOKEN_PATH = re.compile(r"^(/(?:unsubscribe|vote/[^/?]+)/)[^/?]+")
+
+
+class HideTokens(logging.Filter):
+    """Take the tokens out of uvicorn's access-log lines (client, method, path, ...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str):
+            record.args = (*args[:2], _TOKEN_PATH.sub(r"\1…", args[2]), *args[3:])
+        return True
+
+
+def server(host: str, port: int, settings: Settings | None = None) -> uvicorn.Server:
+    """``paperpost web``'s uvicorn server (refuses the development key; no tokens logged)."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="info")
+    logging.getLogger("uvicorn.access").addFilter(HideTokens())
+    return uvicorn.Server(config)
+
+
 PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
 <style>body{{font-family:-apple-system,Segoe UI,Roboto,Arial,sans-serif;max-width:32rem;
@@ -40,6 +69,7 @@ def page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    settings.require_own_key("paperpost web")
     store = Store(settings.db_url)
     key = settings.secret_key.get_secret_value()
     app = FastAPI(title="paperpost", docs_url=None, redoc_url=None, openapi_url=None)

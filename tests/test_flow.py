@@ -106,6 +106,7 @@ def test_flow_on_a_local_dask_cluster_with_smtp_550(tmp_path: Path, monkeypatch)
             "PAPERPOST_SMTP_SECURITY": "starttls",
             "PAPERPOST_SMTP_USERNAME": "mailer",
             "PAPERPOST_SMTP_PASSWORD": "s3cret-pass",
+            "PAPERPOST_SECRET_KEY": "flow-test-key-0123456789abcdef",
             "PAPERPOST_SMTP_CA_FILE": str(server.cert),
             "PAPERPOST_BATCH_SIZE": "2",
         }.items():

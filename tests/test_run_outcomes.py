@@ -48,6 +48,7 @@ def smtp_env(monkeypatch, server: SmtpServer) -> None:
         "SMTP_USERNAME": USER,
         "SMTP_PASSWORD": PASSWORD,
         "SMTP_CA_FILE": str(server.cert),
+        "SECRET_KEY": "run-outcomes-key-0123456789",
     }.items():
         monkeypatch.setenv(f"PAPERPOST_{name}", value)
 

@@ -10,9 +10,9 @@ from paperpost.web import create_app
 
 
 def test_get_confirms_post_unsubscribes_and_tampering_is_refused(db_url: str) -> None:
-    settings = Settings(database_url=db_url, secret_key=SecretStr("web-key"))
+    settings = Settings(database_url=db_url, secret_key=SecretStr("web-key-0123456789abcdef"))
     client = TestClient(create_app(settings))
-    token = make_token("web-key", "Ann@Example.org")
+    token = make_token("web-key-0123456789abcdef", "Ann@Example.org")
     store = Store(db_url)
 
     shown = client.get(f"/unsubscribe/{token}")
