@@ -6,6 +6,7 @@ not run a flow never import Prefect, SQLAlchemy or numpy before they need them.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -49,7 +50,8 @@ SourcesArg = Annotated[list[str], typer.Argument(help="Files, folders, globs or 
 
 
 def main() -> None:
-    """The ``paperpost`` command: a configuration error is one line per variable, exit 2."""
+    """The ``paperpost`` command: a configuration error is one line per variable, exit 2;
+    a database or file-system error is one line saying what to do, exit 7 or 8."""
     from paperpost.errors import ConfigError
 
     try:
@@ -58,6 +60,47 @@ def main() -> None:
         for line in exc.lines:
             err.print(f"[red]configuration error[/red] {escape(line)}")
         sys.exit(ExitCode.USAGE)
+    except Exception as exc:
+        fatal = _fatal(exc)
+        if fatal is None:
+            raise
+        err.print(fatal[1])
+        sys.exit(fatal[0])
+
+
+# errno values that mean "this file or folder cannot be used as it is"
+_FILE_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+}
+
+
+def _fatal(exc: BaseException) -> tuple[ExitCode, str] | None:
+    """(exit code, one line) for a database or file-system error; None for anything else."""
+    from paperpost.errors import DatabaseError
+
+    alchemy = sys.modules.get("sqlalchemy.exc")  # imported only by commands that use it
+    if alchemy is not None and isinstance(exc, alchemy.SQLAlchemyError):
+        from paperpost.db import explain
+
+        return ExitCode.DATABASE, f"[red]database error[/red] {escape(explain(exc))}"
+    if isinstance(exc, DatabaseError):
+        return ExitCode.DATABASE, f"[red]database error[/red] {escape(str(exc))}"
+    if isinstance(exc, OSError) and exc.errno in _FILE_ERRNOS:
+        where = f": {exc.filename}" if exc.filename else ""
+        return ExitCode.FILESYSTEM, (
+            f"[red]file-system error[/red] {escape((exc.strerror or str(exc)) + where)}; check "
+            "that the folder exists, is writable by this user and has space "
+            "(PAPERPOST_OUTBOX_DIR, PAPERPOST_STATE_DIR)"
+        )
+    return None
 
 
 def _settings() -> Settings:
@@ -147,8 +190,6 @@ def run(
     today: Annotated[str | None, typer.Option(help="Run as if on this date (YYYY-MM-DD).")] = None,
 ) -> None:
     """Run the digest job once: fetch → diff → rank → render → send."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     overrides = {
         "PAPERPOST_SOURCES": json.dumps(source) if source else None,
         "PAPERPOST_SUBSCRIBERS_DIR": str(subscribers) if subscribers else None,
@@ -171,18 +212,12 @@ def run(
                 except LocalAPIError as exc:
                     err.print(f"[red]error[/red] {escape(str(exc))}")
                     raise typer.Exit(ExitCode.INTERNAL) from None
-    except SQLAlchemyError as exc:
-        err.print(
-            f"[red]error[/red] database: {escape(_first_line(exc))}; check "
-            "PAPERPOST_DATABASE_URL (is the database reachable, writable and not corrupt?)"
-        )
-        raise typer.Exit(ExitCode.DATABASE) from None
-    except OSError as exc:
-        err.print(
-            f"[red]error[/red] file system: {escape(str(exc))}; check that "
-            "PAPERPOST_OUTBOX_DIR and PAPERPOST_STATE_DIR are writable folders"
-        )
-        raise typer.Exit(ExitCode.FILESYSTEM) from None
+    except Exception as exc:  # the same lines as main(), also under typer's test runner
+        fatal = _fatal(exc)
+        if fatal is None:
+            raise
+        err.print(fatal[1])
+        raise typer.Exit(fatal[0]) from None
     if as_json:
         print(json.dumps(summary, default=str))
     else:
@@ -202,11 +237,6 @@ def _run_plain(settings: Settings, day: date, quiet: bool) -> dict:
             bar.update(task, completed=done, total=total)
 
         return run_plain(settings, day, advance).to_json()
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _print_summary(summary: dict, settings: Settings) -> None:

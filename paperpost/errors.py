@@ -9,3 +9,7 @@ class ConfigError(ValueError):
     def __init__(self, lines: list[str]) -> None:
         super().__init__("\n".join(lines))
         self.lines = lines
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used as it is; ``str()`` says what happened and what to do."""

@@ -23,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
 from paperpost import db
+from paperpost.errors import DatabaseError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 INITIAL = "0001"
@@ -46,6 +47,12 @@ def head() -> str:
     return revision
 
 
+@lru_cache(maxsize=1)
+def known() -> frozenset[str]:
+    """Every revision this version of paperpost knows."""
+    return frozenset(s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions())
+
+
 def current(connection: Connection) -> str | None:
     """The revision a database is at (None: never migrated)."""
     return MigrationContext.configure(connection).get_current_revision()
@@ -54,8 +61,15 @@ def current(connection: Connection) -> str | None:
 def upgrade(engine: Engine) -> str:
     """Migrate the database behind ``engine`` to :func:`head`; returns that revision."""
     with engine.connect() as conn:
-        if current(conn) == head():  # the common case: nothing to do, no lock needed
-            return head()
+        found = current(conn)
+    if found == head():  # the common case: nothing to do, no lock needed
+        return found
+    if found is not None and found not in known():
+        where = engine.url.render_as_string(hide_password=True)
+        raise DatabaseError(
+            f"{where} is at schema revision {found}, which this version of paperpost does "
+            "not know (a newer paperpost migrated it): upgrade paperpost, or use another database"
+        )
     if engine.dialect.name == "sqlite":
         locked = db.create(engine.url.render_as_string(hide_password=False), immediate=True)
         try:
