@@ -415,3 +415,39 @@ def test_subscribers_show_and_feedback_export_import(tmp_path: Path, monkeypatch
     exported.write_text("{oops\n")
     broken = runner.invoke(app, ["feedback", "import", str(exported)])
     assert broken.exit_code == 1 and f"{exported}:1: not JSON" in broken.output
+
+
+def test_tastes_resolve_yaml_examples_and_votes_from_the_history(db_url: str) -> None:
+    from paperpost.feedback import reader_nudge, tastes
+    from paperpost.subscribers import Subscriber
+
+    store = Store(db_url)
+    no_id = paper("Grammar-Constrained Decoding, for Structured Output!", GRAMMAR.abstract)
+    store.ingest("t", [SPEC, no_id, SPEECH])
+    ann = Subscriber.model_validate(
+        {
+            "email": "ann@example.org",
+            "tags": ["decoding"],
+            "like": ["https://arxiv.org/abs/2401.00001v3", "not seen yet"],
+            "authors": ["Ada Lovelace"],
+        }
+    )
+    bob = Subscriber.model_validate({"email": "bob@example.org", "tags": ["decoding"]})
+    at = datetime(2026, 11, 24, tzinfo=UTC)
+    record_votes(
+        store,
+        [
+            Vote("ann@example.org", no_id.id, -1, no_id.title, "0-3", at),  # by title
+            Vote("ann@example.org", SPEC.id, -1, SPEC.title, "0-3", at),  # overrides like:
+            Vote("bob@example.org", "2999.00001", 1, "A paper this history lost", "0-3", at),
+        ],
+    )
+    ann_taste, bob_taste = tastes(store, [ann, bob])
+    assert ann_taste.liked == ()  # the liked example was voted "fewer" later
+    assert {p.title for p in ann_taste.disliked} == {SPEC.title, no_id.title}
+    assert next(p for p in ann_taste.disliked if p.title == no_id.title).abstract  # its text
+    assert ann_taste.authors == ("Ada Lovelace",)
+    assert [p.title for p in bob_taste.liked] == ["A paper this history lost"]  # title only
+    plain = Subscriber.model_validate({"email": "cy@example.org", "tags": ["decoding"]})
+    assert reader_nudge(store, [SPEC_NEW], [plain]) is None
+    assert reader_nudge(store, [SPEC_NEW], [ann, plain]) is not None
