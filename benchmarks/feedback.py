@@ -45,8 +45,8 @@ from rank_speed import profiles as tag_profiles
 from common import report, synthetic_papers
 from paperpost.dumps import parse_dump
 from paperpost.models import Paper
-from paperpost.profile import History, Taste, nudge
-from paperpost.rank import Interest, Profile, rank_many
+from paperpost.profile import Taste, nudge
+from paperpost.rank import Background, Interest, Profile, rank_many
 
 # One broad word per judged tag, chosen before measuring: none of them names the tag's
 # own topic in the vocabulary.
@@ -98,34 +98,39 @@ def ndcg(ranked: list[str], rel: dict[str, int], pool: set[str]) -> float:
 
 
 def reader(tag: str, budget: int, arrivals, truth) -> tuple[float, int]:
-    """One simulated reader: (NDCG@10 on the later days, votes cast)."""
+    """One simulated reader: (NDCG@10 on the later days, votes cast).
+
+    As in the pipeline, word statistics (the ranker's and the profile's) come from every
+    paper seen so far, and judgments name papers by their key (the folded title).
+    """
     profile = Profile((Interest(VAGUE[tag]),), max_items=K)
     liked: list[Paper] = []
     disliked: list[Paper] = []
     seen: list[Paper] = []
     for _, papers in arrivals[:VOTE_DAYS]:
         seen += papers
+        history = Background.of(seen)
         taste = Taste(tuple(liked), tuple(disliked))
-        ranked = rank_many(papers, [profile], nudge(papers, [taste], History.from_papers(seen)))
+        ranked = rank_many(papers, [profile], nudge(papers, [taste], history), history)
         for item in ranked[0][:TOP]:
             if len(liked) + len(disliked) >= budget:
                 break
-            if truth[tag].get(item.paper.id, 0) > 0:
+            if truth[tag].get(item.paper.key, 0) > 0:
                 liked.append(item.paper)
             else:
                 disliked.append(item.paper)
     later = [p for _, papers in arrivals[VOTE_DAYS:] for p in papers]
     taste = Taste(tuple(liked), tuple(disliked))
-    every = seen + later
-    ranked = rank_many(later, [profile], nudge(later, [taste], History.from_papers(every)))
-    ids = [item.paper.id for item in ranked[0]]
-    return ndcg(ids, truth[tag], {p.id for p in later}), len(liked) + len(disliked)
+    history = Background.of(seen + later)
+    ranked = rank_many(later, [profile], nudge(later, [taste], history), history)
+    keys = [item.paper.key for item in ranked[0]]
+    return ndcg(keys, truth[tag], {p.key for p in later}), len(liked) + len(disliked)
 
 
 def study() -> None:
     arrivals = days()
     truth = judgments(shared_papers())
-    later = {p.id for _, papers in arrivals[VOTE_DAYS:] for p in papers}
+    later = {p.key for _, papers in arrivals[VOTE_DAYS:] for p in papers}
     rows: list[list[object]] = []
     results: dict[str, dict[int, float]] = {}
     for tag in VAGUE:
@@ -162,7 +167,7 @@ def study() -> None:
 def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int = 3) -> None:
     papers = shared_papers()[:count]
     old = synthetic_papers(2_000, seed=7, prefix="history ")
-    history = History.from_papers(old + papers)
+    history = Background.of(old + papers)
     rng = random.Random(3)
     people = tag_profiles(readers)
     tastes = []
@@ -173,12 +178,12 @@ def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int 
     plain, with_votes, build = [], [], []
     for _ in range(repeat):
         start = time.perf_counter()
-        rank_many(papers, people)
+        rank_many(papers, people, background=history)
         plain.append(time.perf_counter() - start)
         start = time.perf_counter()
         taught = nudge(papers, tastes, history)
         build.append(time.perf_counter() - start)
-        rank_many(papers, people, taught)
+        rank_many(papers, people, taught, history)
         with_votes.append(time.perf_counter() - start)
     rows = [
         ["tags only", readers, len(papers), 0, statistics.median(plain)],

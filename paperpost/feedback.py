@@ -22,19 +22,18 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from functools import lru_cache
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from paperpost.models import Paper, title_key
-from paperpost.profile import History, Nudge, Taste, nudge
+from paperpost.profile import Nudge, Taste, nudge
+from paperpost.rank import BACKGROUND_PAPERS, Background
 from paperpost.store import Store, feedback, key_hash, now, papers, readers
 from paperpost.subscribers import Subscriber
 
 VOTES = {"more": 1, "fewer": -1}
 LINK_DAYS = 60  # how long a vote link works
-HISTORY_SAMPLE = 10_000  # latest papers whose document frequencies weight the profile
 _ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")
 
 
@@ -313,24 +312,13 @@ def paper_by_id(store: Store, paper_id: str) -> Paper | None:
     return None
 
 
-def history(store: Store) -> History:
-    """Document frequencies over the latest papers seen (cached until new papers arrive)."""
+def history(store: Store) -> Background:
+    """The ranker's word statistics over the latest papers (what ``subscribers show`` uses;
+    a run passes the one its rank stage built)."""
     with store.engine.connect() as conn:
         high = conn.execute(select(func.max(papers.c.seq))).scalar() or 0
-    return _history(store.url, high)
-
-
-@lru_cache(maxsize=4)
-def _history(url: str, high: int) -> History:
-    store = Store(url)
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(papers.c.data)
-            .where(papers.c.seq <= high)
-            .order_by(papers.c.seq.desc())
-            .limit(HISTORY_SAMPLE)
-        )
-        return History.from_papers([Paper.from_json(json.loads(r.data)) for r in rows])
+    low = max(0, high - BACKGROUND_PAPERS)
+    return Background.of(paper for _, paper in store.papers_between(low, high))
 
 
 def tastes(store: Store, subscribers: Sequence[Subscriber]) -> list[Taste]:
@@ -373,8 +361,11 @@ def tastes(store: Store, subscribers: Sequence[Subscriber]) -> list[Taste]:
 
 
 def reader_nudge(
-    store: Store, papers: Sequence[Paper], subscribers: Sequence[Subscriber]
+    store: Store,
+    papers: Sequence[Paper],
+    subscribers: Sequence[Subscriber],
+    background: Background,
 ) -> Nudge | None:
     """What these subscribers taught, ready for :func:`paperpost.rank.rank_many`."""
     taught = tastes(store, subscribers)
-    return nudge(papers, taught, history(store)) if any(taught) else None
+    return nudge(papers, taught, background) if any(taught) else None

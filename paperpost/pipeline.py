@@ -249,8 +249,8 @@ def rank_stage(
     ids = reader_ids(store, [e.subscriber.address for group in windows.values() for e in group])
     for lo, entries in windows.items():
         papers = [paper for _, paper in store.papers_between(lo, plan.high_water)]
-        taught = reader_nudge(store, papers, [e.subscriber for e in entries])
         background = _background(store, plan.high_water)
+        taught = reader_nudge(store, papers, [e.subscriber for e in entries], background)
         rankings = rank_many(papers, [profile_of(e) for e in entries], taught, background)
         for entry, items in zip(entries, rankings, strict=True):
             if not items and not send_empty:

@@ -1,17 +1,17 @@
 """A reader's profile from what they liked and disliked, and follows (pure; no I/O).
 
 Rocchio-style: every paper becomes a term vector over its title, keywords/TL;DR and
-abstract (field-weighted like the ranker, sublinear term counts, idf from the history's
-document frequencies, unit length). A reader's profile is the centroid of the papers they
-liked minus the centroid of those they marked "fewer"; a new paper's similarity to each
-centroid, from :data:`NOISE` (what unrelated papers share) up to :data:`FULL_AT`, turns
-into a bonus of at most :data:`LIKE_CAP` and a penalty of at most :data:`DISLIKE_CAP` on
-its tag score. Dislikes weigh less than likes, as in Rocchio's usual settings: "not this"
-says less about what a reader wants than "this". The constants were chosen on the DEV tags
-of ``benchmarks/feedback.py`` only. Only papers the tags already found are nudged, so the
-tags decide what a digest is about and a handful of votes reorder it; a demoted paper can
-fall below ``min_score``. A followed author's or organisation's paper is always included
-(unless excluded) and put first.
+abstract (field-weighted like the ranker, sublinear term counts, idf from the document
+frequencies of the ranker's :class:`~paperpost.rank.Background`, unit length). A reader's
+profile is the centroid of the papers they liked minus the centroid of those they marked
+"fewer"; a new paper's similarity to each centroid, from :data:`NOISE` (what unrelated
+papers share) up to :data:`FULL_AT`, turns into a bonus of at most :data:`LIKE_CAP` and a
+penalty of at most :data:`DISLIKE_CAP` on its tag score (0..1). Dislikes weigh less than
+likes, as in Rocchio's usual settings: "not this" says less about what a reader wants than
+"this". The constants were chosen on the DEV tags of ``benchmarks/feedback.py`` only. Only
+papers the tags already found are nudged, so the tags decide what a digest is about and a
+handful of votes reorder it; a demoted paper can fall below ``min_score``. A followed
+author's or organisation's paper is always included (unless excluded) and put first.
 
 :func:`nudge` computes this for a whole batch of readers with numpy (one similarity
 matrix between the voted papers and the new ones); :func:`paperpost.rank.rank_many` applies
@@ -23,21 +23,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from paperpost.models import Paper, title_key
-from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, tokens
+from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, Background, tokens
 
-# tag scores are 0..1 (default min_score 0.35) since the ranker of issue 11; these were 8.0,
-# 1.0 and 0.5 on the older unbounded scale and are rescaled to keep their meaning
-LIKE_CAP = 0.6  # the most liked papers can add to a tag score
-DISLIKE_CAP = 0.15  # the most disliked papers can take from it
+# on the ranker's 0..1 tag scores (default min_score 0.35); chosen on the DEV tags only
+LIKE_CAP = 0.35  # the most liked papers can add to a tag score
+DISLIKE_CAP = 0.05  # the most disliked papers can take from it
 NOISE = 0.1  # centroid similarity below this is what unrelated papers share: no effect
 FULL_AT = 0.25  # centroid similarity that earns the whole bonus (cosine of tf-idf vectors)
-EXPLAIN_AT = 0.05  # a bonus or penalty at least this big is named in the reason line
+EXPLAIN_AT = 0.03  # a bonus or penalty at least this big is named in the reason line
 FOLLOW_LIFT = 1e6  # followed papers go first (ordering only; not shown as score)
 _CHUNK = 1024  # readers per block when averaging similarities (bounds memory)
 
@@ -55,22 +54,9 @@ class Taste:
         return bool(self.liked or self.disliked or self.authors or self.organizations)
 
 
-@dataclass(frozen=True, eq=False, slots=True)
-class History:
-    """Document frequencies of terms over the papers seen so far."""
-
-    documents: int
-    df: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_papers(cls, papers: Sequence[Paper]) -> History:
-        df: Counter[str] = Counter()
-        for paper in papers:
-            df.update(term_counts(paper).keys())
-        return cls(len(papers), dict(df))
-
-    def idf(self, term: str) -> float:
-        return math.log((self.documents + 1) / (self.df.get(term, 0) + 0.5))
+def idf(background: Background, term: str) -> float:
+    """How rare a term is in the history (the ranker's document frequencies)."""
+    return math.log((background.size + 1) / (background.df.get(term, 0) + 0.5))
 
 
 @lru_cache(maxsize=65536)
@@ -90,24 +76,24 @@ def term_counts(paper: Paper) -> dict[str, float]:
 
 
 @lru_cache(maxsize=65536)
-def vector(paper: Paper, history: History) -> dict[str, float]:
+def vector(paper: Paper, background: Background) -> dict[str, float]:
     """The paper's unit-length tf-idf vector."""
-    raw = {t: w * history.idf(t) for t, w in term_counts(paper).items()}
+    raw = {t: w * idf(background, t) for t, w in term_counts(paper).items()}
     norm = math.sqrt(sum(v * v for v in raw.values())) or 1.0
     return {t: v / norm for t, v in raw.items() if v > 0}
 
 
-def centroid(papers: Sequence[Paper], history: History) -> dict[str, float]:
+def centroid(papers: Sequence[Paper], background: Background) -> dict[str, float]:
     total: Counter[str] = Counter()
     for paper in papers:
-        total.update(vector(paper, history))
+        total.update(vector(paper, background))
     return {t: v / len(papers) for t, v in total.items()} if papers else {}
 
 
-def top_terms(taste: Taste, history: History, count: int = 10) -> list[tuple[str, float]]:
+def top_terms(taste: Taste, background: Background, count: int = 10) -> list[tuple[str, float]]:
     """The profile's strongest terms: positive toward likes, negative toward dislikes."""
-    profile: Counter[str] = Counter(centroid(taste.liked, history))
-    profile.subtract(centroid(taste.disliked, history))
+    profile: Counter[str] = Counter(centroid(taste.liked, background))
+    profile.subtract(centroid(taste.disliked, background))
     ranked = sorted(profile.items(), key=lambda item: -abs(item[1]))
     return [(t, round(w, 3)) for t, w in ranked[:count] if w]
 
@@ -210,12 +196,12 @@ def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
     return out
 
 
-def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], history: History) -> Nudge | None:
+def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Background) -> Nudge | None:
     """The feedback part of ranking ``papers`` for readers with these tastes (None: none)."""
     if not papers or not any(tastes):
         return None
     vocab: dict[str, int] = {}
-    vectors = [vector(p, history) for p in papers]
+    vectors = [vector(p, background) for p in papers]
     for vec in vectors:
         for term in vec:
             vocab.setdefault(term, len(vocab))
@@ -254,7 +240,7 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], history: History) ->
         by_term = np.ascontiguousarray(new.T)  # term × new paper
         similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
         for i, paper in enumerate(voted):  # sparse × dense: a voted paper has few terms
-            vec = vector(paper, history)
+            vec = vector(paper, background)
             shared = [t for t in vec if t in vocab]
             if shared:
                 weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
