@@ -32,6 +32,7 @@ class LocalAPI:
         import uvicorn
         from prefect.settings import (
             PREFECT_API_BLOCKS_REGISTER_ON_START,
+            PREFECT_SERVER_ANALYTICS_ENABLED,
             PREFECT_UI_ENABLED,
             temporary_settings,
         )
@@ -50,7 +51,12 @@ class LocalAPI:
             )
         )
         # Block types are for deployments' storage and credentials; a run registers none.
-        quiet = {PREFECT_API_BLOCKS_REGISTER_ON_START: False, PREFECT_UI_ENABLED: False}
+        # No telemetry from a server that lives for one run (it also slows its shutdown).
+        quiet = {
+            PREFECT_API_BLOCKS_REGISTER_ON_START: False,
+            PREFECT_SERVER_ANALYTICS_ENABLED: False,
+            PREFECT_UI_ENABLED: False,
+        }
         with temporary_settings(quiet):
             context = contextvars.copy_context()
         self._thread = threading.Thread(

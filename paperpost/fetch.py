@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import requests
@@ -22,7 +23,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from paperpost.store import FetchState
+if TYPE_CHECKING:  # only a type here: importing the store costs SQLAlchemy and Alembic
+    from paperpost.store import FetchState
 
 USER_AGENT = "paperpost/0.1 (+https://github.com/paperpost)"
 DUMP_SUFFIXES = {".txt", ".json"}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import sqlite3
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -180,21 +182,35 @@ def reset_postgres(url: str, migrate: bool = True) -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One Prefect API for the session: the in-process one `paperpost run` starts, on a
-    fresh database (migrating it is most of the few seconds this costs)."""
+    fresh database. Yields that database's path.
+
+    Migrating an empty Prefect database takes 5-10 s, so the first session keeps a migrated,
+    empty copy beside pytest's temporary folders and later sessions start from it (Prefect
+    still migrates it if its version changed).
+    """
+    import prefect
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
     from flows.local_api import LocalAPI
 
     database = tmp_path_factory.mktemp("prefect") / "prefect.db"
+    template = tmp_path_factory.getbasetemp().parent / f"prefect-{prefect.__version__}.db"
+    if template.exists():
+        shutil.copy(template, database)
     with temporary_settings(
         {PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{database}"}
     ):
         api = LocalAPI().start()
     try:
         api.wait_ready()
+        if not template.exists():
+            partial = template.with_suffix(f".{os.getpid()}")
+            with sqlite3.connect(database) as source, sqlite3.connect(partial) as copy:
+                source.backup(copy)
+            partial.replace(template)
         with api.in_use():
-            yield
+            yield database
     finally:
         api.stop()

@@ -198,7 +198,8 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_commands_that_run_no_flow_never_import_prefect(tmp_path: Path) -> None:
-    """`--help` imports none of the heavy libraries; no command but run/serve imports Prefect."""
+    """`--help` imports none of the heavy libraries, parse no database library, and no command
+    but run and serve imports Prefect."""
     script = f"""
 import json, sys
 from paperpost.cli import app
@@ -213,20 +214,23 @@ heavy = ("prefect", "sqlalchemy", "numpy", "requests", "pydantic_settings")
 call("--help")
 after_help = [name for name in heavy if name in sys.modules]
 call("parse", "{EXAMPLES / "dumps"}", "--jsonl")
+after_parse = [name for name in ("sqlalchemy", "alembic") if name in sys.modules]
 call("rank", "--tag", "agents", "{EXAMPLES / "dumps"}")
 call("preview", "alice@example.org", "--out", "{tmp_path / "p.html"}")
 for command in ("validate", "list", "tags"):
     call("subscribers", command)
 call("unsubscribe", "not-a-token")
-print(json.dumps([after_help, "prefect" in sys.modules, (sys.modules.get("paperpost.rank") and 1)]))
+ran = sys.modules.get("paperpost.rank") is not None
+print(json.dumps([after_help, after_parse, "prefect" in sys.modules, ran]))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERPOST_")}
     env["PAPERPOST_DATABASE_URL"] = f"sqlite:///{tmp_path / 'pp.db'}"
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
     )
-    after_help, prefect, ranked = json.loads(result.stdout.splitlines()[-1])
-    assert after_help == [] and prefect is False and ranked == 1, result.stderr
+    after_help, after_parse, prefect, ranked = json.loads(result.stdout.splitlines()[-1])
+    assert after_help == [] and after_parse == [], result.stderr
+    assert prefect is False and ranked is True, result.stderr
     assert (tmp_path / "p.html").exists()  # the commands did run
 
 

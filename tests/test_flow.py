@@ -87,10 +87,15 @@ def test_digest_flow_end_to_end(tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_flow_on_a_local_dask_cluster_with_smtp_550(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "on",
+    ["threads", pytest.param("dask", marks=pytest.mark.slow)],  # Dask: two processes
+)
+def test_flow_batches_with_smtp_550(tmp_path: Path, monkeypatch, on: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
     from flows.digest import digest
@@ -114,14 +119,16 @@ def test_flow_on_a_local_dask_cluster_with_smtp_550(tmp_path: Path, monkeypatch)
         subs = tmp_path / "subscribers"
         shutil.copytree(ROOT / "subscribers", subs)
         (subs / "broken.yaml").write_text("email: x@example.org\ntags: [agents]\nfrequency: 1\n")
-        runner = DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": 2,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-            }
-        )
+        runner = ThreadPoolTaskRunner(max_workers=6)
+        if on == "dask":
+            runner = DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": 2,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": None,
+                }
+            )
         monkeypatch.setenv("PAPERPOST_DATABASE_URL", f"sqlite:///{tmp_path / 'pp.db'}")
         result = digest.with_options(task_runner=runner)(
             sources=[str(EXAMPLES / "dumps")], subscribers_dir=str(subs)

@@ -24,6 +24,7 @@ def _means(scores: dict, system: str) -> tuple[float, float]:
     return mean([v[0] for v in by_tag.values()]), mean([v[1] for v in by_tag.values()])
 
 
+@pytest.mark.shared  # the judged papers are the reference dumps in ../shared
 def test_ranker_beats_bm25_and_substring_on_the_judged_set() -> None:
     from rank_quality import evaluate
 
