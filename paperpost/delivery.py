@@ -463,8 +463,8 @@ def resolve_interrupted(store: Store, transport: Transport, resend: bool) -> lis
 class _Scope:
     """Tells a server that refuses everyone from one that refuses some addresses.
 
-    Until the first accepted message, per-recipient refusals are held back (the digest
-    is failed, the suppression waits). If the same reply comes for ``domains`` distinct
+    Until the first accepted message, permanent refusals are held back (the digest is
+    failed, a bad mailbox's suppression waits). If the same reply comes for ``domains`` distinct
     recipient domains before any success, the server refuses everyone: nobody is
     suppressed and the run pauses. One success, or the end of the batch, releases the
     held suppressions.
@@ -524,7 +524,8 @@ def send_batch(
         paused = store.pause_reason(run_id)
 
     def suppress(message: Outgoing, error: DeliveryError) -> None:
-        store.suppress(message.address, "bounced", error.detail)
+        if error.kind == RECIPIENT:
+            store.suppress(message.address, "bounced", error.detail)
 
     def one(message: Outgoing) -> Outcome:
         nonlocal tried, failed, seen, paused
@@ -561,7 +562,7 @@ def send_batch(
                 scope.held.clear()
             elif error is not None and error.kind == SYSTEMIC:
                 pause(f"paused: {error.detail}; {error.fix}, then run again")
-            elif error is not None and error.kind == RECIPIENT and not scope.proven:
+            elif error is not None and error.kind in {RECIPIENT, MESSAGE} and not scope.proven:
                 scope.held.append((message, error))
                 domains = scope.same_reply_domains(error)
                 if len(domains) >= scope.domains:

@@ -386,6 +386,20 @@ def test_same_refusal_for_every_domain_pauses_and_suppresses_nobody(smtp, tmp_pa
     transport.close()
 
 
+def test_same_unclassified_refusal_for_every_domain_pauses_and_fails_nobody(smtp, tmp_path) -> None:
+    """ "554 Transaction failed" to everyone: no digest is marked failed for good."""
+    smtp.script.data_failures = ["554 Transaction failed"] * 6
+    batch = digests_for([f"r{i}@d{i}.example" for i in range(4)])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["retry"] * 4
+    assert all(status == "retry" for m in batch for _, status in ids(store, m.address))
+    assert "3 different recipient domains" in store.pause_reason(run)
+
+
 def test_bad_mailboxes_after_a_success_are_suppressed_at_once(smtp, tmp_path) -> None:
     batch = digests_for(["ok@zero.example"] + [f"r{i}@d{i}.example" for i in range(4)])
     for m in batch[1:]:
