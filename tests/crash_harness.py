@@ -134,12 +134,12 @@ class Sweep:
         return {"tally": self.tally(), "trials": [asdict(t) for t in self.trials]}
 
 
-def write_readers(path: Path) -> None:
+def write_readers(path: Path, readers: int) -> None:
     path.write_text(
         "".join(
             f"- email: reader{i}@example.org\n  tags: [agents, reasoning, diffusion]\n"
             "  min_score: 0.1\n"
-            for i in range(READERS)
+            for i in range(readers)
         )
     )
 
@@ -181,6 +181,7 @@ def sweep(
     prefect: bool,
     seed: int = 20261125,
     prefect_env: dict[str, str] | None = None,
+    readers_count: int = READERS,
 ) -> Sweep:
     """Run trials until ``kills`` of them killed the process mid-send."""
     sink = Sink()
@@ -189,7 +190,7 @@ def sweep(
     controller.start()
     rng = random.Random(seed)
     readers = folder / "readers.yaml"
-    write_readers(readers)
+    write_readers(readers, readers_count)
     path = "prefect" if prefect else "plain"
     result = Sweep()
     try:
@@ -200,7 +201,7 @@ def sweep(
         process = start(calib, env, prefect)
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-2000:]
-        assert len(sink.accepted) == READERS, (len(sink.accepted), err[-2000:])
+        assert len(sink.accepted) == readers_count, (len(sink.accepted), err[-2000:])
         sending = (sink.last_data or 0) - (sink.first_data or 0)
         trial = 0
         while sum(t.killed for t in result.trials) < kills and trial < 3 * kills:
@@ -213,7 +214,7 @@ def sweep(
             sink.reset(
                 first.pid,
                 mode,
-                kill_at=rng.randint(1, READERS - 1),
+                kill_at=rng.randint(1, readers_count - 1),
                 delay=rng.uniform(0, 0.95 * sending),
             )
             first.communicate(timeout=600)
@@ -233,7 +234,7 @@ def sweep(
             ambiguous = {d["address"] for d in summary["deliveries"] if d["status"] == "ambiguous"}
             per_address = Counter(address for address, _ in accepted)
             by_id = Counter(message_id for _, message_id in accepted)
-            everyone = [f"reader{i}@example.org" for i in range(READERS)]
+            everyone = [f"reader{i}@example.org" for i in range(readers_count)]
             missing = [a for a in everyone if per_address[a] == 0 and a not in ambiguous]
             ids = _message_ids(workdir)
             never_sent = [a for a in everyone if ids.get(a) not in data_seen_first]

@@ -235,8 +235,10 @@ def test_soft_bounces_suppress_after_n_within_the_window(tmp_path: Path, sent) -
     assert process(settings, store).counts == {}
 
 
-def test_mbox_processed_twice_changes_nothing(tmp_path: Path, sent) -> None:
-    store, digests = sent
+def test_mbox_processed_twice_changes_nothing(tmp_path: Path, any_db_url: str, rendered) -> None:
+    """Also on PostgreSQL: the duplicate report rolls back its whole transaction."""
+    store, digests = Store(any_db_url), dict(rendered)
+    send_batch(store, Outbox(tmp_path / "outbox"), list(digests.values()), run_id=1)
     box = mailbox.mbox(tmp_path / "bounces.mbox")
     for sample in ("postfix_user_unknown", "yahoo_arf_abuse", "gmail_delayed"):
         box.add(fill(sample, digests[sample]))

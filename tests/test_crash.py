@@ -30,7 +30,8 @@ def check(result: Sweep, kills: int) -> None:
 
 
 def test_sigkill_while_sending_short(tmp_path: Path) -> None:
-    check(sweep(tmp_path, kills=2, prefect=False), kills=2)
+    """Two kills (at an end-of-data, at a random moment) among 60 readers."""
+    check(sweep(tmp_path, kills=2, prefect=False, readers_count=60), kills=2)
 
 
 @pytest.mark.slow
