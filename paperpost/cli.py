@@ -259,9 +259,14 @@ def _print_summary(summary: dict, settings: Settings) -> None:
         )
     for error in result.invalid_subscribers:
         out.print(f"[red]invalid subscriber[/red] {escape(error)}")
+    waiting = 0
     for d in result.deliveries:
-        if d["status"] != "sent":
+        if str(d["detail"]).startswith("not attempted: "):
+            waiting += 1  # one line for all of them, below
+        elif d["status"] != "sent":
             out.print(f"[yellow]{d['status']}[/yellow] {d['address']}: {escape(str(d['detail']))}")
+    if waiting:
+        out.print(f"{_plural(waiting, 'digest')} not attempted after the pause; the next run sends")
     if result.message:
         out.print(escape(result.message))
     if result.digests_sent and settings.delivery == "outbox":
