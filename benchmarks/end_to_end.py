@@ -23,7 +23,11 @@ reported. Each process reports:
   long-lived worker pays per run);
 - ``process s``: the parent's wall clock for the whole process (start-up + cold + warm + exit).
 
-Flow cases talk to one ``prefect server`` started here; its start-up (paid by ``paperpost
+Engines ``cli-plain`` and ``cli-flow`` run ``paperpost run [--no-prefect] --json`` as one
+process with no Prefect server configured: what a user pays, start-up included (for the
+flow, the temporary Prefect API that run starts); their CPU is that process's and its
+children's, ``cold s`` its wall time. The other flow cases talk to one ``prefect server``
+started here; its start-up (paid by ``paperpost
 run`` on every run without a configured server) is measured once and reported on its own.
 """
 
@@ -80,6 +84,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -161,7 +166,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--deliveries", nargs="+", default=["outbox", "smtp"])
-    parser.add_argument("--engines", nargs="+", default=["plain", "flow"])
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        default=["plain", "flow"],
+        choices=["plain", "flow", "cli-plain", "cli-flow"],
+        help="cli-*: `paperpost run [--no-prefect] --json` timed as a whole process",
+    )
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--before", type=Path, help="an older checkout to compare against")
     parser.add_argument(
@@ -184,7 +195,8 @@ def main() -> None:
         "PREFECT_HOME": str(root / "prefect"),
         "PREFECT_API_URL": f"http://127.0.0.1:{api_port}/api",
     }
-    server, server_start = start_prefect(env, api_port) if "flow" in args.engines else (None, 0.0)
+    needs_server = "flow" in args.engines
+    server, server_start = start_prefect(env, api_port) if needs_server else (None, 0.0)
     ready, stop = mp.Event(), mp.Event()
     smtp = mp.Process(target=sink, args=(smtp_port, ready, stop))
     smtp.start()
@@ -213,7 +225,13 @@ def main() -> None:
                         }
                         command = [sys.executable, __file__, "--case", engine]
                         command += [] if args.no_warm else ["--warm"]
+                        if engine.startswith("cli-"):  # `paperpost run` as a user runs it
+                            command = [sys.executable, "-m", "paperpost", "run", "--json"]
+                            command += ["--no-prefect"] if engine == "cli-plain" else []
+                            del case_env["PREFECT_API_URL"]
+                            case_env["PREFECT_HOME"] = str(root / f"prefect-cli-{tree}")
                         sink_cpu = cpu_of(smtp.pid)
+                        children = resource.getrusage(resource.RUSAGE_CHILDREN)
                         clock = time.perf_counter()
                         done = subprocess.run(
                             command,
@@ -223,11 +241,29 @@ def main() -> None:
                             cwd=trees[tree],
                         )
                         wall = time.perf_counter() - clock
+                        after = resource.getrusage(resource.RUSAGE_CHILDREN)
                         if done.returncode:
                             raise RuntimeError(f"{tree}/{engine} failed:\n{done.stderr[-3000:]}")
-                        result = json.loads(done.stdout.strip().splitlines()[-1])
-                        if not result["paperpost_file"].startswith(str(trees[tree])):
-                            raise RuntimeError(f"{tree} imported {result['paperpost_file']}")
+                        last = done.stdout.strip().splitlines()[-1]
+                        if engine.startswith("cli-"):
+                            summary = json.loads(last)
+                            cpu = after.ru_utime + after.ru_stime
+                            cpu -= children.ru_utime + children.ru_stime
+                            result = {
+                                "import_s": None,
+                                "prefect_imported": None,
+                                "cold": {
+                                    "seconds": wall,
+                                    "cpu_s": cpu,
+                                    "sent": summary["digests_sent"],
+                                    "stages": summary["stage_seconds"],
+                                    "rss_mb": 0.0,
+                                },
+                            }
+                        else:
+                            result = json.loads(last)
+                            if not result["paperpost_file"].startswith(str(trees[tree])):
+                                raise RuntimeError(f"{tree} imported {result['paperpost_file']}")
                         if engine == "plain" and result["prefect_imported"]:
                             print(f"note: {tree}/plain imported Prefect", flush=True)
                         result.update(
@@ -310,9 +346,9 @@ def tables(runs: list[dict], variants, trees, args) -> tuple[list[list[object]],
                         med([r["warm"]["seconds"] for r in mine if "warm" in r]),
                         med([r["cold"]["cpu_s"] for r in mine]),
                         mine[0]["cold"]["sent"] / statistics.median(cold),
-                        med([r["import_s"] for r in mine]),
+                        med([r["import_s"] for r in mine if r["import_s"] is not None]),
                         med([r["process_s"] for r in mine]),
-                        max(r.get("warm", r["cold"])["rss_mb"] for r in mine),
+                        max(r.get("warm", r["cold"])["rss_mb"] for r in mine) or "",
                         med([r["sink_cpu_s"] for r in mine]),
                         mine[0]["cold"]["sent"],
                     ]
@@ -320,8 +356,9 @@ def tables(runs: list[dict], variants, trees, args) -> tuple[list[list[object]],
             comparisons = []
             if "before" in trees:
                 comparisons += [(("after", e), ("before", e)) for e in args.engines]
-            if {"flow", "plain"} <= set(args.engines):
-                comparisons += [((t, "flow"), (t, "plain")) for t in trees]
+            for flow, plain in (("flow", "plain"), ("cli-flow", "cli-plain")):
+                if {flow, plain} <= set(args.engines):
+                    comparisons += [((t, flow), (t, plain)) for t in trees]
             for a, b in comparisons:
                 for phase, key in (("cold", "seconds"), ("warm", "seconds"), ("cold", "cpu_s")):
                     pairs = [
