@@ -230,6 +230,8 @@ def main() -> None:
                             command += ["--no-prefect"] if engine == "cli-plain" else []
                             del case_env["PREFECT_API_URL"]
                             case_env["PREFECT_HOME"] = str(root / f"prefect-cli-{tree}")
+                            # Prefect's 20 s default is too short on a loaded 2-core machine
+                            case_env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
                         sink_cpu = cpu_of(smtp.pid)
                         children = resource.getrusage(resource.RUSAGE_CHILDREN)
                         clock = time.perf_counter()
