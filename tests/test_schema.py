@@ -132,3 +132,15 @@ def test_every_migration_file_ships_in_the_package() -> None:
     files = {p for p in (package / "migrations").rglob("*") if p.is_file()}
     files = {p for p in files if "__pycache__" not in p.parts}
     assert files and files <= shipped
+
+
+def test_the_revisions_are_one_linear_chain() -> None:
+    """Two helpers adding revision 0004 on separate branches would make two heads: after a
+    rebase, point your revision's down_revision at the current head (README: Development)."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(schema._config())
+    assert len(scripts.get_heads()) == 1, scripts.get_heads()
+    assert len(scripts.get_bases()) == 1
+    for script in scripts.walk_revisions():
+        assert not script.is_branch_point and not script.is_merge_point, script.revision
