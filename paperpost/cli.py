@@ -230,7 +230,7 @@ def _run_plain(settings: Settings, day: date, quiet: bool) -> dict:
 
     from paperpost.pipeline import run_plain
 
-    with Progress(transient=True, console=err, disable=quiet) as bar:
+    with Progress(transient=True, console=err, disable=quiet or not err.is_terminal) as bar:
         task = bar.add_task("rank → render → send", total=None)
 
         def advance(done: int, total: int | None) -> None:

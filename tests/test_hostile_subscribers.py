@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_delivery import smtp_settings
 
+from conftest import FULL_TESTS
 from paperpost.models import Paper
 from paperpost.pipeline import DigestJob, Rendered, render_stage, send_stage
 from paperpost.rank import Interest, Profile, rank
@@ -71,7 +72,7 @@ def test_a_valid_address_is_stored_in_the_form_smtp_needs() -> None:
 addresses = st.emails() | st.from_regex(r"[a-z0-9.!#$%&'*+/=?^_`{|}~\-]{0,70}@[a-z0-9.\-]{0,70}")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=500 if FULL_TESTS else 50, deadline=None)
 @given(address=addresses)
 def test_every_address_that_loads_can_be_rendered_and_addressed(address: str) -> None:
     try:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 from sqlalchemy import delete, select
+from test_sanitize import EDITION, RENDERER, assert_only_our_headers_and_bodies
 from werkzeug import Request, Response
 
 from conftest import FULL_TESTS
@@ -20,6 +21,8 @@ from paperpost.dumps import MAX_COUNT, parse_dump
 from paperpost.fetch import Fetched
 from paperpost.models import Paper
 from paperpost.pipeline import diff_stage, run_plain
+from paperpost.rank import Interest, Profile, rank
+from paperpost.render import Reader
 from paperpost.settings import Settings
 from paperpost.store import Store, fetches, key_hash, papers
 
@@ -308,6 +311,12 @@ def _diff_invariants(store: Store, dumps: list[bytes]) -> None:
     assert all(_storable(p) and p.title for p in stored)
     for title in GOOD_TITLES:  # everything the good source had is there
         assert key_hash(Paper(title, "").key) in {r.key_hash for r in rows}
+    # the rest of the run: whatever was stored can be ranked and rendered into a digest
+    # whose headers and parts are what paperpost writes
+    items = rank(stored, Profile((Interest("agents"), Interest("tool use")), max_items=50))
+    assert len(items) >= len(GOOD_TITLES)
+    message = RENDERER.render(Reader("ann@example.org", "Ann", ("agents",)), items, EDITION, 0, 9)
+    assert_only_our_headers_and_bodies(message.data, "ann@example.org")
 
 
 SOURCES = st.lists(api_documents() | text_dumps() | colliding_documents, min_size=1, max_size=3)

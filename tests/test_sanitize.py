@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import FULL_TESTS
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, Ranked, rank
 from paperpost.render import Edition, Reader, Renderer
@@ -149,7 +150,7 @@ hostile_text = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=600 if FULL_TESTS else 100, deadline=None)
 @given(title=hostile_text, name=hostile_text, keyword=hostile_text)
 def test_any_title_name_and_keyword_keep_the_message_shape(
     title: str, name: str, keyword: str
