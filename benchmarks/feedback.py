@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 import socket
 import statistics
 import subprocess
@@ -164,7 +165,7 @@ def study() -> None:
     )
 
 
-def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int = 3) -> None:
+def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int = 5) -> None:
     papers = shared_papers()[:count]
     old = synthetic_papers(2_000, seed=7, prefix="history ")
     history = Background.of(old + papers)
@@ -185,14 +186,15 @@ def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int 
         build.append(time.perf_counter() - start)
         rank_many(papers, people, taught, history)
         with_votes.append(time.perf_counter() - start)
+    ratio = statistics.median(t / p for t, p in zip(with_votes, plain, strict=True))
     rows = [
-        ["tags only", readers, len(papers), 0, statistics.median(plain)],
-        ["tags + votes (profiles built)", readers, len(papers), votes, statistics.median(build)],
-        ["tags + votes (total)", readers, len(papers), votes, statistics.median(with_votes)],
+        ["tags only", readers, len(papers), 0, statistics.median(plain), 1.0],
+        ["tags + votes: profiles built", readers, len(papers), votes, statistics.median(build), ""],
+        ["tags + votes: total", readers, len(papers), votes, statistics.median(with_votes), ratio],
     ]
     report(
         "feedback_speed",
-        ["ranking", "readers", "papers", "votes each", "median s"],
+        ["ranking", "readers", "papers", "votes each", "median s", "ratio (paired rounds)"],
         rows,
         {"plain": plain, "build": build, "total": with_votes},
     )
@@ -211,12 +213,13 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
         VoteLink,
         export_votes,
         make_vote_token,
+        paper_ref,
         reader_ids,
         vote_expiry,
     )
     from paperpost.store import Store, feedback
 
-    key = "bench-key"
+    key = secrets.token_urlsafe(32)
     work = Path(tempfile.mkdtemp(prefix="paperpost-votes-"))
     url = f"sqlite:///{work / 'paperpost.db'}"
     store = Store(url)
@@ -226,7 +229,7 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
     ids = reader_ids(store, addresses)
     expires = vote_expiry(datetime.now(UTC).date())
     tokens = [
-        make_vote_token(key, VoteLink(ids[a], p.id, "0-100", expires))
+        make_vote_token(key, VoteLink(ids[a], paper_ref(p), "0-100", expires))
         for a in addresses
         for p in papers
     ][:count]
@@ -279,10 +282,12 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
         stranger = reader_ids(store, ["stranger@example.org"])["stranger@example.org"]
         bad = {
             "tampered": f"{flipped}.{tag}",
-            "expired": make_vote_token(key, VoteLink(ids[addresses[0]], papers[0].id, "0-1", 1)),
+            "expired": make_vote_token(
+                key, VoteLink(ids[addresses[0]], paper_ref(papers[0]), "0-1", 1)
+            ),
             "cross-address (other reader id, same signature)": _swap_reader(good, stranger),
             "other key": make_vote_token(
-                "not-the-key", VoteLink(stranger, papers[0].id, "0-1", expires)
+                "not-the-key", VoteLink(stranger, paper_ref(papers[0]), "0-1", expires)
             ),
         }
         before_bad = list(export_votes(store))

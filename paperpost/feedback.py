@@ -49,7 +49,7 @@ class VoteLink:
     """What a vote token says: whose vote, on which paper, from which digest, until when."""
 
     reader_id: str
-    paper_id: str
+    paper: str  # see paper_ref: an arXiv id, or "k:" and the paper's key hash
     digest: str
     expires: int  # Unix time
 
@@ -67,7 +67,7 @@ def _tag(key: str, body: bytes) -> bytes:
 
 
 def make_vote_token(key: str, link: VoteLink) -> str:
-    body = "\n".join((link.reader_id, link.paper_id, link.digest, str(link.expires))).encode()
+    body = "\n".join((link.reader_id, link.paper, link.digest, str(link.expires))).encode()
     return f"{_b64(body)}.{_b64(_tag(key, body))}"
 
 
@@ -76,8 +76,8 @@ def read_vote_token(key: str, token: str, at: float | None = None) -> VoteLink:
     try:
         body_text, tag_text = token.strip().split(".", 1)
         body, given = _unb64(body_text), _unb64(tag_text)
-        reader_id, paper_id, digest, expires = body.decode("utf-8").split("\n")
-        link = VoteLink(reader_id, paper_id, digest, int(expires))
+        reader_id, paper, digest, expires = body.decode("utf-8").split("\n")
+        link = VoteLink(reader_id, paper, digest, int(expires))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadVoteToken("this vote link is malformed; copy the whole link") from None
     if not hmac.compare_digest(given, _tag(key, body)):
@@ -90,11 +90,16 @@ def read_vote_token(key: str, token: str, at: float | None = None) -> VoteLink:
     return link
 
 
+def paper_ref(paper: Paper) -> str:
+    """How a vote link names a paper: its arXiv id, else its key hash (both indexed)."""
+    return paper.arxiv_id or "k:" + key_hash(paper.key)
+
+
 def vote_urls(
-    key: str, base_url: str, reader_id: str, paper_id: str, digest: str, expires: int
+    key: str, base_url: str, reader_id: str, paper: Paper, digest: str, expires: int
 ) -> tuple[str, str]:
     """The "more like this" and "fewer like this" URLs of one card (one token for both)."""
-    token = make_vote_token(key, VoteLink(reader_id, paper_id, digest, expires))
+    token = make_vote_token(key, VoteLink(reader_id, paper_ref(paper), digest, expires))
     return f"{base_url}/vote/more/{token}", f"{base_url}/vote/fewer/{token}"
 
 
@@ -300,16 +305,12 @@ def find_papers(store: Store, refs: Iterable[str]) -> dict[str, Paper]:
     return found
 
 
-def paper_by_id(store: Store, paper_id: str) -> Paper | None:
-    """A paper by :attr:`Paper.id` (an arXiv id, or ``title-...`` for papers without one)."""
-    if not paper_id.startswith("title-"):
-        return find_papers(store, [paper_id]).get(paper_id)
+def paper_by_ref(store: Store, ref: str) -> Paper | None:
+    """The paper a vote link names (see :func:`paper_ref`), if the history has it."""
+    column = papers.c.key_hash if ref.startswith("k:") else papers.c.arxiv_id
     with store.engine.connect() as conn:
-        for row in conn.execute(select(papers.c.data).where(papers.c.arxiv_id.is_(None))):
-            paper = Paper.from_json(json.loads(row.data))
-            if paper.id == paper_id:
-                return paper
-    return None
+        data = conn.execute(select(papers.c.data).where(column == ref.removeprefix("k:"))).scalar()
+    return Paper.from_json(json.loads(data)) if data else None
 
 
 def history(store: Store) -> Background:

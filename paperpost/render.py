@@ -291,7 +291,7 @@ class Renderer:
                     edition.secret_key,
                     edition.base_url,
                     reader.reader_id,
-                    item.paper.id,
+                    item.paper,
                     digest,
                     expires,
                 )

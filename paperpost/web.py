@@ -21,7 +21,7 @@ from paperpost.feedback import (
     BadVoteToken,
     Vote,
     address_of,
-    paper_by_id,
+    paper_by_ref,
     read_vote_token,
     record_votes,
 )
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BadVoteToken as exc:
             return page("Link not valid", f"<p>{escape(str(exc))}.</p>", 400)
         address = address_of(store, link.reader_id)
-        paper = paper_by_id(store, link.paper_id)
+        paper = paper_by_ref(store, link.paper)
         if address is None or paper is None:
             return page(
                 "Link not valid",

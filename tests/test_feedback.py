@@ -33,6 +33,7 @@ from paperpost.feedback import (
     _unb64,
     export_votes,
     make_vote_token,
+    paper_ref,
     parse_export,
     read_vote_token,
     reader_ids,
@@ -220,6 +221,14 @@ def test_get_confirms_post_records_and_bad_links_change_nothing(web) -> None:
             assert answer.status_code == 400, name
     assert votes_of(store, ["bob@example.org"]) == {}
     assert requests.post(f"{base}/vote/maybe/{token}", timeout=10).status_code == 404
+
+    store.ingest("text dump", [GRAMMAR])  # no arXiv id: the link names it by its key hash
+    link = VoteLink(ids["bob@example.org"], paper_ref(GRAMMAR), "1-2", LATER)
+    by_title = make_vote_token(KEY, link)
+    assert GRAMMAR.title in requests.get(f"{base}/vote/fewer/{by_title}", timeout=10).text
+    assert requests.post(f"{base}/vote/fewer/{by_title}", timeout=10).status_code == 200
+    (vote,) = votes_of(store, ["bob@example.org"])["bob@example.org"]
+    assert (vote.paper_id, vote.title, vote.vote) == (GRAMMAR.id, GRAMMAR.title, -1)
     assert "<script>" not in requests.get(f"{base}/vote/more/%3Cscript%3E", timeout=10).text
 
 
