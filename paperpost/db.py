@@ -21,7 +21,7 @@ def create(url: str, immediate: bool = False) -> Engine:
     """An engine for ``url``. ``immediate`` (SQLite only): a one-off, unpooled engine whose
     transactions start with ``BEGIN IMMEDIATE``, taking the write lock up front."""
     if not url.startswith("sqlite:"):
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)  # as below
         _name_errors(engine)
         return engine
     path = url.removeprefix("sqlite:///")
@@ -29,6 +29,7 @@ def create(url: str, immediate: bool = False) -> Engine:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
+        hide_parameters=True,  # errors and logs never quote addresses or tokens
         connect_args={"timeout": BUSY_TIMEOUT},
         **({"poolclass": NullPool} if immediate else {}),
     )
