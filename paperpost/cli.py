@@ -202,6 +202,10 @@ def run(
             settings = _settings()
             if settings.delivery == "smtp":
                 settings.require_own_key("SMTP delivery")
+            from paperpost.store import Store
+
+            # a database that cannot be used fails here, in one line, not inside the flow
+            Store(settings.db_url).check_writable()
             if no_prefect:
                 summary = _run_plain(settings, day, as_json)
             else:

@@ -750,6 +750,13 @@ class Store:
                 ).rowcount
             )
 
+    def check_writable(self) -> None:
+        """Write and roll back a row: raises at once when the database is corrupt or
+        read-only, or after the busy timeout when another process holds its write lock."""
+        with self.engine.connect() as conn:
+            conn.execute(insert(locks).values(name="write-check", owner="-", expires_at=0))
+            conn.rollback()
+
     def lock_owner(self, name: str) -> str | None:
         with self.engine.connect() as conn:
             return conn.execute(select(locks.c.owner).where(locks.c.name == name)).scalar()

@@ -32,8 +32,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run(db: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["run", "--no-prefect", "--json", "--db", db])
+def run(db: str, *options: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["run", *(options or ["--no-prefect"]), "--json", "--db", db])
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -46,6 +46,14 @@ def test_a_corrupted_file(project: Path) -> None:
     assert code == ExitCode.DATABASE
     assert f"{project / 'pp.db'} is not a readable SQLite database (corrupted?)" in line
     assert "restore it from a backup" in line
+
+
+def test_the_prefect_path_fails_before_the_flow_starts(project: Path) -> None:
+    """One line and no Prefect log lines or traceback around it (run() checks): the
+    database is checked before the flow starts."""
+    (project / "pp.db").write_bytes(b"not a database\n" * 100)
+    code, line = run(str(project / "pp.db"), "--today", "2026-11-25")
+    assert code == ExitCode.DATABASE and "is not a readable SQLite database" in line
 
 
 def test_a_read_only_database(project: Path) -> None:
