@@ -115,7 +115,7 @@ class Nudge:
         papers: Sequence[Paper],
         rows: dict[int, int],
         bonus: np.ndarray,
-        similar: np.ndarray,
+        nearest: tuple[np.ndarray, np.ndarray],
         voted: list[Paper],
         lists: dict[int, tuple[list[int], list[int]]],
         follows: dict[int, dict[int, str]],
@@ -123,11 +123,14 @@ class Nudge:
         self.papers = papers
         self.rows = rows  # reader row -> row of ``bonus`` (readers with votes only)
         self.bonus = bonus
-        self.similar = similar  # voted paper × new paper cosine
+        # per row of ``bonus`` and new paper: the position, in the reader's liked and
+        # disliked lists, of the voted paper most like it (what the reason line names)
+        self.nearest = nearest
         self.voted = voted
         self.lists = lists  # reader row -> (liked, disliked) indices into ``voted``
         self.follows = follows  # reader row -> {paper index: reason}
         self.zero = np.zeros(len(papers))
+        self._said: dict[tuple[int, str], str] = {}
 
     def apply(
         self,
@@ -169,18 +172,26 @@ class Nudge:
             bonus = float(self.bonus[index, paper])
             liked, disliked = self.lists[row]
             if bonus >= EXPLAIN_AT and liked:
-                best = max(liked, key=lambda v: self.similar[v, paper])
-                parts.append(f"like '{_quote(self.voted[best].title)}' you liked")
+                parts.append(self._like(liked[self.nearest[0][index, paper]], "you liked"))
             elif bonus <= -EXPLAIN_AT and disliked:
-                best = max(disliked, key=lambda v: self.similar[v, paper])
-                parts.append(f"like '{_quote(self.voted[best].title)}' you wanted fewer of")
+                best = disliked[self.nearest[1][index, paper]]
+                parts.append(self._like(best, "you wanted fewer of"))
         return "; ".join(parts)
 
+    def _like(self, voted: int, verdict: str) -> str:
+        key = (voted, verdict)
+        text = self._said.get(key)
+        if text is None:
+            text = self._said[key] = f"like '{_quote(self.voted[voted].title)}' {verdict}"
+        return text
 
-def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
-    """Row r: the mean of ``similar`` over the voted papers in ``lists[r]`` (0 if none)."""
+
+def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per reader r and new paper: the mean of ``similar`` over the voted papers in
+    ``lists[r]`` (0 if none), and the position in ``lists[r]`` of the most similar one."""
     padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
     out = np.zeros((len(lists), similar.shape[1]), dtype=similar.dtype)
+    best = np.zeros((len(lists), similar.shape[1]), dtype=np.int16)
     for start in range(0, len(lists), _CHUNK):
         block = lists[start : start + _CHUNK]
         counts = np.fromiter((len(items) for items in block), dtype=np.intp, count=len(block))
@@ -191,9 +202,10 @@ def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
         rows = np.repeat(np.arange(len(block)), counts)
         cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
         index[rows, cols] = [i for items in block for i in items]
-        total = padded[index].sum(axis=1)
-        out[start : start + len(block)] = total / np.maximum(counts, 1)[:, None]
-    return out
+        gathered = padded[index]  # readers × votes × new papers
+        out[start : start + len(block)] = gathered.sum(axis=1) / np.maximum(counts, 1)[:, None]
+        best[start : start + len(block)] = gathered.argmax(axis=1)
+    return out, best
 
 
 def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Background) -> Nudge | None:
@@ -235,7 +247,7 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
 
     rows: dict[int, int] = {}
     bonus = np.zeros((0, len(papers)), dtype=np.float32)
-    similar = np.zeros((0, len(papers)), dtype=np.float32)
+    nearest_liked = nearest_disliked = np.zeros((0, len(papers)), dtype=np.int16)
     if voted:
         by_term = np.ascontiguousarray(new.T)  # term × new paper
         similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
@@ -246,13 +258,16 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
                 weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
                 similar[i] = weights @ by_term[[vocab[t] for t in shared]]
         span = FULL_AT - NOISE
-        toward = np.clip((_mean_similarity(similar, likes) - NOISE) / span, 0.0, 1.0)
-        away = np.clip((_mean_similarity(similar, dislikes) - NOISE) / span, 0.0, 1.0)
+        toward, nearest_liked = _mean_similarity(similar, likes)
+        away, nearest_disliked = _mean_similarity(similar, dislikes)
+        toward = np.clip((toward - NOISE) / span, 0.0, 1.0)
+        away = np.clip((away - NOISE) / span, 0.0, 1.0)
         bonus = LIKE_CAP * toward - DISLIKE_CAP * away
         rows = {row: i for i, row in enumerate(voters)}
 
     follows = _follows(papers, tastes)
-    return Nudge(papers, rows, bonus, similar, voted, lists, follows)
+    nearest = (nearest_liked, nearest_disliked)
+    return Nudge(papers, rows, bonus, nearest, voted, lists, follows)
 
 
 def _follows(papers: Sequence[Paper], tastes: Sequence[Taste]) -> dict[int, dict[int, str]]:
