@@ -52,11 +52,12 @@ AMBIGUOUS = "ambiguous"  # end-of-data sent, no reply read: it may or may not ha
 class DeliveryError(Exception):
     """A transport failure with its scope (one of the kinds above) and the server's reply."""
 
-    def __init__(self, kind: str, detail: str, fix: str = "") -> None:
+    def __init__(self, kind: str, detail: str, fix: str = "", phase: str = "") -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.fix = fix
+        self.phase = phase  # the SMTP command it answered (MAIL, RCPT, DATA), if any
 
 
 def _nothing() -> None:
@@ -99,6 +100,12 @@ def enhanced_code(text: str) -> str | None:
 
 def classify(code: int, text: str, phase: str = "DATA") -> DeliveryError:
     """The scope of an SMTP reply; ``phase`` is MAIL, RCPT or DATA (the README has the table)."""
+    error = _classify(code, text, phase)
+    error.phase = phase
+    return error
+
+
+def _classify(code: int, text: str, phase: str) -> DeliveryError:
     detail = f"{code} {text}".strip()
     if code < 500:
         return DeliveryError(TEMPORARY, detail)
@@ -560,8 +567,14 @@ def send_batch(
                 for held, held_error in scope.held:
                     suppress(held, held_error)
                 scope.held.clear()
+            elif (
+                error is not None
+                and error.kind == SYSTEMIC
+                and (scope.proven and error.phase in {"RCPT", "DATA"})
+            ):  # this server accepted others of this batch: it refuses this message only
+                error = DeliveryError(MESSAGE, error.detail)
             elif error is not None and error.kind == SYSTEMIC:
-                pause(f"paused: {error.detail}; {error.fix}, then run again")
+                pause(f"paused at {message.address}: {error.detail}; {error.fix}, then run again")
             elif error is not None and error.kind in {RECIPIENT, MESSAGE} and not scope.proven:
                 scope.held.append((message, error))
                 domains = scope.same_reply_domains(error)

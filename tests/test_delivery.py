@@ -362,7 +362,7 @@ def test_failure_scope_by_enhanced_status_code(
         assert suppressed == {}
         assert [o.status for o in outcomes] == ["retry"] * 3
         reason = store.pause_reason(run)
-        assert reason.startswith("paused: ") and reply in reason and "check" in reason
+        assert reason.startswith("paused at ") and reply in reason and "check" in reason
         assert all(d == "retry" for _, d in ids(store, "a@one.example"))
 
 
@@ -398,6 +398,21 @@ def test_same_unclassified_refusal_for_every_domain_pauses_and_fails_nobody(smtp
     assert [o.status for o in outcomes] == ["retry"] * 4
     assert all(status == "retry" for m in batch for _, status in ids(store, m.address))
     assert "3 different recipient domains" in store.pause_reason(run)
+
+
+def test_a_policy_refusal_after_a_success_fails_that_digest_only(smtp, tmp_path) -> None:
+    """Once this server accepted a digest, a 5.7.1 for one recipient is about that recipient
+    (their domain's policy), not about us: it must not pause the run for everyone after it."""
+    batch = digests_for(["ok@zero.example", "blocked@one.example", "c@two.example"])
+    smtp.script.reject["blocked@one.example"] = "550 5.7.1 Recipient address rejected: policy"
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["sent", "failed", "sent"]
+    assert "not suppressed" in outcomes[1].detail
+    assert store.pause_reason(run) is None and store.suppressions(["blocked@one.example"]) == {}
 
 
 def test_bad_mailboxes_after_a_success_are_suppressed_at_once(smtp, tmp_path) -> None:
