@@ -115,7 +115,7 @@ class Nudge:
         papers: Sequence[Paper],
         rows: dict[int, int],
         bonus: np.ndarray,
-        nearest: tuple[np.ndarray, np.ndarray],
+        similar: np.ndarray,
         voted: list[Paper],
         lists: dict[int, tuple[list[int], list[int]]],
         follows: dict[int, dict[int, str]],
@@ -123,14 +123,13 @@ class Nudge:
         self.papers = papers
         self.rows = rows  # reader row -> row of ``bonus`` (readers with votes only)
         self.bonus = bonus
-        # per row of ``bonus`` and new paper: the position, in the reader's liked and
-        # disliked lists, of the voted paper most like it (what the reason line names)
-        self.nearest = nearest
+        self.similar = similar  # voted paper × new paper cosine
         self.voted = voted
         self.lists = lists  # reader row -> (liked, disliked) indices into ``voted``
         self.follows = follows  # reader row -> {paper index: reason}
         self.zero = np.zeros(len(papers))
         self._said: dict[tuple[int, str], str] = {}
+        self._nearest: dict[tuple[int, int], np.ndarray] = {}
 
     def apply(
         self,
@@ -172,26 +171,32 @@ class Nudge:
             bonus = float(self.bonus[index, paper])
             liked, disliked = self.lists[row]
             if bonus >= EXPLAIN_AT and liked:
-                parts.append(self._like(liked[self.nearest[0][index, paper]], "you liked"))
+                parts.append(self._like(self.nearest(row, 0)[paper], "you liked"))
             elif bonus <= -EXPLAIN_AT and disliked:
-                best = disliked[self.nearest[1][index, paper]]
-                parts.append(self._like(best, "you wanted fewer of"))
+                parts.append(self._like(self.nearest(row, 1)[paper], "you wanted fewer of"))
         return "; ".join(parts)
 
-    def _like(self, voted: int, verdict: str) -> str:
-        key = (voted, verdict)
+    def nearest(self, row: int, kind: int) -> np.ndarray:
+        """Per new paper, the reader's liked (kind 0) or disliked (1) paper most like it."""
+        found = self._nearest.get((row, kind))
+        if found is None:
+            voted = self.lists[row][kind]
+            found = np.asarray(voted)[self.similar[voted].argmax(axis=0)]
+            self._nearest[row, kind] = found
+        return found
+
+    def _like(self, voted: int | np.integer, verdict: str) -> str:
+        key = (int(voted), verdict)
         text = self._said.get(key)
         if text is None:
             text = self._said[key] = f"like '{_quote(self.voted[voted].title)}' {verdict}"
         return text
 
 
-def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per reader r and new paper: the mean of ``similar`` over the voted papers in
-    ``lists[r]`` (0 if none), and the position in ``lists[r]`` of the most similar one."""
+def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
+    """Row r: the mean of ``similar`` over the voted papers in ``lists[r]`` (0 if none)."""
     padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
     out = np.zeros((len(lists), similar.shape[1]), dtype=similar.dtype)
-    best = np.zeros((len(lists), similar.shape[1]), dtype=np.int16)
     for start in range(0, len(lists), _CHUNK):
         block = lists[start : start + _CHUNK]
         counts = np.fromiter((len(items) for items in block), dtype=np.intp, count=len(block))
@@ -202,10 +207,9 @@ def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.nd
         rows = np.repeat(np.arange(len(block)), counts)
         cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
         index[rows, cols] = [i for items in block for i in items]
-        gathered = padded[index]  # readers × votes × new papers
-        out[start : start + len(block)] = gathered.sum(axis=1) / np.maximum(counts, 1)[:, None]
-        best[start : start + len(block)] = gathered.argmax(axis=1)
-    return out, best
+        total = padded[index].sum(axis=1)
+        out[start : start + len(block)] = total / np.maximum(counts, 1)[:, None]
+    return out
 
 
 def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Background) -> Nudge | None:
@@ -247,7 +251,7 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
 
     rows: dict[int, int] = {}
     bonus = np.zeros((0, len(papers)), dtype=np.float32)
-    nearest_liked = nearest_disliked = np.zeros((0, len(papers)), dtype=np.int16)
+    similar = np.zeros((0, len(papers)), dtype=np.float32)
     if voted:
         by_term = np.ascontiguousarray(new.T)  # term × new paper
         similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
@@ -258,16 +262,13 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
                 weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
                 similar[i] = weights @ by_term[[vocab[t] for t in shared]]
         span = FULL_AT - NOISE
-        toward, nearest_liked = _mean_similarity(similar, likes)
-        away, nearest_disliked = _mean_similarity(similar, dislikes)
-        toward = np.clip((toward - NOISE) / span, 0.0, 1.0)
-        away = np.clip((away - NOISE) / span, 0.0, 1.0)
+        toward = np.clip((_mean_similarity(similar, likes) - NOISE) / span, 0.0, 1.0)
+        away = np.clip((_mean_similarity(similar, dislikes) - NOISE) / span, 0.0, 1.0)
         bonus = LIKE_CAP * toward - DISLIKE_CAP * away
         rows = {row: i for i, row in enumerate(voters)}
 
     follows = _follows(papers, tastes)
-    nearest = (nearest_liked, nearest_disliked)
-    return Nudge(papers, rows, bonus, nearest, voted, lists, follows)
+    return Nudge(papers, rows, bonus, similar, voted, lists, follows)
 
 
 def _follows(papers: Sequence[Paper], tastes: Sequence[Taste]) -> dict[int, dict[int, str]]:
