@@ -248,7 +248,9 @@ class Outbox:
         name = outbox_name(address, digest)
         if (self.folder / "new" / name).exists():
             return True
-        return any((self.folder / "cur").glob(f"{glob_escape(name)}*"))  # read by a mail client
+        # read by a mail client: moved to cur/ with flags appended ("<name>:2,S")
+        with os.scandir(self.folder / "cur") as entries:
+            return any(entry.name.startswith(name) for entry in entries)
 
     def close(self) -> None:
         """Drop what was staged and never flushed (its ledger rows were not settled)."""
@@ -258,10 +260,6 @@ class Outbox:
                 os.close(fd)
             with contextlib.suppress(OSError):
                 temp.unlink()
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 # --- SMTP ----------------------------------------
