@@ -1,14 +1,17 @@
 """Ranking quality on the shared papers: paperpost vs BM25 (stemmed) vs substring.
 
-    python benchmarks/rank_quality.py [--no-blind]
+    python benchmarks/rank_quality.py [--no-blind] [--sweep]
 
-Three judged sets (how each was made is written at the top of its file):
-  blind      data/relevance_blind.yaml: tags that are not vocabulary entries, judged by
-             independent judges before the ranker changes (every paper read)
+The judged sets (how each was made is written at the top of its file):
+  blind2     data/relevance_blind2.yaml: round 2's blind tags (not vocabulary entries), judged
+             by independent judges before the round-2 changes (every paper read)
+  round1     data/relevance_round1.yaml: round 1's blind tags, judged the same way; measured
+             blind once in round 1, a development set since
   leave-out  data/relevance.yaml with each tag's vocabulary entry (id and aliases) removed
   existing   data/relevance.yaml as it is
   dev        data/relevance_dev.yaml: compound tags the developer judged and tuned on (not blind)
-Prints NDCG@10 and P@10 per tag and on average (tags with no relevant paper apart: NDCG is
+Prints NDCG@10, P@10 and P@min(10,R) (R = the tag's judged-relevant papers: P@10 cannot
+reach 1 when R < 10) per tag and on average (tags with no relevant paper apart: NDCG is
 undefined there, so they report how many papers a default reader would get instead), a
 calibration table (share of judged-relevant papers per score band) and the delivered-
 precision replay: ../shared day by day with default settings, one reader per judged tag.
@@ -92,8 +95,14 @@ def ndcg(ranked: list[str], rel: dict[str, int]) -> float:
     return dcg / idcg if idcg else float("nan")
 
 
-def precision(ranked: list[str], rel: dict[str, int]) -> float:
-    return sum(1 for pid in ranked[:K] if rel.get(pid, 0) > 0) / K
+def precision(ranked: list[str], rel: dict[str, int], k: int = K) -> float:
+    return sum(1 for pid in ranked[:k] if rel.get(pid, 0) > 0) / k
+
+
+def capped_precision(ranked: list[str], rel: dict[str, int]) -> float:
+    """P@min(10, R): precision at the depth a perfect ranking could fill with relevant papers."""
+    relevant = sum(1 for g in rel.values() if g > 0)
+    return precision(ranked, rel, min(K, relevant)) if relevant else float("nan")
 
 
 def _text(p: Paper) -> str:
@@ -169,17 +178,22 @@ def without_topic(tag: str) -> Iterator[None]:
 
 def scores_for(
     truth: Judged, rankings: dict[str, dict[str, list[str]]]
-) -> dict[str, dict[str, tuple[float, float]]]:
+) -> dict[str, dict[str, tuple[float, float, float]]]:
     return {
         system: {
-            tag: (ndcg(by_tag[tag], rel), precision(by_tag[tag], rel)) for tag, rel in truth.items()
+            tag: (
+                ndcg(by_tag[tag], rel),
+                precision(by_tag[tag], rel),
+                capped_precision(by_tag[tag], rel),
+            )
+            for tag, rel in truth.items()
         }
         for system, by_tag in rankings.items()
     }
 
 
 def evaluate_set(papers: list[Paper], truth: Judged, leave_out: bool = False):  # type: ignore[no-untyped-def]
-    """Per system and tag: (NDCG@10, P@10)."""
+    """Per system and tag: (NDCG@10, P@10, P@min(10,R))."""
     tags = list(truth)
     if leave_out:
         mine: dict[str, list[str]] = {}
@@ -194,7 +208,7 @@ def evaluate_set(papers: list[Paper], truth: Judged, leave_out: bool = False):  
     return scores_for(truth, rankings)
 
 
-def evaluate() -> tuple[Judged, dict[str, dict[str, tuple[float, float]]]]:
+def evaluate() -> tuple[Judged, dict[str, dict[str, tuple[float, float, float]]]]:
     """The existing judged set (kept for the quality test)."""
     papers = shared_papers()
     truth = judgments(papers)
@@ -280,7 +294,7 @@ def replay(
 
 
 def table_rows(
-    name: str, truth: Judged, scores: dict[str, dict[str, tuple[float, float]]]
+    name: str, truth: Judged, scores: dict[str, dict[str, tuple[float, float, float]]]
 ) -> list[list[object]]:
     rows: list[list[object]] = []
     with_relevant = [t for t, rel in truth.items() if any(g > 0 for g in rel.values())]
@@ -293,10 +307,7 @@ def table_rows(
         rows.append(row)
     row = [name, f"MEAN ({len(with_relevant)} tags)", "", ""]
     for by_tag in scores.values():
-        row += [
-            mean([by_tag[t][0] for t in with_relevant]),
-            mean([by_tag[t][1] for t in with_relevant]),
-        ]
+        row += [mean([by_tag[t][i] for t in with_relevant]) for i in range(3)]
     rows.append(row)
     return rows
 
@@ -325,7 +336,7 @@ def calibration(papers: list[Paper], truth: Judged, leave_out: bool) -> list[lis
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--no-blind", action="store_true", help="Leave the blind set out.")
+    parser.add_argument("--no-blind", action="store_true", help="Leave the blind2 set out.")
     parser.add_argument(
         "--sweep", action="store_true", help="Replay the dev sets at several min_score values."
     )
@@ -333,9 +344,10 @@ def main() -> None:
     papers = shared_papers()
     existing = judgments(papers)
     sets: list[tuple[str, Judged, bool]] = []
-    blind_file = DATA / "relevance_blind.yaml"
+    blind_file = DATA / "relevance_blind2.yaml"
     if not args.no_blind and blind_file.exists():
-        sets.append(("blind", judgments(papers, blind_file.name), False))
+        sets.append(("blind2", judgments(papers, blind_file.name), False))
+    sets.append(("round1", judgments(papers, "relevance_round1.yaml"), False))
     sets += [("leave-out", existing, True), ("existing", existing, False)]
     sets.append(("dev", judgments(papers, "relevance_dev.yaml"), False))
 
@@ -350,7 +362,7 @@ def main() -> None:
             extra["empty_tags"][name] = {"tags": empty, "delivered": got["delivered"]}  # type: ignore[index]
     headers = ["set", "tag", "central", "judged>0"]
     for system in ("paperpost", "bm25+stemmer", "substring"):
-        headers += [f"{system} NDCG", f"{system} P@10"]
+        headers += [f"{system} NDCG", f"{system} P@10", f"{system} P@min(10,R)"]
     report("rank_quality", headers, rows, extra | {"note": "see replay below"})
 
     print("\nTags with no judged-relevant paper (NDCG undefined):")
@@ -375,9 +387,11 @@ def main() -> None:
     for name, truth, leave_out in sets:
         results[name] = replay(truth, leave_out)
         replay_rows.append(_replay_row(name, results[name]))
-    if "blind" in results:
-        results["vocabulary+blind"] = _merge(results["blind"], results["existing"])
-        replay_rows.append(_replay_row("vocabulary+blind", results["vocabulary+blind"]))
+    results["existing+round1"] = _merge(results["round1"], results["existing"])
+    replay_rows.append(_replay_row("existing+round1", results["existing+round1"]))
+    if "blind2" in results:
+        results["existing+blind2"] = _merge(results["blind2"], results["existing"])
+        replay_rows.append(_replay_row("existing+blind2", results["existing+blind2"]))
     extra["replay"] = results
     if args.sweep:
         for threshold in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6):

@@ -59,6 +59,8 @@ TRUST = 0.5  # a term keeps this much of its weight however common its words are
 MISSING_FACET = 0.05  # a facet without evidence counts as this score in the mean
 FACET_POWER = -0.5  # facets combine by a weighted power mean (0 would be geometric)
 FACET_BASE = 0.5  # a facet weighs FACET_BASE + (1 - FACET_BASE) * how informative its words are
+ABSTRACT_ONLY = 0.6  # evidence found only in the abstract counts this much
+LEAD_TERM = 0.7  # ... and when the title, keywords or TL;DR hold only ordinary terms
 EXCLUDE_MIN = 0.5  # a paper is "about" an excluded tag at this score
 DEFAULT_MIN_SCORE = 0.35  # picked from measurements: docs/ranking.md
 BACKGROUND_PAPERS = 10_000  # word weights count over the most recent papers of the history
@@ -428,6 +430,7 @@ class Evidence:
     hits: tuple[tuple[float, str, str, int], ...]  # (gain, field, term text, words), best first
     units: int  # distinct terms matched; a phrase counts 2
     single: float  # if the only evidence is one word: that word's weight squared, else 1
+    lead: float = 0.0  # the strongest evidence in the title, AI keywords or TL;DR (strength)
 
     @property
     def score(self) -> float:
@@ -445,6 +448,7 @@ def evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
     topic's ``avoid`` phrases cover their words the same way without scoring.
     """
     total = 0.0
+    lead = 0.0
     hits: list[tuple[float, str, str, int]] = []
     distinct: dict[tuple[str, ...], float] = {}
     for name, grams in doc.grams.items():
@@ -473,6 +477,8 @@ def evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
             if gain <= 0:
                 continue
             total += gain
+            if name != "abstract":
+                lead = max(lead, term.strength if topic.curated else STRENGTH["strong"])
             hits.append((gain, name, term.text, len(_content(term.words))))
             distinct[term.words] = informative
     if not hits:
@@ -483,7 +489,14 @@ def evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
     if units == 1:
         (words,) = distinct
         single = background.phrase_weight(words) ** 2
-    return Evidence(total, tuple(hits), units, single)
+    return Evidence(total, tuple(hits), units, single, lead)
+
+
+def _lead_factor(strength: float) -> float:
+    """How much of a paper's score stands, by its strongest evidence outside the abstract."""
+    if strength >= STRENGTH["strong"]:
+        return 1.0
+    return LEAD_TERM if strength >= STRENGTH["term"] else ABSTRACT_ONLY
 
 
 def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
@@ -578,9 +591,11 @@ class _Scores:
         score = np.zeros((n_topics, n_papers))
         units = np.zeros((n_topics, n_papers))
         single = np.zeros((n_topics, n_papers))
+        lead = np.full((n_topics, n_papers), ABSTRACT_ONLY)
         for p, found in enumerate(self.evid):
             for t, ev in found.items():
                 score[t, p] = ev.score
+                lead[t, p] = _lead_factor(ev.lead)
                 units[t, p] = ev.units
                 single[t, p] = ev.single if ev.units == 1 else 0.0
 
@@ -614,6 +629,13 @@ class _Scores:
         one_word = (count == 1) & ~whole_word[:, None]
         self.about = combined.copy()  # for exclusions: one word in a title is enough there
         combined[one_word] *= (member @ single)[one_word]
+        # what a paper is about shows in its title, keywords or TL;DR: evidence found only
+        # in the abstract, or only weak terms there, is a mention in passing
+        for r, reading in enumerate(readings):
+            parts = [topic_index[f.topic] for f in reading.facets]
+            if reading.bonus is not None:
+                parts.append(topic_index[reading.bonus])
+            combined[r] *= lead[parts].max(axis=0)
         self.score = combined  # readings × papers, 0..1
 
     def detail(self, r: int, p: int) -> dict:

@@ -58,8 +58,22 @@ def test_title_outweighs_abstract_and_keywords_count() -> None:
     in_title = paper("Mixture-of-Experts Routing")
     in_keywords = paper("A Sparse Model", ai_keywords=("mixture of experts",))
     in_abstract = paper("A Sparse Model II", "We train a mixture of experts model.")
-    ranked = rank([in_abstract, in_keywords, in_title], profile("moe"))
+    ranked = rank([in_abstract, in_keywords, in_title], profile("moe", min_score=0.1))
     assert [r.paper for r in ranked] == [in_title, in_keywords, in_abstract]
+
+
+def test_a_mention_only_in_the_abstract_is_in_passing() -> None:
+    """What a paper is about shows in its title, keywords or TL;DR: the same abstract
+    evidence scores lower without it, and one passing mention stays out of a digest."""
+    abstract = "We train a mixture of experts model with expert routing and a load balancing loss."
+    named = paper("Sparse Expert Models", abstract)  # a strong term in the title
+    term = paper("Many Experts, Few Parameters", abstract)  # an ordinary term
+    passing = paper("A Sparse Model", abstract)
+    ranked = rank([passing, term, named], profile("moe", min_score=0.0))
+    assert [r.paper for r in ranked] == [named, term, passing]
+    assert ranked[2].score < ranked[1].score < ranked[0].score
+    once = paper("A Sparse Model II", "We train a mixture of experts model.")
+    assert rank([once], profile("moe")) == []
 
 
 def test_ambiguous_inference_is_disambiguated_by_context() -> None:
@@ -90,7 +104,7 @@ def test_upvotes_break_ties_but_never_lift_the_irrelevant() -> None:
     a = paper("Speculative Decoding for Chat Models", upvotes=0)
     b = paper("Tree Attention Meets Speculative Decoding", upvotes=500)
     weak = paper("Decoding", "We mention speculative decoding once.", upvotes=10_000)
-    ranked = rank([a, weak, b], profile("speculative-decoding"))
+    ranked = rank([a, weak, b], profile("speculative-decoding", min_score=0.1))
     assert [r.paper for r in ranked][:2] == [b, a]
     assert ranked[-1].paper is weak
 

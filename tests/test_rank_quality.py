@@ -1,6 +1,6 @@
 """The ranker keeps its measured quality on the judged development sets (benchmarks/data).
 
-The thresholds sit a little under today's figures (existing 0.94, leave-topic-out 0.88, dev
+The thresholds sit a little under today's figures (existing 0.94, leave-topic-out 0.87, dev
 0.93 NDCG@10; BM25 with a stemmer 0.85 on the same tags), so a regression fails them.
 """
 
