@@ -349,6 +349,9 @@ class Smtp:
             elif code != 421:
                 with contextlib.suppress(OSError, smtplib.SMTPException):
                     conn.rset()
+        except ValueError:  # smtplib cannot write this address or message (not ASCII)
+            self.close()  # a transaction may be open on this connection: never reuse it
+            raise
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             self._conn = None
             if phase == "END":

@@ -526,3 +526,19 @@ def test_outbox_groups_survive_sigkill_each_digest_once(tmp_path: Path, kill_aft
     assert all(ids(store, f"r{i}@example.org") == [("0-3", "sent")] for i in range(250))
     cursors = store.cursors([f"r{i}@example.org" for i in range(250)])
     assert {cursor for cursor, _ in cursors.values()} == {3} and len(cursors) == 250
+
+
+def test_an_address_smtplib_cannot_write_leaves_the_connection_clean(smtp, tmp_path) -> None:
+    """smtplib refuses a non-ASCII address after MAIL FROM was accepted; the same connection
+    must not carry that open transaction into the next digest ("503 nested MAIL")."""
+    from dataclasses import replace
+
+    first, second = digests_for(["a@one.example", "b@two.example"])
+    odd = replace(first, address="ünï@one.example")
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))  # one connection, reused
+    outcomes = send_batch(store, transport, [odd, second], run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["failed", "sent"]
+    assert store.pause_reason(run) is None
