@@ -349,9 +349,6 @@ class Smtp:
             elif code != 421:
                 with contextlib.suppress(OSError, smtplib.SMTPException):
                     conn.rset()
-        except ValueError:  # smtplib cannot write this address or message (not ASCII)
-            self.close()  # a transaction may be open on this connection: never reuse it
-            raise
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             self._conn = None
             if phase == "END":
@@ -360,6 +357,15 @@ class Smtp:
                     f"connection lost after the end of data, before the reply: {_describe(exc)}",
                 ) from None
             raise DeliveryError(TEMPORARY, f"connection lost: {_describe(exc)}") from None
+        except BaseException:
+            # Anything else mid-transaction (an address smtplib cannot write, a ledger write
+            # failing before the dot): the connection may hold an open transaction or half a
+            # message body, so it is dropped without QUIT (which would become body text) and
+            # the server discards the incomplete message.
+            with contextlib.suppress(OSError):
+                conn.close()
+            self._conn = None
+            raise
         if code == 421:
             self.close()
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)

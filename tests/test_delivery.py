@@ -542,3 +542,21 @@ def test_an_address_smtplib_cannot_write_leaves_the_connection_clean(smtp, tmp_p
     transport.close()
     assert [o.status for o in outcomes] == ["failed", "sent"]
     assert store.pause_reason(run) is None
+
+
+def test_a_failure_between_body_and_dot_never_leaks_into_the_next_message(smtp) -> None:
+    """If recording end-of-data fails after the body went out, the half-sent message must
+    be abandoned: the next digest must not be appended to its body on the same connection."""
+    first, second = digests_for(["a@one.example", "b@two.example"])
+
+    def ledger_down() -> None:
+        raise RuntimeError("database unreachable")
+
+    transport = Smtp(smtp_settings(smtp))
+    with pytest.raises(RuntimeError):
+        transport.send(first, ledger_down)
+    transport.send(second)
+    transport.close()
+    assert len(smtp.handler.messages) == 1
+    rcpts, data = smtp.handler.messages[0]
+    assert rcpts == ["b@two.example"] and data.count(b"Message-ID:") == 1
