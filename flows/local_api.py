@@ -100,8 +100,6 @@ class LocalAPI:
     def in_use(self) -> Iterator[None]:
         """Point Prefect's client at this server; drain its log and event queues after."""
         from prefect.context import _temporary_global_settings_context, get_settings_context
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         # the second also shows the URL to threads Prefect starts without copying this context
@@ -112,8 +110,17 @@ class LocalAPI:
             try:
                 yield
             finally:
-                APILogWorker.drain_all(timeout=5)
-                EventsWorker.drain_all(timeout=5)
+                drain()
+
+
+def drain() -> None:
+    """Send what Prefect's log and event queues still hold, before its API goes away (and
+    before `paperpost` exits without Python's teardown, which would otherwise send them)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=5)
 
 
 def run_digest(today: date) -> dict:
@@ -123,7 +130,10 @@ def run_digest(today: date) -> dict:
     if PREFECT_API_URL.value():
         from flows.digest import digest
 
-        return digest(today=today)
+        try:
+            return digest(today=today)
+        finally:
+            drain()
     api = LocalAPI().start()
     try:
         from flows.digest import digest  # while the server starts
