@@ -6,7 +6,9 @@
    * before: Prefect's own temporary server (a child process Prefect starts on first use);
    * after: the Prefect API on a thread of the run's process (flows/local_api.py), the flow
      imported while it starts;
-   * plain: `--no-prefect`, the same stages without Prefect.
+   * plain: `--no-prefect`, the same stages without Prefect;
+   * command: the whole `paperpost run` command as a user runs it (the in-process API, and no
+     interpreter teardown after the flow), wall and CPU only.
    Cold = an empty PREFECT_HOME (the first run on a machine: Prefect migrates its database);
    warm = the same PREFECT_HOME again. Runs alternate before/after so both see the same load.
    Wall seconds per phase (medians) and CPU seconds of the process and its children.
@@ -123,8 +125,11 @@ def measure(mode: str, home: Path, workdir: Path) -> dict[str, float]:
     shutil.rmtree(workdir / "outbox", ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     clock = time.perf_counter()
+    argv = [sys.executable, __file__, "--drive", mode]
+    if mode == "command":
+        argv = [str(Path(sys.executable).with_name("paperpost")), "run", "--json"]
     done = subprocess.run(
-        [sys.executable, __file__, "--drive", mode],
+        argv,
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -135,8 +140,9 @@ def measure(mode: str, home: Path, workdir: Path) -> dict[str, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
-    phases = json.loads(done.stdout.strip().splitlines()[-1])
-    phases["interpreter start + exit"] = wall - phases["total in process"]
+    phases = json.loads(done.stdout.strip().splitlines()[-1]) if mode != "command" else {}
+    if mode != "command":
+        phases["interpreter start + exit"] = wall - phases["total in process"]
     phases["wall (whole process)"] = wall
     phases["CPU s (process + children)"] = (after.ru_utime - before.ru_utime) + (
         after.ru_stime - before.ru_stime
@@ -194,7 +200,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp) / "work"
         workdir.mkdir()
-        homes = {mode: Path(tmp) / f"home-{mode}" for mode in ("before", "after")}
+        homes = {mode: Path(tmp) / f"home-{mode}" for mode in ("before", "after", "command")}
         for _ in range(args.cold):
             for mode, home in homes.items():
                 shutil.rmtree(home, ignore_errors=True)
