@@ -51,6 +51,7 @@ def main() -> None:
         "missing_never_sent",
         "ambiguous",
         "ambiguous_accepted",
+        "ambiguous_never_sent",
         "max_ambiguous",
         "ambiguous_over_connections",
     ]

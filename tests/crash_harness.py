@@ -12,8 +12,10 @@ process once, in one of three ways:
 
 A second, undisturbed run then finishes the job. Per trial the harness counts duplicates
 (a Message-ID accepted twice), digests missing although their end-of-data never reached the
-sink, ambiguous digests (what the second run reports) and how many of those had in fact been
-accepted. Used by tests/test_crash.py (a short version by default, the full sweep with
+sink and that were not reported ambiguous, ambiguous digests (what the second run reports), how
+many of those had in fact been accepted, and how many never got their end-of-data out (a kill
+between recording ``data-sent`` and writing the dot: the one window a ledger cannot close).
+Used by tests/test_crash.py (a short version by default, the full sweep with
 PAPERPOST_FULL_TESTS=1) and benchmarks/crash_sweep.py (prints the tally, writes JSON).
 """
 
@@ -98,8 +100,9 @@ class Trial:
     kill_point: str
     duplicates: int
     missing: int
-    missing_never_sent: int
+    missing_never_sent: int  # end-of-data never reached the server, not delivered, not reported
     ambiguous: int
+    ambiguous_never_sent: int  # reported ambiguous although the end-of-data never arrived
     ambiguous_accepted: int
     ambiguous_over_connections: bool
     rerun_exit: int
@@ -122,6 +125,7 @@ class Sweep:
                     missing=t.missing,
                     missing_never_sent=t.missing_never_sent,
                     ambiguous=t.ambiguous,
+                    ambiguous_never_sent=t.ambiguous_never_sent,
                     ambiguous_accepted=t.ambiguous_accepted,
                     ambiguous_over_connections=int(t.ambiguous_over_connections),
                     max_ambiguous=0,
@@ -247,8 +251,11 @@ def sweep(
                     kill_point=point,
                     duplicates=sum(1 for c in by_id.values() if c > 1),
                     missing=len(missing),
-                    missing_never_sent=sum(1 for a in never_sent if per_address[a] == 0),
+                    missing_never_sent=sum(
+                        1 for a in never_sent if per_address[a] == 0 and a not in ambiguous
+                    ),
                     ambiguous=len(ambiguous),
+                    ambiguous_never_sent=sum(1 for a in never_sent if a in ambiguous),
                     ambiguous_accepted=sum(1 for a in ambiguous if per_address[a] > 0),
                     ambiguous_over_connections=len(ambiguous) > connections,
                     rerun_exit=second.returncode,
