@@ -6,7 +6,7 @@ Messages are real digests (the shared papers, synthetic readers, ~33 KB). Cases,
 once per round in the same order (A B A B ...), medians over rounds:
 
 - ``one connection``: the strongest simple baseline: one smtplib connection reused for
-  every message, no ledger (plain and STARTTLS);
+  every message (with TCP_NODELAY, as paperpost sets it), no ledger (plain and STARTTLS);
 - ``pool``: paperpost's SmtpPool with 1 and 4 connections, no ledger;
 - ``pool + ledger``: the full ``send_batch`` (claim and settle in SQLite around every
   message) at 4 connections;
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import smtplib
+import socket
 import ssl
 import statistics
 import sys
@@ -92,8 +93,14 @@ def main() -> None:
             sender="bench <bench@example.org>",
         )
 
+    def connect() -> smtplib.SMTP:
+        conn = smtplib.SMTP("127.0.0.1", port)
+        # without it, Nagle's algorithm and delayed ACKs stall each TLS-wrapped command
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
     def one_connection(security: str, _connections: int, _round: int) -> None:
-        with smtplib.SMTP("127.0.0.1", port) as conn:
+        with connect() as conn:
             if security == "starttls":
                 conn.starttls(context=context)
             for m in messages:
@@ -101,7 +108,7 @@ def main() -> None:
 
     def naive(security: str, _connections: int, _round: int) -> None:
         for m in messages:
-            with smtplib.SMTP("127.0.0.1", port) as conn:
+            with connect() as conn:
                 if security == "starttls":
                     conn.starttls(context=context)
                 conn.sendmail("bench@example.org", [m.address], m.data)
