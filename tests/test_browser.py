@@ -144,6 +144,18 @@ def digest_html(corpus, tmp_path_factory) -> Path:
     return path
 
 
+def shoot_and_probe(page: Path, flags: list[str], shot: Path, tmp_path: Path) -> dict:
+    """Screenshot the framed page into `shot`, then read back what its probe script measured."""
+    chromium([*flags, f"--screenshot={shot}", page.as_uri()], tmp_path / "p1")
+    assert shot.stat().st_size > 10_000
+    dom = chromium(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], tmp_path / "p2"
+    ).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, "the probe script did not run"
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("width", [600, 375])
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -156,16 +168,7 @@ def test_digest_in_chromium(digest_html: Path, tmp_path: Path, width: int, schem
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = tmp_path / "framed.html"
     page.write_text(frame_page(digest_html.read_text(), width), encoding="utf-8")
-    shot = ARTIFACTS / f"digest-{width}-{scheme}.png"
-    chromium([*flags, f"--screenshot={shot}", page.as_uri()], tmp_path / "p1")
-    assert shot.stat().st_size > 10_000
-
-    dom = chromium(
-        [*flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], tmp_path / "p2"
-    ).stdout
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert found, "the probe script did not run"
-    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    result = shoot_and_probe(page, flags, ARTIFACTS / f"digest-{width}-{scheme}.png", tmp_path)
 
     assert result["innerWidth"] == width
     assert result["scrollWidth"] <= width, "horizontal overflow"
@@ -199,15 +202,7 @@ def test_card_with_vote_links(corpus, tmp_path: Path, scheme: str) -> None:
         f"--blink-settings=preferredColorScheme={0 if scheme == 'dark' else 1}",
     ]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / f"card-votes-{scheme}.png"
-    chromium([*flags, f"--screenshot={shot}", page.as_uri()], tmp_path / "p1")
-    assert shot.stat().st_size > 10_000
-    dom = chromium(
-        [*flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], tmp_path / "p2"
-    ).stdout
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert found, "the probe script did not run"
-    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    result = shoot_and_probe(page, flags, ARTIFACTS / f"card-votes-{scheme}.png", tmp_path)
     votes = [link for link in result["links"] if "/vote/" in link["href"]]
     assert [v["href"].split("/")[4] for v in votes] == ["more", "fewer"]
     assert all(v["clickable"] for v in votes)
