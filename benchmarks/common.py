@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -66,3 +67,22 @@ def report(name: str, headers: list[str], rows: list[list[object]], extra: dict)
 
 def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def add_checkout_args(parser: argparse.ArgumentParser) -> None:
+    """--before (an older checkout) and --after (the one under test, default this one)."""
+    parser.add_argument("--before", type=Path, help="an older checkout to compare against")
+    parser.add_argument(
+        "--after",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent,
+        help="the checkout under test (default: this one)",
+    )
+
+
+def checkouts(args: argparse.Namespace) -> dict[str, Path]:
+    """The checkouts to run, "before" first when given."""
+    trees = {"after": args.after.resolve()}
+    if args.before:
+        trees = {"before": args.before.resolve(), **trees}
+    return trees

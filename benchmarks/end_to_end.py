@@ -94,7 +94,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from common import cpu_of, report
+from common import add_checkout_args, checkouts, cpu_of, report
 from smtp_server import free_port
 
 HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
@@ -174,19 +174,11 @@ def main() -> None:
         help="cli-*: `paperpost run [--no-prefect] --json` timed as a whole process",
     )
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--before", type=Path, help="an older checkout to compare against")
-    parser.add_argument(
-        "--after",
-        type=Path,
-        default=HERE.parent,
-        help="the checkout under test (default: this one)",
-    )
+    add_checkout_args(parser)
     parser.add_argument("--no-warm", action="store_true", help="skip the warm second job")
     parser.add_argument("--name", default="end_to_end", help="results/<name>.json")
     args = parser.parse_args()
-    trees = {"after": args.after.resolve()}
-    if args.before:
-        trees = {"before": args.before.resolve(), **trees}
+    trees = checkouts(args)
     variants = [(tree, engine) for engine in args.engines for tree in trees]
     root = Path(tempfile.mkdtemp(prefix="pp-e2e-"))
     api_port, smtp_port = free_port(), free_port()

@@ -69,7 +69,7 @@ sys.path.insert(0, str(HERE))
 
 from end_to_end import prepare
 
-from common import report
+from common import add_checkout_args, checkouts, report
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -99,18 +99,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--due", type=float, default=0.01, help="share of subscribers due today")
     parser.add_argument("--mode", choices=["run", "load"], default="run")
-    parser.add_argument("--before", type=Path, help="an older checkout to compare against")
-    parser.add_argument(
-        "--after",
-        type=Path,
-        default=HERE.parent,
-        help="the checkout under test (default: this one)",
-    )
+    add_checkout_args(parser)
     parser.add_argument("--name", default="memory", help="results/<name>.json")
     args = parser.parse_args()
-    trees = {"after": args.after.resolve()}
-    if args.before:
-        trees = {"before": args.before.resolve(), **trees}
+    trees = checkouts(args)
     root = Path(tempfile.mkdtemp(prefix="pp-memory-"))
     rows, runs = [], []
     for size in args.sizes:
