@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 from typer.testing import CliRunner
 
-from conftest import POSTGRES_URL, ROOT, reset_postgres
+from conftest import POSTGRES_URL, ROOT, reset_postgres, unavailable
 from paperpost import schema
 from paperpost.cli import app
 from paperpost.store import Store, engine_for, metadata
@@ -81,7 +81,10 @@ def test_concurrent_first_runs_on_an_empty_sqlite_file(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_concurrent_first_runs_on_an_empty_postgres_database(tmp_path: Path) -> None:
     if not POSTGRES_URL:
-        pytest.skip("set PAPERPOST_TEST_POSTGRES_URL to test against PostgreSQL")
+        unavailable(
+            "PAPERPOST_REQUIRE_POSTGRES",
+            "set PAPERPOST_TEST_POSTGRES_URL to test against PostgreSQL",
+        )
     reset_postgres(POSTGRES_URL, migrate=False)
     results = _first_runs_together(POSTGRES_URL, tmp_path, 3)
     assert [(r.returncode, r.stdout.strip(), r.stderr) for r in results] == [(0, "0", "")] * 3
