@@ -808,6 +808,19 @@ def serve(
             "PREFECT_API_URL=http://127.0.0.1:4200/api (or use `paperpost run` from cron)."
         )
         raise typer.Exit(2)
+    try:  # the checks `paperpost run` makes, now rather than in every scheduled run's log
+        settings = _settings()
+        if settings.delivery == "smtp":
+            settings.require_own_key("SMTP delivery")
+        from paperpost.store import Store
+
+        Store(settings.db_url).check_writable()
+    except Exception as exc:
+        fatal = _fatal(exc)
+        if fatal is None:
+            raise
+        err.print(fatal[1])
+        raise typer.Exit(fatal[0]) from None
     from flows.digest import digest
 
     digest.serve(name=name, cron=cron)

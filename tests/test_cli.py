@@ -189,6 +189,21 @@ def test_serve_without_a_server_says_what_to_do(monkeypatch) -> None:
     assert "prefect server start" in result.stderr
 
 
+def test_serve_checks_the_database_before_scheduling(monkeypatch, httpserver) -> None:
+    """A database serve cannot use is one line and exit 7 now, not a traceback in every run."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    httpserver.expect_request("/api/health").respond_with_json(True)
+    unreachable = "postgresql+psycopg://paperpost:hunter2-secret@127.0.0.1:1/paperpost"
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", unreachable)
+    with temporary_settings(updates={PREFECT_API_URL: httpserver.url_for("/api")}):
+        result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 7, result.output
+    assert result.stderr.startswith("database error cannot connect to postgresql+psycopg://")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in result.output
+
+
 def test_readme_documents_every_setting() -> None:
     from paperpost.settings import Settings
 
