@@ -18,7 +18,10 @@ Floors (the least this machine needs for the same output at the same durability)
 - **ledger**: the ledger's own statements in the driver directly (sqlite3 / psycopg), same
   schema and durability (SQLite WAL, synchronous=NORMAL): claim (INSERT ``sending``) and
   settle (UPDATE ``sent`` + cursor upsert), one commit each per message; and grouped: one
-  multi-row transaction per group for each of the two. PostgreSQL with ``--postgres``.
+  multi-row transaction per group for each of the two. The outbox needs no ``data-sent``
+  mark (its files tell whether a digest went out), so neither side writes one.
+  PostgreSQL with ``--postgres``. paperpost's side is what ``send_batch`` does for the
+  outbox: ``claim_group`` and ``settle_group`` per group of ``GROUP``.
 - **pipeline**: render + outbox file + ledger floors, per-commit (today's contract) and
   grouped; paperpost's figure is ``run_plain`` on ``--subscribers`` readers (its stage
   clocks for rank, render and send).
@@ -49,11 +52,11 @@ from rank_quality import shared_papers
 from rank_speed import profiles
 
 from common import report
-from paperpost.delivery import OUTBOX_GROUP, Outbox
+from paperpost.delivery import GROUP, Outbox
 from paperpost.models import Paper
 from paperpost.rank import Ranked, rank_many
 from paperpost.render import Edition, Outgoing, Reader, Renderer
-from paperpost.store import Store
+from paperpost.store import Settlement, Store, Wanted
 
 EDITION = Edition(
     "paperpost <digest@example.org>", "key", "https://pp.example.org", date(2026, 11, 25), 300
@@ -176,10 +179,6 @@ CLAIM = (
     "INSERT INTO deliveries (address, digest, lo, hi, message_id, status, attempts, run_id,"
     " updated_at) VALUES ({p}, {p}, {p}, {p}, {p}, 'sending', 1, 1, {p})"
 )
-DATA_SENT = (
-    "UPDATE deliveries SET status = 'data-sent', updated_at = {p}"
-    " WHERE address = {p} AND digest = {p}"
-)
 SETTLE = (
     "UPDATE deliveries SET status = 'sent', error = NULL, updated_at = {p}"
     " WHERE address = {p} AND digest = {p}"
@@ -198,7 +197,6 @@ def ledger_floor(connect: Callable[[], object], p: str, messages, group: int | N
     if p == "?":
         stamp = stamp.isoformat(sep=" ")  # SQLAlchemy's SQLite format
     claim, settle, cursor = CLAIM.format(p=p), SETTLE.format(p=p), CURSOR.format(p=p)
-    data_sent = DATA_SENT.format(p=p)
     step = 1 if group is None else group
     for start in range(0, len(messages), step):
         part = messages[start : start + step]
@@ -206,8 +204,6 @@ def ledger_floor(connect: Callable[[], object], p: str, messages, group: int | N
         cur.executemany(
             claim, [(m.address, m.digest, m.lo, m.hi, m.message_id, stamp) for m in part]
         )
-        conn.commit()
-        cur.executemany(data_sent, [(stamp, m.address, m.digest) for m in part])
         conn.commit()
         cur.executemany(settle, [(stamp, m.address, m.digest) for m in part])
         cur.executemany(cursor, [(m.address, m.hi, stamp) for m in part])
@@ -222,17 +218,18 @@ def send_each(outbox: Outbox, messages: Sequence[Outgoing]) -> None:
 
 def send_grouped(outbox: Outbox, messages: Sequence[Outgoing]) -> None:
     """As send_batch drives the outbox: stage a group, flush it once."""
-    for start in range(0, len(messages), OUTBOX_GROUP):
-        for m in messages[start : start + OUTBOX_GROUP]:
+    for start in range(0, len(messages), GROUP):
+        for m in messages[start : start + GROUP]:
             outbox.stage(m)
         outbox.flush()
 
 
 def ledger_paperpost(store: Store, messages: Sequence[Outgoing]) -> None:
-    for m in messages:
-        store.claim(m.address, m.digest, m.lo, m.hi, m.message_id, 1)
-        store.mark_data_sent(m.address, m.digest)
-        store.settle(m.address, m.digest, "sent", m.hi, None)
+    """The ledger as send_batch drives it for the outbox: a claim and a settle per group."""
+    for start in range(0, len(messages), GROUP):
+        group = messages[start : start + GROUP]
+        store.claim_group([Wanted(m.address, m.digest, m.lo, m.hi, m.message_id) for m in group], 1)
+        store.settle_group([Settlement(m.address, m.digest, "sent", m.hi) for m in group])
 
 
 def seed_cursors(store: Store, messages: Sequence[Outgoing]) -> None:
@@ -292,7 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--subscribers", type=int, default=5000)
-    parser.add_argument("--group", type=int, default=OUTBOX_GROUP)
+    parser.add_argument("--group", type=int, default=GROUP)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--postgres", help="a PostgreSQL URL (tables are dropped and made)")
     args = parser.parse_args()
@@ -381,7 +378,7 @@ def main() -> None:
             "outbox file",
             "file floor each",
             med["file paperpost"],
-            f"floor: fsync per file; paperpost: send_batch's groups of {OUTBOX_GROUP}",
+            f"floor: fsync per file; paperpost: send_batch's groups of {GROUP}",
         ),
         row(
             "outbox file",

@@ -36,12 +36,12 @@ from typing import Protocol
 
 from paperpost.render import Outgoing
 from paperpost.settings import Settings
-from paperpost.store import Store
+from paperpost.store import Settlement, Store, Wanted
 from paperpost.verp import envelope_sender
 
 ERROR_SAMPLE = 20  # deliveries tried before the error rate can pause a run
 PAUSE_CHECK_EVERY = 25  # messages between looks at whether another batch paused the run
-OUTBOX_GROUP = 100  # outbox digests made durable together (one sync pass) before settling
+GROUP = 100  # digests claimed together; the outbox makes them durable, then settles them, together
 TEMPORARY = "temporary"  # 4xx, connection lost before end-of-data: retry with backoff
 RECIPIENT = "recipient"  # permanent for this address (bad mailbox): fail, suppress it
 MESSAGE = "message"  # permanent for this message only (mailbox full, content): fail it
@@ -460,16 +460,22 @@ def resolve_interrupted(store: Store, transport: Transport, resend: bool) -> lis
     past it, nothing is resent) and is reported; with ``resend`` it is released.
     """
     outcomes = []
+    settled = []
     for address, digest, hi, status in store.interrupted():
         known = transport.delivered(address, digest)
         if known:
-            store.settle(address, digest, "sent", hi, None)
+            settled.append(Settlement(address, digest, "sent", hi))
             outcomes.append(Outcome(address, digest, "sent", 0, "confirmed after a crash"))
         elif known is False or status == "sending" or resend:
-            store.settle(address, digest, "released", hi, "interrupted; will be resent")
+            settled.append(
+                Settlement(address, digest, "released", hi, "interrupted; will be resent")
+            )
         else:
-            store.settle(address, digest, "ambiguous", hi, "interrupted after end of data")
+            settled.append(
+                Settlement(address, digest, "ambiguous", hi, "interrupted after end of data")
+            )
             outcomes.append(Outcome(address, digest, "ambiguous", 0, AMBIGUOUS_NOTE))
+    store.settle_group(settled)
     return outcomes
 
 
@@ -515,6 +521,12 @@ def send_batch(
 ) -> list[Outcome]:
     """Send each digest once: skip what the ledger says is done, retry 4xx, classify 5xx.
 
+    Digests go in groups of GROUP: the group is claimed in one transaction, sent, and its
+    outcomes recorded in one transaction (the outbox makes the group durable first). Over
+    SMTP the ``data-sent`` mark of each digest is its own commit right before its final
+    dot, and it carries the outcomes read since the previous one, so at most one accepted
+    digest per connection waits unrecorded in ``data-sent``.
+
     ``workers`` messages are in flight at a time (the transport must be thread-safe).
     A sender- or server-wide refusal (see :func:`classify`, and :class:`_Scope` for the
     same reply across ``systemic_domains`` domains) pauses the run with what to fix.
@@ -527,9 +539,9 @@ def send_batch(
     paused: str | None = store.pause_reason(run_id)
     scope = _Scope(systemic_domains)
     # the outbox makes a group durable at once; its digests are settled after that
-    grouped = isinstance(transport, Outbox) and workers <= 1
-    sender = _Staging(transport) if isinstance(transport, Outbox) and grouped else transport
-    staged: list[Outgoing] = []
+    outbox = transport if isinstance(transport, Outbox) else None
+    sender = _Staging(outbox) if outbox is not None else transport
+    pending: list[Settlement] = []  # outcomes not yet in the ledger, in the order they came
     unblamed: dict[tuple[str, str], str] = {}  # held refusals the server turned out to cause
 
     def pause(reason: str) -> None:
@@ -541,29 +553,47 @@ def send_batch(
         if error.kind == RECIPIENT:
             store.suppress(message.address, "bounced", error.detail)
 
+    def settle(message: Outgoing, status: str, detail: str | None) -> None:
+        pending.append(Settlement(message.address, message.digest, status, message.hi, detail))
+
+    def record(data_sent: tuple[str, str] | None = None) -> None:
+        """Write the pending outcomes (and a ``data-sent`` mark) in one commit."""
+        with lock:
+            settled = pending[:]
+            pending.clear()
+        try:
+            store.settle_group(settled, data_sent)
+        except BaseException:
+            with lock:
+                pending[:0] = settled
+            raise
+
+    def not_attempted(message: Outgoing) -> Outcome:
+        return Outcome(
+            message.address, message.digest, "retry", message.papers, f"not attempted: {paused}"
+        )
+
     def one(message: Outgoing) -> Outcome:
+        """Send one claimed digest; its outcome is queued for the ledger."""
         nonlocal tried, failed, seen, paused
         with lock:
             seen += 1
             if not paused and seen % PAUSE_CHECK_EVERY == 0:  # another batch may have paused
                 paused = store.pause_reason(run_id)
-        if paused:
-            return Outcome(
-                message.address, message.digest, "retry", message.papers, f"not attempted: {paused}"
-            )
-        claim = store.claim(
-            message.address, message.digest, message.lo, message.hi, message.message_id, run_id
-        )
-        if not claim.proceed:
-            return Outcome(
-                message.address, message.digest, "already-" + claim.status, message.papers
-            )
+            if paused:
+                settle(message, "retry", f"not attempted: {paused}")
+                return not_attempted(message)
 
         def end_of_data() -> None:
-            store.mark_data_sent(message.address, message.digest)
+            record((message.address, message.digest))
 
         error = _send_with_retries(
-            sender, message, attempts, backoff, end_of_data, resend_ambiguous
+            sender,
+            message,
+            attempts,
+            backoff,
+            _nothing if outbox is not None else end_of_data,
+            resend_ambiguous,
         )
         with lock:
             tried += 1
@@ -593,7 +623,8 @@ def send_batch(
                         "PAPERPOST_SENDER, then run again"
                     )
                     for held, held_error in scope.held:  # failed for the server, not for them
-                        store.settle(held.address, held.digest, "retry", held.hi, held_error.detail)
+                        if held is not message:
+                            settle(held, "retry", held_error.detail)
                         unblamed[(held.address, held.digest)] = held_error.detail
                     scope.held.clear()
                     error = DeliveryError(SYSTEMIC, error.detail)
@@ -604,68 +635,78 @@ def send_batch(
                     f"paused: {failed} of {tried} deliveries failed ({rate:.0%}, over the "
                     f"{max_error_rate:.0%} threshold); check the mail server, then run again"
                 )
-        if error is None:
-            if grouped:
-                staged.append(message)  # settled by settle_group once it is durable
-            else:
-                store.settle(message.address, message.digest, "sent", message.hi, None)
-            return Outcome(message.address, message.digest, "sent", message.papers)
-        if error.kind == AMBIGUOUS:
-            store.settle(message.address, message.digest, "ambiguous", message.hi, error.detail)
-            return Outcome(
-                message.address, message.digest, "ambiguous", message.papers, AMBIGUOUS_NOTE
-            )
-        if error.kind in {RECIPIENT, MESSAGE}:
-            store.settle(message.address, message.digest, "failed", message.hi, error.detail)
-            consequence = "address suppressed" if error.kind == RECIPIENT else "not suppressed"
+            if error is None:
+                settle(message, "sent", None)  # the outbox's group is settled once durable
+                return Outcome(message.address, message.digest, "sent", message.papers)
+            if error.kind == AMBIGUOUS:
+                settle(message, "ambiguous", error.detail)
+                return Outcome(
+                    message.address, message.digest, "ambiguous", message.papers, AMBIGUOUS_NOTE
+                )
+            if error.kind in {RECIPIENT, MESSAGE}:
+                settle(message, "failed", error.detail)
+                consequence = "address suppressed" if error.kind == RECIPIENT else "not suppressed"
+                return Outcome(
+                    message.address,
+                    message.digest,
+                    "failed",
+                    message.papers,
+                    f"permanent: {error.detail}; {consequence}",
+                )
+            settle(message, "retry", error.detail)
+            reason = "run paused" if error.kind == SYSTEMIC else "temporary"
             return Outcome(
                 message.address,
                 message.digest,
-                "failed",
+                "retry",
                 message.papers,
-                f"permanent: {error.detail}; {consequence}",
+                f"{reason}: {error.detail}; will retry next run",
             )
-        store.settle(message.address, message.digest, "retry", message.hi, error.detail)
-        reason = "run paused" if error.kind == SYSTEMIC else "temporary"
-        return Outcome(
-            message.address,
-            message.digest,
-            "retry",
-            message.papers,
-            f"{reason}: {error.detail}; will retry next run",
-        )
 
-    def settle_group(outcomes: list[Outcome]) -> list[Outcome]:
-        """Make the staged group durable, then settle it; if that fails, it is retried."""
-        group = list(staged)
-        staged.clear()
+    def durable(outbox: Outbox, done: list[Outcome]) -> list[Outcome]:
+        """Make the outbox's staged group durable; if that fails, its digests are retried."""
         try:
-            transport.flush()  # type: ignore[union-attr]
+            outbox.flush()
         except DeliveryError as exc:
-            for m in group:
-                store.settle(m.address, m.digest, "retry", m.hi, exc.detail)
-            keys = {(m.address, m.digest) for m in group}
+            pending[:] = [
+                Settlement(s.address, s.digest, "retry", s.hi, exc.detail)
+                if s.status == "sent"
+                else s
+                for s in pending
+            ]
             note = f"temporary: {exc.detail}; will retry next run"
             return [
-                Outcome(o.address, o.digest, "retry", o.papers, note)
-                if (o.address, o.digest) in keys
-                else o
-                for o in outcomes
+                Outcome(o.address, o.digest, "retry", o.papers, note) if o.status == "sent" else o
+                for o in done
             ]
-        for m in group:
-            store.settle(m.address, m.digest, "sent", m.hi, None)
-        return outcomes
+        return done
 
+    outcomes: list[Outcome] = []
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="send") if workers > 1 else None
     try:
-        if workers <= 1:
-            outcomes = []
-            for start in range(0, len(outgoing), OUTBOX_GROUP):
-                done = [one(message) for message in outgoing[start : start + OUTBOX_GROUP]]
-                outcomes += settle_group(done) if staged else done
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
-                outcomes = list(pool.map(one, outgoing))
+        for start in range(0, len(outgoing), GROUP):
+            group = outgoing[start : start + GROUP]
+            if paused:
+                outcomes += [not_attempted(m) for m in group]
+                continue
+            claims = store.claim_group(
+                [Wanted(m.address, m.digest, m.lo, m.hi, m.message_id) for m in group], run_id
+            )
+            claimed = [m for m, c in zip(group, claims, strict=True) if c.proceed]
+            done = list(pool.map(one, claimed)) if pool is not None else list(map(one, claimed))
+            if outbox is not None:
+                done = durable(outbox, done)
+            record()
+            sent = iter(done)
+            outcomes += [
+                next(sent)
+                if c.proceed
+                else Outcome(m.address, m.digest, "already-" + c.status, m.papers)
+                for m, c in zip(group, claims, strict=True)
+            ]
     finally:
+        if pool is not None:
+            pool.shutdown()
         for held, held_error in scope.held:  # too few domains to blame the server
             suppress(held, held_error)
     return [

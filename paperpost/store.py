@@ -49,6 +49,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from paperpost import db, schema
@@ -237,6 +238,73 @@ class Claim:
 
     proceed: bool
     status: str  # the row's status before this claim ("new" when there was none)
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """A digest about to be sent, as the ledger records it."""
+
+    address: str
+    digest: str
+    lo: int
+    hi: int
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A transport outcome to record: ``sent`` and ``ambiguous`` also move the cursor to ``hi``."""
+
+    address: str
+    digest: str
+    status: str
+    hi: int
+    error: str | None = None
+
+
+CLAIMABLE = {"retry", "released"}  # rows sent again; any other status is done or taken
+
+
+def _upsert(dialect: str):  # type: ignore[no-untyped-def]
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+@lru_cache(maxsize=4)
+def _claim_statement(dialect: str):  # type: ignore[no-untyped-def]
+    """INSERT ``sending`` rows, skipping those that exist, returning the ones it made."""
+    return (
+        _upsert(dialect)(deliveries)
+        .on_conflict_do_nothing(index_elements=[deliveries.c.address, deliveries.c.digest])
+        .returning(deliveries.c.address, deliveries.c.digest)
+    )
+
+
+@lru_cache(maxsize=1)
+def _settle_statement():  # type: ignore[no-untyped-def]
+    return (
+        update(deliveries)
+        .where(
+            deliveries.c.address == bindparam("b_address"),
+            deliveries.c.digest == bindparam("b_digest"),
+        )
+        .values(
+            status=bindparam("b_status"), error=bindparam("b_error"), updated_at=bindparam("b_at")
+        )
+    )
+
+
+@lru_cache(maxsize=8)
+def _cursor_statement(dialect: str, sent: bool):  # type: ignore[no-untyped-def]
+    """Insert a cursor row, or move an existing one forward (never back)."""
+    stmt = _upsert(dialect)(subscriber_state)
+    moved = {"cursor": stmt.excluded.cursor}
+    if sent:
+        moved["last_digest_at"] = stmt.excluded.last_digest_at
+    return stmt.on_conflict_do_update(
+        index_elements=[subscriber_state.c.address],
+        set_=moved,
+        where=subscriber_state.c.cursor < stmt.excluded.cursor,
+    )
 
 
 class Store:
@@ -457,22 +525,21 @@ class Store:
             self._advance(conn, updates, sent)
 
     def _advance(self, conn, updates: Sequence[tuple[str, int]], sent: bool) -> None:  # type: ignore[no-untyped-def]
-        stamp = now()
+        """One upsert statement for all of ``updates`` (executemany, in address order so two
+        writers never wait on each other's rows in opposite orders)."""
+        latest: dict[str, int] = {}
         for address, cursor in updates:
-            values: dict[str, object] = {"cursor": cursor}
-            if sent:
-                values["last_digest_at"] = stamp
-            changed = conn.execute(
-                update(subscriber_state)
-                .where(subscriber_state.c.address == address, subscriber_state.c.cursor < cursor)
-                .values(**values)
-            ).rowcount
-            if not changed:
-                exists = conn.execute(
-                    select(subscriber_state.c.address).where(subscriber_state.c.address == address)
-                ).first()
-                if not exists:
-                    conn.execute(insert(subscriber_state).values(address=address, **values))
+            latest[address] = max(cursor, latest.get(address, cursor))
+        if not latest:
+            return
+        stamp = now() if sent else None
+        conn.execute(
+            _cursor_statement(conn.dialect.name, sent),
+            [
+                {"address": address, "cursor": cursor, "last_digest_at": stamp}
+                for address, cursor in sorted(latest.items())
+            ],
+        )
 
     def suppressed(self, addresses: Iterable[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -602,77 +669,137 @@ class Store:
 
     # --- delivery ledger ------------------------------------------------------------------
 
-    def claim(
-        self, address: str, digest: str, lo: int, hi: int, message_id: str, run_id: int
-    ) -> Claim:
-        """Mark a digest ``sending`` just before its transport call, if it may be sent.
+    def claim_group(self, wanted: Sequence[Wanted], run_id: int) -> list[Claim]:
+        """Mark a group of digests ``sending`` in one transaction, before any is sent.
 
-        ``sent``, ``failed`` (permanent) and ``ambiguous`` rows are never sent again; a
-        row already ``sending`` or ``data-sent`` belongs to another process. ``retry`` and
-        ``released`` rows are sent again.
+        One multi-row INSERT ... ON CONFLICT DO NOTHING makes the rows of digests never tried
+        before; the others are looked up: ``retry`` and ``released`` rows are taken again
+        (each only if nobody else took it meanwhile), ``sent``, ``failed`` (permanent) and
+        ``ambiguous`` rows are never sent again, and a row already ``sending`` or
+        ``data-sent`` belongs to another process. One claim per item, in order.
         """
-        try:  # the common case: a digest never tried before
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(deliveries).values(
-                        address=address,
-                        digest=digest,
-                        lo=lo,
-                        hi=hi,
-                        message_id=message_id,
-                        status="sending",
-                        attempts=1,
-                        run_id=run_id,
-                        updated_at=now(),
-                    )
-                )
-            return Claim(True, "new")
-        except IntegrityError:
-            pass
+        if not wanted:
+            return []
+        stamp = now()
         with self.engine.begin() as conn:
-            status = conn.execute(
-                select(deliveries.c.status).where(
-                    deliveries.c.address == address, deliveries.c.digest == digest
+            made = {
+                (row.address, row.digest)
+                for row in conn.execute(
+                    _claim_statement(conn.dialect.name),
+                    [
+                        {
+                            "address": w.address,
+                            "digest": w.digest,
+                            "lo": w.lo,
+                            "hi": w.hi,
+                            "message_id": w.message_id,
+                            "status": "sending",
+                            "attempts": 1,
+                            "run_id": run_id,
+                            "updated_at": stamp,
+                        }
+                        for w in wanted
+                    ],
                 )
-            ).scalar_one()
-            if status in {"sent", "failed", "ambiguous", "sending", "data-sent"}:
-                return Claim(False, status)
+            }
+            if len(made) == len(wanted):  # the common case: none was tried before
+                return [Claim(True, "new")] * len(wanted)
+            known = self._taken_again(
+                conn, [w for w in wanted if (w.address, w.digest) not in made], run_id, stamp
+            )
+        return [
+            Claim(True, "new") if (w.address, w.digest) in made else known[w.address, w.digest]
+            for w in wanted
+        ]
+
+    def _taken_again(self, conn, wanted: Sequence[Wanted], run_id: int, stamp: datetime):  # type: ignore[no-untyped-def]
+        """Claims for digests whose rows already existed (a rerun's retries: few)."""
+        statuses = {}
+        for chunk in _chunks(wanted):
+            rows = conn.execute(
+                select(deliveries.c.address, deliveries.c.digest, deliveries.c.status).where(
+                    deliveries.c.address.in_({w.address for w in chunk}),
+                    deliveries.c.digest.in_({w.digest for w in chunk}),
+                )
+            )
+            statuses.update({(r.address, r.digest): r.status for r in rows})
+        claims: dict[tuple[str, str], Claim] = {}
+        for w in wanted:
+            status = statuses[w.address, w.digest]
+            if status not in CLAIMABLE:
+                claims[w.address, w.digest] = Claim(False, status)
+                continue
             changed = conn.execute(
                 update(deliveries)
                 .where(
-                    deliveries.c.address == address,
-                    deliveries.c.digest == digest,
+                    deliveries.c.address == w.address,
+                    deliveries.c.digest == w.digest,
                     deliveries.c.status == status,  # nobody else took it meanwhile
                 )
                 .values(
                     status="sending",
                     attempts=deliveries.c.attempts + 1,
                     run_id=run_id,
-                    updated_at=now(),
+                    updated_at=stamp,
                 )
             ).rowcount
-            return Claim(bool(changed), status if changed else "sending")
+            claims[w.address, w.digest] = Claim(bool(changed), status if changed else "sending")
+        return claims
+
+    def claim(
+        self, address: str, digest: str, lo: int, hi: int, message_id: str, run_id: int
+    ) -> Claim:
+        """:meth:`claim_group` for one digest."""
+        return self.claim_group([Wanted(address, digest, lo, hi, message_id)], run_id)[0]
+
+    def settle_group(
+        self, settled: Sequence[Settlement], data_sent: tuple[str, str] | None = None
+    ) -> None:
+        """Record transport outcomes in one transaction: one UPDATE per row (executemany,
+        in order, so a later outcome for the same digest wins), and one cursor upsert that
+        moves ``sent`` and ``ambiguous`` subscribers past their digests (an ambiguous digest
+        is not resent). ``data_sent`` (address, digest): mark that digest ``data-sent`` in the
+        same commit (its end of data is about to go out)."""
+        if not settled and data_sent is None:
+            return
+        stamp = now()
+        with self.engine.begin() as conn:
+            if settled:
+                conn.execute(
+                    _settle_statement(),
+                    [
+                        {
+                            "b_address": s.address,
+                            "b_digest": s.digest,
+                            "b_status": s.status,
+                            "b_error": s.error,
+                            "b_at": stamp,
+                        }
+                        for s in settled
+                    ],
+                )
+                self._advance(
+                    conn,
+                    [(s.address, s.hi) for s in settled if s.status in {"sent", "ambiguous"}],
+                    sent=True,
+                )
+            if data_sent is not None:
+                conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.address == data_sent[0], deliveries.c.digest == data_sent[1]
+                    )
+                    .values(status="data-sent", updated_at=stamp)
+                )
 
     def settle(self, address: str, digest: str, status: str, hi: int, error: str | None) -> None:
-        """Record a transport outcome. ``sent`` and ``ambiguous`` move the subscriber's
-        cursor past the digest in the same commit (an ambiguous digest is not resent)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.address == address, deliveries.c.digest == digest)
-                .values(status=status, error=error, updated_at=now())
-            )
-            if status in {"sent", "ambiguous"}:
-                self._advance(conn, [(address, hi)], sent=True)
+        """:meth:`settle_group` for one digest."""
+        self.settle_group([Settlement(address, digest, status, hi, error)])
 
-    def mark_data_sent(self, address: str, digest: str) -> None:
-        """Record that the end of data is about to go out: from here on a crash is ambiguous."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.address == address, deliveries.c.digest == digest)
-                .values(status="data-sent", updated_at=now())
-            )
+    def mark_data_sent(self, address: str, digest: str, settled: Sequence[Settlement] = ()) -> None:
+        """Record that the end of data is about to go out (from here on a crash is
+        ambiguous), with any outcomes still to be recorded in the same commit."""
+        self.settle_group(settled, (address, digest))
 
     def interrupted(self) -> list[tuple[str, str, int, str]]:
         """Deliveries a crash left unfinished: (address, digest, hi, status), where status is

@@ -79,3 +79,78 @@ def test_lease_keeps_a_second_run_out(store: Store) -> None:
     assert store.acquire_lock("run", "b", timedelta(minutes=5))
     assert store.acquire_lock("expired", "a", timedelta(seconds=-1))
     assert store.acquire_lock("expired", "b", timedelta(minutes=5))
+
+
+def test_a_group_claim_takes_new_and_retried_digests_and_nothing_done_or_taken(
+    store: Store,
+) -> None:
+    """One claim_group over digests in every ledger state: each gets the claim the
+    contract gives it, in order, and the rows end as the claims say."""
+    from paperpost.store import Settlement, Wanted
+
+    def wanted(name: str) -> Wanted:
+        return Wanted(f"{name}@example.org", "0-9", 0, 9, f"<{name}@example.org>")
+
+    states = ["sent", "failed", "ambiguous", "sending", "data-sent", "retry", "released"]
+    for name in states:
+        store.claim_group([wanted(name)], run_id=1)
+    store.settle_group(
+        [Settlement(f"{n}@example.org", "0-9", n, 9) for n in states if n != "sending"]
+    )
+    store.mark_data_sent("data-sent@example.org", "0-9")
+    group = [wanted(n) for n in ["fresh", *states, "fresh2"]]
+    claims = store.claim_group(group, run_id=2)
+    assert [(c.proceed, c.status) for c in claims] == [
+        (True, "new"),
+        (False, "sent"),
+        (False, "failed"),
+        (False, "ambiguous"),
+        (False, "sending"),
+        (False, "data-sent"),
+        (True, "retry"),
+        (True, "released"),
+        (True, "new"),
+    ]
+    status = {w.address: store.delivery_status(w.address)[0][1] for w in group}
+    assert status["retry@example.org"] == status["released@example.org"] == "sending"
+    assert status["fresh@example.org"] == status["fresh2@example.org"] == "sending"
+    assert status["sent@example.org"] == "sent"
+    assert status["data-sent@example.org"] == "data-sent"
+    # a second claim of the same group takes nothing: every row is now taken or done
+    assert not any(c.proceed for c in store.claim_group(group, run_id=3))
+
+
+def test_a_group_settle_records_in_order_and_moves_cursors_forward_only(store: Store) -> None:
+    from paperpost.store import Settlement, Wanted
+
+    people = [f"r{i}@example.org" for i in range(5)]
+    store.advance_cursors([(people[0], 50), (people[1], 3)])  # r0 is already past 9
+    store.advance_cursors([(people[1], 2), (people[2], 0)])  # never back; r2 is new
+    assert store.cursors(people[:3]) == {
+        people[0]: (50, None),
+        people[1]: (3, None),
+        people[2]: (0, None),
+    }
+    store.claim_group([Wanted(p, "0-9", 0, 9, f"<{p}>") for p in people], run_id=1)
+    store.settle_group(
+        [
+            Settlement(people[0], "0-9", "sent", 9),
+            Settlement(people[1], "0-9", "ambiguous", 9, "no reply"),
+            Settlement(people[2], "0-9", "failed", 9, "550"),
+            Settlement(people[3], "0-9", "failed", 9, "550"),
+            Settlement(people[3], "0-9", "retry", 9, "server-wide"),  # the later one wins
+        ],
+        data_sent=(people[4], "0-9"),
+    )
+    assert [store.delivery_status(p)[0][1] for p in people] == [
+        "sent",
+        "ambiguous",
+        "failed",
+        "retry",
+        "data-sent",
+    ]
+    cursors = store.cursors(people)
+    assert cursors[people[0]][0] == 50  # not moved back to 9
+    assert cursors[people[1]][0] == 9 and cursors[people[1]][1] is not None
+    assert cursors[people[2]][0] == 0  # failed: still owed these papers
+    assert people[3] not in cursors and people[4] not in cursors
