@@ -64,6 +64,9 @@ LEAD_TERM = 0.7  # ... and when the title, keywords or TL;DR hold only ordinary 
 EXCLUDE_MIN = 0.5  # a paper is "about" an excluded tag at this score
 DEFAULT_MIN_SCORE = 0.35  # picked from measurements: docs/ranking.md
 BACKGROUND_PAPERS = 10_000  # word weights count over the most recent papers of the history
+LITERAL_WEIGHT = 0.5  # the order adds this much of the BM25 share of the tag's own words
+LITERAL_K1 = 1.5  # BM25 term-frequency saturation
+LITERAL_B = 0.75  # BM25 length normalisation
 POPULARITY_TIEBREAK = 0.02  # upvotes raise the ordering score by at most 2% (never the bar)
 STOPWORDS = frozenset(
     "a an and are as at be by for from in into is it of on or the to with via using toward "
@@ -106,16 +109,24 @@ class Background:
 
     size: int
     df: dict[str, int]
+    length: float = 150.0  # mean words per paper (title, keywords, TL;DR, abstract)
     _weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, papers: Iterable[Paper]) -> Background:
         df: Counter[str] = Counter()
-        size = 0
+        size = words = 0
         for paper in papers:
-            df.update(_doc(paper).stems)
+            doc = _doc(paper)
+            df.update(doc.stems)
+            words += doc.length
             size += 1
-        return cls(size, dict(df))
+        return cls(size, dict(df), words / size if size else 150.0)
+
+    def idf(self, stem: str) -> float:
+        """BM25's inverse document frequency of a word over the history."""
+        df = self.df.get(stem, 0)
+        return math.log(1.0 + (self.size - df + 0.5) / (df + 0.5))
 
     def weight(self, stem: str) -> float:
         cached = self._weights.get(stem)
@@ -374,6 +385,7 @@ class _Doc:
     vocab: dict[str, frozenset[str]]
     everything: Counter[tuple[str, ...]]
     stems: frozenset[str]
+    length: int  # words in all fields
 
 
 @lru_cache(maxsize=65536)
@@ -399,7 +411,8 @@ def _doc(paper: Paper) -> _Doc:
         everything.update(counter)
         vocab[name] = frozenset(w for words in segs for w in words)
     stems = frozenset().union(*vocab.values())
-    return _Doc(grams, parts, vocab, everything, stems)
+    length = sum(len(words) for segs in parts.values() for words in segs)
+    return _Doc(grams, parts, vocab, everything, stems, length)
 
 
 def _loose_count(segs: list[list[str]], phrase_words: tuple[str, ...]) -> int:
@@ -569,6 +582,37 @@ def _near_duplicates(papers: Sequence[Paper]) -> dict[int, set[int]]:
     return pairs
 
 
+def _literal(docs: list[_Doc], readings: list[Reading], background: Background) -> np.ndarray:
+    """Readings × papers: BM25 of the tag's own words (and the reader's keywords), as a
+    share of the most a paper could score (0..1).
+
+    The bag-of-words view of a tag, with word weights from the history: it orders the
+    papers the facets found by how much they use the words the reader wrote.
+    """
+    queries = []
+    for reading in readings:
+        words = _content(_slug(reading.tag).split())
+        if reading.bonus is not None:
+            words += [w for t in reading.bonus.terms for w in _content(t.words)]
+        queries.append(list(dict.fromkeys(words)))
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(w for q in queries for w in q))}
+    tf = np.zeros((len(vocab), len(docs)))
+    for p, doc in enumerate(docs):
+        for w, i in vocab.items():
+            tf[i, p] = doc.everything.get((w,), 0)
+    lengths = np.array([doc.length for doc in docs], dtype=np.float64)
+    norm = LITERAL_K1 * (1.0 - LITERAL_B + LITERAL_B * lengths / max(background.length, 1.0))
+    saturated = tf * (LITERAL_K1 + 1.0) / (tf + norm)
+    idf = np.array([background.idf(w) for w in vocab])
+    query = np.zeros((len(readings), len(vocab)))
+    for r, words in enumerate(queries):
+        for w in words:
+            query[r, vocab[w]] = idf[vocab[w]]
+    best = query.sum(axis=1, keepdims=True) * (LITERAL_K1 + 1.0)
+    out = np.zeros((len(readings), len(docs)))
+    return np.divide(query @ saturated, best, out=out, where=best > 0)
+
+
 class _Scores:
     """Reading × paper scores for a batch: facets and phrase bonuses, combined."""
 
@@ -637,6 +681,7 @@ class _Scores:
                 parts.append(topic_index[reading.bonus])
             combined[r] *= lead[parts].max(axis=0)
         self.score = combined  # readings × papers, 0..1
+        self.literal = _literal([_doc(p) for p in papers], readings, background)
 
     def detail(self, r: int, p: int) -> dict:
         reading = self.readings[r]
@@ -730,7 +775,10 @@ def rank_many(
     details: dict[tuple[int, int], dict] = {}
 
     min_scores = np.array([p.min_score for p in profiles])[:, None]
-    final = np.where((scores >= min_scores) & ~blocked, scores * (1.0 + prior), -1.0)
+    literal_rows = np.vstack([table.literal, np.zeros(len(papers))])
+    literal = (weights[:, :, None] * literal_rows[picks]).max(axis=1)
+    order = scores * (1.0 + prior) + LITERAL_WEIGHT * literal
+    final = np.where((scores >= min_scores) & ~blocked, order, -1.0)
     shown_scores = scores
     taught: dict[int, str] = {}
     if nudge is not None:  # reader feedback: see paperpost.profile
@@ -741,7 +789,8 @@ def rank_many(
             )
             if bonus is not nudge.zero or lift is not nudge.zero:
                 shown_scores[row] = np.clip(scores[row] + bonus, 0.0, 1.0)
-                final[row] = np.where(relevant, shown_scores[row] * (1.0 + prior) + lift, -1.0)
+                ordered = shown_scores[row] * (1.0 + prior) + LITERAL_WEIGHT * literal[row]
+                final[row] = np.where(relevant, ordered + lift, -1.0)
                 taught[row] = ""
     depth = min(len(papers), 2 * max(p.max_items for p in profiles) + 10)
     if depth < len(papers):  # only the best few per reader need sorting
