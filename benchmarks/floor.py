@@ -13,8 +13,9 @@ Floors (the least this machine needs for the same output at the same durability)
 - **render**: join per-paper HTML/text fragments made once, quoted-printable encode both
   parts (binascii), prepend headers: the same bytes-per-digest as paperpost's messages.
 - **outbox file**: Maildir-style: write ``tmp/<name>``, fsync, rename into ``new/`` (one
-  fsync per file, as the outbox does today); and grouped: write a group, fsync each file of
-  the group, rename them, fsync ``new/`` once (group durability).
+  fsync per file, one after another); and grouped: write a group, fsync its files
+  concurrently (``SYNC_THREADS`` in flight, as the outbox does, so the file system
+  commits them together), rename them, fsync ``new/`` once (group durability).
 - **ledger**: the ledger's own statements in the driver directly (sqlite3 / psycopg), same
   schema and durability (SQLite WAL, synchronous=NORMAL): claim (INSERT ``sending``) and
   settle (UPDATE ``sent`` + cursor upsert), one commit each per message; and grouped: one
@@ -22,8 +23,8 @@ Floors (the least this machine needs for the same output at the same durability)
   mark (its files tell whether a digest went out), so neither side writes one.
   PostgreSQL with ``--postgres``. paperpost's side is what ``send_batch`` does for the
   outbox: ``claim_group`` and ``settle_group`` per group of ``GROUP``.
-- **pipeline**: render + outbox file + ledger floors, per-commit (today's contract) and
-  grouped; paperpost's figure is ``run_plain`` on ``--subscribers`` readers (its stage
+- **pipeline**: render + outbox file + ledger floors, per message (an fsync and a
+  commit each) and grouped (the outbox's contract: group durability, then one settle); paperpost's figure is ``run_plain`` on ``--subscribers`` readers (its stage
   clocks for rank, render and send).
 
 Ranking has no floor here (the rank helper's benchmarks cover it); its cost is shown.
@@ -41,6 +42,7 @@ import tempfile
 import time
 from binascii import b2a_qp
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -52,7 +54,7 @@ from rank_quality import shared_papers
 from rank_speed import profiles
 
 from common import report
-from paperpost.delivery import GROUP, Outbox
+from paperpost.delivery import GROUP, SYNC_THREADS, Outbox
 from paperpost.models import Paper
 from paperpost.rank import Ranked, rank_many
 from paperpost.render import Edition, Outgoing, Reader, Renderer
@@ -147,23 +149,25 @@ def maildir_each(folder: Path, messages: Sequence[Outgoing]) -> None:
 
 
 def maildir_grouped(folder: Path, messages: Sequence[Outgoing], group: int) -> None:
-    """Write a group, fsync each of its files, rename them all, fsync new/ once."""
+    """Write a group, fsync its files concurrently (SYNC_THREADS at a time, so the file
+    system commits them together), rename them all, fsync new/ once."""
     tmp, new = folder / "tmp", folder / "new"
-    for start in range(0, len(messages), group):
-        names = []
-        for m in messages[start : start + group]:
-            name = f"{m.address}_{m.digest}"
-            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            os.write(fd, m.data)
-            names.append((name, fd))
-        for _, fd in names:
+    with ThreadPoolExecutor(SYNC_THREADS) as syncer:
+        for start in range(0, len(messages), group):
+            names = []
+            for m in messages[start : start + group]:
+                name = f"{m.address}_{m.digest}"
+                fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.write(fd, m.data)
+                names.append((name, fd))
+            list(syncer.map(os.fsync, [fd for _, fd in names]))
+            for _, fd in names:
+                os.close(fd)
+            for name, _ in names:
+                os.rename(tmp / name, new / name)
+            fd = os.open(new, os.O_RDONLY)
             os.fsync(fd)
             os.close(fd)
-        for name, _ in names:
-            os.rename(tmp / name, new / name)
-        fd = os.open(new, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
 
 
 def fresh_maildir(root: Path, label: str) -> Path:
