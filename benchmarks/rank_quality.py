@@ -161,7 +161,7 @@ def without_topic(tag: str) -> Iterator[None]:
     reduced = {k: v for k, v in full.items() if gone is None or v.id != gone.id}
     caches = [
         getattr(rank_module, n)
-        for n in ("read_tag", "_vocabulary_words", "_cached_evidence")
+        for n in ("read_tag", "_vocabulary_words")
         if hasattr(getattr(rank_module, n, None), "cache_clear")
     ]
     original = rank_module.vocabulary

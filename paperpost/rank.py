@@ -24,12 +24,15 @@ numpy (paper × facet matrices shared by everyone), which is what makes 10,000 r
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,13 +116,15 @@ class Background:
     _weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, papers: Iterable[Paper]) -> Background:
+    def of(cls, papers: Iterable[Paper], cache: MatchCache | None = None) -> Background:
+        """Document frequencies over ``papers`` (their words come from ``cache`` when given)."""
+        records = cache.record if cache is not None else _record
         df: Counter[str] = Counter()
         size = words = 0
         for paper in papers:
-            doc = _doc(paper)
-            df.update(doc.stems)
-            words += doc.length
+            counts = records(paper).counts
+            df.update(counts.keys())
+            words += sum(counts.values())
             size += 1
         return cls(size, dict(df), words / size if size else 150.0)
 
@@ -385,12 +390,11 @@ class _Doc:
     vocab: dict[str, frozenset[str]]
     everything: Counter[tuple[str, ...]]
     stems: frozenset[str]
-    length: int  # words in all fields
 
 
-@lru_cache(maxsize=65536)
-def _doc(paper: Paper) -> _Doc:
-    parts = {
+def _fields(paper: Paper) -> dict[str, list[list[str]]]:
+    """A paper's token segments per field (keywords: AI keywords and the TL;DR)."""
+    return {
         "title": segments(paper.title),
         "keywords": [
             *(words for k in paper.ai_keywords if (words := tokens(k))),
@@ -398,21 +402,28 @@ def _doc(paper: Paper) -> _Doc:
         ],
         "abstract": segments(paper.abstract),
     }
+
+
+def _record(paper: Paper) -> Record:
+    """A paper's word stems and how often each occurs (all fields), nothing matched yet."""
+    return Record(Counter(w for segs in _fields(paper).values() for words in segs for w in words))
+
+
+def _doc(paper: Paper) -> _Doc:
+    parts = _fields(paper)
     grams: dict[str, Counter[tuple[str, ...]]] = {}
     everything: Counter[tuple[str, ...]] = Counter()
     vocab = {}
     for name, segs in parts.items():
         counter: Counter[tuple[str, ...]] = Counter()
         for words in segs:
-            for n in range(1, MAX_NGRAM + 1):
-                for i in range(len(words) - n + 1):
-                    counter[tuple(words[i : i + n])] += 1
+            for n in range(1, min(MAX_NGRAM, len(words)) + 1):
+                counter.update(zip(*(words[i:] for i in range(n)), strict=False))
         grams[name] = counter
         everything.update(counter)
         vocab[name] = frozenset(w for words in segs for w in words)
     stems = frozenset().union(*vocab.values())
-    length = sum(len(words) for segs in parts.values() for words in segs)
-    return _Doc(grams, parts, vocab, everything, stems, length)
+    return _Doc(grams, parts, vocab, everything, stems)
 
 
 def _loose_count(segs: list[list[str]], phrase_words: tuple[str, ...]) -> int:
@@ -453,21 +464,41 @@ class Evidence:
 _NONE = Evidence(0.0, (), 0, 1.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One term of a facet found in one field of a paper, before word weights: what a
+    paper's text says about a topic, whatever the history. This is what is cached."""
+
+    field: str
+    words: tuple[str, ...]
+    text: str
+    strength: float  # the term's strength (times LOOSE_FACTOR for a loose match)
+    count: int  # occurrences not covered by a longer term
+    lead: float  # strength toward the title/keywords/TL;DR lead (0 in the abstract)
+
+
 def evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
-    """Evidence of one document for one facet.
+    """Evidence of one document for one facet: its matches, weighed by the history."""
+    return weigh(matches(doc, topic), background)
+
+
+def matches(doc: _Doc, topic: Topic) -> tuple[Match, ...]:
+    """The terms of ``topic`` a document holds, per field (no word weights: see :func:`weigh`).
 
     Within a field, an occurrence counts once, for the longest term that covers it:
     "speculative decoding" in a title does not also count as "speculative". The
     topic's ``avoid`` phrases cover their words the same way without scoring.
     """
-    total = 0.0
-    lead = 0.0
-    hits: list[tuple[float, str, str, int]] = []
-    distinct: dict[tuple[str, ...], float] = {}
+    found: list[Match] = []
+    firsts, word_sets = _term_words(topic)
     for name, grams in doc.grams.items():
         present = doc.vocab[name]
+        if firsts.isdisjoint(present):
+            continue
         matched: list[tuple[str, ...]] = []
-        for term in topic.terms:  # longest first
+        for term, words in zip(topic.terms, word_sets, strict=True):  # longest first
+            if not words <= present:  # neither an exact nor a loose match
+                continue
             count = grams.get(term.words, 0)
             strength = term.strength
             if not count and len(term.words) > 1 and present.issuperset(term.words):
@@ -484,16 +515,44 @@ def evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
             if count <= 0:
                 continue
             matched.append(term.words)
-            informative = background.phrase_weight(term.words)
-            informative = TRUST + (1.0 - TRUST) * informative
-            gain = FIELD_WEIGHTS[name] * strength * informative * (1.0 + 0.5 * math.log(count))
-            if gain <= 0:
-                continue
-            total += gain
+            lead = 0.0
             if name != "abstract":
-                lead = max(lead, term.strength if topic.curated else STRENGTH["strong"])
-            hits.append((gain, name, term.text, len(_content(term.words))))
-            distinct[term.words] = informative
+                lead = term.strength if topic.curated else STRENGTH["strong"]
+            found.append(Match(name, term.words, term.text, strength, count, lead))
+    return tuple(found)
+
+
+@cache
+def _term_words(topic: Topic) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
+    """The first words of a topic's terms, and each term's words as a set."""
+    return (
+        frozenset(term.words[0] for term in topic.terms),
+        tuple(frozenset(term.words) for term in topic.terms),
+    )
+
+
+def weigh(found: Sequence[Match], background: Background) -> Evidence:
+    """Evidence from a facet's matches: each term weighs by how informative its words are
+    in the history (the only part that depends on the papers seen so far)."""
+    total = 0.0
+    lead = 0.0
+    hits: list[tuple[float, str, str, int]] = []
+    distinct: dict[tuple[str, ...], float] = {}
+    for match in found:
+        informative = background.phrase_weight(match.words)
+        informative = TRUST + (1.0 - TRUST) * informative
+        gain = (
+            FIELD_WEIGHTS[match.field]
+            * match.strength
+            * informative
+            * (1.0 + 0.5 * math.log(match.count))
+        )
+        if gain <= 0:
+            continue
+        total += gain
+        lead = max(lead, match.lead)
+        hits.append((gain, match.field, match.text, len(_content(match.words))))
+        distinct[match.words] = informative
     if not hits:
         return _NONE
     hits.sort(key=lambda h: -h[0])
@@ -530,59 +589,37 @@ class Profile:
     max_items: int = 10
 
 
-def _evidence_table(
-    docs: list[_Doc], topics: list[Topic], background: Background
-) -> list[dict[int, Evidence]]:
-    """Per document, the evidence for each facet it can match (others are zero).
-
-    An index from each term's words to its facets keeps this proportional to what the
-    documents contain rather than to documents × facets × terms.
-    """
-    exact: dict[tuple[str, ...], set[int]] = {}
-    loose: dict[str, list[tuple[tuple[str, ...], int]]] = {}  # by first word
-    for t, topic in enumerate(topics):
-        for term in topic.terms:
-            exact.setdefault(term.words, set()).add(t)
-            if len(term.words) > 1:
-                loose.setdefault(term.words[0], []).append((term.words, t))
-    table = []
-    for doc in docs:
-        candidates: set[int] = set()
-        for gram in exact.keys() & doc.everything.keys():
-            candidates |= exact[gram]
-        for first in loose.keys() & doc.stems:
-            for words, t in loose[first]:
-                if t not in candidates and doc.stems.issuperset(words):
-                    candidates.add(t)
-        found = {}
-        for t in candidates:
-            ev = _cached_evidence(doc, topics[t], background)
-            if ev.raw > 0:
-                found[t] = ev
-        table.append(found)
-    return table
-
-
-@lru_cache(maxsize=65536)
-def _cached_evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
-    """Evidence is the same for every batch of readers that shares a facet."""
-    return evidence(doc, topic, background)
-
-
 def _near_duplicates(papers: Sequence[Paper]) -> dict[int, set[int]]:
-    """Pairs of papers whose titles are nearly the same (token Jaccard)."""
+    """Pairs of papers whose titles are nearly the same (token Jaccard >= DUPLICATE_JACCARD).
+
+    A prefix-filtered join, not all pairs: with each title's words ordered rarest first, two
+    titles that similar share a word among the first ``len - floor(J * len) + 1`` of each
+    (J = DUPLICATE_JACCARD), so only titles sharing such a word are compared.
+    """
     sets = [frozenset(tokens(p.title)) - STOPWORDS for p in papers]
+    frequency = Counter(word for words in sets for word in words)
+    index: dict[str, list[int]] = {}
     pairs: dict[int, set[int]] = {}
-    for i in range(len(sets)):
-        for j in range(i + 1, len(sets)):
-            a, b = sets[i], sets[j]
-            if a and b and len(a & b) / len(a | b) >= DUPLICATE_JACCARD:
-                pairs.setdefault(i, set()).add(j)
-                pairs.setdefault(j, set()).add(i)
+    for i, a in enumerate(sets):
+        if not a:
+            continue
+        ordered = sorted(a, key=lambda w: (frequency[w], w))
+        prefix = ordered[: len(a) - math.floor(DUPLICATE_JACCARD * len(a)) + 1]
+        compared: set[int] = set()
+        for word in prefix:
+            for j in index.get(word, ()):
+                if j in compared:
+                    continue
+                compared.add(j)
+                b = sets[j]
+                if len(a & b) / len(a | b) >= DUPLICATE_JACCARD:
+                    pairs.setdefault(i, set()).add(j)
+                    pairs.setdefault(j, set()).add(i)
+            index.setdefault(word, []).append(i)
     return pairs
 
 
-def _literal(docs: list[_Doc], readings: list[Reading], background: Background) -> np.ndarray:
+def _literal(records: list[Record], readings: list[Reading], background: Background) -> np.ndarray:
     """Readings × papers: BM25 of the tag's own words (and the reader's keywords), as a
     share of the most a paper could score (0..1).
 
@@ -596,11 +633,11 @@ def _literal(docs: list[_Doc], readings: list[Reading], background: Background) 
             words += [w for t in reading.bonus.terms for w in _content(t.words)]
         queries.append(list(dict.fromkeys(words)))
     vocab = {w: i for i, w in enumerate(dict.fromkeys(w for q in queries for w in q))}
-    tf = np.zeros((len(vocab), len(docs)))
-    for p, doc in enumerate(docs):
+    tf = np.zeros((len(vocab), len(records)))
+    for p, record in enumerate(records):
         for w, i in vocab.items():
-            tf[i, p] = doc.everything.get((w,), 0)
-    lengths = np.array([doc.length for doc in docs], dtype=np.float64)
+            tf[i, p] = record.counts.get(w, 0)
+    lengths = np.array([record.length for record in records], dtype=np.float64)
     norm = LITERAL_K1 * (1.0 - LITERAL_B + LITERAL_B * lengths / max(background.length, 1.0))
     saturated = tf * (LITERAL_K1 + 1.0) / (tf + norm)
     idf = np.array([background.idf(w) for w in vocab])
@@ -609,15 +646,214 @@ def _literal(docs: list[_Doc], readings: list[Reading], background: Background) 
         for w in words:
             query[r, vocab[w]] = idf[vocab[w]]
     best = query.sum(axis=1, keepdims=True) * (LITERAL_K1 + 1.0)
-    out = np.zeros((len(readings), len(docs)))
+    out = np.zeros((len(readings), len(records)))
     return np.divide(query @ saturated, best, out=out, where=best > 0)
+
+
+# --- what papers hold, per distinct topic: computed once, cached across runs ----------
+
+CACHE_FORMAT = 1  # bump when the stored form of a record changes
+
+
+@cache
+def ranker_version() -> str:
+    """The version cached matches belong to: a hash of this module's source, the vocabulary
+    and the stemmer. Any change to the ranker's code or vocabulary gives a new version, so
+    no cached match outlives the code that computed it."""
+    digest = hashlib.sha256(f"format {CACHE_FORMAT}; stemmer {_stemmer_version()}".encode())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(TOPICS_FILE.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _stemmer_version() -> str:
+    from importlib.metadata import version
+
+    return version("PyStemmer")
+
+
+def text_key(paper: Paper) -> str:
+    """A paper's text (the fields the ranker reads), hashed: what its matches depend on."""
+    text = json.dumps([paper.title, list(paper.ai_keywords), paper.ai_summary, paper.abstract])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@cache
+def topic_key(topic: Topic) -> str:
+    """A facet's content (terms, context, avoid), hashed: equal content, equal matches."""
+    content = (
+        topic.curated,
+        topic.avoid,
+        [(t.words, t.text, t.strength, t.context) for t in topic.terms],
+    )
+    return hashlib.sha256(repr(content).encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True, eq=False)
+class Record:
+    """What one paper's text holds for the ranker: how often each word stem occurs (all
+    fields: document frequencies and BM25 count them) and, per topic key, the topic's
+    matches (empty: looked, found nothing). A topic needs an entry only when the paper
+    holds every word of one of its terms."""
+
+    counts: dict[str, int]
+    found: dict[str, tuple[Match, ...]] = field(default_factory=dict)
+    stems: frozenset[str] = field(init=False)
+    length: int = field(init=False)  # words in all fields
+
+    def __post_init__(self) -> None:
+        self.stems = frozenset(self.counts)
+        self.length = sum(self.counts.values())
+
+    def encode(self) -> str:
+        found = {
+            key: [[m.field, " ".join(m.words), m.text, m.strength, m.count, m.lead] for m in ms]
+            for key, ms in self.found.items()
+        }
+        counts = " ".join(f"{w}:{n}" for w, n in sorted(self.counts.items()))
+        return json.dumps({"counts": counts, "found": found}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, data: str) -> Record:
+        """A stored record; ValueError when it is not one (the caller recomputes it)."""
+        try:
+            raw = json.loads(data)
+            found = {
+                str(key): tuple(
+                    Match(
+                        _one_of(field_, FIELD_WEIGHTS),
+                        tuple(words.split()),
+                        str(text),
+                        float(strength),
+                        _positive(count),
+                        float(lead),
+                    )
+                    for field_, words, text, strength, count, lead in ms
+                )
+                for key, ms in raw["found"].items()
+            }
+            counts = {}
+            for item in raw["counts"].split():
+                word, n = item.split(":")
+                counts[word] = _positive(int(n))
+            return cls(counts, found)
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not a cached record: {exc}") from exc
+
+
+def _one_of(value: object, allowed: dict[str, float]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown field {value!r}")
+    return str(value)
+
+
+def _positive(value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"bad count {value!r}")
+    return value
+
+
+class MatchCache:
+    """Per paper text and distinct topic, what matched: computed once, then shared by every
+    batch of readers in a run, and (saved by the pipeline) by later runs.
+
+    Holds only what does not depend on the history (:class:`Match`); evidence is weighed
+    by the background given to :meth:`evidence`, once per (paper, topic) and background.
+    """
+
+    def __init__(self, records: dict[str, Record] | None = None) -> None:
+        self.records: dict[str, Record] = dict(records or {})
+        self._keys: dict[Paper, str] = {}
+        self._changed: set[str] = set()
+        self._lock = threading.Lock()
+        self._weighed: dict[tuple[str, str], Evidence] = {}
+        self._weighed_with: Background | None = None
+        self._duplicates: tuple[tuple[str, ...], dict[int, set[int]]] | None = None
+
+    def key(self, paper: Paper) -> str:
+        key = self._keys.get(paper)
+        if key is None:
+            key = self._keys[paper] = text_key(paper)
+        return key
+
+    def record(self, paper: Paper) -> Record:
+        """The paper's record (its word counts computed now if it has none)."""
+        key = self.key(paper)
+        record = self.records.get(key)
+        if record is None:
+            record = self.records[key] = _record(paper)
+            self._mark(key)
+        return record
+
+    def take_changed(self) -> dict[str, Record]:
+        """Records computed or extended since the last call (what to save)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+        return {key: self.records[key] for key in changed}
+
+    def _mark(self, key: str) -> None:
+        with self._lock:
+            self._changed.add(key)
+
+    def evidence(
+        self, papers: Sequence[Paper], topics: Sequence[Topic], background: Background
+    ) -> list[dict[int, Evidence]]:
+        """Per paper, the evidence for each topic it has some (others are zero).
+
+        A topic is looked at only when the paper holds every word of one of its terms; its
+        matches come from the record when there, else from the paper's text (once).
+        """
+        if background is not self._weighed_with:
+            self._weighed, self._weighed_with = {}, background
+        keys = [topic_key(topic) for topic in topics]
+        by_first: dict[str, list[tuple[frozenset[str], int]]] = {}
+        for t, topic in enumerate(topics):
+            for term in topic.terms:
+                by_first.setdefault(term.words[0], []).append((frozenset(term.words), t))
+        table = []
+        for paper in papers:
+            key = self.key(paper)
+            record = self.records.get(key)
+            doc = None
+            if record is None:
+                record = self.record(paper)
+            candidates: set[int] = set()
+            for first in by_first.keys() & record.stems:
+                for words, t in by_first[first]:
+                    if t not in candidates and words <= record.stems:
+                        candidates.add(t)
+            found = {}
+            for t in candidates:
+                ev = self._weighed.get((key, keys[t]))
+                if ev is None:
+                    held = record.found.get(keys[t])
+                    if held is None:
+                        doc = doc or _doc(paper)
+                        held = record.found[keys[t]] = matches(doc, topics[t])
+                        self._mark(key)
+                    ev = self._weighed[key, keys[t]] = weigh(held, background) if held else _NONE
+                if ev.raw > 0:
+                    found[t] = ev
+            table.append(found)
+        return table
+
+    def duplicates(self, papers: Sequence[Paper]) -> dict[int, set[int]]:
+        """Near-duplicate titles among ``papers`` (remembered for the same list)."""
+        keys = tuple(self.key(p) for p in papers)
+        if self._duplicates is None or self._duplicates[0] != keys:
+            self._duplicates = (keys, _near_duplicates(papers))
+        return self._duplicates[1]
 
 
 class _Scores:
     """Reading × paper scores for a batch: facets and phrase bonuses, combined."""
 
     def __init__(
-        self, papers: Sequence[Paper], readings: list[Reading], background: Background
+        self,
+        papers: Sequence[Paper],
+        readings: list[Reading],
+        background: Background,
+        cache: MatchCache,
     ) -> None:
         topic_index: dict[Topic, int] = {}
         for reading in readings:
@@ -629,7 +865,7 @@ class _Scores:
         self.topics = topics
         self.topic_index = topic_index
         self.readings = readings
-        self.evid = _evidence_table([_doc(p) for p in papers], topics, background)
+        self.evid = cache.evidence(papers, topics, background)
 
         n_topics, n_papers = len(topics), len(papers)
         score = np.zeros((n_topics, n_papers))
@@ -681,7 +917,7 @@ class _Scores:
                 parts.append(topic_index[reading.bonus])
             combined[r] *= lead[parts].max(axis=0)
         self.score = combined  # readings × papers, 0..1
-        self.literal = _literal([_doc(p) for p in papers], readings, background)
+        self.literal = _literal([cache.record(p) for p in papers], readings, background)
 
     def detail(self, r: int, p: int) -> dict:
         reading = self.readings[r]
@@ -722,18 +958,23 @@ def rank_many(
     profiles: Sequence[Profile],
     nudge: Nudge | None = None,
     background: Background | None = None,
+    cache: MatchCache | None = None,
 ) -> list[list[Ranked]]:
     """Rank ``papers`` for every profile at once; one ordered list per profile.
 
     ``nudge`` (from :func:`paperpost.profile.nudge`) applies what readers taught by votes,
     examples and follows: a bounded bonus on the tag score, and followed papers first.
     ``background`` is the history word weights come from (default: ``papers`` alone;
-    the pipeline passes the recent papers of the store).
+    the pipeline passes the recent papers of the store). ``cache`` holds what papers
+    matched per topic (default: a new one; the pipeline passes one per run, kept in the
+    database across runs).
     """
     if not papers or not profiles:
         return [[] for _ in profiles]
+    if cache is None:
+        cache = MatchCache()
     if background is None:
-        background = Background.of(papers)
+        background = Background.of(papers, cache)
     reading_index: dict[tuple[str, tuple[str, ...]], int] = {}
     readings: list[Reading] = []
     rows: list[tuple[list[tuple[int, Interest]], list[int]]] = []
@@ -751,7 +992,7 @@ def rank_many(
         unwanted = [index_of(tag) for tag in profile.exclude]
         rows.append((wanted, unwanted))
 
-    table = _Scores(papers, readings, background)
+    table = _Scores(papers, readings, background, cache)
     # a zero row at the end pads readers with fewer interests or exclusions
     log_miss = np.vstack([np.log1p(-np.clip(table.score, 0.0, 0.999)), np.zeros(len(papers))])
     about = np.vstack([table.about >= EXCLUDE_MIN, np.zeros(len(papers), dtype=bool)])
@@ -771,7 +1012,7 @@ def rank_many(
     scores = 1.0 - np.exp(np.einsum("sk,skp->sp", weights, log_miss[picks]))
     upvotes = np.array([p.upvotes or 0 for p in papers], dtype=np.float64)
     prior = POPULARITY_TIEBREAK * (1.0 - np.exp(-upvotes / 30.0))
-    duplicates = _near_duplicates(papers)
+    duplicates = cache.duplicates(papers)
     details: dict[tuple[int, int], dict] = {}
 
     min_scores = np.array([p.min_score for p in profiles])[:, None]
