@@ -13,9 +13,9 @@ Floors (the least this machine needs for the same output at the same durability)
 - **render**: join per-paper HTML/text fragments made once, quoted-printable encode both
   parts (binascii), prepend headers: the same bytes-per-digest as paperpost's messages.
 - **outbox file**: Maildir-style: write ``tmp/<name>``, fsync, rename into ``new/`` (one
-  fsync per file, one after another); and grouped: write a group, fsync its files
-  concurrently (``SYNC_THREADS`` in flight, as the outbox does, so the file system
-  commits them together), rename them, fsync ``new/`` once (group durability).
+  fsync per file, one after another); and grouped: write and fsync a group's files
+  on ``WRITER_THREADS`` threads (as the outbox does, so the file system commits them
+  together), rename them, fsync ``new/`` once (group durability).
 - **ledger**: the ledger's own statements in the driver directly (sqlite3 / psycopg), same
   schema and durability (SQLite WAL, synchronous=NORMAL): claim (INSERT ``sending``) and
   settle (UPDATE ``sent`` + cursor upsert), one commit each per message; and grouped: one
@@ -24,8 +24,9 @@ Floors (the least this machine needs for the same output at the same durability)
   PostgreSQL with ``--postgres``. paperpost's side is what ``send_batch`` does for the
   outbox: ``claim_group`` and ``settle_group`` per group of ``GROUP``.
 - **pipeline**: render + outbox file + ledger floors, per message (an fsync and a
-  commit each) and grouped (the outbox's contract: group durability, then one settle); paperpost's figure is ``run_plain`` on ``--subscribers`` readers (its stage
-  clocks for rank, render and send).
+  commit each) and grouped (the outbox's contract: group durability, then one settle);
+  paperpost's figure is ``run_plain`` on ``--subscribers`` readers (its stage clocks for
+  rank, render and send).
 
 Ranking has no floor here (the rank helper's benchmarks cover it); its cost is shown.
 """
@@ -54,7 +55,7 @@ from rank_quality import shared_papers
 from rank_speed import profiles
 
 from common import report
-from paperpost.delivery import GROUP, SYNC_THREADS, Outbox
+from paperpost.delivery import GROUP, WRITER_THREADS, Outbox
 from paperpost.models import Paper
 from paperpost.rank import Ranked, rank_many
 from paperpost.render import Edition, Outgoing, Reader, Renderer
@@ -149,21 +150,21 @@ def maildir_each(folder: Path, messages: Sequence[Outgoing]) -> None:
 
 
 def maildir_grouped(folder: Path, messages: Sequence[Outgoing], group: int) -> None:
-    """Write a group, fsync its files concurrently (SYNC_THREADS at a time, so the file
-    system commits them together), rename them all, fsync new/ once."""
+    """Write and fsync a group's files on WRITER_THREADS threads (so the file system
+    commits them together), rename them all, fsync new/ once."""
     tmp, new = folder / "tmp", folder / "new"
-    with ThreadPoolExecutor(SYNC_THREADS) as syncer:
+
+    def write(m: Outgoing) -> str:
+        name = f"{m.address}_{m.digest}"
+        fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, m.data)
+        os.fsync(fd)
+        os.close(fd)
+        return name
+
+    with ThreadPoolExecutor(WRITER_THREADS) as writers:
         for start in range(0, len(messages), group):
-            names = []
-            for m in messages[start : start + group]:
-                name = f"{m.address}_{m.digest}"
-                fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                os.write(fd, m.data)
-                names.append((name, fd))
-            list(syncer.map(os.fsync, [fd for _, fd in names]))
-            for _, fd in names:
-                os.close(fd)
-            for name, _ in names:
+            for name in list(writers.map(write, messages[start : start + group])):
                 os.rename(tmp / name, new / name)
             fd = os.open(new, os.O_RDONLY)
             os.fsync(fd)

@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -153,17 +153,34 @@ def _classify(code: int, text: str, phase: str) -> DeliveryError:
 
 # --- outbox (a Maildir) ----------------------------------------
 
-SYNC_THREADS = 32  # fsync calls in flight at once when the outbox makes a group durable
-_syncers: dict[int, ThreadPoolExecutor] = {}  # by process id: threads do not survive a fork
-_syncers_lock = threading.Lock()
+WRITER_THREADS = 32  # outbox files being written and synced at once
+_pools: dict[int, ThreadPoolExecutor] = {}  # by process id: threads do not survive a fork
+_pools_lock = threading.Lock()
 
 
-def _syncer() -> ThreadPoolExecutor:
-    with _syncers_lock:
+def _writers() -> ThreadPoolExecutor:
+    with _pools_lock:
         pid = os.getpid()
-        if pid not in _syncers:
-            _syncers[pid] = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
-        return _syncers[pid]
+        if pid not in _pools:
+            _pools[pid] = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="outbox")
+        return _pools[pid]
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist), write ``data`` and fsync it; nothing is left
+    at ``path`` if that fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    os.close(fd)
 
 
 def outbox_name(address: str, digest: str) -> str:
@@ -179,9 +196,9 @@ class Outbox:
     killed half-way stays in ``tmp/`` and is never taken for a message.
 
     :meth:`send` makes one digest durable at once. :func:`send_batch` uses
-    :meth:`stage` and :meth:`flush` instead: a group of digests is written, synced
-    together, renamed into ``new/`` and ``new/`` synced once, and only then settled in the
-    ledger (an fsync per file, each waiting for its own journal commit, was most of the
+    :meth:`stage` and :meth:`flush` instead: a group of digests is written and synced
+    concurrently, renamed into ``new/`` and ``new/`` synced once, and only then settled in
+    the ledger (an fsync per file, each waiting for its own journal commit, was most of the
     outbox's cost).
     """
 
@@ -191,7 +208,7 @@ class Outbox:
         self.folder = folder
         for sub in ("tmp", "new", "cur"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        self._staged: list[tuple[int, Path, Path, Callable[[], None]]] = []
+        self._staged: list[tuple[Future[None], Path, Path, Callable[[], None]]] = []
         cutoff = time.time() - self.STALE_TMP
         for leftover in (folder / "tmp").iterdir():
             with contextlib.suppress(OSError):
@@ -206,45 +223,32 @@ class Outbox:
         self.flush()
 
     def stage(self, outgoing: Outgoing, end_of_data: Callable[[], None] = _nothing) -> None:
-        """Write a digest under ``tmp/``; it is neither durable nor delivered until
-        :meth:`flush`."""
+        """Start writing a digest under ``tmp/`` (and syncing it) on the outbox's writer
+        threads; it is neither durable nor delivered until :meth:`flush`."""
         target = self.path(outgoing.address, outgoing.digest)
         if self.delivered(outgoing.address, outgoing.digest):
             return
         temp = self.folder / "tmp" / f"{target.name}.{os.getpid()}.{random.getrandbits(40):x}"
-        fd = -1
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            view = memoryview(outgoing.data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise DeliveryError(TEMPORARY, f"cannot write {target}: {exc.strerror}") from None
-        self._staged.append((fd, temp, target, end_of_data))
+        written = _writers().submit(_write_synced, temp, outgoing.data)
+        self._staged.append((written, temp, target, end_of_data))
 
     def flush(self) -> None:
-        """Deliver what :meth:`stage` wrote: sync every file, rename each into ``new/``
-        (calling its ``end_of_data`` first), then sync ``new/`` so the renames last.
+        """Deliver what :meth:`stage` wrote: wait until every file is written and synced,
+        rename each into ``new/`` (calling its ``end_of_data`` first), then sync ``new/`` so
+        the renames last. If any file of the group cannot be written, none is delivered.
 
-        The files are synced concurrently (SYNC_THREADS at a time): the file system then
-        commits their journal entries together instead of one commit per file, which was
-        most of the outbox's time on a busy disk (5-6 ms a file one after another, 0.1-0.3
-        ms concurrently on this machine). Each file is still synced before it is renamed."""
+        The files are written and synced on WRITER_THREADS threads while this thread goes
+        on: the file system then commits their journal entries together instead of one
+        commit per file, which was most of the outbox's time on a busy disk (5-6 ms a file
+        one after another, 0.1-0.3 ms concurrently on this machine). Each file is synced
+        before it is renamed."""
         staged, self._staged = self._staged, []
         if not staged:
             return
         try:
-            try:
-                list(_syncer().map(os.fsync, [fd for fd, _temp, _target, _ in staged]))
-            finally:
-                for fd, _temp, _target, _ in staged:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            for _fd, temp, target, end_of_data in staged:
+            for written, _temp, _target, _ in staged:
+                written.result()
+            for _written, temp, target, end_of_data in staged:
                 end_of_data()
                 os.replace(temp, target)
             folder = os.open(self.folder / "new", os.O_RDONLY)
@@ -253,12 +257,14 @@ class Outbox:
             finally:
                 os.close(folder)
         except OSError as exc:
-            for _fd, temp, _target, _ in staged:
-                with contextlib.suppress(OSError):
-                    temp.unlink()
-            raise DeliveryError(
-                TEMPORARY, f"cannot write {self.folder / 'new'}: {exc.strerror}"
-            ) from None
+            self._drop(staged)
+            raise DeliveryError(TEMPORARY, f"cannot write {self.folder}: {exc.strerror}") from None
+
+    def _drop(self, staged: list[tuple[Future[None], Path, Path, Callable[[], None]]]) -> None:
+        for written, temp, _target, _ in staged:
+            with contextlib.suppress(OSError):
+                written.exception()  # finished, so its file is closed
+                temp.unlink()
 
     def delivered(self, address: str, digest: str) -> bool | None:
         name = outbox_name(address, digest)
@@ -271,11 +277,7 @@ class Outbox:
     def close(self) -> None:
         """Drop what was staged and never flushed (its ledger rows were not settled)."""
         staged, self._staged = self._staged, []
-        for fd, temp, _target, _ in staged:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                temp.unlink()
+        self._drop(staged)
 
 
 # --- SMTP ----------------------------------------
