@@ -1,6 +1,12 @@
 """Ranking quality on the shared papers: paperpost vs BM25 (stemmed) vs substring.
 
     python benchmarks/rank_quality.py [--no-blind] [--sweep]
+    python benchmarks/rank_quality.py --judged FILE.yaml [--judged FILE2.yaml ...]
+
+``--judged`` measures only the given relevance files (any path, the format of data/*.yaml:
+tag -> grade -> paper titles): per tag and mean NDCG@10, P@10, P@min(10,R) for paperpost,
+BM25+Snowball and substring, then the replay (delivered precision, recall, one-word share)
+for one default reader per tag of each file. This is how a new blind set is measured once.
 
 The judged sets (how each was made is written at the top of its file):
   blind2     data/relevance_blind2.yaml: round 2's blind tags (not vocabulary entries), judged
@@ -10,6 +16,7 @@ The judged sets (how each was made is written at the top of its file):
   leave-out  data/relevance.yaml with each tag's vocabulary entry (id and aliases) removed
   existing   data/relevance.yaml as it is
   dev        data/relevance_dev.yaml: compound tags the developer judged and tuned on (not blind)
+  full       data/relevance_full.yaml: the existing tags judged in full by two judges (not blind)
 Prints NDCG@10, P@10 and P@min(10,R) (R = the tag's judged-relevant papers: P@10 cannot
 reach 1 when R < 10) per tag and on average (tags with no relevant paper apart: NDCG is
 undefined there, so they report how many papers a default reader would get instead), a
@@ -70,9 +77,12 @@ def _fold(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def judgments(papers: list[Paper], name: str = "relevance.yaml") -> Judged:
-    """Grades by paper key; a listed title (or unique title prefix) must name one paper."""
-    raw = yaml.safe_load((DATA / name).read_text(encoding="utf-8")) or {}
+def judgments(papers: list[Paper], name: str | Path = "relevance.yaml") -> Judged:
+    """Grades by paper key; a listed title (or unique title prefix) must name one paper.
+
+    ``name`` is a file of benchmarks/data or a path to any file of the same format."""
+    path = Path(name) if Path(name).is_file() else DATA / name
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     out: Judged = {}
     for tag, grades in raw.items():
         out[tag] = {}
@@ -340,16 +350,31 @@ def main() -> None:
     parser.add_argument(
         "--sweep", action="store_true", help="Replay the dev sets at several min_score values."
     )
+    parser.add_argument(
+        "--judged",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="Measure only this relevance file (same format as data/*.yaml); repeatable.",
+    )
     args = parser.parse_args()
     papers = shared_papers()
-    existing = judgments(papers)
     sets: list[tuple[str, Judged, bool]] = []
-    blind_file = DATA / "relevance_blind2.yaml"
-    if not args.no_blind and blind_file.exists():
-        sets.append(("blind2", judgments(papers, blind_file.name), False))
-    sets.append(("round1", judgments(papers, "relevance_round1.yaml"), False))
-    sets += [("leave-out", existing, True), ("existing", existing, False)]
-    sets.append(("dev", judgments(papers, "relevance_dev.yaml"), False))
+    if args.judged:
+        for path in args.judged:
+            if not path.is_file():
+                parser.error(f"--judged {path}: no such file")
+            sets.append((path.stem, judgments(papers, path), False))
+    else:
+        existing = judgments(papers)
+        blind_file = DATA / "relevance_blind2.yaml"
+        if not args.no_blind and blind_file.exists():
+            sets.append(("blind2", judgments(papers, blind_file.name), False))
+        sets.append(("round1", judgments(papers, "relevance_round1.yaml"), False))
+        sets += [("leave-out", existing, True), ("existing", existing, False)]
+        full = judgments(papers, "relevance_full.yaml")
+        sets += [("full-out", full, True), ("full", full, False)]
+        sets.append(("dev", judgments(papers, "relevance_dev.yaml"), False))
 
     rows: list[list[object]] = []
     extra: dict[str, object] = {"k": K, "empty_tags": {}}
@@ -387,8 +412,11 @@ def main() -> None:
     for name, truth, leave_out in sets:
         results[name] = replay(truth, leave_out)
         replay_rows.append(_replay_row(name, results[name]))
-    results["existing+round1"] = _merge(results["round1"], results["existing"])
-    replay_rows.append(_replay_row("existing+round1", results["existing+round1"]))
+    if "round1" in results:
+        results["existing+round1"] = _merge(results["round1"], results["existing"])
+        replay_rows.append(_replay_row("existing+round1", results["existing+round1"]))
+        results["full+round1"] = _merge(results["round1"], results["full"])
+        replay_rows.append(_replay_row("full+round1", results["full+round1"]))
     if "blind2" in results:
         results["existing+blind2"] = _merge(results["blind2"], results["existing"])
         replay_rows.append(_replay_row("existing+blind2", results["existing+blind2"]))

@@ -31,7 +31,7 @@ import numpy as np
 from paperpost.models import Paper, title_key
 from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, Background, tokens
 
-# on the ranker's 0..1 tag scores (default min_score 0.35); chosen on the DEV tags only
+# on the ranker's 0..1 tag scores (default min_score 0.4); chosen on the DEV tags only
 LIKE_CAP = 0.35  # the most liked papers can add to a tag score
 DISLIKE_CAP = 0.05  # the most disliked papers can take from it
 NOISE = 0.1  # centroid similarity below this is what unrelated papers share: no effect

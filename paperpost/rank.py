@@ -65,9 +65,11 @@ FACET_BASE = 0.5  # a facet weighs FACET_BASE + (1 - FACET_BASE) * how informati
 ABSTRACT_ONLY = 0.6  # evidence found only in the abstract counts this much
 LEAD_TERM = 0.7  # ... and when the title, keywords or TL;DR hold only ordinary terms
 EXCLUDE_MIN = 0.5  # a paper is "about" an excluded tag at this score
-DEFAULT_MIN_SCORE = 0.35  # picked from measurements: docs/ranking.md
+DEFAULT_MIN_SCORE = 0.4  # picked from measurements: docs/ranking.md
 BACKGROUND_PAPERS = 10_000  # word weights count over the most recent papers of the history
-LITERAL_WEIGHT = 0.5  # the order adds this much of the BM25 share of the tag's own words
+LITERAL_WEIGHT = 0.3  # the order adds this much more of it (0.5 in all with LITERAL_BAR)
+LITERAL_BAR = 0.2  # ... and the score moves by this much times (share - LITERAL_MID)
+LITERAL_MID = 0.3
 LITERAL_K1 = 1.5  # BM25 term-frequency saturation
 LITERAL_B = 0.75  # BM25 length normalisation
 POPULARITY_TIEBREAK = 0.02  # upvotes raise the ordering score by at most 2% (never the bar)
@@ -916,8 +918,11 @@ class _Scores:
             if reading.bonus is not None:
                 parts.append(topic_index[reading.bonus])
             combined[r] *= lead[parts].max(axis=0)
-        self.score = combined  # readings × papers, 0..1
         self.literal = _literal([cache.record(p) for p in papers], readings, background)
+        # the reader's own words weigh in: a paper that uses them a lot gains up to
+        # LITERAL_BAR * (1 - LITERAL_MID), one that barely does loses a little
+        shift = LITERAL_BAR * (self.literal - LITERAL_MID)
+        self.score = np.where(combined > 0, np.clip(combined + shift, 0.0, 1.0), 0.0)
 
     def detail(self, r: int, p: int) -> dict:
         reading = self.readings[r]
