@@ -1,18 +1,16 @@
-"""Helpers shared by the benchmarks: synthetic papers, result tables and JSON output."""
+"""Helpers shared by the benchmarks: result tables and JSON output (generated papers come
+from :mod:`paperpost.synthetic`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import random
 import resource
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from paperpost.models import Paper
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = (
@@ -22,16 +20,6 @@ WORDS = (
     "inference scaling law alignment preference safety image video audio token tokenizer "
     "multimodal embedding contrastive federated privacy causal bayesian posterior variational"
 ).split()
-
-
-def synthetic_papers(count: int, seed: int, prefix: str = "") -> list[Paper]:
-    rng = random.Random(seed)
-    papers = []
-    for i in range(count):
-        title = f"{prefix}{i} " + " ".join(rng.choice(WORDS) for _ in range(8)).title()
-        abstract = " ".join(rng.choice(WORDS) for _ in range(45)) + "."
-        papers.append(Paper(title=title, abstract=abstract, upvotes=rng.randint(0, 50)))
-    return papers
 
 
 def peak_rss_mb() -> float:

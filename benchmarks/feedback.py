@@ -43,11 +43,12 @@ sys.path.insert(0, str(HERE))
 from rank_quality import SHARED, judgments, shared_papers
 from rank_speed import profiles as tag_profiles
 
-from common import report, synthetic_papers
+from common import report
 from paperpost.dumps import parse_dump
 from paperpost.models import Paper
 from paperpost.profile import Taste, nudge
 from paperpost.rank import Background, Interest, Profile, rank_many
+from paperpost.synthetic import papers as synthetic_papers
 
 # One broad word per judged tag, chosen before measuring: none of them names the tag's
 # own topic in the vocabulary.

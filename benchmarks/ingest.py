@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import peak_rss_mb, report, synthetic_papers
+from common import peak_rss_mb, report
 from paperpost.dumps import parse_dump
 from paperpost.store import Store
+from paperpost.synthetic import papers as synthetic_papers
 
 HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
 HEADER += "byAK and the research community\n\nNov 24\n\n"
@@ -31,13 +32,15 @@ def build_history(url: str, count: int) -> float:
     start = time.perf_counter()
     step = 100_000
     for offset in range(0, count, step):
-        store.ingest(f"history-{offset}", synthetic_papers(min(step, count - offset), offset, "h"))
+        store.ingest(
+            f"history-{offset}", synthetic_papers(min(step, count - offset), offset, prefix="h ")
+        )
     return time.perf_counter() - start
 
 
 def measure(url: str, batch: int, overlap: float, queue: mp.Queue) -> None:
-    old = synthetic_papers(int(batch * overlap), 0, "h")  # already in the history
-    fresh = synthetic_papers(batch - len(old), 7, "n")
+    old = synthetic_papers(int(batch * overlap), 0, prefix="h ")  # already in the history
+    fresh = synthetic_papers(batch - len(old), 7, prefix="n ")
     dump = HEADER + "\n\n".join(f"{p.title}\n\n{p.abstract}" for p in old + fresh) + "\n"
     content = dump.encode()
     store = Store(url)

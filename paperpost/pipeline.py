@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,7 +27,18 @@ from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transpo
 from paperpost.dumps import DumpError, parse_dump
 from paperpost.feedback import reader_ids, reader_nudge
 from paperpost.fetch import Fetched, expand_sources, failed_api_days, fetch_all, last_api_days
-from paperpost.rank import BACKGROUND_PAPERS, Background, Interest, Profile, Ranked, rank_many
+from paperpost.models import Paper
+from paperpost.rank import (
+    BACKGROUND_PAPERS,
+    Background,
+    Interest,
+    MatchCache,
+    Profile,
+    Ranked,
+    Record,
+    rank_many,
+    ranker_version,
+)
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
 from paperpost.store import RunPlan, Store
@@ -196,11 +208,38 @@ def reader_of(entry: LoadedSubscriber, reader_id: str | None = None) -> Reader:
     )
 
 
-@lru_cache(maxsize=2)
-def _background(store: Store, high: int) -> Background:
-    """Word weights over the most recent papers of the history (shared by a run's batches)."""
+_RUN_CACHE = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _run_cache(url: str, run_id: int, high: int) -> tuple[MatchCache, Background]:
+    """What a run's batches share: the ranker's per-paper cache (filled from the database as
+    papers are needed) and the word weights over the most recent papers of the history."""
+    cache = MatchCache()
+    store = Store(url)
     low = max(0, high - BACKGROUND_PAPERS)
-    return Background.of(paper for _, paper in store.papers_between(low, high))
+    history = [paper for _, paper in store.papers_between(low, high)]
+    _load_records(store, cache, history)
+    background = Background.of(history, cache)
+    _save_records(store, cache)
+    return cache, background
+
+
+def _load_records(store: Store, cache: MatchCache, papers: Sequence[Paper]) -> None:
+    """Fill ``cache`` with the stored records of ``papers`` it lacks. A stored record that
+    fails its checksum (dropped by the store) or does not decode is recomputed instead."""
+    wanted = list({key for p in papers if (key := cache.key(p)) not in cache.records})
+    for key, data in store.evidence_rows(ranker_version(), wanted).items():
+        try:
+            cache.records[key] = Record.decode(data)
+        except ValueError:
+            continue
+
+
+def _save_records(store: Store, cache: MatchCache) -> None:
+    """Store the records computed or extended since the last save (after computing them)."""
+    changed = cache.take_changed()
+    store.save_evidence(ranker_version(), {key: r.encode() for key, r in changed.items()})
 
 
 def rank_stage(
@@ -247,11 +286,16 @@ def rank_stage(
     jobs: list[DigestJob] = []
     quiet: list[tuple[str, int]] = []
     ids = reader_ids(store, [e.subscriber.address for group in windows.values() for e in group])
+    if windows:
+        with _RUN_CACHE:  # a run's concurrent batches build it once
+            cache, background = _run_cache(store.url, plan.run_id, plan.high_water)
     for lo, entries in windows.items():
         papers = [paper for _, paper in store.papers_between(lo, plan.high_water)]
-        background = _background(store, plan.high_water)
+        _load_records(store, cache, papers)
         taught = reader_nudge(store, papers, [e.subscriber for e in entries], background)
-        rankings = rank_many(papers, [profile_of(e) for e in entries], taught, background)
+        profiles = [profile_of(e) for e in entries]
+        rankings = rank_many(papers, profiles, taught, background, cache)
+        _save_records(store, cache)
         for entry, items in zip(entries, rankings, strict=True):
             if not items and not send_empty:
                 skips.append(Skip(entry.subscriber.address, "nothing above min_score"))

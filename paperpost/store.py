@@ -14,6 +14,8 @@ SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
 * ``locks``: a lease so overlapping runs do not both send.
 * ``readers``: per address, the opaque id that vote links carry instead of the address.
 * ``feedback``: per (address, paper), the reader's last vote: +1 "more", -1 "fewer".
+* ``paper_evidence``: the ranker's cache, per (ranker version, paper text): what the text
+  matched per topic, before word weights (``paperpost.rank.Record``; docs/ranking.md).
 
 The schema is owned by the Alembic revisions in ``paperpost/migrations`` (see
 ``paperpost.schema``); the tables below mirror it for queries and ``--autogenerate``.
@@ -170,6 +172,15 @@ feedback = Table(
     Column("voted_at", DateTime(timezone=True), nullable=False),
 )
 
+paper_evidence = Table(
+    "paper_evidence",
+    metadata,
+    Column("version", String(16), primary_key=True),
+    Column("text_key", String(32), primary_key=True),
+    Column("data", Text, nullable=False),
+    Column("checksum", String(32), nullable=False),
+)
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -263,6 +274,10 @@ class Settlement:
 
 
 CLAIMABLE = {"retry", "released"}  # rows sent again; any other status is done or taken
+
+
+def _evidence_checksum(version: str, key: str, data: str) -> str:
+    return hashlib.sha256(f"{version}\0{key}\0{data}".encode()).hexdigest()[:32]
 
 
 def _upsert(dialect: str):  # type: ignore[no-untyped-def]
@@ -458,6 +473,49 @@ class Store:
     def paper_count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(papers)).scalar_one()
+
+    # --- the ranker's cache -------------------------------------------------------------
+
+    def evidence_rows(self, version: str, keys: Sequence[str]) -> dict[str, str]:
+        """Stored ranker records of this version by text key; a row whose checksum does not
+        match its data is left out (the ranker recomputes it)."""
+        found = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(keys):
+                rows = conn.execute(
+                    select(
+                        paper_evidence.c.text_key, paper_evidence.c.data, paper_evidence.c.checksum
+                    ).where(
+                        paper_evidence.c.version == version, paper_evidence.c.text_key.in_(chunk)
+                    )
+                )
+                for key, data, checksum in rows:
+                    if checksum == _evidence_checksum(version, key, data):
+                        found[key] = data
+        return found
+
+    def save_evidence(self, version: str, rows: dict[str, str]) -> None:
+        """Store ranker records (insert or replace), and drop every other version's rows."""
+        if not rows:
+            return
+        values = [
+            {
+                "version": version,
+                "text_key": k,
+                "data": d,
+                "checksum": _evidence_checksum(version, k, d),
+            }
+            for k, d in rows.items()
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(delete(paper_evidence).where(paper_evidence.c.version != version))
+            statement = _upsert(conn.dialect.name)(paper_evidence)
+            statement = statement.on_conflict_do_update(
+                index_elements=[paper_evidence.c.version, paper_evidence.c.text_key],
+                set_={"data": statement.excluded.data, "checksum": statement.excluded.checksum},
+            )
+            for chunk in _chunks(values):
+                conn.execute(statement, list(chunk))
 
     # --- runs --------------------------------------------------------------------------
 

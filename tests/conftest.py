@@ -9,7 +9,6 @@ or fail where CI requires it: ../shared (`shared` marker, PAPERPOST_REQUIRE_SHAR
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -74,72 +73,16 @@ def shared_papers():
     return distinct_papers(papers)
 
 
-_TOPICS = [
-    ("LLM agents", "tool use", "web navigation"),
-    ("chain-of-thought reasoning", "math word problems", "process reward models"),
-    ("diffusion models", "image generation", "classifier-free guidance"),
-    ("speculative decoding", "LLM inference", "KV cache"),
-    ("text-to-speech", "voice cloning", "prosody"),
-    ("large language models", "instruction tuning", "preference optimisation"),
-    ("video generation", "temporal consistency", "motion priors"),
-    ("mixture of experts", "expert routing", "sparse models"),
-]
-_FILLER = [
-    "We evaluate on six public benchmarks and release code and checkpoints.",
-    "Ablations show that each component contributes to the final result.",
-    "Our method is simple to implement and adds little overhead at training time.",
-    "Experiments at three model scales confirm that the gains persist as models grow.",
-    "We further analyse failure cases and discuss the limits of the approach.",
-    "Human raters prefer our outputs in a blind side-by-side comparison.",
-]
-
-
-def make_papers(count: int, seed: int = 20261125) -> list:
-    """Papers made up from topic phrases, as long as real ones (abstracts ~1,000 characters),
-    with every optional field some of the time."""
-    from paperpost.models import Paper
-
-    rng = random.Random(seed)
-    papers = []
-    for number in range(count):
-        main, second, third = rng.choice(_TOPICS)
-        name = "".join(rng.choice("BCDFGKLMNPRSTVZ") + rng.choice("aeiou") for _ in range(3))
-        sentences = [
-            f"{main.capitalize()} remain hard to scale when {second} meets {third}.",
-            f"We present {name.title()}, which couples {second} with {third}.",
-            *rng.sample(_FILLER, 4),
-            f"On {third} it improves over strong {main} baselines by {rng.randint(3, 40)}%.",
-        ]
-        api = number % 2 == 0
-        papers.append(
-            Paper(
-                title=f"{name.title()}: {main.title()} with {second.title()} (#{number})",
-                abstract=" ".join(sentences * 2),
-                arxiv_id=f"2611.{number:05d}" if api else None,
-                authors=tuple(f"Author {number}-{k}" for k in range(3)) if api else None,
-                author_count=None if api else rng.randint(1, 12),
-                organization=rng.choice([None, "Open-Bee", "openbmb"]),
-                published=date(2026, 11, 1 + number % 24),
-                upvotes=rng.choice([None, 1, 12, 240]),
-                ai_summary=f"{name.title()} makes {main} work with {third}." if api else None,
-                ai_keywords=(main, second) if api else (),
-                github_repo=f"https://github.com/example/{name}" if number % 3 == 0 else None,
-                project_page=f"https://{name}.example.org/" if number % 5 == 0 else None,
-                source="generated",
-            )
-        )
-    return papers
-
-
 @pytest.fixture(scope="session")
 def corpus():
-    """The papers the project ships (examples/) plus 200 generated ones, parsed once."""
+    """The papers the project ships (examples/) plus 200 generated ones (paperpost.synthetic)."""
+    from paperpost import synthetic
     from paperpost.dumps import distinct_papers, parse_dump
 
     papers = []
     for path in sorted(EXAMPLES.glob("*/*")):
         papers += parse_dump(path.read_bytes(), str(path), CAPTURED).papers
-    return distinct_papers(papers) + make_papers(200)
+    return distinct_papers(papers) + synthetic.papers(200)
 
 
 @pytest.fixture
