@@ -7,9 +7,13 @@ fetch only once its papers are stored, so a crash in between loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
+import socket
+import threading
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -20,6 +24,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
@@ -29,6 +35,9 @@ if TYPE_CHECKING:  # only a type here: importing the store costs SQLAlchemy and 
 USER_AGENT = "paperpost/0.1 (+https://github.com/paperpost)"
 DUMP_SUFFIXES = {".txt", ".json"}
 API_PATH = "/api/daily_papers"
+# A server that sends a byte now and then never trips the read timeout, so one download
+# (headers and body, retries included) also has a deadline: this many read timeouts.
+DEADLINE_READS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +135,83 @@ def api_day_urls(base: str, last_day: date | None, today: date, first_days: int 
     return urls
 
 
+class _Deadline:
+    """Ends one download at a fixed time by shutting down its sockets.
+
+    Per-read timeouts cannot stop a server that trickles a byte every few seconds (in its
+    headers or its body), so every socket the download uses is registered here and shut
+    down when time is up; the blocked read then fails at once.
+    """
+
+    current = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _Deadline.current.value = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+        _Deadline.current.value = None
+
+    @classmethod
+    def watch(cls, sock: socket.socket | None) -> None:
+        deadline = getattr(cls.current, "value", None)
+        if deadline is None or sock is None:
+            return
+        with deadline._lock:
+            deadline._sockets.append(sock)
+            if deadline.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _Deadline.watch(sock)
+        return sock
+
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _Deadline.watch(getattr(self, "_raw_sock", None) or self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = self._raw_sock = super()._new_conn()  # the TCP socket under TLS
+        _Deadline.watch(sock)
+        return sock
+
+    getresponse = _WatchedHTTPConnection.getresponse
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
 def session(retries: int = 3, backoff: float = 0.5) -> requests.Session:
     """A session that retries connection errors and 5xx with exponential backoff."""
     s = requests.Session()
@@ -141,6 +227,10 @@ def session(retries: int = 3, backoff: float = 0.5) -> requests.Session:
         respect_retry_after_header=True,
     )
     adapter = HTTPAdapter(max_retries=retry)
+    adapter.poolmanager.pool_classes_by_scheme = {
+        "http": _WatchedHTTPPool,
+        "https": _WatchedHTTPSPool,
+    }
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     s.headers["User-Agent"] = USER_AGENT
@@ -163,10 +253,31 @@ def fetch_file(path: str, known: FetchState | None, max_bytes: int) -> Fetched:
         return Fetched(path, "failed", error="no such file; check the source path")
     except OSError as exc:
         return Fetched(path, "failed", error=f"cannot read: {exc.strerror or exc}")
+    try:
+        content = _gunzip(content, max_bytes)
+    except ValueError as exc:
+        return Fetched(path, "failed", error=str(exc))
     digest = _hash(content)
     if known and known.content_hash == digest:
         return Fetched(path, "unchanged", content_hash=digest)
     return Fetched(path, "fetched", content, content_hash=digest, captured=captured)
+
+
+def _gunzip(content: bytes, max_bytes: int) -> bytes:
+    """A gzip-compressed dump (served without ``Content-Encoding: gzip``, or saved as is)
+    decompressed, up to ``max_bytes``; anything else unchanged."""
+    if not content.startswith(b"\x1f\x8b"):
+        return content
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflate.decompress(content, max_bytes + 1)
+    except zlib.error as exc:
+        raise ValueError(f"looks gzip-compressed but cannot be decompressed ({exc})") from None
+    if len(out) > max_bytes:
+        raise ValueError(_too_large(len(out), max_bytes) + " (after decompressing)")
+    if not inflate.eof:
+        raise ValueError("the gzip-compressed dump is truncated; download it again")
+    return out
 
 
 def _too_large(size: int, limit: int) -> str:
@@ -183,7 +294,26 @@ def fetch_url(
     http: requests.Session,
     timeout: tuple[float, float],
 ) -> Fetched:
-    """GET with conditional headers, a size cap and retries (in ``http``)."""
+    """GET with conditional headers, a size cap, retries (in ``http``) and a deadline."""
+    with _Deadline(DEADLINE_READS * timeout[1]) as deadline:
+        result = _get(url, known, max_bytes, http, timeout)
+    if deadline.expired:  # whatever arrived is incomplete
+        return Fetched(
+            url,
+            "failed",
+            error=f"the download took over {deadline.seconds:g} s (a server sending very "
+            "slowly?); will retry next run",
+        )
+    return result
+
+
+def _get(
+    url: str,
+    known: FetchState | None,
+    max_bytes: int,
+    http: requests.Session,
+    timeout: tuple[float, float],
+) -> Fetched:
     headers = {}
     if known and known.etag:
         headers["If-None-Match"] = known.etag
@@ -200,7 +330,7 @@ def fetch_url(
                     error=f"HTTP {response.status_code} {response.reason}; the source is down "
                     "or the URL is wrong (will retry next run)",
                 )
-            declared = int(response.headers.get("Content-Length") or 0)
+            declared = _content_length(response.headers.get("Content-Length"))
             if declared > max_bytes:
                 return Fetched(url, "failed", error=_too_large(declared, max_bytes))
             body = bytearray()
@@ -208,7 +338,10 @@ def fetch_url(
                 body.extend(block)
                 if len(body) > max_bytes:
                     return Fetched(url, "failed", error=_too_large(len(body), max_bytes))
-            content = bytes(body)
+            try:
+                content = _gunzip(bytes(body), max_bytes)
+            except ValueError as exc:
+                return Fetched(url, "failed", error=str(exc))
             etag = response.headers.get("ETag")
             last_modified = response.headers.get("Last-Modified")
             captured = _header_date(last_modified) or _header_date(response.headers.get("Date"))
@@ -218,6 +351,22 @@ def fetch_url(
         return Fetched(
             url, "failed", error="the connection closed before the whole body arrived (truncated)"
         )
+    except requests.exceptions.ContentDecodingError:
+        return Fetched(
+            url,
+            "failed",
+            error="the server says the body is compressed (Content-Encoding) but it is not; "
+            "the server or a proxy is misconfigured (will retry next run)",
+        )
+    except requests.exceptions.InvalidSchema:
+        return Fetched(
+            url,
+            "failed",
+            error="redirected to an address that is not http(s) (file:, ftp:...); refused. "
+            "Use the final http(s) URL as the source",
+        )
+    except requests.exceptions.TooManyRedirects:
+        return Fetched(url, "failed", error="too many redirects (a redirect loop?)")
     except requests.exceptions.RetryError as exc:
         return Fetched(url, "failed", error=f"gave up after retries: {exc}")
     except requests.exceptions.ConnectionError as exc:
@@ -233,6 +382,13 @@ def fetch_url(
             url, "unchanged", etag=etag, last_modified=last_modified, content_hash=digest
         )
     return Fetched(url, "fetched", content, etag, last_modified, digest, captured)
+
+
+def _content_length(value: str | None) -> int:
+    """The declared body size; 0 (unknown: the streamed size is checked) if it is not
+    a plain number, as servers and proxies sometimes send."""
+    value = (value or "").strip()
+    return int(value) if value.isdigit() and len(value) <= 18 else 0
 
 
 def _header_date(value: str | None) -> date | None:
@@ -314,9 +470,18 @@ def fetch_all(
     http = session()
     results = []
     for source in sources:
-        if is_url(source):
-            fetch = fetch_api_day if _is_api_day(source) else fetch_url
-            results.append(fetch(source, known.get(source), max_bytes, http, (5.0, read_timeout)))
-        else:
-            results.append(fetch_file(source, known.get(source), max_bytes))
+        try:
+            if is_url(source):
+                fetch = fetch_api_day if _is_api_day(source) else fetch_url
+                result = fetch(source, known.get(source), max_bytes, http, (5.0, read_timeout))
+            else:
+                result = fetch_file(source, known.get(source), max_bytes)
+        except Exception as exc:  # whatever a hostile server sends fails its source alone
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            result = Fetched(
+                source,
+                "failed",
+                error=f"unexpected response ({type(exc).__name__}: {reason}); will retry next run",
+            )
+        results.append(result)
     return results

@@ -108,7 +108,9 @@ class Settings(BaseSettings):
         description="Pause a run once more than this share of deliveries fail (after 20).",
     )
     smtp_timeout: float = Field(default=30.0, description="SMTP socket timeout in seconds.")
-    fetch_timeout: float = Field(default=20.0, description="HTTP read timeout in seconds.")
+    fetch_timeout: float = Field(
+        default=20.0, description="HTTP read timeout in seconds; a whole download gets 6x this."
+    )
     max_dump_mb: float = Field(default=20.0, description="Largest dump accepted, in MB.")
     send_empty: bool = Field(
         default=False, description="Send a digest even when no paper passes min_score."

@@ -1,0 +1,178 @@
+"""Hostile HTTP sources, served for real on 127.0.0.1: every one fails alone with a clear
+reason (or is read correctly), within a bounded time, and the other sources are served."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from raw_http import RawHttpServer, respond
+
+from conftest import EXAMPLE_DUMP
+from paperpost.fetch import DEADLINE_READS, fetch_all
+
+DUMP = EXAMPLE_DUMP.read_bytes()
+LIMIT = 2_000_000
+
+
+@pytest.fixture
+def server() -> Iterator[RawHttpServer]:
+    running = RawHttpServer()
+    yield running
+    running.close()
+
+
+def fetch(server: RawHttpServer, *paths: str, read: float = 5.0) -> dict[str, object]:
+    urls = [server.url("/" + p) for p in paths]
+    return {r.source.rsplit("/", 1)[1]: r for r in fetch_all(urls, {}, LIMIT, read)}
+
+
+def trickle(head: bytes, body: bytes, server: RawHttpServer, pause: float = 0.05):
+    """A handler that sends one byte at a time, forever if the body is endless."""
+
+    def handler(conn: socket.socket, _: str) -> None:
+        conn.sendall(head)
+        index = 0
+        while not server.stop.is_set():
+            if pause:
+                conn.sendall(body[index % len(body) : index % len(body) + 1])
+                time.sleep(pause)
+            else:
+                conn.sendall(body)
+            index += 1
+
+    return handler
+
+
+# path -> (handler, expected status, words of the expected error or None)
+def hostile_routes(server: RawHttpServer) -> dict[str, tuple[object, str, str | None]]:
+    gz = gzip.compress(DUMP)
+    return {
+        "bad-length": (
+            lambda c, _: respond(c, DUMP, "Content-Length: abc"),
+            "fetched",
+            None,
+        ),
+        "negative-length": (
+            lambda c, _: respond(c, DUMP, "Content-Length: -5"),
+            "fetched",
+            None,
+        ),
+        "gzip-unlabelled": (
+            lambda c, _: respond(c, gz, "Content-Type: application/gzip"),
+            "fetched",
+            None,
+        ),
+        "gzip-truncated": (
+            lambda c, _: respond(c, gz[: len(gz) // 2], "Content-Type: application/gzip"),
+            "failed",
+            "gzip-compressed dump is truncated",
+        ),
+        "gzip-bomb": (
+            lambda c, _: respond(c, gzip.compress(b"a" * (LIMIT * 3)), "Content-Encoding: gzip"),
+            "failed",
+            "over the 2 MB limit",
+        ),
+        "gzip-bomb-unlabelled": (
+            lambda c, _: respond(c, gzip.compress(b"a" * (LIMIT * 3))),
+            "failed",
+            "(after decompressing)",
+        ),
+        "encoding-lie": (
+            lambda c, _: respond(c, DUMP, "Content-Encoding: gzip"),
+            "failed",
+            "says the body is compressed (Content-Encoding) but it is not",
+        ),
+        "to-file": (
+            lambda c, _: respond(c, b"", "Location: file:///etc/passwd", status="302 Found"),
+            "failed",
+            "redirected to an address that is not http(s)",
+        ),
+        "loop": (
+            lambda c, _: respond(c, b"", "Location: /loop", status="302 Found"),
+            "failed",
+            "too many redirects",
+        ),
+        "endless": (
+            trickle(b"HTTP/1.1 200 OK\r\n\r\n", b"x" * 65536, server, pause=0),
+            "failed",
+            "over the 2 MB limit",
+        ),
+    }
+
+
+def test_hostile_responses_fail_alone_with_a_reason(server: RawHttpServer) -> None:
+    routes = hostile_routes(server)
+    for name, (handler, _, _) in routes.items():
+        server.routes["/" + name] = handler  # type: ignore[assignment]
+    server.routes["/good"] = lambda c, _: respond(c, DUMP, f"Content-Length: {len(DUMP)}")
+    results = fetch(server, *routes, "good")
+    assert results["good"].status == "fetched" and results["good"].content == DUMP
+    for name, (_, status, words) in routes.items():
+        result = results[name]
+        assert result.status == status, (name, result.error)
+        if status == "fetched":
+            assert result.content == DUMP, name
+        else:
+            assert words in result.error and "\n" not in result.error, (name, result.error)
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_a_server_trickling_bytes_is_cut_off_at_the_deadline(
+    server: RawHttpServer, where: str
+) -> None:
+    """Each byte comes well within the read timeout, so only the deadline ends it."""
+    read = 0.4
+    if where == "body":
+        handler = trickle(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", DUMP, server)
+    else:
+        handler = trickle(b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 60_000, server)
+    server.routes["/slow"] = handler
+    server.routes["/good"] = lambda c, _: respond(c, DUMP, f"Content-Length: {len(DUMP)}")
+    started = time.monotonic()
+    results = fetch(server, "slow", "good", read=read)
+    elapsed = time.monotonic() - started
+    assert results["slow"].status == "failed"
+    assert f"took over {DEADLINE_READS * read:g} s" in results["slow"].error
+    assert results["good"].status == "fetched"
+    assert elapsed < DEADLINE_READS * read + 3
+
+
+def test_a_run_with_a_hostile_source_serves_the_others(
+    server: RawHttpServer, tmp_path: Path
+) -> None:
+    """The real CLI: a header that used to crash the whole run (exit 1, no digest) now
+    fails its source alone; the local dumps are ingested and the digest written."""
+    server.routes["/dump"] = lambda c, _: respond(c, b"[", "Content-Length: 1x")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERPOST_")}
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    (dumps / "a.txt").write_bytes(DUMP)
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "ann.yaml").write_text("email: ann@example.org\ntags: [agents]\n")
+    env |= {
+        "PAPERPOST_SOURCES": f"{server.url('/dump')},{dumps}",
+        "PAPERPOST_SUBSCRIBERS_DIR": str(subs),
+        "PAPERPOST_STATE_DIR": str(tmp_path / "state"),
+        "PAPERPOST_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "PAPERPOST_SEND_EMPTY": "true",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "paperpost", "run", "--no-prefect"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "the file is truncated" in result.stdout + result.stderr  # the hostile one
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
