@@ -621,12 +621,15 @@ def _near_duplicates(papers: Sequence[Paper]) -> dict[int, set[int]]:
     return pairs
 
 
-def _literal(records: list[Record], readings: list[Reading], background: Background) -> np.ndarray:
+def _literal(
+    papers: Sequence[Paper], records: list[Record], readings: list[Reading], background: Background
+) -> np.ndarray:
     """Readings × papers: BM25 of the tag's own words (and the reader's keywords), as a
     share of the most a paper could score (0..1).
 
     The bag-of-words view of a tag, with word weights from the history: it orders the
-    papers the facets found by how much they use the words the reader wrote.
+    papers the facets found by how much they use the words the reader wrote. A word in
+    the title counts ``FIELD_WEIGHTS["title"]`` times, as in BM25F.
     """
     queries = []
     for reading in readings:
@@ -636,9 +639,11 @@ def _literal(records: list[Record], readings: list[Reading], background: Backgro
         queries.append(list(dict.fromkeys(words)))
     vocab = {w: i for i, w in enumerate(dict.fromkeys(w for q in queries for w in q))}
     tf = np.zeros((len(vocab), len(records)))
-    for p, record in enumerate(records):
+    extra = FIELD_WEIGHTS["title"] - 1.0
+    for p, (paper, record) in enumerate(zip(papers, records, strict=True)):
+        title = Counter(tokens(paper.title))
         for w, i in vocab.items():
-            tf[i, p] = record.counts.get(w, 0)
+            tf[i, p] = record.counts.get(w, 0) + extra * title.get(w, 0)
     lengths = np.array([record.length for record in records], dtype=np.float64)
     norm = LITERAL_K1 * (1.0 - LITERAL_B + LITERAL_B * lengths / max(background.length, 1.0))
     saturated = tf * (LITERAL_K1 + 1.0) / (tf + norm)
@@ -918,7 +923,8 @@ class _Scores:
             if reading.bonus is not None:
                 parts.append(topic_index[reading.bonus])
             combined[r] *= lead[parts].max(axis=0)
-        self.literal = _literal([cache.record(p) for p in papers], readings, background)
+        records = [cache.record(p) for p in papers]
+        self.literal = _literal(papers, records, readings, background)
         # the reader's own words weigh in: a paper that uses them a lot gains up to
         # LITERAL_BAR * (1 - LITERAL_MID), one that barely does loses a little
         shift = LITERAL_BAR * (self.literal - LITERAL_MID)
