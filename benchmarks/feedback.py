@@ -1,28 +1,39 @@
 """Reader feedback: a simulated reader study, ranking speed with votes, the vote endpoint.
 
     python benchmarks/feedback.py [study] [speed] [endpoint]     (default: all three)
+    python benchmarks/feedback.py study --relevance FILE.yaml [--tags TAG[=WORD],...]
+    python benchmarks/feedback.py endpoint --postgres postgresql+psycopg://.../scratch_db
 
-study     For each judged tag of data/relevance.yaml a reader starts from a deliberately
-          vague one-word tag (VAGUE below, fixed before any measurement). The papers of
-          ../shared arrive day by day in the order of the dumps (dumps/ then hf_api/, each
-          day only what earlier days had not shown). On the first VOTE_DAYS days the reader
-          votes on their top 5: "more" on papers judged relevant (grade > 0), "fewer" on
-          papers judged 0, until their budget of 0, 3, 5 or 10 votes is spent. NDCG@10 is then
-          measured on the later days' papers ranked together, against the same reader with no
-          feedback (budget 0). Tags are split: DEV tags were used to choose the constants in
-          paperpost/profile.py, BLIND tags were not tuned on.
+study     For each judged tag a reader starts from a deliberately vague one-word tag. With
+          no flags: the tags of data/relevance.yaml and the words in VAGUE below (fixed
+          before any measurement), split into DEV tags (the constants of paperpost/profile.py
+          were chosen on them) and HELD-OUT tags (never tuned on). With --relevance, any
+          file in the same format (tag -> grade -> titles of ../shared papers) and its tags
+          (or those --tags names); a tag's vague word is the one after "=", else the tag's
+          word most papers of ../shared use (a one-word tag is its own vague word).
+          The papers of ../shared arrive day by day in the order of the dumps (dumps/ then
+          hf_api/, each day only what earlier days had not shown). On the first VOTE_DAYS
+          days the reader votes on their top 5: "more" on papers judged relevant (grade > 0),
+          "fewer" on papers judged 0, until their budget of 0, 3, 5 or 10 votes is spent.
+          NDCG@10 is then measured on the later days' papers ranked together, against the
+          same reader with no feedback (budget 0). Prints the table per tag and the means.
 speed     10,000 readers x 300 papers, each reader with 1-4 tags and 20 votes on papers of a
-          2,000-paper history: building the profiles + ranking, vs ranking without feedback.
-endpoint  `paperpost web` (uvicorn) on 127.0.0.1 with a SQLite file: 1,000 distinct votes
-          from 50 concurrent clients, each recorded exactly once; then tampered, expired and
-          cross-address tokens, each expected to get 400 and record nothing.
+          2,000-paper history, in paired rounds: ranking with tags only, then with tags and
+          votes (profiles built + ranking).
+endpoint  `paperpost web` (uvicorn) on 127.0.0.1 with a fresh SQLite file (or, with
+          --postgres, the given PostgreSQL database, whose tables are dropped and made
+          afresh): 1,000 distinct votes from 50 concurrent clients, each recorded exactly
+          once; then tampered, expired, cross-address and never-sent tokens, each expected to
+          get 400 and record nothing.
 Writes results/feedback_*.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
+import re
 import secrets
 import socket
 import statistics
@@ -47,7 +58,7 @@ from common import report
 from paperpost.dumps import parse_dump
 from paperpost.models import Paper
 from paperpost.profile import Taste, nudge
-from paperpost.rank import Background, Interest, Profile, rank_many
+from paperpost.rank import STOPWORDS, Background, Interest, Profile, rank_many, tokens
 from paperpost.synthetic import papers as synthetic_papers
 
 # One broad word per judged tag, chosen before measuring: none of them names the tag's
@@ -69,7 +80,7 @@ VAGUE = {
     "video-generation": "video",
 }
 DEV = list(VAGUE)[:7]
-BLIND = list(VAGUE)[7:]
+HELD_OUT = list(VAGUE)[7:]
 BUDGETS = (0, 3, 5, 10)
 VOTE_DAYS = 3
 TOP = 5
@@ -99,13 +110,13 @@ def ndcg(ranked: list[str], rel: dict[str, int], pool: set[str]) -> float:
     return dcg / idcg if idcg else float("nan")
 
 
-def reader(tag: str, budget: int, arrivals, truth) -> tuple[float, int]:
-    """One simulated reader: (NDCG@10 on the later days, votes cast).
+def reader(vague: str, budget: int, arrivals, truth: dict[str, int]) -> tuple[float, int]:
+    """One simulated reader of tag ``vague``: (NDCG@10 on the later days, votes cast).
 
     As in the pipeline, word statistics (the ranker's and the profile's) come from every
     paper seen so far, and judgments name papers by their key (the folded title).
     """
-    profile = Profile((Interest(VAGUE[tag]),), max_items=K)
+    profile = Profile((Interest(vague),), max_items=K)
     liked: list[Paper] = []
     disliked: list[Paper] = []
     seen: list[Paper] = []
@@ -117,7 +128,7 @@ def reader(tag: str, budget: int, arrivals, truth) -> tuple[float, int]:
         for item in ranked[0][:TOP]:
             if len(liked) + len(disliked) >= budget:
                 break
-            if truth[tag].get(item.paper.key, 0) > 0:
+            if truth.get(item.paper.key, 0) > 0:
                 liked.append(item.paper)
             else:
                 disliked.append(item.paper)
@@ -126,43 +137,73 @@ def reader(tag: str, budget: int, arrivals, truth) -> tuple[float, int]:
     history = Background.of(seen + later)
     ranked = rank_many(later, [profile], nudge(later, [taste], history), history)
     keys = [item.paper.key for item in ranked[0]]
-    return ndcg(keys, truth[tag], {p.key for p in later}), len(liked) + len(disliked)
+    return ndcg(keys, truth, {p.key for p in later}), len(liked) + len(disliked)
 
 
-def study() -> None:
+def broadest_word(tag: str, papers: list[Paper]) -> str:
+    """The word of ``tag`` that most papers use (its vague start when none is given)."""
+    words = [w for w in re.findall(r"[a-z0-9]+", tag.lower()) if w not in STOPWORDS]
+    background = Background.of(papers)
+    return max(words, key=lambda w: (background.df.get(tokens(w)[0], 0), -words.index(w)))
+
+
+def study(relevance: Path | None = None, wanted: list[str] | None = None) -> None:
     arrivals = days()
-    truth = judgments(shared_papers())
+    everything = shared_papers()
+    truth = judgments(everything, str(relevance.resolve()) if relevance else "relevance.yaml")
+    if relevance is None:
+        vague, groups = dict(VAGUE), {"dev": DEV, "held-out": HELD_OUT}
+    else:
+        vague = {}
+        for item in wanted or list(truth):
+            tag, _, word = item.partition("=")
+            if tag not in truth:
+                raise SystemExit(f"{relevance}: no judgments for tag {tag!r}")
+            vague[tag] = word or broadest_word(tag, everything)
+        groups = {relevance.name: list(vague)}
     later = {p.key for _, papers in arrivals[VOTE_DAYS:] for p in papers}
     rows: list[list[object]] = []
     results: dict[str, dict[int, float]] = {}
-    for tag in VAGUE:
-        if not any(truth[tag].get(pid, 0) > 0 for pid in later):
-            continue  # nothing relevant arrives later: NDCG undefined
-        results[tag] = {}
-        cast = []
-        for budget in BUDGETS:
-            score, votes = reader(tag, budget, arrivals, truth)
-            results[tag][budget] = score
-            cast.append(votes)
-        base = results[tag][0]
-        group = "dev" if tag in DEV else "blind"
-        scores = [results[tag][b] for b in BUDGETS]
-        votes_cast = "/".join(map(str, cast[1:]))
-        rows.append([tag, group, VAGUE[tag], *scores, results[tag][5] - base, votes_cast])
-    for name, tags in (("MEAN dev", DEV), ("MEAN blind", BLIND), ("MEAN all", list(VAGUE))):
+    skipped = []
+    for group, tags in groups.items():
+        for tag in tags:
+            if not any(truth[tag].get(pid, 0) > 0 for pid in later):
+                skipped.append(tag)  # nothing relevant arrives later: NDCG undefined
+                continue
+            results[tag] = {}
+            cast = []
+            for budget in BUDGETS:
+                score, votes = reader(vague[tag], budget, arrivals, truth[tag])
+                results[tag][budget] = score
+                cast.append(votes)
+            scores = [results[tag][b] for b in BUDGETS]
+            votes_cast = "/".join(map(str, cast[1:]))
+            rows.append([tag, group, vague[tag], *scores, scores[2] - scores[0], votes_cast])
+    for group, tags in groups.items():
         chosen = [t for t in tags if t in results]
+        if not chosen:
+            continue
         means = [statistics.fmean(results[t][b] for t in chosen) for b in BUDGETS]
         worse = sum(1 for t in chosen if any(results[t][b] < results[t][0] - 1e-9 for b in BUDGETS))
-        rows.append(
-            [name, f"{len(chosen)} tags", f"{worse} worse", *means, means[2] - means[0], ""]
-        )
+        delta = means[2] - means[0]
+        rows.append([f"MEAN {group}", f"{len(chosen)} tags", f"{worse} worse", *means, delta, ""])
     headers = ["tag", "set", "vague tag", *(f"nDCG@10 {b} votes" for b in BUDGETS)]
     headers += ["delta@5", "votes cast (3/5/10)"]
+    if skipped:
+        print("skipped (nothing judged relevant arrives on the later days):", ", ".join(skipped))
     report(
         "feedback_study",
         headers,
         rows,
-        {"vote_days": VOTE_DAYS, "top": TOP, "k": K, "days": [name for name, _ in arrivals]},
+        {
+            "vote_days": VOTE_DAYS,
+            "top": TOP,
+            "k": K,
+            "days": [name for name, _ in arrivals],
+            "relevance": str(relevance or "data/relevance.yaml"),
+            "vague": vague,
+            "skipped": skipped,
+        },
     )
 
 
@@ -207,8 +248,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def endpoint(count: int = 1_000, clients: int = 50) -> None:
-    from sqlalchemy import func, select
+def endpoint(count: int = 1_000, clients: int = 50, postgres: str | None = None) -> None:
+    from sqlalchemy import MetaData, func, select
 
     from paperpost.feedback import (
         VoteLink,
@@ -218,16 +259,23 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
         reader_ids,
         vote_expiry,
     )
-    from paperpost.store import Store, feedback
+    from paperpost.store import Store, engine_for, feedback
 
     key = secrets.token_urlsafe(32)
     work = Path(tempfile.mkdtemp(prefix="paperpost-votes-"))
-    url = f"sqlite:///{work / 'paperpost.db'}"
+    url = postgres or f"sqlite:///{work / 'paperpost.db'}"
+    if postgres:  # a scratch database: every table dropped, then migrated by Store
+        tables = MetaData()
+        tables.reflect(engine_for(postgres))
+        tables.drop_all(engine_for(postgres))
     store = Store(url)
     papers = synthetic_papers(100, seed=11, prefix="endpoint ")
     store.ingest("bench", papers)
     addresses = [f"reader{i}@example.org" for i in range(count // len(papers))]
     ids = reader_ids(store, addresses)
+    for address in addresses:  # the ledger: each reader was sent digest 0-100
+        store.claim(address, "0-100", 0, 100, f"<0-100.{address}>", 1)
+        store.settle(address, "0-100", "sent", 100, None)
     expires = vote_expiry(datetime.now(UTC).date())
     tokens = [
         make_vote_token(key, VoteLink(ids[a], paper_ref(p), "0-100", expires))
@@ -290,6 +338,9 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
             "other key": make_vote_token(
                 "not-the-key", VoteLink(stranger, paper_ref(papers[0]), "0-1", expires)
             ),
+            "never sent (valid signature, no such digest in the ledger)": make_vote_token(
+                key, VoteLink(stranger, paper_ref(papers[0]), "0-100", expires)
+            ),
         }
         before_bad = list(export_votes(store))
         bad_status = {name: post(f"/vote/more/{t}")[0] for name, t in bad.items()}
@@ -305,6 +356,7 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
         server.wait(timeout=10)
     latencies = sorted(t for _, t in results)
     rows = [
+        ["database", store.engine.dialect.name, ""],
         ["votes posted", count, f"{clients} concurrent clients"],
         ["HTTP 200", sum(1 for s, _ in results if s == 200), ""],
         ["rows recorded", recorded, "exactly once each" if recorded == count else "MISMATCH"],
@@ -322,7 +374,8 @@ def endpoint(count: int = 1_000, clients: int = 50) -> None:
     rows.append(
         ["rows added or changed by the bad tokens", changed, f"stranger rows {stranger_rows}"]
     )
-    report("feedback_endpoint", ["measure", "value", "note"], rows, {})
+    name = "feedback_endpoint" + ("_postgres" if postgres else "")
+    report(name, ["measure", "value", "note"], rows, {})
 
 
 def _swap_reader(token: str, reader_id: str) -> str:
@@ -336,9 +389,20 @@ def _swap_reader(token: str, reader_id: str) -> str:
 
 
 def main() -> None:
-    parts = sys.argv[1:] or ["study", "speed", "endpoint"]
-    for part in parts:
-        {"study": study, "speed": speed, "endpoint": endpoint}[part]()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("parts", nargs="*", choices=["study", "speed", "endpoint"])
+    parser.add_argument("--relevance", type=Path, help="study: a judged YAML file")
+    parser.add_argument("--tags", help="study: TAG[=VAGUE_WORD],... (default: every tag)")
+    parser.add_argument("--rounds", type=int, default=5, help="speed: paired rounds")
+    parser.add_argument("--postgres", help="endpoint: a scratch PostgreSQL URL (emptied)")
+    args = parser.parse_args()
+    for part in args.parts or ["study", "speed", "endpoint"]:
+        if part == "study":
+            study(args.relevance, args.tags.split(",") if args.tags else None)
+        elif part == "speed":
+            speed(repeat=args.rounds)
+        else:
+            endpoint(postgres=args.postgres)
 
 
 if __name__ == "__main__":

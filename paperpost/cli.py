@@ -26,6 +26,7 @@ from paperpost.exitcodes import ExitCode, for_summary
 if TYPE_CHECKING:
     from paperpost.models import Paper
     from paperpost.settings import Settings
+    from paperpost.subscribers import LoadedSubscriber
 
 app = typer.Typer(
     help="paperpost: personal email digests from the Hugging Face Daily Papers listing.",
@@ -351,6 +352,21 @@ def parse(
     out.print(f"{_plural(len(papers), 'distinct paper')}")
 
 
+def _find_subscriber(settings: Settings, email: str) -> LoadedSubscriber:
+    """The valid subscriber file for ``email``, else exit 1 with where to look."""
+    from paperpost.subscribers import load_subscribers
+
+    entries, _ = load_subscribers(settings.subscribers_dir)
+    match = [e for e in entries if e.subscriber.address == email.lower()]
+    if not match:
+        err.print(
+            f"[red]error[/red] no valid subscriber {escape(email)} in {settings.subscribers_dir}; "
+            "see `paperpost subscribers list` and `paperpost subscribers validate`"
+        )
+        raise typer.Exit(1)
+    return match[0]
+
+
 @app.command(name="rank")
 def rank_command(
     sources: Annotated[
@@ -372,8 +388,18 @@ def rank_command(
         list[str] | None,
         typer.Option("--explain-tag", help="Print how a tag is read (facets), then stop."),
     ] = None,
+    reader: Annotated[
+        str | None,
+        typer.Option(
+            "--reader",
+            help="Rank as this subscriber's digest would: their tags (unless --tag is given), "
+            "exclusions, min_score, votes, liked examples and follows.",
+        ),
+    ] = None,
 ) -> None:
     """Rank papers for tags, best first, with the reason for each."""
+    from dataclasses import replace
+
     from paperpost.rank import DEFAULT_MIN_SCORE, Interest, Profile, explain_tag, rank
 
     if explain:
@@ -381,16 +407,37 @@ def rank_command(
             for line in explain_tag(name):
                 out.print(escape(line), highlight=False)
         return
-    if not sources or not tag:
-        err.print("[red]error[/red] give dump files (or folders/URLs) and at least one --tag")
+    if not sources or not (tag or reader):
+        err.print(
+            "[red]error[/red] give dump files (or folders/URLs) and at least one --tag or --reader"
+        )
         raise typer.Exit(2)
-    papers = _read_papers(sources, _settings())
-    if min_score is None:
-        min_score = DEFAULT_MIN_SCORE
-    profile = Profile(
-        tuple(Interest(t) for t in tag), tuple(exclude or ()), min_score=min_score, max_items=limit
-    )
-    ranked = rank(papers, profile)
+    settings = _settings()
+    papers = _read_papers(sources, settings)
+    if reader:
+        from paperpost.feedback import history, rank_readers
+        from paperpost.pipeline import profile_of
+        from paperpost.store import Store
+
+        entry = _find_subscriber(settings, reader)
+        profile = replace(profile_of(entry), max_items=limit)
+        if tag:
+            profile = replace(profile, interests=tuple(Interest(t) for t in tag))
+        if exclude:
+            profile = replace(profile, exclude=tuple(exclude))
+        if min_score is not None:
+            profile = replace(profile, min_score=min_score)
+        store = Store(settings.db_url)
+        background = history(store, unstored=papers)
+        ranked = rank_readers(store, papers, [entry.subscriber], [profile], background)[0]
+    else:
+        profile = Profile(
+            tuple(Interest(t) for t in tag or ()),
+            tuple(exclude or ()),
+            min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,
+            max_items=limit,
+        )
+        ranked = rank(papers, profile)
     if jsonl:
         for item in ranked:
             record = {
@@ -420,32 +467,29 @@ def preview(
     ),
 ) -> None:
     """Render one subscriber's digest from dumps to an HTML file (nothing is sent or stored)."""
+    from paperpost.feedback import history, rank_readers
     from paperpost.pipeline import profile_of, reader_of
-    from paperpost.rank import rank
     from paperpost.render import Edition, Renderer
     from paperpost.store import Store
-    from paperpost.subscribers import load_subscribers
 
     settings = _settings()
-    entries, _ = load_subscribers(settings.subscribers_dir)
-    match = [e for e in entries if e.subscriber.address == email.lower()]
-    if not match:
-        err.print(f"[red]error[/red] no valid subscriber {email} in {settings.subscribers_dir}")
-        raise typer.Exit(1)
-    address = match[0].subscriber.address
-    suppressed = Store(settings.db_url).suppressions([address]).get(address)
-    if suppressed or not match[0].subscriber.active:
+    entry = _find_subscriber(settings, email)
+    address = entry.subscriber.address
+    store = Store(settings.db_url)
+    suppressed = store.suppressions([address]).get(address)
+    if suppressed or not entry.subscriber.active:
         why = (
             f"{suppressed.reason} since {suppressed.created_at:%Y-%m-%d}"
             if suppressed
-            else f"paused (active: false in {match[0].path}:{match[0].line})"
+            else f"paused (active: false in {entry.path}:{entry.line})"
         )
         err.print(
             f"[yellow]note[/yellow] {escape(email)} is {escape(why)}: runs send them nothing; "
             "this preview shows what they would get"
         )
     papers = _read_papers(source or settings.sources, settings)
-    items = rank(papers, profile_of(match[0]))
+    background = history(store, unstored=papers)
+    items = rank_readers(store, papers, [entry.subscriber], [profile_of(entry)], background)[0]
     renderer = Renderer()
     edition = Edition(
         settings.sender,
@@ -455,7 +499,7 @@ def preview(
         len(papers),
     )
     context = renderer.context(
-        reader_of(match[0]), items, edition, "https://example.invalid/unsubscribe"
+        reader_of(entry), items, edition, "https://example.invalid/unsubscribe"
     )
     output.write_text(renderer.html(context), encoding="utf-8")
     out.print(f"{_plural(len(items), 'paper')} for {email} → {output}")
@@ -599,20 +643,12 @@ def subscribers_show(
     from paperpost.feedback import find_papers, history, tastes, votes_of
     from paperpost.profile import top_terms
     from paperpost.store import Store
-    from paperpost.subscribers import load_subscribers
 
     settings = _settings()
-    entries, _ = load_subscribers(settings.subscribers_dir)
-    match = [e for e in entries if e.subscriber.address == email.lower()]
-    if not match:
-        err.print(
-            f"[red]error[/red] no valid subscriber {escape(email)} in {settings.subscribers_dir}; "
-            "see `paperpost subscribers list` and `paperpost subscribers validate`"
-        )
-        raise typer.Exit(1)
-    sub = match[0].subscriber
+    entry = _find_subscriber(settings, email)
+    sub = entry.subscriber
     store = Store(settings.db_url)
-    out.print(f"[bold]{escape(sub.email)}[/bold]  ({escape(match[0].path)}:{match[0].line})")
+    out.print(f"[bold]{escape(sub.email)}[/bold]  ({escape(entry.path)}:{entry.line})")
     tags = [t.tag if t.weight == 1 else f"{t.tag} (x{t.weight:g})" for t in sub.tags]
     rows = [
         ("tags", ", ".join(tags)),

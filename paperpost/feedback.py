@@ -28,12 +28,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from paperpost.models import Paper, title_key
 from paperpost.profile import Nudge, Taste, nudge
-from paperpost.rank import BACKGROUND_PAPERS, Background
-from paperpost.store import Store, feedback, key_hash, now, papers, readers
+from paperpost.rank import BACKGROUND_PAPERS, Background, MatchCache, Profile, Ranked, rank_many
+from paperpost.store import Store, deliveries, feedback, key_hash, now, papers, readers
 from paperpost.subscribers import Subscriber
 
 VOTES = {"more": 1, "fewer": -1}
 LINK_DAYS = 60  # how long a vote link works
+DELIVERED = ("sent", "data-sent", "ambiguous")  # ledger states of a digest that went out
 _ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")
 
 
@@ -305,21 +306,47 @@ def find_papers(store: Store, refs: Iterable[str]) -> dict[str, Paper]:
     return found
 
 
-def paper_by_ref(store: Store, ref: str) -> Paper | None:
-    """The paper a vote link names (see :func:`paper_ref`), if the history has it."""
+def _paper_row(store: Store, ref: str) -> tuple[int, Paper] | None:
+    """The history's sequence number and paper for a vote link's :func:`paper_ref`."""
     column = papers.c.key_hash if ref.startswith("k:") else papers.c.arxiv_id
     with store.engine.connect() as conn:
-        data = conn.execute(select(papers.c.data).where(column == ref.removeprefix("k:"))).scalar()
-    return Paper.from_json(json.loads(data)) if data else None
+        row = conn.execute(
+            select(papers.c.seq, papers.c.data).where(column == ref.removeprefix("k:"))
+        ).one_or_none()
+    return (row.seq, Paper.from_json(json.loads(row.data))) if row else None
 
 
-def history(store: Store) -> Background:
-    """The ranker's word statistics over the latest papers (what ``subscribers show`` uses;
-    a run passes the one its rank stage built)."""
+def voted_paper(store: Store, address: str, link: VoteLink) -> Paper | None:
+    """The paper of a vote link, if the ledger shows that digest sent to this address with
+    this paper in it (else None: nothing may be recorded).
+
+    A digest ``lo-hi`` holds papers first stored with ``lo < seq <= hi``; the signature
+    proves the link was made for this paper in that digest, the ledger that the digest went
+    out (``sent``, or ``data-sent``/``ambiguous``: it reached the server as far as we know).
+    """
+    found = _paper_row(store, link.paper)
+    if found is None:
+        return None
+    seq, paper = found
+    with store.engine.connect() as conn:
+        window = conn.execute(
+            select(deliveries.c.lo, deliveries.c.hi).where(
+                deliveries.c.address == address.lower(),
+                deliveries.c.digest == link.digest,
+                deliveries.c.status.in_(DELIVERED),
+            )
+        ).one_or_none()
+    return paper if window is not None and window.lo < seq <= window.hi else None
+
+
+def history(store: Store, unstored: Sequence[Paper] = ()) -> Background:
+    """The ranker's word statistics over the latest stored papers plus papers the store does
+    not have yet (what ``preview``, ``rank --reader`` and ``subscribers show`` use; a run
+    builds its own once, from the ranker's cache)."""
     with store.engine.connect() as conn:
         high = conn.execute(select(func.max(papers.c.seq))).scalar() or 0
-    low = max(0, high - BACKGROUND_PAPERS)
-    return Background.of(paper for _, paper in store.papers_between(low, high))
+    stored = {p.key: p for _, p in store.papers_between(max(0, high - BACKGROUND_PAPERS), high)}
+    return Background.of([*stored.values(), *(p for p in unstored if p.key not in stored)])
 
 
 def tastes(store: Store, subscribers: Sequence[Subscriber]) -> list[Taste]:
@@ -370,3 +397,17 @@ def reader_nudge(
     """What these subscribers taught, ready for :func:`paperpost.rank.rank_many`."""
     taught = tastes(store, subscribers)
     return nudge(papers, taught, background) if any(taught) else None
+
+
+def rank_readers(
+    store: Store,
+    papers: Sequence[Paper],
+    subscribers: Sequence[Subscriber],
+    profiles: Sequence[Profile],
+    background: Background,
+    cache: MatchCache | None = None,
+) -> list[list[Ranked]]:
+    """Rank ``papers`` for subscribers with their tags and all they taught (votes,
+    examples, follows): the one path ``run``, ``preview`` and ``rank --reader`` share."""
+    taught = reader_nudge(store, papers, subscribers, background)
+    return rank_many(papers, profiles, taught, background, cache)

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from paperpost.bounces import BounceError, process
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
 from paperpost.dumps import DumpError, parse_dump
-from paperpost.feedback import reader_ids, reader_nudge
+from paperpost.feedback import rank_readers, reader_ids
 from paperpost.fetch import Fetched, expand_sources, failed_api_days, fetch_all, last_api_days
 from paperpost.models import Paper
 from paperpost.rank import (
@@ -36,7 +36,6 @@ from paperpost.rank import (
     Profile,
     Ranked,
     Record,
-    rank_many,
     ranker_version,
 )
 from paperpost.render import Edition, Outgoing, Reader, Renderer
@@ -292,9 +291,9 @@ def rank_stage(
     for lo, entries in windows.items():
         papers = [paper for _, paper in store.papers_between(lo, plan.high_water)]
         _load_records(store, cache, papers)
-        taught = reader_nudge(store, papers, [e.subscriber for e in entries], background)
+        subscribers = [e.subscriber for e in entries]
         profiles = [profile_of(e) for e in entries]
-        rankings = rank_many(papers, profiles, taught, background, cache)
+        rankings = rank_readers(store, papers, subscribers, profiles, background, cache)
         _save_records(store, cache)
         for entry, items in zip(entries, rankings, strict=True):
             if not items and not send_empty:

@@ -1,21 +1,28 @@
 """A reader's profile from what they liked and disliked, and follows (pure; no I/O).
 
-Rocchio-style: every paper becomes a term vector over its title, keywords/TL;DR and
-abstract (field-weighted like the ranker, sublinear term counts, idf from the document
-frequencies of the ranker's :class:`~paperpost.rank.Background`, unit length). A reader's
-profile is the centroid of the papers they liked minus the centroid of those they marked
-"fewer"; a new paper's similarity to each centroid, from :data:`NOISE` (what unrelated
-papers share) up to :data:`FULL_AT`, turns into a bonus of at most :data:`LIKE_CAP` and a
-penalty of at most :data:`DISLIKE_CAP` on its tag score (0..1). Dislikes weigh less than
-likes, as in Rocchio's usual settings: "not this" says less about what a reader wants than
-"this". The constants were chosen on the DEV tags of ``benchmarks/feedback.py`` only. Only
-papers the tags already found are nudged, so the tags decide what a digest is about and a
-handful of votes reorder it; a demoted paper can fall below ``min_score``. A followed
-author's or organisation's paper is always included (unless excluded) and put first.
+Rocchio-style relevance feedback: every paper becomes a term vector over its title,
+keywords/TL;DR and abstract (field-weighted like the ranker, sublinear term counts, idf
+from the document frequencies of the ranker's :class:`~paperpost.rank.Background`, unit
+length). A new paper's *closeness* to what a reader liked is half its mean cosine to the
+liked papers (the cosine to their Rocchio centroid, up to its length) and half its cosine
+to the nearest one, so a reader whose likes go in several directions is not averaged away;
+the same for what they marked "fewer". Closeness from :data:`NOISE` (what unrelated papers
+share) up to :data:`FULL_AT` earns a gain of at most :data:`LIKE_CAP`, combined with the
+tag score (0..1) by noisy-or like the ranker combines tags, and a loss of at most
+:data:`DISLIKE_CAP`. Dislikes weigh less than likes, as in Rocchio's usual settings: "not
+this" says less about what a reader wants than "this".
 
-:func:`nudge` computes this for a whole batch of readers with numpy (one similarity
-matrix between the voted papers and the new ones); :func:`paperpost.rank.rank_many` applies
-it through :meth:`Nudge.apply` and :meth:`Nudge.why`.
+Tags decide what a digest is about. Votes reorder what the tags found, may drop a demoted
+paper under ``min_score``, and may let in papers the tags missed that are close to a liked
+one (closeness at least :data:`ADMIT_AT`): at most :data:`ADMIT_SHARE` of a digest and never
+more papers than the reader liked, each marked "added for your votes". A followed author's
+or organisation's paper is always included (unless excluded) and put first. The constants
+were chosen on the DEV readers of ``benchmarks/feedback.py`` only.
+
+:func:`nudge` computes everything per reader once for a whole batch with numpy (one
+similarity matrix between the voted papers and the new ones);
+:func:`paperpost.rank.rank_many` applies it through :meth:`Nudge.apply` (a few array
+operations over all readers) and :meth:`Nudge.why`.
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ import numpy as np
 from paperpost.models import Paper, title_key
 from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, Background, tokens
 
-# on the ranker's 0..1 tag scores (default min_score 0.4); chosen on the DEV tags only
-LIKE_CAP = 0.35  # the most liked papers can add to a tag score
-DISLIKE_CAP = 0.05  # the most disliked papers can take from it
-NOISE = 0.1  # centroid similarity below this is what unrelated papers share: no effect
-FULL_AT = 0.25  # centroid similarity that earns the whole bonus (cosine of tf-idf vectors)
-EXPLAIN_AT = 0.03  # a bonus or penalty at least this big is named in the reason line
+# on the ranker's 0..1 tag scores (default min_score 0.4); chosen on the DEV readers only
+LIKE_CAP = 0.7  # the most closeness to the likes can add (noisy-or with the tag score)
+DISLIKE_CAP = 0.05  # the most closeness to the dislikes can take away
+NOISE = 0.06  # closeness below this is what unrelated papers share: no effect
+FULL_AT = 0.2  # closeness (cosine of tf-idf vectors) that earns the whole gain
+EXPLAIN_AT = 0.03  # a gain or loss at least this big is named in the reason line
+MEAN_SHARE = 0.5  # closeness: this much the mean similarity to the likes, the rest the nearest
+ADMIT_AT = 0.6  # closeness (0..1 after NOISE..FULL_AT) that lets in a paper the tags missed
+ADMIT_SHARE = 0.3  # at most this share of a digest is let in that way
 FOLLOW_LIFT = 1e6  # followed papers go first (ordering only; not shown as score)
 _CHUNK = 1024  # readers per block when averaging similarities (bounds memory)
 
@@ -107,58 +117,100 @@ def _quote(title: str, limit: int = 70) -> str:
     return title if len(title) <= limit else title[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
+def _ramp(similarity: np.ndarray, low: float, high: float) -> np.ndarray:
+    return np.clip((similarity - low) / (high - low), 0.0, 1.0)
+
+
 class Nudge:
-    """Per-reader bonuses for one batch of papers (rows follow the readers' order)."""
+    """What a batch of readers taught, for one batch of papers (rows follow the readers).
+
+    Everything per reader is a matrix row computed once (:func:`nudge`); :meth:`apply`
+    turns the tag scores of every reader into the ones to rank by in a few array operations.
+    """
 
     def __init__(
         self,
         papers: Sequence[Paper],
-        rows: dict[int, int],
-        bonus: np.ndarray,
+        voters: np.ndarray,
+        toward: np.ndarray,
+        away: np.ndarray,
+        likes: np.ndarray,
         similar: np.ndarray,
         voted: list[Paper],
         lists: dict[int, tuple[list[int], list[int]]],
         follows: dict[int, dict[int, str]],
     ) -> None:
         self.papers = papers
-        self.rows = rows  # reader row -> row of ``bonus`` (readers with votes only)
-        self.bonus = bonus
+        self.voters = voters  # reader rows with votes or examples, in order
+        self.toward = toward  # voters × papers: closeness to what each liked (0..1)
+        self.away = away  # voters × papers: closeness to what each disliked (0..1)
+        self.likes = likes  # voters: how many papers each liked
         self.similar = similar  # voted paper × new paper cosine
         self.voted = voted
         self.lists = lists  # reader row -> (liked, disliked) indices into ``voted``
         self.follows = follows  # reader row -> {paper index: reason}
-        self.zero = np.zeros(len(papers))
+        self.index = {int(row): i for i, row in enumerate(voters)}
+        self.gain = LIKE_CAP * toward  # toward the likes, combined with the tag score by noisy-or
+        self.loss = DISLIKE_CAP * away  # away from the dislikes, taken off
+        self.admitted = np.zeros(toward.shape, dtype=bool)
         self._said: dict[tuple[int, str], str] = {}
-        self._nearest: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def rows(self) -> set[int]:
+        """The readers whose digest this changes."""
+        return set(self.index) | set(self.follows)
 
     def apply(
         self,
-        row: int,
-        tag: np.ndarray,
-        relevant: np.ndarray,
+        scores: np.ndarray,
+        found: np.ndarray,
         allowed: np.ndarray,
-        min_score: float,
+        min_scores: np.ndarray,
+        max_items: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(relevant, bonus, lift) for one reader.
+        """(relevant, shown score, lift), readers × papers, from the tag ranker's view.
 
-        ``tag`` is the reader's tag score per paper, ``relevant`` the tag ranker's choice,
-        ``allowed`` the papers no exclusion blocks. Liked directions add up to LIKE_CAP,
-        disliked ones take up to DISLIKE_CAP (and may drop a paper under ``min_score``);
-        followed papers are added and lifted to the front.
+        ``scores`` are the tag scores, ``found`` the tag ranker's choice, ``allowed`` the
+        papers no exclusion blocks, ``min_scores`` and ``max_items`` per reader (columns).
+        Liked directions add up to LIKE_CAP and disliked ones take up to DISLIKE_CAP (a
+        demoted paper may fall under ``min_score``). Papers the tags missed but that are
+        close to a liked paper are admitted, at most ADMIT_SHARE of a digest and no more
+        than the papers liked; followed papers are added and lifted to the front.
         """
-        bonus, lift = self.zero, self.zero
-        index = self.rows.get(row)
-        if index is not None:
-            bonus = self.bonus[index]
-            relevant = relevant & (tag + bonus >= min_score)
-        followed = self.follows.get(row)
-        if followed:
-            mask = np.zeros(len(self.papers), dtype=bool)
+        relevant = found.copy()
+        shown = scores.copy()
+        lift = np.zeros(scores.shape)
+        if len(self.voters):
+            rows = self.voters
+            tag = scores[rows]
+            nudged = np.clip(1.0 - (1.0 - tag) * (1.0 - self.gain) - self.loss, 0.0, 1.0)
+            keep = found[rows] & (nudged >= min_scores[rows])
+            # admissions: the papers closest to the likes among those the tags did not take
+            budget = np.minimum(np.floor(max_items[rows, 0] * ADMIT_SHARE), self.likes)
+            open_ = allowed[rows] & ~keep & (self.toward >= ADMIT_AT) & (self.away < self.toward)
+            width = int(budget.max(initial=0))
+            admitted = np.zeros_like(open_)
+            if width:
+                closeness = np.where(open_, self.toward, -1.0)
+                best = np.argpartition(-closeness, width - 1, axis=1)[:, :width]
+                best_close = np.take_along_axis(closeness, best, 1)
+                order = np.argsort(-best_close, axis=1, kind="stable")
+                best = np.take_along_axis(best, order, 1)
+                take = (np.arange(width) < budget[:, None]) & (
+                    np.take_along_axis(best_close, order, 1) >= 0
+                )
+                row_ids = np.repeat(np.arange(len(rows)), width).reshape(len(rows), width)
+                admitted[row_ids[take], best[take]] = True
+            self.admitted = admitted
+            relevant[rows] = keep | admitted
+            shown[rows] = nudged
+        for row, followed in self.follows.items():
+            mask = np.zeros(scores.shape[1], dtype=bool)
             mask[list(followed)] = True
-            mask &= allowed
-            relevant = relevant | mask
-            lift = mask * FOLLOW_LIFT
-        return relevant, bonus, lift
+            mask &= allowed[row]
+            relevant[row] |= mask
+            lift[row] = mask * FOLLOW_LIFT
+        return relevant, shown, lift
 
     def why(self, row: int, paper: int) -> str:
         """What the reader's feedback did to one paper, for its reason line ('' if nothing)."""
@@ -166,35 +218,36 @@ class Nudge:
         followed = self.follows.get(row, {}).get(paper)
         if followed:
             parts.append(followed)
-        index = self.rows.get(row)
+        index = self.index.get(row)
         if index is not None:
-            bonus = float(self.bonus[index, paper])
-            liked, disliked = self.lists[row]
-            if bonus >= EXPLAIN_AT and liked:
-                parts.append(self._like(self.nearest(row, 0)[paper], "you liked"))
-            elif bonus <= -EXPLAIN_AT and disliked:
-                parts.append(self._like(self.nearest(row, 1)[paper], "you wanted fewer of"))
+            gain, loss = float(self.gain[index, paper]), float(self.loss[index, paper])
+            if self.admitted[index, paper]:
+                parts.append("added for your votes: " + self._like(row, paper, 0))
+            elif gain >= EXPLAIN_AT and gain >= loss:
+                parts.append(self._like(row, paper, 0))
+            elif loss >= EXPLAIN_AT:
+                parts.append(self._like(row, paper, 1))
         return "; ".join(parts)
 
-    def nearest(self, row: int, kind: int) -> np.ndarray:
-        """Per new paper, the reader's liked (kind 0) or disliked (1) paper most like it."""
-        found = self._nearest.get((row, kind))
-        if found is None:
-            voted = self.lists[row][kind]
-            found = np.asarray(voted)[self.similar[voted].argmax(axis=0)]
-            self._nearest[row, kind] = found
-        return found
-
-    def _like(self, voted: int | np.integer, verdict: str) -> str:
-        key = (int(voted), verdict)
+    def _like(self, row: int, paper: int, kind: int) -> str:
+        """Names the liked (kind 0) or disliked (1) paper most like this one."""
+        voted = self.lists[row][kind]
+        nearest = voted[int(self.similar[voted, paper].argmax())]
+        verdict = "you liked" if kind == 0 else "you wanted fewer of"
+        key = (nearest, verdict)
         text = self._said.get(key)
         if text is None:
-            text = self._said[key] = f"like '{_quote(self.voted[voted].title)}' {verdict}"
+            text = self._said[key] = f"like '{_quote(self.voted[nearest].title)}' {verdict}"
         return text
 
 
-def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
-    """Row r: the mean of ``similar`` over the voted papers in ``lists[r]`` (0 if none)."""
+def _closeness(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
+    """Row r: how close each new paper is to the voted papers ``lists[r]`` (0 if none).
+
+    The mean of its similarities to them and its similarity to the nearest one, averaged:
+    the mean alone is the cosine to the Rocchio centroid, which thins out when a reader's
+    likes are diverse; the nearest alone is noisy when they are many.
+    """
     padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
     out = np.zeros((len(lists), similar.shape[1]), dtype=similar.dtype)
     for start in range(0, len(lists), _CHUNK):
@@ -207,8 +260,11 @@ def _mean_similarity(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
         rows = np.repeat(np.arange(len(block)), counts)
         cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
         index[rows, cols] = [i for items in block for i in items]
-        total = padded[index].sum(axis=1)
-        out[start : start + len(block)] = total / np.maximum(counts, 1)[:, None]
+        gathered = padded[index]  # readers × votes × papers
+        mean = gathered.sum(axis=1) / np.maximum(counts, 1)[:, None]
+        out[start : start + len(block)] = MEAN_SHARE * mean + (1 - MEAN_SHARE) * gathered.max(
+            axis=1
+        )
     return out
 
 
@@ -221,9 +277,9 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
     for vec in vectors:
         for term in vec:
             vocab.setdefault(term, len(vocab))
-    new = np.zeros((len(papers), len(vocab)), dtype=np.float32)
+    by_term = np.zeros((len(vocab), len(papers)), dtype=np.float32)  # term × new paper
     for i, vec in enumerate(vectors):
-        new[i, [vocab[t] for t in vec]] = list(vec.values())
+        by_term[[vocab[t] for t in vec], i] = list(vec.values())
 
     position: dict[int, int] = {}  # id(paper) -> index in voted (Paper.id folds titles: slow)
     voted: list[Paper] = []
@@ -249,26 +305,27 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
         dislikes.append(pair[1])
         lists[row] = (pair[0], pair[1])
 
-    rows: dict[int, int] = {}
-    bonus = np.zeros((0, len(papers)), dtype=np.float32)
-    similar = np.zeros((0, len(papers)), dtype=np.float32)
-    if voted:
-        by_term = np.ascontiguousarray(new.T)  # term × new paper
-        similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
-        for i, paper in enumerate(voted):  # sparse × dense: a voted paper has few terms
-            vec = vector(paper, background)
-            shared = [t for t in vec if t in vocab]
-            if shared:
-                weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
-                similar[i] = weights @ by_term[[vocab[t] for t in shared]]
-        span = FULL_AT - NOISE
-        toward = np.clip((_mean_similarity(similar, likes) - NOISE) / span, 0.0, 1.0)
-        away = np.clip((_mean_similarity(similar, dislikes) - NOISE) / span, 0.0, 1.0)
-        bonus = LIKE_CAP * toward - DISLIKE_CAP * away
-        rows = {row: i for i, row in enumerate(voters)}
-
-    follows = _follows(papers, tastes)
-    return Nudge(papers, rows, bonus, similar, voted, lists, follows)
+    similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
+    for i, paper in enumerate(voted):  # sparse × dense: a voted paper has few terms
+        vec = vector(paper, background)
+        shared = [t for t in vec if t in vocab]
+        if shared:
+            weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
+            similar[i] = weights @ by_term[[vocab[t] for t in shared]]
+    toward = _ramp(_closeness(similar, likes), NOISE, FULL_AT)
+    away = _ramp(_closeness(similar, dislikes), NOISE, FULL_AT)
+    count = np.array([len(items) for items in likes], dtype=np.float64)
+    return Nudge(
+        papers,
+        np.array(voters, dtype=np.intp),
+        toward,
+        away,
+        count,
+        similar,
+        voted,
+        lists,
+        _follows(papers, tastes),
+    )
 
 
 def _follows(papers: Sequence[Paper], tastes: Sequence[Taste]) -> dict[int, dict[int, str]]:

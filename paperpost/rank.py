@@ -1032,18 +1032,15 @@ def rank_many(
     order = scores * (1.0 + prior) + LITERAL_WEIGHT * literal
     final = np.where((scores >= min_scores) & ~blocked, order, -1.0)
     shown_scores = scores
-    taught: dict[int, str] = {}
+    taught: set[int] = set()
     if nudge is not None:  # reader feedback: see paperpost.profile
-        shown_scores = scores.copy()
-        for row, profile in enumerate(profiles):
-            relevant, bonus, lift = nudge.apply(
-                row, scores[row], final[row] >= 0.0, ~blocked[row], profile.min_score
-            )
-            if bonus is not nudge.zero or lift is not nudge.zero:
-                shown_scores[row] = np.clip(scores[row] + bonus, 0.0, 1.0)
-                ordered = shown_scores[row] * (1.0 + prior) + LITERAL_WEIGHT * literal[row]
-                final[row] = np.where(relevant, ordered + lift, -1.0)
-                taught[row] = ""
+        max_items = np.array([p.max_items for p in profiles])[:, None]
+        relevant, shown_scores, lift = nudge.apply(
+            scores, final >= 0.0, ~blocked, min_scores, max_items
+        )
+        ordered = shown_scores * (1.0 + prior) + LITERAL_WEIGHT * literal
+        final = np.where(relevant, ordered + lift, -1.0)
+        taught = nudge.rows
     depth = min(len(papers), 2 * max(p.max_items for p in profiles) + 10)
     if depth < len(papers):  # only the best few per reader need sorting
         part = np.argpartition(-final, depth - 1, axis=1)[:, :depth]

@@ -21,9 +21,9 @@ from paperpost.feedback import (
     BadVoteToken,
     Vote,
     address_of,
-    paper_by_ref,
     read_vote_token,
     record_votes,
+    voted_paper,
 )
 from paperpost.models import Paper
 from paperpost.settings import Settings
@@ -113,12 +113,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BadVoteToken as exc:
             return page("Link not valid", f"<p>{escape(str(exc))}.</p>", 400)
         address = address_of(store, link.reader_id)
-        paper = paper_by_ref(store, link.paper)
+        paper = voted_paper(store, address, link) if address is not None else None
         if address is None or paper is None:
             return page(
                 "Link not valid",
-                "<p>This vote link is for a reader or paper this paperpost does not know "
-                "(was its database replaced?).</p>",
+                "<p>This vote link is for a reader, paper or digest this paperpost has no "
+                "record of sending (was its database replaced?).</p>",
                 400,
             )
         return address, link.digest, paper

@@ -43,7 +43,7 @@ from paperpost.feedback import (
 )
 from paperpost.models import Paper
 from paperpost.pipeline import run_plain
-from paperpost.profile import DISLIKE_CAP, LIKE_CAP, Taste, nudge
+from paperpost.profile import ADMIT_SHARE, DISLIKE_CAP, LIKE_CAP, Taste, nudge
 from paperpost.rank import Background, Interest, Profile, rank_many
 from paperpost.settings import Settings
 from paperpost.store import Store
@@ -179,6 +179,15 @@ def web(db_url: str) -> Iterator[tuple[str, Store]]:
     thread.join(timeout=10)
 
 
+def _sent(store: Store, address: str, lo: int, hi: int, status: str = "sent") -> str:
+    """Record in the delivery ledger that digest ``lo-hi`` went to ``address``."""
+    digest = f"{lo}-{hi}"
+    assert store.claim(address, digest, lo, hi, f"<{digest}.{address}>", 1).proceed
+    if status != "sending":
+        store.settle(address, digest, status, hi, None)
+    return digest
+
+
 def _vote_count(store: Store) -> int:
     return sum(len(v) for v in votes_of(store, ["ann@example.org", "bob@example.org"]).values())
 
@@ -186,6 +195,7 @@ def _vote_count(store: Store) -> int:
 def test_get_confirms_post_records_and_bad_links_change_nothing(web) -> None:
     base, store = web
     ids = reader_ids(store, ["ann@example.org", "bob@example.org"])
+    _sent(store, "ann@example.org", 0, 1)
     token = make_vote_token(KEY, VoteLink(ids["ann@example.org"], SPEC.id, "0-1", LATER))
 
     shown = requests.get(f"{base}/vote/more/{token}", timeout=10)
@@ -223,7 +233,9 @@ def test_get_confirms_post_records_and_bad_links_change_nothing(web) -> None:
     assert requests.post(f"{base}/vote/maybe/{token}", timeout=10).status_code == 404
 
     store.ingest("text dump", [GRAMMAR])  # no arXiv id: the link names it by its key hash
-    link = VoteLink(ids["bob@example.org"], paper_ref(GRAMMAR), "1-2", LATER)
+    link = VoteLink(
+        ids["bob@example.org"], paper_ref(GRAMMAR), _sent(store, "bob@example.org", 1, 2), LATER
+    )
     by_title = make_vote_token(KEY, link)
     assert GRAMMAR.title in requests.get(f"{base}/vote/fewer/{by_title}", timeout=10).text
     assert requests.post(f"{base}/vote/fewer/{by_title}", timeout=10).status_code == 200
@@ -232,13 +244,42 @@ def test_get_confirms_post_records_and_bad_links_change_nothing(web) -> None:
     assert "<script>" not in requests.get(f"{base}/vote/more/%3Cscript%3E", timeout=10).text
 
 
+def test_a_vote_needs_a_digest_the_ledger_shows_sent_to_that_reader_with_that_paper(web) -> None:
+    base, store = web  # SPEC is paper 1
+    store.ingest("later", [GRAMMAR, SPEECH])  # papers 2 and 3
+    ids = reader_ids(store, ["ann@example.org", "bob@example.org"])
+    ann = ids["ann@example.org"]
+    _sent(store, "bob@example.org", 0, 3)  # Bob's digest, not Ann's
+    _sent(store, "ann@example.org", 1, 3)  # holds papers 2 and 3, not SPEC
+    _sent(store, "ann@example.org", 0, 2, status="sending")  # claimed, never went out
+    _sent(store, "ann@example.org", 0, 1, status="failed")
+    never = {
+        "digest never made": VoteLink(ann, SPEC.id, "0-9", LATER),
+        "another reader's digest": VoteLink(ann, SPEC.id, "0-3", LATER),
+        "paper not in that digest": VoteLink(ann, SPEC.id, "1-3", LATER),
+        "digest still sending": VoteLink(ann, SPEC.id, "0-2", LATER),
+        "digest failed": VoteLink(ann, SPEC.id, "0-1", LATER),
+    }
+    for name, link in never.items():
+        token = make_vote_token(KEY, link)  # correctly signed: only the ledger can refuse it
+        for method in (requests.get, requests.post):
+            assert method(f"{base}/vote/more/{token}", timeout=10).status_code == 400, name
+    assert _vote_count(store) == 0
+    sent = make_vote_token(KEY, VoteLink(ann, paper_ref(GRAMMAR), "1-3", LATER))
+    assert requests.post(f"{base}/vote/more/{sent}", timeout=10).status_code == 200
+    assert [v.paper_id for v in votes_of(store, ["ann@example.org"])["ann@example.org"]] == [
+        GRAMMAR.id
+    ]
+
+
 def test_concurrent_votes_are_each_recorded_once(web) -> None:
     base, store = web
     papers = [paper(f"Concurrent paper number {i}", arxiv_id=f"2402.{i:05d}") for i in range(20)]
     store.ingest("more", papers)
     ids = reader_ids(store, [f"r{i}@example.org" for i in range(5)])
+    digests = {rid: _sent(store, address, 0, 21) for address, rid in ids.items()}
     tokens = [
-        make_vote_token(KEY, VoteLink(rid, p.id, "0-20", LATER))
+        make_vote_token(KEY, VoteLink(rid, p.id, digests[rid], LATER))
         for rid in ids.values()
         for p in papers
     ]
@@ -273,14 +314,9 @@ def test_likes_lift_similar_papers_and_say_why() -> None:
     assert 0 < gain <= LIKE_CAP + 1e-9  # shown scores are rounded to 3 decimals
 
 
-def test_dislikes_demote_and_votes_never_add_papers_the_tags_did_not_find() -> None:
-    elsewhere = paper(
-        "Tree drafts raise the acceptance rate of a target model",
-        "A small draft model proposes tokens that the target model verifies in parallel.",
-    )
-    papers = [GRAMMAR, SPEECH, SPEC_NEW, elsewhere]
+def test_dislikes_demote_and_can_drop_a_weak_match() -> None:
+    papers = [GRAMMAR, SPEECH, SPEC_NEW]
     taught = _ranked(papers, Taste(liked=(SPEC,), disliked=(SPEECH,)))
-    assert elsewhere not in [r.paper for r in taught]  # no "decoding": not this digest's topic
     plain_scores = {r.paper: r.score for r in _ranked(papers, Taste())}
     speech = next(r for r in taught if r.paper == SPEECH)
     assert plain_scores[SPEECH] - DISLIKE_CAP - 1e-3 <= speech.score < plain_scores[SPEECH]
@@ -290,6 +326,62 @@ def test_dislikes_demote_and_votes_never_add_papers_the_tags_did_not_find() -> N
         papers, Taste(disliked=(SPEECH,)), min_score=plain_scores[SPEECH] - DISLIKE_CAP / 2
     )
     assert SPEECH not in [r.paper for r in weak]
+
+
+def _near(i: int, topic: str) -> Paper:
+    return paper(
+        f"{topic} study number {i}",
+        f"We study {topic} in setting {i}: {topic} models, {topic} benchmarks and {topic} data.",
+    )
+
+
+def test_votes_admit_a_bounded_share_of_close_papers_the_tags_missed_and_say_so() -> None:
+    tagged = [paper(f"Decoding method {i}", f"A decoding method, variant {i}.") for i in range(5)]
+    drafts = [_near(i, "draft verification") for i in range(12)]
+    liked = _near(99, "draft verification")
+    papers = tagged + drafts
+    plain = _ranked(papers, Taste(), max_items=10)
+    assert not set(drafts) & {r.paper for r in plain}  # the tag alone never finds them
+    taught = _ranked(papers, Taste(liked=(liked,)), max_items=10)
+    added = [r for r in taught if r.paper in drafts]
+    assert len(taught) == 6 and len(added) == 1  # one liked paper: at most one added
+    assert added[0].why.startswith("added for your votes: like 'draft verification study")
+    many = _ranked(
+        papers, Taste(liked=tuple(_near(90 + i, "draft verification") for i in range(5)))
+    )
+    added = [r for r in many if r.paper in drafts]
+    assert len(added) == int(10 * ADMIT_SHARE)  # never more than this share of a digest
+    assert all("added for your votes" in r.why for r in added)
+    assert not [r for r in _ranked(papers, Taste(disliked=(liked,))) if r.paper in drafts]
+
+
+def test_a_handful_of_votes_cannot_turn_an_agents_digest_into_something_else() -> None:
+    agents = [
+        paper(
+            f"Tool-using language agents, study {i}",
+            f"An LLM agent plans, calls tools and acts in an environment (setting {i}).",
+        )
+        for i in range(15)
+    ]
+    images = [
+        paper(
+            f"Latent diffusion for image synthesis, study {i}",
+            f"A denoising diffusion model generates images from text prompts (setting {i}).",
+        )
+        for i in range(15)
+    ]
+    liked = tuple(
+        paper(
+            f"Diffusion image generation paper {i}",
+            "A denoising diffusion model that generates images from text prompts.",
+        )
+        for i in range(5)
+    )
+    ranked = _ranked(agents + images, Taste(liked=liked), tag="agents", max_items=10)
+    assert len(ranked) == 10
+    about_agents = [r for r in ranked if r.paper in agents]
+    assert len(about_agents) >= 10 - int(10 * ADMIT_SHARE)
+    assert all("added for your votes" in r.why for r in ranked if r.paper in images)
 
 
 def test_followed_authors_and_organizations_are_always_included_and_marked() -> None:
@@ -426,6 +518,43 @@ def test_subscribers_show_and_feedback_export_import(tmp_path: Path, monkeypatch
     exported.write_text("{oops\n")
     broken = runner.invoke(app, ["feedback", "import", str(exported)])
     assert broken.exit_code == 1 and f"{exported}:1: not JSON" in broken.output
+
+
+def test_preview_and_rank_use_the_readers_votes_as_a_run_does(tmp_path: Path, monkeypatch) -> None:
+    subs, dumps = tmp_path / "subs", tmp_path / "dumps"
+    subs.mkdir()
+    dumps.mkdir()
+    (subs / "ann.yaml").write_text("email: ann@example.org\ntags: [decoding]\n")
+    (subs / "bob.yaml").write_text("email: bob@example.org\ntags: [decoding]\n")
+    db = f"sqlite:///{tmp_path / 'pp.db'}"
+    monkeypatch.setenv("PAPERPOST_SUBSCRIBERS_DIR", str(subs))
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", db)
+    store = Store(db)
+    store.ingest("t", [SPEC])
+    at = datetime(2026, 11, 24, tzinfo=UTC)
+    record_votes(store, [Vote("ann@example.org", SPEC.id, 1, SPEC.title, "0-1", at)])
+    _dump(dumps, "today.txt", [GRAMMAR, SPEECH, SPEC_NEW])
+    runner = CliRunner()
+
+    def ranked(*args: str) -> list[dict]:
+        result = runner.invoke(app, ["rank", str(dumps), "--jsonl", *args])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.output.splitlines()]
+
+    ann, bob = ranked("--reader", "ann@example.org"), ranked("--reader", "bob@example.org")
+    assert ann[0]["title"] == SPEC_NEW.title and bob[0]["title"] != SPEC_NEW.title
+    assert f"like '{SPEC.title}' you liked" in ann[0]["why"]
+    assert [r["title"] for r in ranked("--tag", "decoding")] == [r["title"] for r in bob]
+    for email_, first in (
+        ("ann@example.org", SPEC_NEW.title),
+        ("bob@example.org", bob[0]["title"]),
+    ):
+        out = tmp_path / f"{email_}.html"
+        shown = runner.invoke(app, ["preview", email_, "--source", str(dumps), "--out", str(out)])
+        assert shown.exit_code == 0, shown.output
+        html = out.read_text()
+        assert html.index(first) == min(html.index(p.title) for p in (GRAMMAR, SPEECH, SPEC_NEW))
+    assert "you liked" in (tmp_path / "ann@example.org.html").read_text()
 
 
 def test_tastes_resolve_yaml_examples_and_votes_from_the_history(db_url: str) -> None:
