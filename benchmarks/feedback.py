@@ -192,7 +192,7 @@ def study(relevance: Path | None = None, wanted: list[str] | None = None) -> Non
     if skipped:
         print("skipped (nothing judged relevant arrives on the later days):", ", ".join(skipped))
     report(
-        "feedback_study",
+        "feedback_study" + (f"_{relevance.stem}" if relevance else ""),
         headers,
         rows,
         {
@@ -251,6 +251,7 @@ def _free_port() -> int:
 def endpoint(count: int = 1_000, clients: int = 50, postgres: str | None = None) -> None:
     from sqlalchemy import MetaData, func, select
 
+    from paperpost import schema
     from paperpost.feedback import (
         VoteLink,
         export_votes,
@@ -264,10 +265,11 @@ def endpoint(count: int = 1_000, clients: int = 50, postgres: str | None = None)
     key = secrets.token_urlsafe(32)
     work = Path(tempfile.mkdtemp(prefix="paperpost-votes-"))
     url = postgres or f"sqlite:///{work / 'paperpost.db'}"
-    if postgres:  # a scratch database: every table dropped, then migrated by Store
+    if postgres:  # a scratch database: every table dropped, then migrated afresh
         tables = MetaData()
         tables.reflect(engine_for(postgres))
         tables.drop_all(engine_for(postgres))
+        schema.upgrade(engine_for(postgres))
     store = Store(url)
     papers = synthetic_papers(100, seed=11, prefix="endpoint ")
     store.ingest("bench", papers)

@@ -1,22 +1,24 @@
 """A reader's profile from what they liked and disliked, and follows (pure; no I/O).
 
 Rocchio-style relevance feedback: every paper becomes a term vector over its title,
-keywords/TL;DR and abstract (field-weighted like the ranker, sublinear term counts, idf
-from the document frequencies of the ranker's :class:`~paperpost.rank.Background`, unit
-length). A new paper's *closeness* to what a reader liked is half its mean cosine to the
-liked papers (the cosine to their Rocchio centroid, up to its length) and half its cosine
-to the nearest one, so a reader whose likes go in several directions is not averaged away;
-the same for what they marked "fewer". Closeness from :data:`NOISE` (what unrelated papers
+keywords/TL;DR and abstract (field-weighted like the ranker, sublinear term counts, the
+ranker's BM25 idf over the history, :meth:`~paperpost.rank.Background.idf`, unit length).
+A new paper's *closeness* to what a reader liked is half its mean cosine to the liked
+papers (the cosine to their Rocchio centroid, up to its length) and half its cosine to the
+nearest one, so a reader whose likes go in several directions is not averaged away; the
+same for what they marked "fewer". Closeness from :data:`NOISE` (what unrelated papers
 share) up to :data:`FULL_AT` earns a gain of at most :data:`LIKE_CAP`, combined with the
-tag score (0..1) by noisy-or like the ranker combines tags, and a loss of at most
-:data:`DISLIKE_CAP`. Dislikes weigh less than likes, as in Rocchio's usual settings: "not
-this" says less about what a reader wants than "this".
+tag score (0..1) by noisy-or like the ranker combines tags. Closeness to the dislikes
+beyond what the reader's tag finds have on average costs at most :data:`DISLIKE_CAP`:
+"fewer like this" steers within the subject instead of away from it. Dislikes weigh less
+than likes, as in Rocchio's usual settings: "not this" says less about what a reader wants
+than "this".
 
 Tags decide what a digest is about. Votes reorder what the tags found, may drop a demoted
 paper under ``min_score``, and may let in papers the tags missed that are close to a liked
-one (closeness at least :data:`ADMIT_AT`): at most :data:`ADMIT_SHARE` of a digest and never
-more papers than the reader liked, each marked "added for your votes". A followed author's
-or organisation's paper is always included (unless excluded) and put first. The constants
+one (closeness at least :data:`ADMIT_AT`): at most :data:`ADMIT_SHARE` of ``max_items``
+and never more papers than the reader liked, each marked "added for your votes". A followed
+author's or organisation's paper is always included (unless excluded) and put first. The constants
 were chosen on the DEV readers of ``benchmarks/feedback.py`` only.
 
 :func:`nudge` computes everything per reader once for a whole batch with numpy (one
@@ -40,7 +42,7 @@ from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, Background, tokens
 
 # on the ranker's 0..1 tag scores (default min_score 0.4); chosen on the DEV readers only
 LIKE_CAP = 0.7  # the most closeness to the likes can add (noisy-or with the tag score)
-DISLIKE_CAP = 0.05  # the most closeness to the dislikes can take away
+DISLIKE_CAP = 0.15  # the most closeness to the dislikes can take away
 NOISE = 0.06  # closeness below this is what unrelated papers share: no effect
 FULL_AT = 0.2  # closeness (cosine of tf-idf vectors) that earns the whole gain
 EXPLAIN_AT = 0.03  # a gain or loss at least this big is named in the reason line
@@ -64,11 +66,6 @@ class Taste:
         return bool(self.liked or self.disliked or self.authors or self.organizations)
 
 
-def idf(background: Background, term: str) -> float:
-    """How rare a term is in the history (the ranker's document frequencies)."""
-    return math.log((background.size + 1) / (background.df.get(term, 0) + 0.5))
-
-
 @lru_cache(maxsize=65536)
 def term_counts(paper: Paper) -> dict[str, float]:
     """Sublinear, field-weighted term counts (title 3, keywords/TL;DR 2, abstract 1)."""
@@ -88,7 +85,7 @@ def term_counts(paper: Paper) -> dict[str, float]:
 @lru_cache(maxsize=65536)
 def vector(paper: Paper, background: Background) -> dict[str, float]:
     """The paper's unit-length tf-idf vector."""
-    raw = {t: w * idf(background, t) for t, w in term_counts(paper).items()}
+    raw = {t: w * background.idf(t) for t, w in term_counts(paper).items()}
     norm = math.sqrt(sum(v * v for v in raw.values())) or 1.0
     return {t: v / norm for t, v in raw.items() if v > 0}
 
@@ -135,7 +132,7 @@ class Nudge:
         toward: np.ndarray,
         away: np.ndarray,
         likes: np.ndarray,
-        similar: np.ndarray,
+        nearest: tuple[np.ndarray, np.ndarray],
         voted: list[Paper],
         lists: dict[int, tuple[list[int], list[int]]],
         follows: dict[int, dict[int, str]],
@@ -143,15 +140,15 @@ class Nudge:
         self.papers = papers
         self.voters = voters  # reader rows with votes or examples, in order
         self.toward = toward  # voters × papers: closeness to what each liked (0..1)
-        self.away = away  # voters × papers: closeness to what each disliked (0..1)
+        self.away = away  # voters × papers: closeness to what each disliked (cosine)
         self.likes = likes  # voters: how many papers each liked
-        self.similar = similar  # voted paper × new paper cosine
+        self.nearest = nearest  # voters × papers: the nearest liked / disliked (list position)
         self.voted = voted
         self.lists = lists  # reader row -> (liked, disliked) indices into ``voted``
         self.follows = follows  # reader row -> {paper index: reason}
         self.index = {int(row): i for i, row in enumerate(voters)}
         self.gain = LIKE_CAP * toward  # toward the likes, combined with the tag score by noisy-or
-        self.loss = DISLIKE_CAP * away  # away from the dislikes, taken off
+        self.loss = np.zeros(away.shape)  # toward the dislikes, taken off (set by apply)
         self.admitted = np.zeros(toward.shape, dtype=bool)
         self._said: dict[tuple[int, str], str] = {}
 
@@ -183,11 +180,17 @@ class Nudge:
         if len(self.voters):
             rows = self.voters
             tag = scores[rows]
+            # a dislike demotes what is closer to it than the reader's tag finds are on
+            # average: "fewer like this" steers within the subject, not away from it
+            mine = found[rows]
+            usual = (self.away * mine).sum(axis=1) / np.maximum(mine.sum(axis=1), 1)
+            floor = np.maximum(usual, NOISE)[:, None]
+            self.loss = DISLIKE_CAP * _ramp(self.away - floor, 0.0, FULL_AT - NOISE)
             nudged = np.clip(1.0 - (1.0 - tag) * (1.0 - self.gain) - self.loss, 0.0, 1.0)
             keep = found[rows] & (nudged >= min_scores[rows])
             # admissions: the papers closest to the likes among those the tags did not take
             budget = np.minimum(np.floor(max_items[rows, 0] * ADMIT_SHARE), self.likes)
-            open_ = allowed[rows] & ~keep & (self.toward >= ADMIT_AT) & (self.away < self.toward)
+            open_ = allowed[rows] & ~keep & (self.toward >= ADMIT_AT) & (self.loss < self.gain)
             width = int(budget.max(initial=0))
             admitted = np.zeros_like(open_)
             if width:
@@ -231,8 +234,8 @@ class Nudge:
 
     def _like(self, row: int, paper: int, kind: int) -> str:
         """Names the liked (kind 0) or disliked (1) paper most like this one."""
-        voted = self.lists[row][kind]
-        nearest = voted[int(self.similar[voted, paper].argmax())]
+        slot = int(self.nearest[kind][self.index[row], paper])
+        nearest = self.lists[row][kind][slot]
         verdict = "you liked" if kind == 0 else "you wanted fewer of"
         key = (nearest, verdict)
         text = self._said.get(key)
@@ -241,31 +244,35 @@ class Nudge:
         return text
 
 
-def _closeness(similar: np.ndarray, lists: list[list[int]]) -> np.ndarray:
-    """Row r: how close each new paper is to the voted papers ``lists[r]`` (0 if none).
+def _closeness(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Row r: how close each new paper is to the voted papers ``lists[r]`` (0 if none), and
+    which of them (its position in ``lists[r]``) is nearest.
 
     The mean of its similarities to them and its similarity to the nearest one, averaged:
     the mean alone is the cosine to the Rocchio centroid, which thins out when a reader's
     likes are diverse; the nearest alone is noisy when they are many.
     """
-    padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
+    # paper × voted paper, with a zero column to pad readers with fewer votes
+    padded = np.hstack([similar.T, np.zeros((similar.shape[1], 1), dtype=similar.dtype)])
     out = np.zeros((len(lists), similar.shape[1]), dtype=similar.dtype)
+    nearest = np.zeros((len(lists), similar.shape[1]), dtype=np.int16)
     for start in range(0, len(lists), _CHUNK):
         block = lists[start : start + _CHUNK]
         counts = np.fromiter((len(items) for items in block), dtype=np.intp, count=len(block))
         if not counts.any():
             continue
-        # a (readers × most votes) matrix of voted-paper rows, padded with the zero row
+        # a (readers × most votes) matrix of voted-paper columns, padded with the zero column
         index = np.full((len(block), int(counts.max())), similar.shape[0])
         rows = np.repeat(np.arange(len(block)), counts)
         cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
         index[rows, cols] = [i for items in block for i in items]
-        gathered = padded[index]  # readers × votes × papers
-        mean = gathered.sum(axis=1) / np.maximum(counts, 1)[:, None]
-        out[start : start + len(block)] = MEAN_SHARE * mean + (1 - MEAN_SHARE) * gathered.max(
-            axis=1
-        )
-    return out
+        gathered = padded[:, index]  # papers × readers × votes (votes contiguous)
+        mean = gathered.sum(axis=2) / np.maximum(counts, 1)
+        slot = gathered.argmax(axis=2)
+        best = np.take_along_axis(gathered, slot[:, :, None], 2)[:, :, 0]
+        out[start : start + len(block)] = (MEAN_SHARE * mean + (1 - MEAN_SHARE) * best).T
+        nearest[start : start + len(block)] = slot.T
+    return out, nearest
 
 
 def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Background) -> Nudge | None:
@@ -312,16 +319,16 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
         if shared:
             weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
             similar[i] = weights @ by_term[[vocab[t] for t in shared]]
-    toward = _ramp(_closeness(similar, likes), NOISE, FULL_AT)
-    away = _ramp(_closeness(similar, dislikes), NOISE, FULL_AT)
+    toward, near_liked = _closeness(similar, likes)
+    away, near_disliked = _closeness(similar, dislikes)
     count = np.array([len(items) for items in likes], dtype=np.float64)
     return Nudge(
         papers,
         np.array(voters, dtype=np.intp),
-        toward,
+        _ramp(toward, NOISE, FULL_AT),
         away,
         count,
-        similar,
+        (near_liked, near_disliked),
         voted,
         lists,
         _follows(papers, tastes),

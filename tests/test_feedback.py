@@ -272,6 +272,25 @@ def test_a_vote_needs_a_digest_the_ledger_shows_sent_to_that_reader_with_that_pa
     ]
 
 
+def test_the_ledger_check_on_both_databases(any_db_url: str) -> None:
+    from paperpost.feedback import voted_paper
+
+    store = Store(any_db_url)
+    store.ingest("first", [SPEC])
+    store.ingest("later", [GRAMMAR])
+    ids = reader_ids(store, ["ann@example.org"])
+    _sent(store, "ann@example.org", 1, 2)
+    _sent(store, "ann@example.org", 0, 1, status="sending")
+
+    def link(ref: str, digest: str) -> VoteLink:
+        return VoteLink(ids["ann@example.org"], ref, digest, LATER)
+
+    assert voted_paper(store, "ann@example.org", link(paper_ref(GRAMMAR), "1-2")) == GRAMMAR
+    assert voted_paper(store, "ann@example.org", link(SPEC.id, "1-2")) is None  # not in it
+    assert voted_paper(store, "ann@example.org", link(SPEC.id, "0-1")) is None  # not sent
+    assert voted_paper(store, "bob@example.org", link(paper_ref(GRAMMAR), "1-2")) is None
+
+
 def test_concurrent_votes_are_each_recorded_once(web) -> None:
     base, store = web
     papers = [paper(f"Concurrent paper number {i}", arxiv_id=f"2402.{i:05d}") for i in range(20)]
