@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import gc
 import re
+import reprlib
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +20,20 @@ from typing import Annotated, Any, Literal, TextIO
 
 import yaml
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 from yaml.composer import Composer, ComposerError
 from yaml.events import DocumentStartEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
 
-from paperpost.rank import DEFAULT_MIN_SCORE
+from paperpost.rank import DEFAULT_MIN_SCORE, read_tag
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ARXIV_REF = re.compile(
@@ -42,10 +52,65 @@ LOCAL_PART_CHARS = 64  # RFC 5321 4.5.3.1.1 (email-validator checks the rest)
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
+# Bounded at every level: an alias bomb ("billion laughs") is a few shared lists that
+# would print as billions of items.
+_REPR = reprlib.Repr()  # Python 3.11 takes no keyword arguments here
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = 70
+
+
 def _shown(value: object, limit: int = 60) -> str:
     """A value quoted for an error message, cut short (a runaway value stays one line)."""
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _control(text: str) -> str | None:
+    """The first control character in ``text`` (as U+XXXX), if any."""
+    bad = next((ch for ch in text if unicodedata.category(ch) == "Cc"), None)
+    return f"U+{ord(bad):04X}" if bad else None
+
+
+def _clean_text(value: Any) -> Any:
+    """Hand-written text on one line: no control characters (NUL, ESC, ...; they would
+    reach terminals and the database), outer space stripped, inner space single."""
+    if not isinstance(value, str):
+        return value
+    if bad := _control(value.replace("\t", " ")):
+        raise PydanticCustomError(
+            "control_char", "contains the control character {char}; remove it", {"char": bad}
+        )
+    return " ".join(value.split())
+
+
+def _has_words(value: str) -> str:
+    if not any(ch.isalnum() for ch in value):
+        raise PydanticCustomError(
+            "no_words",
+            "{value} has no letters or digits",
+            {"value": _shown(value) if value else "(blank)"},
+        )
+    return value
+
+
+def _matchable(value: str) -> str:
+    """A tag or exclusion the ranker can read: at least one word it matches on."""
+    if not read_tag(value).facets:
+        raise PydanticCustomError(
+            "no_words",
+            '{value} has no words to match (only punctuation, common words like "the", or '
+            'letters outside a-z); write a topic such as "diffusion models"',
+            {"value": _shown(value) if value else "(blank)"},
+        )
+    return value
+
+
+# One line of hand-written text each (limits first: they are then checked as text).
+_Clean = BeforeValidator(_clean_text)
+Topic = Annotated[str, Field(min_length=1, max_length=80), _Clean, AfterValidator(_matchable)]
+Keyword = Annotated[str, Field(min_length=1, max_length=80), _Clean, AfterValidator(_has_words)]
+PaperRef = Annotated[str, Field(min_length=1, max_length=300), _Clean, AfterValidator(_has_words)]
+Name = Annotated[str, Field(min_length=1, max_length=200), _Clean, AfterValidator(_has_words)]
 
 
 def _kind(value: object) -> str:
@@ -67,11 +132,9 @@ class TagInterest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tag: Annotated[str, Field(min_length=1, max_length=80)]
+    tag: Topic
     weight: Annotated[float, Field(gt=0, le=10)] = 1.0
-    keywords: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(
-        default=[], max_length=MAX_WORDS
-    )
+    keywords: list[Keyword] = Field(default=[], max_length=MAX_WORDS)
 
 
 class Subscriber(BaseModel):
@@ -82,18 +145,10 @@ class Subscriber(BaseModel):
     email: str
     name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
     tags: list[TagInterest] = Field(min_length=1, max_length=MAX_TAGS)
-    exclude: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(
-        default=[], max_length=MAX_WORDS
-    )
-    like: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
-        default=[], max_length=MAX_REFERENCES
-    )
-    authors: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        default=[], max_length=MAX_REFERENCES
-    )
-    organizations: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        default=[], max_length=MAX_REFERENCES
-    )
+    exclude: list[Topic] = Field(default=[], max_length=MAX_WORDS)
+    like: list[PaperRef] = Field(default=[], max_length=MAX_REFERENCES)
+    authors: list[Name] = Field(default=[], max_length=MAX_REFERENCES)
+    organizations: list[Name] = Field(default=[], max_length=MAX_REFERENCES)
     cadence: Literal["daily", "weekly"] = "daily"
     weekday: Literal[WEEKDAYS] = "monday"  # type: ignore[valid-type]
     max_items: Annotated[int, Field(ge=1, le=100)] = 10
@@ -140,7 +195,7 @@ class Subscriber(BaseModel):
     def _one_line_name(cls, value: Any) -> Any:
         if isinstance(value, str) and ("\r" in value or "\n" in value):
             raise PydanticCustomError("name", "the name must be on one line")
-        return value
+        return _clean_text(value)
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -279,6 +334,8 @@ def _describe(error: dict[str, Any], allowed: Iterable[str]) -> str:
         return f"expected true or false, got {_shown(value)}"
     if kind in {"string_type"}:
         return f"expected text, got {_kind(value)}"
+    if kind == "string_too_short":
+        return "this is blank; write a value or remove the entry"
     if kind == "too_short" and error["loc"][-1:] == ("tags",):
         return "give at least one tag"
     if kind in {"greater_than_equal", "less_than_equal", "greater_than"}:
@@ -381,10 +438,63 @@ class _EntryLoader(_Loader, Composer):  # type: ignore[misc]
         self.anchors: dict[str, yaml.Node] = {}
 
 
-def _check_syntax(path: Path) -> None:
+def _encoding(path: Path) -> str:
+    """UTF-8 (a byte-order mark is skipped), or UTF-16/32 when a byte-order mark says so
+    (Windows editors save "Unicode" that way)."""
+    with path.open("rb") as handle:
+        start = handle.read(4)
+    if start.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "utf-32"
+    if start.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    return "utf-8-sig"
+
+
+def _decode_error(path: Path, encoding: str) -> SubscriberError:
+    """Where a file stops being text in its encoding (line and column), and what to do."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = data[exc.start : exc.end].hex(" ").upper()
+        return SubscriberError(
+            str(path),
+            line,
+            column,
+            "",
+            f"not UTF-8 text (byte {bad} here); save the file as UTF-8 (a Latin-1 or "
+            "Windows-1252 editor setting does this)",
+        )
+    return SubscriberError(str(path), 1, 1, "", "cannot read the file as text")
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a subscriber file (a folder, a pipe, a link leading out of
+    its folder or nowhere), or None."""
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.exists():
+            return f"is a broken link (to {target}); remove it or point it at a file"
+        if not target.is_relative_to(path.parent.resolve()):
+            return (
+                f"is a link to {target}, outside {path.parent.resolve()}; copy the file into the "
+                "folder instead (links may not lead out of it)"
+            )
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "is a folder, not a subscriber file; rename it (no .yaml ending) or move it"
+    if not path.is_file():
+        return "is not a regular file (a pipe or a device?); remove it"
+    return None
+
+
+def _check_syntax(path: Path, encoding: str) -> None:
     """Raise the parser's error, if any, before any entry of the file is used: a file
     with broken YAML loads nothing (events only, no nodes or values are built)."""
-    with path.open(encoding="utf-8") as stream:
+    with path.open(encoding=encoding) as stream:
         parser = _Loader(stream)
         try:
             first = None
@@ -432,7 +542,12 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
     """The valid subscribers of one YAML file (a subscriber mapping or a list of them), one
     at a time; every problem is appended to ``errors``. Memory stays that of one entry."""
     name = str(path)
+    problem = _not_a_file(path)
+    if problem:
+        errors.append(SubscriberError(name, 1, 1, "", problem))
+        return
     try:
+        encoding = _encoding(path)
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             errors.append(
@@ -446,9 +561,14 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
                 )
             )
             return
-        _check_syntax(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        errors.append(SubscriberError(name, 1, 1, "", f"cannot read the file: {exc}"))
+        _check_syntax(path, encoding)
+    except UnicodeDecodeError:
+        errors.append(_decode_error(path, encoding))
+        return
+    except OSError as exc:
+        errors.append(
+            SubscriberError(name, 1, 1, "", f"cannot read the file: {exc.strerror or exc}")
+        )
         return
     except yaml.YAMLError as exc:
         errors.append(_yaml_error(name, exc))
@@ -457,7 +577,7 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
         errors.append(SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}"))
         return
     found = False
-    with path.open(encoding="utf-8") as stream:
+    with path.open(encoding=encoding) as stream:
         loader = _EntryLoader(stream)
         try:
             for prefix, node in _entries(loader):
@@ -468,7 +588,17 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
                     errors.append(_yaml_error(name, exc))
                     continue
                 except (RecursionError, ValueError) as exc:
-                    errors.append(SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}"))
+                    mark = node.start_mark
+                    problem = (
+                        "a number with thousands of digits; no setting takes one"
+                        if "integer string conversion" in str(exc)
+                        else f"YAML syntax: {exc}"
+                    )
+                    errors.append(
+                        SubscriberError(
+                            name, mark.line + 1, mark.column + 1, _field_label(prefix), problem
+                        )
+                    )
                     continue
                 if item is None and prefix == ():
                     found = False
@@ -577,7 +707,8 @@ def remove_subscriber(folder: Path, email: str) -> Path:
         loaded, _ = load_file(path)
         if not any(e.subscriber.address == address for e in loaded):
             continue
-        text = path.read_text(encoding="utf-8")
+        encoding = _encoding(path)
+        text = path.read_text(encoding=encoding)
         root, _ = _compose(text)
         if isinstance(root, yaml.MappingNode):
             path.unlink()
@@ -590,22 +721,23 @@ def remove_subscriber(folder: Path, email: str) -> Path:
                 continue
             start = item.start_mark.line
             end = items[index + 1].start_mark.line if index + 1 < len(items) else len(lines)
-            path.write_text("".join(lines[:start] + lines[end:]), encoding="utf-8")
+            path.write_text("".join(lines[:start] + lines[end:]), encoding=encoding)
             return path
     raise SubscriberFileError(f"no subscriber {email} in {folder}")
 
 
 def subscriber_files(folder: Path) -> list[Path]:
-    """The subscriber files in a folder (``*.yaml`` and ``*.yml``), in name order."""
-    if folder.is_file():
+    """The subscriber files in a folder (``*.yaml`` and ``*.yml``), in name order; whatever
+    has such a name but is not a usable file is listed too, so that loading reports it."""
+    if not folder.is_dir():
         return [folder]
-    return sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml"})
 
 
 def iter_subscribers(folder: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubscriber]:
     """Every valid subscriber under ``folder``, one at a time (file by file, entry by
     entry: memory does not grow with the list); every error is appended to ``errors``."""
-    if not folder.exists():
+    if not folder.exists() and not folder.is_symlink():
         errors.append(SubscriberError(str(folder), 1, 1, "", "subscribers folder does not exist"))
         return
     first_file: dict[str, str] = {}

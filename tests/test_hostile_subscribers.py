@@ -5,6 +5,8 @@ cannot be rendered or sent fails alone."""
 from __future__ import annotations
 
 import email
+import os
+import re
 from dataclasses import replace
 from datetime import date
 from email import policy
@@ -14,14 +16,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_delivery import smtp_settings
 
-from conftest import FULL_TESTS
+from conftest import EXAMPLE_DUMP, FULL_TESTS
 from paperpost.models import Paper
-from paperpost.pipeline import DigestJob, Rendered, render_stage, send_stage
+from paperpost.pipeline import (
+    DigestJob,
+    Rendered,
+    profile_of,
+    reader_of,
+    render_stage,
+    run_plain,
+    send_stage,
+)
 from paperpost.rank import Interest, Profile, rank
 from paperpost.render import Edition, Reader, Renderer
 from paperpost.settings import Settings
 from paperpost.store import Store
-from paperpost.subscribers import MAX_NAME_CHARS, MAX_TAGS, Subscriber, load_subscribers
+from paperpost.subscribers import (
+    MAX_NAME_CHARS,
+    MAX_TAGS,
+    LoadedSubscriber,
+    Subscriber,
+    load_subscribers,
+)
 from smtp_server import SmtpServer
 
 EDITION = Edition("paperpost <digest@example.org>", "k", None, date(2026, 11, 25), 3)
@@ -164,3 +180,162 @@ def test_a_message_smtp_cannot_write_fails_alone(tmp_path: Path, db_url: str) ->
     assert status["r1@example.org"][0] == status["r2@example.org"][0] == "sent"
     delivered = sorted(r for rcpts, _ in server.handler.messages for r in rcpts)
     assert delivered == ["r1@example.org", "r2@example.org"]
+
+
+# --- round 2: files no editor should produce, and tags the ranker cannot read --------
+
+
+def _lol(levels: int = 9) -> str:
+    """A "billion laughs" alias bomb: 9**9 leaves built from a few shared lists."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels):
+        previous, name = chr(96 + level), chr(97 + level)
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_reported_not_expanded(tmp_path: Path) -> None:
+    """Before: an error message printed the value with repr(), expanding 9**9 items
+    (validate was killed after 20 s). After: every error is one short line."""
+    bomb = _lol()
+    files = {
+        f"{field}.yaml": f"{bomb}email: {field}@example.org\ntags: [agents]\n{field}: *i\n"
+        for field in ("cadence", "max_items", "name", "exclude", "like", "weekday")
+    }
+    files["tags.yaml"] = f"{bomb}email: tags@example.org\ntags: *i\n"
+    files["fine.yaml"] = "email: fine@example.org\ntags: [agents]\n"
+    entries, errors = load(tmp_path / "subs", files)
+    assert [e.subscriber.email for e in entries] == ["fine@example.org"]
+    for field in ("cadence", "max_items", "name", "exclude", "like", "weekday", "tags"):
+        # (located at the anchor the alias stands for)
+        assert any(re.search(rf"{field}\.yaml:[89]:4: {field}(\[0\])?: ", e) for e in errors)
+    assert all(len(e) < 400 and "\n" not in e for e in errors)
+
+
+UNREADABLE_TAGS = {
+    "blank": "'   '",
+    "zero-width": "'\u200b\u200b'",
+    "stopword": "the",
+    "punctuation": "'*'",
+    "regex": "'(a+)+$'",
+    "chinese": "扩散模型",
+}
+
+
+def test_a_tag_the_ranker_cannot_read_is_an_error_and_the_others_get_their_digests(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Before: one subscriber with such a tag (or exclusion) crashed the rank stage with
+    a numpy ValueError: exit 1, no digest for anybody."""
+    subs, dumps = tmp_path / "subs", tmp_path / "dumps"
+    dumps.mkdir()
+    (dumps / "a.txt").write_bytes(EXAMPLE_DUMP.read_bytes())
+    files = {
+        f"{n}.yaml": f"email: {n}@example.org\ntags: [{t}]\n" for n, t in UNREADABLE_TAGS.items()
+    }
+    files["excl.yaml"] = "email: excl@example.org\ntags: [agents]\nexclude: [the, '  ']\n"
+    files["fine.yaml"] = "email: fine@example.org\ntags: [agents]\n"
+    entries, errors = load(subs, files)
+    assert [e.subscriber.email for e in entries] == ["fine@example.org"]
+    for name in UNREADABLE_TAGS:
+        assert any(e.startswith(str(subs / f"{name}.yaml") + ":2:8: tags[0].tag: ") for e in errors)
+    assert any("excl.yaml:3:11: exclude[0]: 'the' has no words to match" in e for e in errors)
+    settings = Settings(
+        sources=[str(dumps)],
+        subscribers_dir=subs,
+        outbox_dir=tmp_path / "outbox",
+        database_url=db_url,
+        send_empty=True,
+    )
+    summary = run_plain(settings, date(2026, 11, 25))
+    assert summary.digests_sent == 1
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
+
+
+hand_text = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from(" \t*.-the"),
+    max_size=30,
+)
+
+
+@settings(max_examples=600 if FULL_TESTS else 60, deadline=None)
+@given(
+    tags=st.lists(hand_text, min_size=1, max_size=3),
+    exclude=st.lists(hand_text, max_size=2),
+    keywords=st.lists(hand_text, max_size=2),
+    like=st.lists(hand_text, max_size=2),
+)
+def test_whatever_loads_can_be_ranked_and_rendered(tags, exclude, keywords, like) -> None:
+    """The invariant: a subscriber the loader accepts never breaks the rank or render
+    stage (for any text in tags, exclude, keywords and like)."""
+    data = {
+        "email": "ann@example.org",
+        "tags": [{"tag": tags[0], "keywords": keywords}, *tags[1:]],
+        "exclude": exclude,
+        "like": like,
+    }
+    try:
+        sub = Subscriber.model_validate(data)
+    except ValueError:
+        return
+    for text in [t.tag for t in sub.tags] + sub.exclude + sub.like:
+        assert text == text.strip() and not any(ord(ch) < 32 for ch in text)
+    entry = LoadedSubscriber(sub, "ann.yaml", 1)
+    papers = [Paper("Agents at work", "LLM agents plan."), Paper("Diffusion", "Images.")]
+    items = rank(papers, profile_of(entry))
+    Renderer().render(reader_of(entry), items, EDITION, 0, 1)
+
+
+def test_files_that_are_not_subscriber_files_are_reported(tmp_path: Path) -> None:
+    """Before: a link to /etc/passwd printed its first line in the error; a link to a
+    file outside the folder loaded silently; a folder, a pipe or a broken link named
+    *.yaml were skipped without a word (a subscriber lost silently)."""
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("email: out@example.org\ntags: [agents]\n")
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "fine.yaml").write_text("email: fine@example.org\ntags: [agents]\n")
+    (subs / "inside.yaml").symlink_to(subs / "fine.yaml")  # inside the folder: allowed...
+    (subs / "passwd.yaml").symlink_to("/etc/passwd")
+    (subs / "out.yaml").symlink_to(outside)
+    (subs / "broken.yaml").symlink_to(tmp_path / "missing.yaml")
+    (subs / "folder.yaml").mkdir()
+    os.mkfifo(subs / "pipe.yaml")  # opening it would block forever
+    entries, errors = load_subscribers(subs)
+    assert [e.path for e in entries] == [str(subs / "fine.yaml")]
+    text = {Path(e.path).name: str(e) for e in errors}
+    assert (
+        "root:" not in text["passwd.yaml"]
+        and "is a link to /etc/passwd, outside" in text["passwd.yaml"]
+    )
+    assert f"is a link to {outside}, outside {subs}" in text["out.yaml"]
+    assert "is a broken link" in text["broken.yaml"]
+    assert "is a folder, not a subscriber file" in text["folder.yaml"]
+    assert "is not a regular file" in text["pipe.yaml"]
+    assert "already subscribed in" in text["inside.yaml"]  # ...and read like any file
+
+
+def test_encodings_and_control_characters(tmp_path: Path) -> None:
+    files = {
+        "utf16.yaml": "email: u16@example.org\nname: Zoë\ntags: [agents]\n".encode("utf-16"),
+        "bom.yaml": "\ufeffemail: bom@example.org\r\ntags: [agents]\r\n".encode(),
+        "latin1.yaml": "email: l@example.org\nname: José\ntags: [agents]\n".encode("latin-1"),
+        "esc.yaml": b'email: esc@example.org\nname: "\\e]0;owned\\a"\ntags: [agents]\n',
+        "nul.yaml": b'email: nul@example.org\ntags: ["age\\0nts"]\n',
+    }
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name, data in files.items():
+        (subs / name).write_bytes(data)
+    entries, errors = load_subscribers(subs)
+    assert sorted(e.subscriber.email for e in entries) == ["bom@example.org", "u16@example.org"]
+    assert [e.subscriber.name for e in entries if e.subscriber.name] == ["Zoë"]
+    text = {Path(e.path).name: str(e) for e in errors}
+    assert text["latin1.yaml"].endswith(
+        "latin1.yaml:2:10: not UTF-8 text (byte E9 here); save the file as UTF-8 (a Latin-1 "
+        "or Windows-1252 editor setting does this)"
+    )
+    assert (
+        "esc.yaml:2:7: name: contains the control character U+001B; remove it" in text["esc.yaml"]
+    )
+    assert "nul.yaml:2:8: tags[0].tag: contains the control character U+0000" in text["nul.yaml"]

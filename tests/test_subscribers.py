@@ -115,7 +115,7 @@ def test_any_text_loads_or_gives_located_errors(tmp_path_factory, text: str) -> 
 @pytest.mark.parametrize("weekday", ["Mon", "monday", "MONDAY"])
 def test_weekday_spellings(tmp_path: Path, weekday: str) -> None:
     path = tmp_path / "w.yaml"
-    path.write_text(f"email: w@example.org\ntags: [a]\ncadence: weekly\nweekday: {weekday}\n")
+    path.write_text(f"email: w@example.org\ntags: [agents]\ncadence: weekly\nweekday: {weekday}\n")
     loaded, errors = load_file(path)
     assert errors == [] and loaded[0].subscriber.weekday == "monday"
 
