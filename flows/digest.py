@@ -3,6 +3,11 @@
 Subscribers are fanned out in batches (``PAPERPOST_BATCH_SIZE``), not one task per
 subscriber: Prefect's per-task overhead is several milliseconds. I/O tasks retry;
 pure tasks do not. The run summary is returned and published as artefacts.
+
+Tasks may run in another process or on another machine (a Dask worker): each reads its
+settings, the database URL and every secret included, from the environment of the process
+it runs in. Only non-secret overrides (the run's folders) travel with a task, and a task
+that touches the database first checks that this database holds the run's lease.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from paperpost import pipeline
 from paperpost.delivery import Outcome
 from paperpost.fetch import Fetched
-from paperpost.render import Edition, Renderer
+from paperpost.render import Renderer
 from paperpost.report import markdown
 from paperpost.settings import Settings
 from paperpost.store import RunPlan, Store
@@ -54,6 +59,31 @@ def task_runner(settings: Settings) -> TaskRunner:
     return DaskTaskRunner(address=settings.dask_address)
 
 
+class WrongDatabase(RuntimeError):
+    """A task ran against a database that does not hold the run's lease."""
+
+
+def settings_here(overrides: dict[str, object]) -> Settings:
+    """The settings of the process this task runs in (its environment and ``.env``) with
+    the run's non-secret overrides: a Dask worker never receives the database URL or a
+    secret from the flow."""
+    return Settings(**overrides)
+
+
+def run_store(settings: Settings, owner: str) -> Store:
+    """This process's store, checked to be the one the run holds its lease in: a worker
+    configured with another database (or none: the default SQLite file) would keep its
+    own ledger and send digests a second time."""
+    store = Store(settings.db_url)
+    if store.lock_owner(pipeline.LOCK) != owner:
+        raise WrongDatabase(
+            f"this task's database does not hold the run's lease (run by {owner}); set the "
+            "same PAPERPOST_DATABASE_URL on every Dask worker as on the flow's process, or the "
+            "run ended meanwhile"
+        )
+    return store
+
+
 def renderer() -> Renderer:
     """One renderer per worker process: premailer's result is learned once."""
     global _renderer
@@ -63,12 +93,14 @@ def renderer() -> Renderer:
 
 
 @task(name="fetch", retries=2, retry_delay_seconds=[5, 30], **_TASK)
-def fetch(settings: Settings, today: date) -> list[Fetched]:
+def fetch(overrides: dict[str, object], today: date) -> list[Fetched]:
+    settings = settings_here(overrides)
     return pipeline.fetch_stage(settings, Store(settings.db_url), today)
 
 
 @task(name="diff", retries=2, retry_delay_seconds=[2, 10], **_TASK)
-def diff(settings: Settings, fetched: list[Fetched], today: date, run_id: int):  # type: ignore[no-untyped-def]
+def diff(overrides: dict[str, object], fetched: list[Fetched], today: date, run_id: int):  # type: ignore[no-untyped-def]
+    settings = settings_here(overrides)
     store = Store(settings.db_url)
     reports = pipeline.diff_stage(store, fetched, today)
     plan, interrupted = pipeline.prepare(settings, store, run_id)
@@ -76,7 +108,8 @@ def diff(settings: Settings, fetched: list[Fetched], today: date, run_id: int): 
 
 
 @task(name="bounces", retries=1, retry_delay_seconds=10, **_TASK)
-def bounces(settings: Settings) -> dict:
+def bounces(overrides: dict[str, object]) -> dict:
+    settings = settings_here(overrides)
     return pipeline.bounce_stage(settings, Store(settings.db_url))
 
 
@@ -94,21 +127,38 @@ class Box(Generic[T]):
 
 @task(name="rank", retries=1, retry_delay_seconds=2, **_TASK)
 def rank(
-    settings: Settings, plan: RunPlan, batch: Box[list[LoadedSubscriber]], today: date
+    overrides: dict[str, object],
+    owner: str,
+    plan: RunPlan,
+    batch: Box[list[LoadedSubscriber]],
+    today: date,
 ) -> Box[pipeline.RankedBatch]:
-    return Box(
-        pipeline.rank_stage(Store(settings.db_url), plan, batch.value, today, settings.send_empty)
-    )
+    settings = settings_here(overrides)
+    store = run_store(settings, owner)
+    return Box(pipeline.rank_stage(store, plan, batch.value, today, settings.send_empty))
 
 
 @task(name="render", **_TASK)
-def render(ranked: Box[pipeline.RankedBatch], edition: Edition) -> Box[pipeline.Rendered]:
-    return Box(pipeline.render_stage(renderer(), ranked.value.jobs, edition))
+def render(
+    overrides: dict[str, object], ranked: Box[pipeline.RankedBatch], plan: RunPlan, today: date
+) -> Box[tuple[pipeline.Rendered, Counter[str]]]:
+    """Render a batch; its skip reasons ride along, so the flow never fetches the ranking."""
+    edition = pipeline.edition_for(settings_here(overrides), plan, today)
+    rendered = pipeline.render_stage(renderer(), ranked.value.jobs, edition)
+    return Box((rendered, Counter(skip.reason for skip in ranked.value.skips)))
 
 
 @task(name="send", retries=2, retry_delay_seconds=[10, 60], **_TASK)
-def send(settings: Settings, rendered: Box[pipeline.Rendered], run_id: int) -> list[Outcome]:
-    return pipeline.send_stage(settings, Store(settings.db_url), rendered.value, run_id)
+def send(
+    overrides: dict[str, object],
+    owner: str,
+    rendered: Box[tuple[pipeline.Rendered, Counter[str]]],
+    run_id: int,
+) -> Box[tuple[list[Outcome], Counter[str]]]:
+    settings = settings_here(overrides)
+    digests, skips = rendered.value
+    outcomes = pipeline.send_stage(settings, run_store(settings, owner), digests, run_id)
+    return Box((outcomes, skips))
 
 
 @flow(name="digest", log_prints=False, task_runner=task_runner(Settings()))
@@ -127,8 +177,9 @@ def digest(
     environment and ``.env``): Prefect stores a flow run's parameters in plain text.
     """
     logger = get_run_logger()
-    overrides = {"sources": sources, "subscribers_dir": subscribers_dir, "outbox_dir": outbox_dir}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    given = {"sources": sources, "subscribers_dir": subscribers_dir, "outbox_dir": outbox_dir}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    settings = settings_here(overrides)
     today = today or datetime.now(UTC).date()
     store, owner, run_id = pipeline.begin(settings)
     if run_id is None:
@@ -137,10 +188,10 @@ def digest(
     summary = pipeline.RunSummary(run_id)
     try:
         clock = time.perf_counter()
-        fetched = fetch(settings, today)
+        fetched = fetch(overrides, today)
         summary.stage_seconds["fetch"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        reports, plan, outcomes = diff(settings, fetched, today, run_id)
+        reports, plan, outcomes = diff(overrides, fetched, today, run_id)
         summary.stage_seconds["diff"] = time.perf_counter() - clock
         logger.info(
             "Window %s..%s: %s new papers",
@@ -149,30 +200,29 @@ def digest(
             plan.high_water - plan.low_water,
         )
         clock = time.perf_counter()
-        summary.bounces = bounces(settings)
+        summary.bounces = bounces(overrides)
         summary.stage_seconds["bounces"] = time.perf_counter() - clock
         clock = time.perf_counter()
         # subscribers are read as batches are submitted: memory holds the batches in
         # flight, not the whole list
         errors: list[SubscriberError] = []
         readers = pipeline.stream_readers(settings.subscribers_dir, errors, cadence)
-        edition = pipeline.edition_for(settings, plan, today)
         skips: Counter[str] = Counter()
         in_flight: deque = deque()
         done = 0
 
         def collect() -> None:
             nonlocal done
-            ranked, sent = in_flight.popleft()
-            skips.update(skip.reason for skip in ranked.result().value.skips)
-            outcomes.extend(sent.result())
+            sent, batch_skips = in_flight.popleft().result().value
+            skips.update(batch_skips)
+            outcomes.extend(sent)
             done += 1
             logger.info("Batch %s done: %s deliveries so far", done, len(outcomes))
 
         for batch in pipeline.batches(readers, settings.batch_size):
-            ranked = rank.submit(settings, plan, Box(batch), today)
-            rendered = render.submit(ranked, edition)
-            in_flight.append((ranked, send.submit(settings, rendered, run_id)))
+            ranked = rank.submit(overrides, owner, plan, Box(batch), today)
+            rendered = render.submit(overrides, ranked, plan, today)
+            in_flight.append(send.submit(overrides, owner, rendered, run_id))
             if len(in_flight) >= (DASK_BATCHES if settings.dask_address else THREAD_BATCHES):
                 collect()
         while in_flight:

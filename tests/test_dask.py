@@ -1,0 +1,145 @@
+"""The digest flow on a real Dask cluster against PostgreSQL: a ``dask scheduler`` and two
+``dask worker`` processes (tests/dask_cluster.py) that read the database URL and the signing
+key from their own environment, never from the flow. Every digest is delivered exactly once:
+counted in the outbox Maildir and in the ledger, also when a worker is killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, POSTGRES_URL, reset_postgres, unavailable
+
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("prefect_harness")]
+
+KEY = "dask-test-key-0123456789abcdef0123"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    if not POSTGRES_URL:
+        unavailable(
+            "PAPERPOST_REQUIRE_POSTGRES",
+            "set PAPERPOST_TEST_POSTGRES_URL to run the flow on Dask workers sharing PostgreSQL",
+        )
+    pytest.importorskip("prefect_dask", reason="needs the dask extra: pip install '.[dask]'")
+    from dask_cluster import DaskCluster
+
+    home = tmp_path_factory.mktemp("dask")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PAPERPOST_DATABASE_URL": POSTGRES_URL,
+        "PAPERPOST_SECRET_KEY": KEY,
+        "PAPERPOST_SEND_EMPTY": "true",  # every subscriber gets a digest: an exact count
+    }
+    cluster = DaskCluster(env, home)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def write_list(path: Path, size: int) -> None:
+    with path.open("w") as out:
+        for i in range(size):
+            out.write(f"- email: reader{i}@example.org\n  tags: [agents, llm-inference]\n")
+
+
+def batch_size(size: int) -> int:
+    return max(10, min(2000, size // 6))  # a few batches in flight on each worker
+
+
+def run_on(cluster, tmp_path: Path, monkeypatch, size: int) -> tuple:  # type: ignore[no-untyped-def]
+    """A fresh database and a list of ``size`` subscribers; returns a function running the
+    flow on the cluster (the flow process has the same settings as the workers)."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.digest import digest
+
+    reset_postgres(POSTGRES_URL)
+    write_list(tmp_path / "list.yaml", size)
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", POSTGRES_URL)
+    monkeypatch.setenv("PAPERPOST_SECRET_KEY", KEY)
+    monkeypatch.setenv("PAPERPOST_SEND_EMPTY", "true")
+    monkeypatch.setenv("PAPERPOST_BATCH_SIZE", str(batch_size(size)))
+    outbox = tmp_path / "outbox"
+    flow = digest.with_options(task_runner=DaskTaskRunner(address=cluster.address))
+
+    def run() -> dict:
+        return flow(
+            sources=[str(EXAMPLES / "dumps")],
+            subscribers_dir=str(tmp_path / "list.yaml"),
+            outbox_dir=str(outbox),
+        )
+
+    return run, outbox
+
+
+def assert_exactly_once(outbox: Path, size: int, retried_ok: bool = False) -> dict:
+    from dask_cluster import tally
+
+    counts = tally(POSTGRES_URL, outbox)
+    assert counts["files"] == counts["addresses"] == size
+    assert counts["file_duplicates"] == counts["ledger_duplicates"] == 0
+    assert counts["ledger"] == {"sent": size}
+    if not retried_ok:
+        assert counts["claimed_twice"] == 0
+    assert not list((outbox / "tmp").iterdir())
+    return counts
+
+
+@pytest.mark.parametrize(
+    "size",
+    [300, pytest.param(100_000, marks=pytest.mark.slow)],
+)
+def test_every_digest_exactly_once_on_dask_workers(cluster, tmp_path, monkeypatch, size) -> None:
+    run, outbox = run_on(cluster, tmp_path, monkeypatch, size)
+    first = run()
+    assert first["digests_sent"] == size and first["digests_failed"] == 0
+    assert_exactly_once(outbox, size)
+    second = run()  # the same news again: nothing more goes out
+    assert second["digests_sent"] == 0
+    assert second["digests_skipped"] == size
+    assert_exactly_once(outbox, size)
+
+
+def test_worker_killed_mid_run_then_rerun_delivers_exactly_once(
+    cluster, tmp_path, monkeypatch
+) -> None:
+    size = 300
+    run, outbox = run_on(cluster, tmp_path, monkeypatch, size)
+    at_kill: dict[str, int] = {}
+    killed: list[int] = []
+
+    def kill_mid_run() -> None:
+        new = outbox / "new"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:  # waits for the run to be under way, then acts
+            if new.exists() and len(names := os.listdir(new)) >= size // 4:
+                killed.append(cluster.kill_worker(1))
+                at_kill.update({n: os.stat(new / n).st_ino for n in names})
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_mid_run)
+    watcher.start()
+    first = run()
+    watcher.join()
+    assert killed and 0 < len(at_kill) < size, "the worker was not killed mid-run"
+    # what the killed worker had claimed and not settled is left for the next run
+    assert first["digests_sent"] + first["digests_skipped"] <= size
+    run()
+    counts = assert_exactly_once(outbox, size, retried_ok=True)
+    # no digest that had reached the Maildir when the worker died was written again
+    after = {n: os.stat(outbox / "new" / n).st_ino for n in at_kill}
+    assert after == at_kill
+    # resent: only what the killed worker had claimed and not made durable (its one batch)
+    assert counts["claimed_twice"] <= batch_size(size)
