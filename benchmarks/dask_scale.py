@@ -64,7 +64,6 @@ import os
 import statistics
 import subprocess
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -72,12 +71,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from dask_cluster import DaskCluster, tally
 from end_to_end import prepare, start_prefect
 
 from common import report
 from smtp_server import free_port
-
-BIN = Path(sys.executable).parent
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -110,54 +108,6 @@ def measure(pids: dict[str, int]) -> dict[str, dict[str, float]]:
     return out
 
 
-class Cluster:
-    """A dask scheduler and two workers, each its own OS process (as on separate hosts)."""
-
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.env, self.workdir = env, workdir
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self) -> float:
-        from distributed import Client
-
-        clock = time.perf_counter()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "scheduler",
-            ["scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
-        )
-        for n in (1, 2):
-            self._spawn(
-                f"worker-{n}",
-                [
-                    *("worker", self.address, "--nthreads", "1", "--nworkers", "1"),
-                    *("--no-dashboard", "--name", f"worker-{n}"),
-                    *("--local-directory", str(self.workdir / f"w{n}")),
-                ],
-            )
-        with Client(self.address, timeout=120) as client:
-            client.wait_for_workers(2, timeout=600)
-        return time.perf_counter() - clock
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = (self.workdir / f"{name}.log").open("w")
-        self.procs[name] = subprocess.Popen(
-            [str(BIN / "dask"), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs.values()):
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def reset(url: str) -> None:
     from sqlalchemy import MetaData, create_engine
 
@@ -170,31 +120,15 @@ def reset(url: str) -> None:
 
 def check_once(url: str, outbox: Path, expected: int) -> dict[str, object]:
     """Every due subscriber has one digest file and one ledger row, sent and claimed once."""
-    from sqlalchemy import create_engine, text
-
-    files = [p.name for p in (outbox / "new").iterdir()]
-    per_address = Counter(name.rsplit("_", 2)[0] for name in files)
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        rows = conn.execute(text("SELECT address, status, attempts FROM deliveries")).all()
-    engine.dispose()
-    by_status = Counter(status for _, status, _ in rows)
-    ledger_per_address = Counter(address for address, _, _ in rows)
-    result = {
-        "outbox_files": len(files),
-        "outbox_addresses": len(per_address),
-        "outbox_duplicates": sum(n - 1 for n in per_address.values() if n > 1),
-        "ledger": dict(by_status),
-        "ledger_duplicates": sum(n - 1 for n in ledger_per_address.values() if n > 1),
-        "claimed_twice": sum(1 for *_, attempts in rows if attempts > 1),
-        "leftover_tmp": len(list((outbox / "tmp").iterdir())),
-    }
-    result["exactly_once"] = (
-        len(files) == expected == by_status["sent"] == len(rows)
-        and result["outbox_duplicates"] == result["ledger_duplicates"] == 0
-        and result["claimed_twice"] == 0
+    counts = tally(url, outbox)
+    counts["leftover_tmp"] = len(list((outbox / "tmp").iterdir()))
+    counts["exactly_once"] = (
+        counts["files"] == counts["addresses"] == expected == counts["ledger"].get("sent")
+        and counts["ledger"] == {"sent": expected}
+        and counts["file_duplicates"] == counts["ledger_duplicates"] == 0
+        and counts["claimed_twice"] == counts["leftover_tmp"] == 0
     )
-    return result
+    return counts
 
 
 def main() -> None:
@@ -223,7 +157,7 @@ def main() -> None:
         "PAPERPOST_BATCH_SIZE": str(args.batch_size),
     }
     base.pop("PAPERPOST_DASK_ADDRESS", None)
-    server, server_start = start_prefect(base, api_port)
+    server, server_start = start_prefect(base, api_port, timeout=900)  # a busy machine
     runs: list[dict] = []
     try:
         for size in args.sizes:
@@ -290,7 +224,7 @@ def one_run(args, base, root, data, size, variant, round_) -> dict:  # type: ign
     reset(args.postgres)
     cluster, cluster_start = None, 0.0
     if variant == "dask":
-        cluster = Cluster(env, work / "dask")
+        cluster = DaskCluster(env, work / "dask")
         cluster_start = cluster.start()
         env["PAPERPOST_DASK_ADDRESS"] = cluster.address
     load_before = os.getloadavg()[0]

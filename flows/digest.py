@@ -191,7 +191,9 @@ def digest(
         fetched = fetch(overrides, today)
         summary.stage_seconds["fetch"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        reports, plan, outcomes = diff(overrides, fetched, today, run_id)
+        reports, plan, interrupted = diff(overrides, fetched, today, run_id)
+        tally = pipeline.Tally()
+        tally.add(interrupted)
         summary.stage_seconds["diff"] = time.perf_counter() - clock
         logger.info(
             "Window %s..%s: %s new papers",
@@ -215,9 +217,9 @@ def digest(
             nonlocal done
             sent, batch_skips = in_flight.popleft().result().value
             skips.update(batch_skips)
-            outcomes.extend(sent)
+            tally.add(sent)
             done += 1
-            logger.info("Batch %s done: %s deliveries so far", done, len(outcomes))
+            logger.info("Batch %s done: %s deliveries so far", done, tally.total())
 
         for batch in pipeline.batches(readers, settings.batch_size):
             ranked = rank.submit(overrides, owner, plan, Box(batch), today)
@@ -235,7 +237,7 @@ def digest(
                 error.field or "file",
             )
         summary.stage_seconds["rank+render+send"] = time.perf_counter() - clock
-        pipeline.summarize(store, summary, plan, reports, errors, skips, outcomes)
+        pipeline.summarize(store, summary, plan, reports, errors, skips, tally)
         store.finish_run(run_id, "finished", summary.to_json())
     except BaseException:
         store.finish_run(run_id, "crashed", summary.to_json())

@@ -45,6 +45,10 @@ from paperpost.subscribers import LoadedSubscriber, SubscriberError, iter_subscr
 
 LOCK = "digest-run"
 LOCK_TTL = timedelta(hours=2)
+# Routine deliveries (sent, or already delivered earlier) listed one by one in a run's summary;
+# beyond this they are only counted (the ledger has every one), so a run's memory and its
+# summary do not grow with the subscriber list. Deliveries needing attention are all listed.
+LISTED_ROUTINE = 1000
 
 
 @dataclass(slots=True)
@@ -93,6 +97,7 @@ class RunSummary:
     digests_ambiguous: int = 0
     invalid_subscribers: list[str] = field(default_factory=list)
     deliveries: list[dict[str, object]] = field(default_factory=list)
+    deliveries_not_listed: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
     bounces: dict[str, object] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -100,6 +105,30 @@ class RunSummary:
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(slots=True)
+class Tally:
+    """A run's delivery outcomes as its batches finish: every status counted, every outcome
+    needing attention kept, routine ones (sent, already delivered) kept up to LISTED_ROUTINE."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    listed: list[Outcome] = field(default_factory=list)
+    routine_listed: int = 0
+    not_listed: int = 0
+
+    def add(self, outcomes: Iterable[Outcome]) -> None:
+        for outcome in outcomes:
+            self.counts[outcome.status] += 1
+            if outcome.status == "sent" or outcome.status.startswith("already-"):
+                if self.routine_listed >= LISTED_ROUTINE:
+                    self.not_listed += 1
+                    continue
+                self.routine_listed += 1
+            self.listed.append(outcome)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
 # --- fetch ----------------------------------------
@@ -438,7 +467,7 @@ def summarize(
     reports: Sequence[SourceReport],
     errors: Sequence[SubscriberError],
     skips: Counter[str],
-    outcomes: Sequence[Outcome],
+    tally: Tally,
 ) -> RunSummary:
     """Fill in the summary; ``skips`` counts subscribers left out, by reason."""
     paused = store.pause_reason(summary.run_id)
@@ -448,7 +477,7 @@ def summarize(
     summary.papers_seen = sum(r.papers for r in reports)
     summary.papers_new = plan.high_water - plan.low_water
     summary.invalid_subscribers = [str(e) for e in errors]
-    counts = Counter(o.status for o in outcomes)
+    counts = tally.counts
     summary.digests_sent = counts["sent"]
     summary.digests_failed = counts["failed"]
     summary.digests_retry = counts["retry"]
@@ -466,8 +495,9 @@ def summarize(
             "papers": o.papers,
             "detail": o.detail,
         }
-        for o in outcomes
+        for o in tally.listed
     ]
+    summary.deliveries_not_listed = tally.not_listed
     if not summary.message:
         summary.message = outcome_message(summary)
     return summary
@@ -518,7 +548,9 @@ def run_plain(
         summary.stage_seconds["fetch"] = time.perf_counter() - clock
         clock = time.perf_counter()
         reports = diff_stage(store, fetched, today)
-        plan, outcomes = prepare(settings, store, run_id)
+        plan, interrupted = prepare(settings, store, run_id)
+        tally = Tally()
+        tally.add(interrupted)
         summary.stage_seconds["diff"] = time.perf_counter() - clock
         clock = time.perf_counter()
         summary.bounces = bounce_stage(settings, store)
@@ -539,13 +571,13 @@ def run_plain(
             rendered = render_stage(renderer, ranked.jobs, edition)
             summary.stage_seconds["render"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            outcomes += send_stage(settings, store, rendered, run_id)
+            tally.add(send_stage(settings, store, rendered, run_id))
             summary.stage_seconds["send"] += time.perf_counter() - clock
             skips.update(skip.reason for skip in ranked.skips)
             processed += len(batch)
             if progress:
                 progress(processed, None)
-        summarize(store, summary, plan, reports, errors, skips, outcomes)
+        summarize(store, summary, plan, reports, errors, skips, tally)
         store.finish_run(run_id, "finished", summary.to_json())
         return summary
     except BaseException:

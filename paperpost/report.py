@@ -16,6 +16,9 @@ def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
         ("digests ambiguous", str(summary.digests_ambiguous)),
         ("invalid subscriber files", str(len(summary.invalid_subscribers))),
     ]
+    if summary.deliveries_not_listed:
+        unlisted = str(summary.deliveries_not_listed)
+        rows.append(("deliveries not listed (sent or already sent; see the ledger)", unlisted))
     for reason, count in sorted(summary.skip_reasons.items()):
         rows.append((f"  skipped: {reason}", str(count)))
     counts = summary.bounces.get("counts")

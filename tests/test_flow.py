@@ -186,3 +186,21 @@ def test_run_stores_no_secret_in_flow_run_parameters_or_logs(tmp_path: Path, mon
     assert "today" in run.parameters and logs
     for secret in secrets:
         assert secret not in stored
+
+
+def test_a_task_refuses_a_database_that_does_not_hold_the_runs_lease(tmp_path: Path) -> None:
+    """A Dask worker configured with another database (or none: the default SQLite file)
+    must not keep a ledger of its own and send the run's digests a second time."""
+    from flows.digest import WrongDatabase, run_store
+    from paperpost import pipeline
+    from paperpost.settings import Settings
+
+    run_db = Settings(database_url=f"sqlite:///{tmp_path / 'run.db'}")
+    _store, owner, run_id = pipeline.begin(run_db)
+    assert run_id is not None
+    assert run_store(run_db, owner).lock_owner(pipeline.LOCK) == owner
+    other = Settings(database_url=f"sqlite:///{tmp_path / 'other.db'}")
+    with pytest.raises(WrongDatabase, match="PAPERPOST_DATABASE_URL"):
+        run_store(other, owner)
+    with pytest.raises(WrongDatabase):
+        run_store(run_db, "another-run")

@@ -161,3 +161,23 @@ def test_an_overlapping_run_does_nothing(setup) -> None:
     assert not outbox.exists()
     store.release_lock(LOCK, "otherhost:1:slow-run")
     assert run_plain(settings, TUE).digests_sent == 1
+
+
+def test_a_runs_tally_keeps_every_problem_and_a_bounded_list_of_routine_deliveries() -> None:
+    """A run's memory must not grow with its deliveries: sent and already-sent digests are
+    counted, and listed only up to LISTED_ROUTINE; every failure, retry and ambiguous stays."""
+    from paperpost.delivery import Outcome
+    from paperpost.pipeline import LISTED_ROUTINE, Tally
+
+    tally = Tally()
+    many = LISTED_ROUTINE + 500
+    tally.add(Outcome(f"r{i}@example.org", "0-9", "sent", 3) for i in range(many))
+    tally.add([Outcome("bad@example.org", "0-9", "failed", 3, "permanent: 550")])
+    tally.add(Outcome(f"a{i}@example.org", "0-9", "already-sent", 3) for i in range(700))
+    tally.add([Outcome("late@example.org", "0-9", "retry", 3, "temporary: 421")])
+    assert tally.counts == {"sent": many, "failed": 1, "already-sent": 700, "retry": 1}
+    assert tally.total() == many + 702
+    assert [o.status for o in tally.listed].count("sent") == LISTED_ROUTINE
+    assert {"failed", "retry"} <= {o.status for o in tally.listed}
+    assert tally.not_listed == 500 + 700
+    assert len(tally.listed) == LISTED_ROUTINE + 2
