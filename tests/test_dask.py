@@ -6,6 +6,7 @@ counted in the outbox Maildir and in the ledger, also when a worker is killed mi
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, POSTGRES_URL, reset_postgres, unavailable
+from paperpost.unsubscribe import BadToken, read_token
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("prefect_harness")]
 
@@ -102,9 +104,17 @@ def assert_exactly_once(outbox: Path, size: int, retried_ok: bool = False) -> di
 )
 def test_every_digest_exactly_once_on_dask_workers(cluster, tmp_path, monkeypatch, size) -> None:
     run, outbox = run_on(cluster, tmp_path, monkeypatch, size)
+    # the flow's process has another signing key: digests are signed where they are rendered,
+    # with the key in the worker's own environment (no secret travels with a task)
+    monkeypatch.setenv("PAPERPOST_SECRET_KEY", "the-flow-process-key-0123456789abcdef")
     first = run()
     assert first["digests_sent"] == size and first["digests_failed"] == 0
     assert_exactly_once(outbox, size)
+    sample = next((outbox / "new").iterdir()).read_bytes()
+    token = re.search(rb"subject=unsubscribe%20([A-Za-z0-9_.=-]+)>", sample).group(1).decode()
+    assert read_token(KEY, token).startswith("reader")
+    with pytest.raises(BadToken):
+        read_token("the-flow-process-key-0123456789abcdef", token)
     second = run()  # the same news again: nothing more goes out
     assert second["digests_sent"] == 0
     assert second["digests_skipped"] == size
