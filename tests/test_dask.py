@@ -153,3 +153,7 @@ def test_worker_killed_mid_run_then_rerun_delivers_exactly_once(
     assert after == at_kill
     # resent: only what the killed worker had claimed and not made durable (its one batch)
     assert counts["claimed_twice"] <= batch_size(size)
+    print(
+        f"killed at {len(at_kill)} of {size} digests; first run {first['digests_sent']} sent; "
+        f"after the rerun {counts}"
+    )  # shown with -s
