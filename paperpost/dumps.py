@@ -35,11 +35,20 @@ HEADER_LINES = frozenset(
 )
 _LISTING_DATE = re.compile(rf"{_MONTH} (\d{{1,2}})")
 _AUTHORS = re.compile(r"\s*•\s*(\d+) authors?\s*")
-_ORG = re.compile(r"\s*(\S+) (\S.*?)\s*")
+_ORG = re.compile(r"(\S+) (\S.*)")  # on a stripped line (no backtracking over spaces)
 _PAPER_DATE = re.compile(rf"{_MONTH} (\d{{1,2}})(?:, (\d{{4}}))?(?: (\d+))?\s*")
 _ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}|[a-z][a-z.-]{0,30}/\d{7}")
 # Counts (upvotes, authors) above this are nonsense and do not fit a 32-bit column.
 MAX_COUNT = 2**31 - 1
+# A listing page holds about a hundred papers and an API month a few thousand; a dump with
+# more is not a listing (and would cost gigabytes of memory to hold as papers).
+MAX_PAPERS = 10_000
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
 
 
 class DumpError(ValueError):
@@ -64,38 +73,78 @@ class ParsedDump:
     warnings: list[str] = field(default_factory=list)
 
 
-def parse_dump(content: bytes, source: str, reference: date) -> ParsedDump:
-    """Parse one dump, telling text from API JSON by its content."""
+def decode(content: bytes, source: str) -> tuple[str, list[str]]:
+    """The dump's text: UTF-8 (a byte-order mark is skipped), or UTF-16/32 when a
+    byte-order mark says so. A dump cut off inside a character loses that character,
+    with a warning; any other byte that is not UTF-8 is an error naming its line."""
+    for bom, encoding in _BOMS:
+        if content.startswith(bom):
+            try:
+                return content.decode(encoding), []
+            except UnicodeDecodeError:
+                raise DumpError(
+                    source, f"starts like {encoding.upper()} text but is not; re-download it"
+                ) from None
     if b"\x00" in content[:65536]:
         raise DumpError(source, "binary data (NUL bytes), not a text or JSON dump")
     try:
-        text = content.decode("utf-8-sig")
+        return content.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:
+        line = content.count(b"\n", 0, exc.start) + 1
+        if exc.reason == "unexpected end of data":  # only the last character is cut
+            return content[: exc.start].decode("utf-8-sig"), [
+                f"{source}:{line}: the dump ends in the middle of a character (truncated?); "
+                "the last paper may be missing"
+            ]
+        column = exc.start - (content.rfind(b"\n", 0, exc.start) + 1) + 1
         raise DumpError(
-            source, f"not UTF-8 text (bad byte at offset {exc.start}); expected a page dump"
+            source,
+            f"not UTF-8 text (byte {content[exc.start]:02X} at column {column}; Latin-1 or "
+            "Windows-1252?); save the dump as UTF-8",
+            line,
         ) from None
+
+
+def parse_dump(content: bytes, source: str, reference: date) -> ParsedDump:
+    """Parse one dump, telling text from API JSON by its content."""
+    text, warnings = decode(content, source)
+    text = text.lstrip("\ufeff")  # a byte-order mark saved twice
     stripped = text.lstrip()
     if not stripped:
         raise DumpError(source, "empty file; expected a page dump or daily-papers JSON")
-    if stripped[0] in "[{":
-        return parse_api_json(text, source)
     if stripped[0] == "<":
         raise DumpError(
             source,
             "this is an HTML page (an error page?), not a dump; save the listing as text "
             "or use the daily-papers API",
         )
-    return parse_text_dump(text, source, reference)
+    if stripped[0] in "[{":
+        parsed = parse_api_json(text, source)
+    else:
+        parsed = parse_text_dump(text, source, reference)
+    parsed.warnings[:0] = warnings
+    return parsed
+
+
+def _too_many(source: str, line: int | None = None) -> DumpError:
+    return DumpError(
+        source,
+        f"more than {MAX_PAPERS:,} papers; a Daily Papers listing holds a few hundred at "
+        "most, so this is not one (check the source)",
+        line,
+    )
 
 
 # --- text dumps ----------------------------------------
 
 
-def _paragraphs(text: str) -> list[tuple[int, list[str]]]:
-    """Blank-line separated paragraphs, each with the 1-based line it starts on."""
+def _paragraphs(text: str, source: str) -> list[tuple[int, list[str]]]:
+    """Blank-line separated paragraphs, each with the 1-based line it starts on (refused
+    when there are more than a listing of MAX_PAPERS papers could have)."""
     paras: list[tuple[int, list[str]]] = []
     current: list[str] = []
     start = 0
+    limit = 3 * MAX_PAPERS + 10  # title, abstract, metadata; the header
     for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
         if line.strip():
             if not current:
@@ -104,6 +153,8 @@ def _paragraphs(text: str) -> list[tuple[int, list[str]]]:
         elif current:
             paras.append((start, current))
             current = []
+            if len(paras) > limit:
+                raise _too_many(source, start)
     if current:
         paras.append((start, current))
     return paras
@@ -146,7 +197,7 @@ def _parse_meta(lines: list[str], listing: date) -> _Meta | None:
     if not dated:
         return None
     authors = _AUTHORS.fullmatch(lines[0])
-    org = None if authors else _ORG.fullmatch(lines[0])
+    org = None if authors else _ORG.fullmatch(lines[0].strip())
     if not authors and not org:
         return None
     month, day = MONTHS[dated[1]], int(dated[2])
@@ -173,7 +224,7 @@ def _looks_like_meta(lines: list[str]) -> bool:
 
 def parse_text_dump(text: str, source: str, reference: date) -> ParsedDump:
     """Parse a page dump saved as text (see ``docs/dumps.md`` for the layout)."""
-    paras = _paragraphs(text)
+    paras = _paragraphs(text, source)
     index = 0
     listing: date | None = None
     while index < len(paras) and index < 8:
@@ -245,6 +296,8 @@ def parse_text_dump(text: str, source: str, reference: date) -> ParsedDump:
                 )
             index += 1
         papers.append(paper)
+        if len(papers) > MAX_PAPERS:
+            raise _too_many(source, line_no)
     return ParsedDump(source, "text", listing, papers, warnings)
 
 
@@ -346,6 +399,8 @@ def parse_api_json(text: str, source: str) -> ParsedDump:
         raise DumpError(source, f"expected a list of papers, got an object ({detail})")
     if not isinstance(data, list):
         raise DumpError(source, f"expected a list of papers, got {type(data).__name__}")
+    if len(data) > MAX_PAPERS:
+        raise _too_many(source)
     papers: list[Paper] = []
     warnings: list[str] = []
     for position, item in enumerate(data):

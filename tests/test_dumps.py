@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import API_DAYS, CAPTURED, DUMPS, EXAMPLE_API_DAY, EXAMPLES
-from paperpost.dumps import DumpError, distinct_papers, parse_dump, parse_text_dump
+from conftest import API_DAYS, CAPTURED, DUMPS, EXAMPLE_API_DAY, EXAMPLES, FULL_TESTS
+from paperpost.dumps import MAX_PAPERS, DumpError, distinct_papers, parse_dump, parse_text_dump
 from paperpost.models import Paper, title_key
 
 HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
@@ -135,7 +138,7 @@ def test_truncated_metadata_block_does_not_swallow_a_paper() -> None:
     [
         (b"", "empty file"),
         (b"\x00\x01\x02binary", "binary data"),
-        (b"\xff\xfe\xfa not utf8", "not UTF-8"),
+        (b"\xfa\xfb not utf8", "not UTF-8"),
         (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "HTML page"),
         (b'[{"paper": {"id": "2608.1', "truncated"),
         (b'{"error": "Invalid date"}', "Invalid date"),
@@ -204,3 +207,95 @@ def test_arbitrary_input_only_raises_dump_error(content: bytes) -> None:
 @given(st.text(max_size=60))
 def test_title_key_ignores_case_space_and_punctuation(title: str) -> None:
     assert title_key(title) == title_key("  " + title.upper().replace(" ", "\n ") + "!")
+
+
+# --- round 2 of hostile dumps: encodings, truncation, size, regex blow-up ---------------
+
+
+def _encode(text: str, encoding: str) -> bytes:
+    if encoding == "utf-8-twice-bom":
+        return b"\xef\xbb\xbf\xef\xbb\xbf" + text.encode()
+    if encoding == "utf-16-be":  # with its byte-order mark, as editors save it
+        return b"\xfe\xff" + text.encode("utf-16-be")
+    return text.encode(encoding)
+
+
+@given(
+    st.lists(_paper, min_size=1, max_size=8),
+    st.sampled_from(["utf-8", "utf-8-sig", "utf-8-twice-bom", "utf-16", "utf-16-be", "utf-32"]),
+    st.sampled_from(["\n", "\r\n", "\r"]),
+)
+@settings(max_examples=300 if FULL_TESTS else 60, deadline=None)
+def test_encodings_and_line_ends_do_not_change_the_papers(papers, encoding, newline) -> None:
+    """Before: UTF-16 (Windows "Unicode") was "binary data (NUL bytes)"; a BOM saved
+    twice broke the header."""
+    content = _encode(render_dump(papers).replace("\n", newline), encoding)
+    parsed = parse_dump(content, "enc.txt", CAPTURED)
+    assert [(p.title, p.abstract) for p in parsed.papers] == [(t, a) for t, a, _, _ in papers]
+
+
+@given(st.lists(_paper, min_size=1, max_size=8), st.data())
+@settings(max_examples=300 if FULL_TESTS else 80, deadline=None)
+def test_a_dump_cut_anywhere_keeps_the_papers_before_the_cut(papers, data) -> None:
+    """A dump cut at any byte after its header (mid-character too) yields the papers
+    before the cut unchanged, and at most the last one shortened. Before: a cut inside a
+    character refused the whole dump ("not UTF-8 text")."""
+    content = render_dump(papers).encode()
+    cut = data.draw(st.integers(len(HEADER.encode()), len(content)))
+    parsed = parse_dump(content[:cut], "cut.txt", CAPTURED)
+    got = [(p.title, p.abstract) for p in parsed.papers]
+    wanted = [(t, a) for t, a, _, _ in papers]
+    if got:
+        assert got[:-1] == wanted[: len(got) - 1]
+        title, abstract = got[-1]
+        assert title == wanted[len(got) - 1][0]
+        assert wanted[len(got) - 1][1].startswith(abstract)
+    if content[:cut].decode("utf-8", "ignore").encode() != content[:cut]:
+        assert any("middle of a character" in w for w in parsed.warnings)
+
+
+def test_a_byte_that_is_not_utf8_is_located() -> None:
+    content = (HEADER + "Title\n\nAbstract with \x93smart quotes\x94\n").encode("latin-1")
+    with pytest.raises(DumpError) as info:
+        parse_dump(content, "cp1252.txt", CAPTURED)
+    assert str(info.value) == (
+        "cp1252.txt:13: not UTF-8 text (byte 93 at column 15; Latin-1 or Windows-1252?); "
+        "save the dump as UTF-8"
+    )
+
+
+def test_more_papers_than_a_listing_holds_is_refused_early() -> None:
+    """Before: 18 MB of one-letter papers took over 300 s and 4 GB (killed); 700,000
+    one-line API items 45 s and 580 MB, then went on to the database."""
+    with pytest.raises(DumpError, match="more than 10,000 papers"):
+        parse_dump((HEADER + "a\n\nb\n\n" * (MAX_PAPERS + 1)).encode(), "many.txt", CAPTURED)
+    item = {"title": "a", "summary": "b"}
+    with pytest.raises(DumpError, match="more than 10,000 papers"):
+        parse_dump(json.dumps([item] * (MAX_PAPERS + 1)).encode(), "many.json", CAPTURED)
+    assert len(parse_dump(json.dumps([item] * 3).encode(), "few.json", CAPTURED).papers) == 3
+
+
+@contextmanager
+def within(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging) if the block runs longer than ``seconds``."""
+
+    def expired(*_: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_organisation_line_full_of_spaces_is_read_in_linear_time() -> None:
+    """Before: the organisation regex backtracked over the spaces: 17 s for a 50 KB line,
+    quadratic (a 20 MB dump of such blocks: days)."""
+    line = "a b" + " " * 200_000 + "x"
+    text = HEADER + f"Title\n\nAbstract\n\n{line}\n·\nNov 3\n"
+    with within(5):
+        parsed = parse_dump(text.encode(), "org.txt", CAPTURED)
+    assert parsed.papers[0].organization == "b x"  # spaces collapsed, as everywhere
