@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from paperpost.models import Paper, normalize_space
+from paperpost.sanitize import http_url
 
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, 1)}
@@ -317,15 +318,6 @@ def _text(value: object) -> str | None:
     return (normalize_space(value) or None) if isinstance(value, str) else None
 
 
-_HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>\ud800-\udfff]{1,2000}", re.I)
-
-
-def _http_url(value: object) -> str | None:
-    if isinstance(value, str) and _HTTP_URL.fullmatch(value.strip()):
-        return value.strip()
-    return None
-
-
 def _org_name(*candidates: object) -> str | None:
     for org in candidates:
         if isinstance(org, dict):
@@ -365,8 +357,8 @@ def _api_paper(item: dict, source: str) -> Paper:
         ai_keywords=tuple(k for k in (_text(k) for k in keywords or ()) if k)
         if isinstance(keywords, list)
         else (),
-        github_repo=_http_url(inner.get("githubRepo")),
-        project_page=_http_url(inner.get("projectPage")),
+        github_repo=http_url(inner.get("githubRepo")),
+        project_page=http_url(inner.get("projectPage")),
         source=source,
         listing_date=_iso_date(inner.get("submittedOnDailyAt")),
     )

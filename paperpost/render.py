@@ -36,7 +36,7 @@ from premailer import Premailer
 from paperpost.feedback import vote_expiry, vote_urls
 from paperpost.models import Paper, normalize_space
 from paperpost.rank import Ranked
-from paperpost.sanitize import NAME_CHARS, SUBJECT_CHARS, header_text, strip_bidi
+from paperpost.sanitize import NAME_CHARS, SUBJECT_CHARS, header_text, http_url, strip_bidi
 from paperpost.unsubscribe import make_token
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -49,16 +49,6 @@ _STYLE_BLOCK = re.compile(r"<style>.*?</style>", re.S)
 # Headers may be long (List-Unsubscribe URLs) but must not be RFC 2047-encoded to fit 78
 POLICY = SMTP.clone(max_line_length=998)
 cssutils.log.setLevel(logging.CRITICAL)  # premailer's CSS parser warns on email-only CSS
-
-
-def safe_url(url: str | None) -> str | None:
-    """Only http(s) links reach a digest; anything else (``javascript:``...) is dropped."""
-    if not url:
-        return None
-    url = url.strip()
-    if not re.match(r"https?://[^\s\"'<>]+$", url, re.I):
-        return None
-    return url
 
 
 def shorten(text: str, limit: int = ABSTRACT_CHARS) -> str:
@@ -125,7 +115,7 @@ def _links(paper: Paper) -> list[tuple[str, str]]:
     if paper.arxiv_id:
         links.append(("arXiv", f"https://arxiv.org/abs/{quote(paper.arxiv_id)}"))
     for label, url in (("Code", paper.github_repo), ("Project page", paper.project_page)):
-        safe = safe_url(url)
+        safe = http_url(url)
         if safe:
             links.append((label, safe))
     return links
@@ -158,7 +148,7 @@ def paper_card(paper: Paper) -> Card:
     abstract = shorten(paper.abstract)
     return Card(
         title=normalize_space(paper.title),
-        url=safe_url(paper.url) or LISTING_URL,
+        url=http_url(paper.url) or LISTING_URL,
         tldr=normalize_space(paper.ai_summary) if paper.ai_summary else None,
         abstract=abstract,
         abstract_text=textwrap.fill(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from urllib.parse import urlsplit
 
 # Bidi formatting characters: ALM, LRM, RLM, LRE..RLO, LRI..PDI.
 BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -22,6 +23,26 @@ _BREAKS = "\t\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _SPACE = re.compile(r"\s+")
 SUBJECT_CHARS = 110
 NAME_CHARS = 80
+_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>\\`\ud800-\udfff]{1,2000}", re.I)
+_HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?", re.I)
+
+
+def http_url(value: object) -> str | None:
+    """A third-party link as it may appear in a digest, or None: http(s) only (no
+    ``javascript:``, ``data:``), no credentials or ``@`` before the host (which make
+    ``https://huggingface.co@evil.example/`` lead to evil.example), an ASCII host name,
+    no spaces, quotes, angle brackets or backslashes, at most 2,000 characters."""
+    if not isinstance(value, str) or not _URL.fullmatch(value.strip()):
+        return None
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:  # a port that is not a number
+        return None
+    if "@" in parts.netloc or not port_ok or not _HOST.fullmatch(parts.hostname or ""):
+        return None
+    return url
 
 
 def strip_bidi(text: str) -> str:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, Ranked, rank
-from paperpost.render import HTML_LIMIT, Edition, Reader, Renderer, safe_url, shorten
+from paperpost.render import HTML_LIMIT, Edition, Reader, Renderer, shorten
+from paperpost.sanitize import http_url
 from paperpost.unsubscribe import BadToken, make_token, read_token
 
 EDITION = Edition(
@@ -134,9 +135,9 @@ def test_text_only_readers_get_a_single_text_part(renderer, corpus) -> None:
 
 
 def test_helpers() -> None:
-    assert safe_url("javascript:alert(1)") is None
-    assert safe_url("https://a.example/x") == "https://a.example/x"
-    assert safe_url('https://a.example/"onmouseover=x') is None
+    assert http_url("javascript:alert(1)") is None
+    assert http_url("https://a.example/x") == "https://a.example/x"
+    assert http_url('https://a.example/"onmouseover=x') is None
     long = "word " * 200
     short = shorten(long, 450)
     assert len(short) <= 451 and short.endswith("…") and not short.endswith(" …")

@@ -12,6 +12,7 @@ import quopri
 from datetime import date
 from email import policy
 from email.message import EmailMessage
+from urllib.parse import urlsplit
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,7 +21,7 @@ from conftest import FULL_TESTS
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, Ranked, rank
 from paperpost.render import Edition, Reader, Renderer
-from paperpost.sanitize import BIDI, NAME_CHARS, SUBJECT_CHARS, header_text
+from paperpost.sanitize import BIDI, NAME_CHARS, SUBJECT_CHARS, header_text, http_url
 
 EDITION = Edition(
     "paperpost <digest@example.org>", "secret", "https://pp.example.org", date(2026, 11, 25), 3
@@ -165,3 +166,44 @@ def test_header_text_is_one_safe_line(text: str, limit: int) -> None:
     assert len(value) <= limit
     assert "=?" not in value and not BIDI.search(value)
     assert value.isprintable() and value == value.strip()
+
+
+# --- links from dumps ------------------------------------------------------------------
+
+HOSTILE_LINKS = [
+    "javascript:alert(1)",
+    "JaVaScRiPt:alert(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+    "vbscript:msgbox",
+    "file:///etc/passwd",
+    "https://user:secret@github.com/a/b",  # before: kept, credentials shown in the digest
+    "https://github.com@evil.example/a/b",  # before: kept, leads to evil.example
+    "https://github.com:443@evil.example",
+    "https://github.com\\@evil.example/",
+    'https://github.com/a"onmouseover="alert(1)',
+    "https://github.com/a`x",
+    "https://gíthub.com/a/b",  # not ASCII: a look-alike host
+    "https://github.com:99999/",
+    "https://",
+]
+
+
+def test_hostile_links_never_reach_a_digest() -> None:
+    for link in HOSTILE_LINKS:
+        assert http_url(link) is None, link
+    paper = Paper("Linked agents", "About agents.", github_repo=HOSTILE_LINKS[6])
+    item = Ranked(paper, 1.0, ("agents",), "")
+    out = RENDERER.render(Reader("ann@example.org", None, ("agents",)), [item], EDITION, 0, 1)
+    assert b"evil.example" not in out.data
+
+
+@given(st.text(max_size=80) | st.from_regex(r"https?://[ -~]{0,60}", fullmatch=True))
+@settings(max_examples=500 if FULL_TESTS else 100, deadline=None)
+def test_a_kept_link_is_a_plain_http_link_to_the_host_it_shows(text: str) -> None:
+    url = http_url(text)
+    if url is None:
+        return
+    parts = urlsplit(url)
+    assert parts.scheme.lower() in {"http", "https"} and parts.hostname
+    assert "@" not in parts.netloc
+    assert parts.netloc.isascii() and not any(c in url for c in " \"'<>\\`\r\n\t")
