@@ -1019,16 +1019,22 @@ def rank_many(
             weights[row, k] = interest.weight / top
         for r in unwanted:
             blocked[row] |= about[r]
-    # S × P: a weighted noisy-or of each reader's tags
-    scores = 1.0 - np.exp(np.einsum("sk,skp->sp", weights, log_miss[picks]))
+    # S × P: a weighted noisy-or of each reader's tags, and the strongest (weighted) share
+    # of a tag's own words; one tag slot at a time keeps the temporaries S × P
+    literal_rows = np.vstack([table.literal, np.zeros(len(papers))])
+    log_sum = np.zeros((len(profiles), len(papers)))
+    literal = np.zeros((len(profiles), len(papers)))
+    for k in range(width):
+        slot, weight = picks[:, k], weights[:, k, None]
+        log_sum += weight * log_miss[slot]
+        np.maximum(literal, weight * literal_rows[slot], out=literal)
+    scores = 1.0 - np.exp(log_sum)
     upvotes = np.array([p.upvotes or 0 for p in papers], dtype=np.float64)
     prior = POPULARITY_TIEBREAK * (1.0 - np.exp(-upvotes / 30.0))
     duplicates = cache.duplicates(papers)
     details: dict[tuple[int, int], dict] = {}
 
     min_scores = np.array([p.min_score for p in profiles])[:, None]
-    literal_rows = np.vstack([table.literal, np.zeros(len(papers))])
-    literal = (weights[:, :, None] * literal_rows[picks]).max(axis=1)
     order = scores * (1.0 + prior) + LITERAL_WEIGHT * literal
     final = np.where((scores >= min_scores) & ~blocked, order, -1.0)
     shown_scores = scores
@@ -1050,8 +1056,10 @@ def rank_many(
     tag_scores = table.score.tolist()
     reasons: dict[tuple[int, tuple[int, ...]], tuple[str, tuple[dict, ...]]] = {}
     results: list[list[Ranked]] = []
+    top_papers = top.tolist()
+    top_passed = (np.take_along_axis(final, top, 1) >= 0.0).tolist()
     for row, profile in enumerate(profiles):
-        order = [p for p in top[row].tolist() if final[row, p] >= 0.0]
+        order = [p for p, ok in zip(top_papers[row], top_passed[row], strict=True) if ok]
         wanted = rows[row][0]
         ranked = []
         for p in _diverse(order, duplicates, profile.max_items):
