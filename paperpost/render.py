@@ -42,6 +42,8 @@ from paperpost.unsubscribe import make_token
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 HTML_LIMIT = 95_000  # Gmail clips HTML parts over ~102 KB, hiding the unsubscribe link
 ABSTRACT_CHARS = 450
+RUN_CHARS = 30  # longest unbroken run shown in HTML; longer ones are cut in pieces of
+PIECE_CHARS = 15  # at most 260 px at the title's 18 px (a phone's column is ~330 px)
 LISTING_URL = "https://huggingface.co/papers"
 _START_TAG = re.compile(r'<([a-z0-9]+)([^<>]*?) class="([^"]*)"')
 _STYLE_BLOCK = re.compile(r"<style>.*?</style>", re.S)
@@ -49,6 +51,22 @@ _STYLE_BLOCK = re.compile(r"<style>.*?</style>", re.S)
 # Headers may be long (List-Unsubscribe URLs) but must not be RFC 2047-encoded to fit 78
 POLICY = SMTP.clone(max_line_length=998)
 cssutils.log.setLevel(logging.CRITICAL)  # premailer's CSS parser warns on email-only CSS
+
+
+_RUNAWAY = re.compile(f"[^\\s\u200b]{{{RUN_CHARS + 1},}}")
+
+
+def breakable(text: str) -> str:
+    """Text with a zero-width space every PIECE_CHARS characters of an unbroken run longer
+    than RUN_CHARS (a runaway "word" in a title, a long URL), so that it wraps in every
+    mail client: otherwise the card table grows to fit it (Outlook's Word engine ignores
+    CSS ``word-break``). The text part's abstract is wrapped without it."""
+    return _RUNAWAY.sub(
+        lambda m: "\u200b".join(
+            m[0][i : i + PIECE_CHARS] for i in range(0, len(m[0]), PIECE_CHARS)
+        ),
+        text,
+    )
 
 
 def shorten(text: str, limit: int = ABSTRACT_CHARS) -> str:
@@ -144,17 +162,18 @@ def card(item: Ranked) -> Card:
 
 @lru_cache(maxsize=8192)
 def paper_card(paper: Paper) -> Card:
-    """The reader-independent part of a card (cached: every reader of a paper shares it)."""
+    """The reader-independent part of a card (cached: every reader of a paper shares it).
+    Runaway words are broken up here once (:func:`breakable`), not per digest."""
     abstract = shorten(paper.abstract)
     return Card(
-        title=normalize_space(paper.title),
+        title=breakable(normalize_space(paper.title)),
         url=http_url(paper.url) or LISTING_URL,
-        tldr=normalize_space(paper.ai_summary) if paper.ai_summary else None,
-        abstract=abstract,
+        tldr=breakable(normalize_space(paper.ai_summary)) if paper.ai_summary else None,
+        abstract=breakable(abstract),
         abstract_text=textwrap.fill(
             abstract, 75, initial_indent="   ", subsequent_indent="   ", break_on_hyphens=False
         ),
-        meta=tuple(_meta(paper)),
+        meta=tuple(breakable(m) for m in _meta(paper)),
         links=tuple(_links(paper)),
     )
 
@@ -186,6 +205,7 @@ class Renderer:
         self.html_env = jinja2.Environment(
             loader=loader, autoescape=True, undefined=jinja2.StrictUndefined
         )
+        self.html_env.filters["breakable"] = breakable
         self.text_env = jinja2.Environment(
             loader=loader,
             autoescape=False,
