@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from paperpost.models import Paper, normalize_space
-from paperpost.sanitize import http_url
+from paperpost.sanitize import http_url, shorten_line
 
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, 1)}
@@ -296,10 +296,46 @@ def parse_text_dump(text: str, source: str, reference: date) -> ParsedDump:
                     upvotes=meta.upvotes,
                 )
             index += 1
-        papers.append(paper)
+        papers.append(_bounded(paper, f"{source}:{line_no}", warnings))
         if len(papers) > MAX_PAPERS:
             raise _too_many(source, line_no)
     return ParsedDump(source, "text", listing, papers, warnings)
+
+
+# --- sizes ----------------------------------------
+
+# Far beyond any real paper (arXiv caps abstracts at 1,920 characters, titles are under
+# 300): longer text is cut, so one hostile item cannot make a digest megabytes long.
+MAX_TITLE = 500
+MAX_ABSTRACT = 10_000
+MAX_TEXT = 1_000  # TL;DR
+MAX_NAME = 200  # an author, organisation or keyword
+MAX_NAMES = 1_000  # authors
+MAX_KEYWORDS = 50
+
+
+def _bounded(paper: Paper, where: str, warnings: list[str]) -> Paper:
+    """``paper`` with over-long text cut (each cut reported in ``warnings``)."""
+    changes: dict[str, object] = {}
+    for name, limit in (
+        ("title", MAX_TITLE),
+        ("abstract", MAX_ABSTRACT),
+        ("ai_summary", MAX_TEXT),
+        ("organization", MAX_NAME),
+    ):
+        value = getattr(paper, name)
+        if value and len(value) > limit:
+            changes[name] = shorten_line(value, limit)
+            warnings.append(f"{where}: {name} of {len(value):,} characters cut to {limit:,}")
+    for name, count, limit in (
+        ("authors", MAX_NAMES, MAX_NAME),
+        ("ai_keywords", MAX_KEYWORDS, MAX_NAME),
+    ):
+        values = getattr(paper, name)
+        if values and (len(values) > count or any(len(v) > limit for v in values)):
+            changes[name] = tuple(shorten_line(v, limit) for v in values[:count])
+            warnings.append(f"{where}: {name} cut to {count:,} of at most {limit} characters")
+    return replace(paper, **changes) if changes else paper
 
 
 # --- API JSON ----------------------------------------
@@ -402,7 +438,9 @@ def parse_api_json(text: str, source: str) -> ParsedDump:
             )
             continue
         try:
-            papers.append(_api_paper(item, source))
+            papers.append(
+                _bounded(_api_paper(item, source), f"{source}: item {position}", warnings)
+            )
         except ValueError as exc:
             warnings.append(f"{source}: item {position}: {exc}; skipped")
     if data and not papers:

@@ -11,7 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import API_DAYS, CAPTURED, DUMPS, EXAMPLE_API_DAY, EXAMPLES, FULL_TESTS
-from paperpost.dumps import MAX_PAPERS, DumpError, distinct_papers, parse_dump, parse_text_dump
+from paperpost.dumps import (
+    MAX_ABSTRACT,
+    MAX_KEYWORDS,
+    MAX_NAME,
+    MAX_NAMES,
+    MAX_PAPERS,
+    MAX_TEXT,
+    MAX_TITLE,
+    DumpError,
+    distinct_papers,
+    parse_dump,
+    parse_text_dump,
+)
 from paperpost.models import Paper, title_key
 
 HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
@@ -299,3 +311,36 @@ def test_an_organisation_line_full_of_spaces_is_read_in_linear_time() -> None:
     with within(5):
         parsed = parse_dump(text.encode(), "org.txt", CAPTURED)
     assert parsed.papers[0].organization == "b x"  # spaces collapsed, as everywhere
+
+
+@given(
+    st.integers(0, 3000),
+    st.integers(0, 30_000),
+    st.integers(0, 3000),
+    st.integers(0, 1500),
+    st.integers(0, 100),
+)
+@settings(max_examples=100 if FULL_TESTS else 25, deadline=None)
+def test_one_item_cannot_make_a_paper_huge(title, abstract, tldr, authors, keywords) -> None:
+    """Before: one API item with a 2 MB title, 3.6 MB abstract and 200,000 authors made a
+    4.2 MB digest (Gmail clips at 102 KB, hiding the unsubscribe link), a 10.8 MB
+    database and a 31 s run."""
+    item = {
+        "paper": {
+            "id": "2611.00001",
+            "title": "Agents " + "plan " * title,
+            "summary": "About agents. " * (abstract // 10 + 1),
+            "ai_summary": "x " * tldr,
+            "authors": [{"name": f"Author {i} " + "y" * (i % 300)} for i in range(authors)],
+            "ai_keywords": ["k" * (i * 5) + "w" for i in range(keywords)],
+        }
+    }
+    parsed = parse_dump(json.dumps([item]).encode(), "big.json", CAPTURED)
+    (paper,) = parsed.papers
+    assert len(paper.title) <= MAX_TITLE and len(paper.abstract) <= MAX_ABSTRACT
+    assert len(paper.ai_summary or "") <= MAX_TEXT
+    assert len(paper.authors or ()) <= MAX_NAMES and len(paper.ai_keywords) <= MAX_KEYWORDS
+    assert all(len(n) <= MAX_NAME for n in (*(paper.authors or ()), *paper.ai_keywords))
+    assert paper.title.startswith("Agents")
+    if len(item["paper"]["title"].strip()) > MAX_TITLE:
+        assert any("title of" in w and "cut to 500" in w for w in parsed.warnings)
