@@ -18,6 +18,12 @@ from urllib.parse import urlsplit
 # Bidi formatting characters: ALM, LRM, RLM, LRE..RLO, LRI..PDI.
 BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+# Invisible characters outside those categories (Unicode's default-ignorable letters and
+# marks: Hangul fillers, the grapheme joiner, variation selectors) and the blank Braille
+# pattern: they make a Subject look empty or different from what it says.
+_INVISIBLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
 _PRINTABLE_ASCII = re.compile("[ -~]*")
 _BREAKS = "\t\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _SPACE = re.compile(r"\s+")
@@ -59,7 +65,7 @@ def header_text(text: str, limit: int) -> str:
         for ch in text
         if ch in _BREAKS or unicodedata.category(ch) not in _UNSAFE_CATEGORIES
     )
-    text = _SPACE.sub(" ", text).strip()
+    text = _SPACE.sub(" ", _INVISIBLE.sub("", text)).strip()
     while "=?" in text:  # "=?=?" needs two passes
         text = text.replace("=?", "= ?")
     return shorten_line(text, limit)

@@ -14,7 +14,7 @@ from email import policy
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conftest import FULL_TESTS
@@ -122,6 +122,9 @@ def test_header_text_caps_length_at_a_word_boundary() -> None:
 
 NASTY = "\r\n\t\x00\x0b\x0c\x1b\x7f\x85\u2028\u2029\u200b\u200e\u202a\u202e\u2066\u2069\ufeff"
 SPECIALS = "=?_:;,<>\"'()[]\\@. "
+# invisible but "printable": before, they reached Subject (a title of Hangul fillers
+# looked blank; a grapheme joiner or variation selector hid inside words)
+INVISIBLE = "\u034f\u115f\u1160\u17b4\u3164\uffa0\u2800\ufe0f\U000e0100"
 
 
 @st.composite
@@ -144,7 +147,9 @@ def encoded_words(draw: st.DrawFn) -> str:
 
 hostile_text = st.lists(
     st.one_of(
-        st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(NASTY + SPECIALS)),
+        st.text(
+            alphabet=st.characters(codec="utf-8") | st.sampled_from(NASTY + SPECIALS + INVISIBLE)
+        ),
         encoded_words(),
     ),
     max_size=4,
@@ -161,11 +166,14 @@ def test_any_title_name_and_keyword_keep_the_message_shape(
 
 
 @given(text=hostile_text, limit=st.integers(min_value=2, max_value=200))
+@example(text=INVISIBLE, limit=110)
+@example(text="Agents\u3164\u2800 plan\u034fning", limit=110)
 def test_header_text_is_one_safe_line(text: str, limit: int) -> None:
     value = header_text(text, limit)
     assert len(value) <= limit
     assert "=?" not in value and not BIDI.search(value)
     assert value.isprintable() and value == value.strip()
+    assert not any(ch in INVISIBLE for ch in value)
 
 
 # --- links from dumps ------------------------------------------------------------------
