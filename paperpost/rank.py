@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,11 +117,12 @@ class Background:
     df: dict[str, int]
     length: float = 150.0  # mean words per paper (title, keywords, TL;DR, abstract)
     _weights: dict[str, float] = field(default_factory=dict)
+    _phrases: dict[tuple[str, ...], float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, papers: Iterable[Paper], cache: MatchCache | None = None) -> Background:
         """Document frequencies over ``papers`` (their words come from ``cache`` when given)."""
-        records = cache.record if cache is not None else _record
+        records = cache.record if cache is not None else lambda p: _record(_fields(p))
         df: Counter[str] = Counter()
         size = words = 0
         for paper in papers:
@@ -146,12 +148,15 @@ class Background:
             self._weights[stem] = cached
         return cached
 
-    def phrase_weight(self, words: Sequence[str]) -> float:
+    def phrase_weight(self, words: tuple[str, ...]) -> float:
         """How informative a phrase is: a noisy-or of its words' weights."""
-        missing = 1.0
-        for word in _content(words):
-            missing *= 1.0 - self.weight(word)
-        return 1.0 - missing
+        cached = self._phrases.get(words)
+        if cached is None:
+            missing = 1.0
+            for word in _content(words):
+                missing *= 1.0 - self.weight(word)
+            cached = self._phrases[words] = 1.0 - missing
+        return cached
 
 
 # --- vocabulary ----------------------------------------
@@ -390,7 +395,6 @@ class _Doc:
     grams: dict[str, Counter[tuple[str, ...]]]  # n-grams within segments, per field
     segments: dict[str, list[list[str]]]
     vocab: dict[str, frozenset[str]]
-    everything: Counter[tuple[str, ...]]
     stems: frozenset[str]
 
 
@@ -406,26 +410,31 @@ def _fields(paper: Paper) -> dict[str, list[list[str]]]:
     }
 
 
-def _record(paper: Paper) -> Record:
+def _record(parts: dict[str, list[list[str]]]) -> Record:
     """A paper's word stems and how often each occurs (all fields), nothing matched yet."""
-    return Record(Counter(w for segs in _fields(paper).values() for words in segs for w in words))
+    return Record(Counter(chain.from_iterable(chain.from_iterable(parts.values()))))
 
 
-def _doc(paper: Paper) -> _Doc:
-    parts = _fields(paper)
+def _doc(parts: dict[str, list[list[str]]], starts: frozenset[str]) -> _Doc:
+    """A paper's n-grams per field (``parts``: its :func:`_fields`): every word, and the
+    longer n-grams (up to MAX_NGRAM words) that begin with one of ``starts``, the first words
+    of the phrases that will be looked up."""
     grams: dict[str, Counter[tuple[str, ...]]] = {}
-    everything: Counter[tuple[str, ...]] = Counter()
     vocab = {}
     for name, segs in parts.items():
-        counter: Counter[tuple[str, ...]] = Counter()
+        counter: Counter[tuple[str, ...]] = Counter(zip(chain.from_iterable(segs)))
         for words in segs:
-            for n in range(1, min(MAX_NGRAM, len(words)) + 1):
-                counter.update(zip(*(words[i:] for i in range(n)), strict=False))
+            if starts.isdisjoint(words):
+                continue
+            size = len(words)
+            for i, word in enumerate(words):
+                if word in starts:
+                    for n in range(2, min(MAX_NGRAM, size - i) + 1):
+                        counter[tuple(words[i : i + n])] += 1
         grams[name] = counter
-        everything.update(counter)
-        vocab[name] = frozenset(w for words in segs for w in words)
+        vocab[name] = frozenset(chain.from_iterable(segs))
     stems = frozenset().union(*vocab.values())
-    return _Doc(grams, parts, vocab, everything, stems)
+    return _Doc(grams, parts, vocab, stems)
 
 
 def _loose_count(segs: list[list[str]], phrase_words: tuple[str, ...]) -> int:
@@ -479,11 +488,6 @@ class Match:
     lead: float  # strength toward the title/keywords/TL;DR lead (0 in the abstract)
 
 
-def evidence(doc: _Doc, topic: Topic, background: Background) -> Evidence:
-    """Evidence of one document for one facet: its matches, weighed by the history."""
-    return weigh(matches(doc, topic), background)
-
-
 def matches(doc: _Doc, topic: Topic) -> tuple[Match, ...]:
     """The terms of ``topic`` a document holds, per field (no word weights: see :func:`weigh`).
 
@@ -506,14 +510,14 @@ def matches(doc: _Doc, topic: Topic) -> tuple[Match, ...]:
             if not count and len(term.words) > 1 and present.issuperset(term.words):
                 count = _loose_count(doc.segments[name], term.words)
                 strength *= LOOSE_FACTOR
-            if not count or (term.context and not any(doc.everything.get(c) for c in term.context)):
+            if not count or (term.context and not _anywhere(doc, term.context)):
                 continue
-            covered = sum(
-                grams.get(longer, 0)
-                for longer in matched + list(topic.avoid)
-                if len(longer) > len(term.words) and _contains(longer, term.words)
-            )
-            count -= covered
+            if matched or topic.avoid:
+                count -= sum(
+                    grams.get(longer, 0)
+                    for longer in matched + list(topic.avoid)
+                    if len(longer) > len(term.words) and _contains(longer, term.words)
+                )
             if count <= 0:
                 continue
             matched.append(term.words)
@@ -524,6 +528,20 @@ def matches(doc: _Doc, topic: Topic) -> tuple[Match, ...]:
     return tuple(found)
 
 
+def _phrase_starts(topics: Sequence[Topic]) -> frozenset[str]:
+    """The first words of the phrases :func:`matches` looks up for these topics: terms,
+    their context phrases and the topics' avoid phrases."""
+    phrases = chain.from_iterable(
+        chain(
+            (term.words for term in topic.terms),
+            (c for term in topic.terms for c in term.context),
+            topic.avoid,
+        )
+        for topic in topics
+    )
+    return frozenset(words[0] for words in phrases if len(words) > 1)
+
+
 @cache
 def _term_words(topic: Topic) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
     """The first words of a topic's terms, and each term's words as a set."""
@@ -531,6 +549,11 @@ def _term_words(topic: Topic) -> tuple[frozenset[str], tuple[frozenset[str], ...
         frozenset(term.words[0] for term in topic.terms),
         tuple(frozenset(term.words) for term in topic.terms),
     )
+
+
+def _anywhere(doc: _Doc, phrases: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether one of ``phrases`` occurs in some field of the document."""
+    return any(grams.get(words) for words in phrases for grams in doc.grams.values())
 
 
 def weigh(found: Sequence[Match], background: Background) -> Evidence:
@@ -553,17 +576,22 @@ def weigh(found: Sequence[Match], background: Background) -> Evidence:
             continue
         total += gain
         lead = max(lead, match.lead)
-        hits.append((gain, match.field, match.text, len(_content(match.words))))
+        hits.append((gain, match.field, match.text, _content_words(match.words)))
         distinct[match.words] = informative
     if not hits:
         return _NONE
     hits.sort(key=lambda h: -h[0])
-    units = sum(2 if len(_content(words)) > 1 else 1 for words in distinct)
+    units = sum(2 if _content_words(words) > 1 else 1 for words in distinct)
     single = 1.0
     if units == 1:
         (words,) = distinct
         single = background.phrase_weight(words) ** 2
     return Evidence(total, tuple(hits), units, single, lead)
+
+
+@cache
+def _content_words(words: tuple[str, ...]) -> int:
+    return len(_content(words))
 
 
 def _lead_factor(strength: float) -> float:
@@ -714,50 +742,27 @@ class Record:
 
     def encode(self) -> str:
         found = {
-            key: [[m.field, " ".join(m.words), m.text, m.strength, m.count, m.lead] for m in ms]
+            key: [[m.field, m.words, m.text, m.strength, m.count, m.lead] for m in ms]
             for key, ms in self.found.items()
         }
-        counts = " ".join(f"{w}:{n}" for w, n in sorted(self.counts.items()))
-        return json.dumps({"counts": counts, "found": found}, separators=(",", ":"))
+        return json.dumps({"counts": self.counts, "found": found}, separators=(",", ":"))
 
     @classmethod
     def decode(cls, data: str) -> Record:
-        """A stored record; ValueError when it is not one (the caller recomputes it)."""
+        """A stored record; ValueError when it is not one (the caller recomputes it). Its
+        data is trusted as far as its shape goes: the store checks each row's checksum."""
         try:
             raw = json.loads(data)
             found = {
-                str(key): tuple(
-                    Match(
-                        _one_of(field_, FIELD_WEIGHTS),
-                        tuple(words.split()),
-                        str(text),
-                        float(strength),
-                        _positive(count),
-                        float(lead),
-                    )
-                    for field_, words, text, strength, count, lead in ms
-                )
+                key: tuple(Match(f, tuple(w), t, s, c, lead) for f, w, t, s, c, lead in ms)
                 for key, ms in raw["found"].items()
             }
-            counts = {}
-            for item in raw["counts"].split():
-                word, n = item.split(":")
-                counts[word] = _positive(int(n))
+            counts = raw["counts"]
+            if not isinstance(counts, dict):
+                raise TypeError("counts is not an object")
             return cls(counts, found)
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ValueError(f"not a cached record: {exc}") from exc
-
-
-def _one_of(value: object, allowed: dict[str, float]) -> str:
-    if value not in allowed:
-        raise ValueError(f"unknown field {value!r}")
-    return str(value)
-
-
-def _positive(value: object) -> int:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"bad count {value!r}")
-    return value
 
 
 class MatchCache:
@@ -772,6 +777,7 @@ class MatchCache:
         self.records: dict[str, Record] = dict(records or {})
         self._keys: dict[Paper, str] = {}
         self._changed: set[str] = set()
+        self._parts: dict[str, dict[str, list[list[str]]]] = {}
         self._lock = threading.Lock()
         self._weighed: dict[tuple[str, str], Evidence] = {}
         self._weighed_with: Background | None = None
@@ -788,7 +794,8 @@ class MatchCache:
         key = self.key(paper)
         record = self.records.get(key)
         if record is None:
-            record = self.records[key] = _record(paper)
+            parts = self._parts[key] = _fields(paper)  # kept until its n-grams are made
+            record = self.records[key] = _record(parts)
             self._mark(key)
         return record
 
@@ -813,6 +820,7 @@ class MatchCache:
         if background is not self._weighed_with:
             self._weighed, self._weighed_with = {}, background
         keys = [topic_key(topic) for topic in topics]
+        starts = _phrase_starts(topics)
         by_first: dict[str, list[tuple[frozenset[str], int]]] = {}
         for t, topic in enumerate(topics):
             for term in topic.terms:
@@ -835,20 +843,25 @@ class MatchCache:
                 if ev is None:
                     held = record.found.get(keys[t])
                     if held is None:
-                        doc = doc or _doc(paper)
+                        if doc is None:
+                            doc = _doc(self._parts.pop(key, None) or _fields(paper), starts)
                         held = record.found[keys[t]] = matches(doc, topics[t])
                         self._mark(key)
                     ev = self._weighed[key, keys[t]] = weigh(held, background) if held else _NONE
                 if ev.raw > 0:
                     found[t] = ev
             table.append(found)
+        self._parts.clear()  # tokens kept for papers no one ranked: made again if needed
         return table
 
-    def duplicates(self, papers: Sequence[Paper]) -> dict[int, set[int]]:
-        """Near-duplicate titles among ``papers`` (remembered for the same list)."""
-        keys = tuple(self.key(p) for p in papers)
+    def duplicates(self, papers: Sequence[Paper], among: list[int]) -> dict[int, set[int]]:
+        """Near-duplicate titles among ``papers[i] for i in among``, by index into ``papers``
+        (remembered for the same papers)."""
+        keys = tuple(self.key(papers[i]) for i in among)
         if self._duplicates is None or self._duplicates[0] != keys:
-            self._duplicates = (keys, _near_duplicates(papers))
+            pairs = _near_duplicates([papers[i] for i in among])
+            found = {among[i]: {among[j] for j in js} for i, js in pairs.items()}
+            self._duplicates = (keys, found)
         return self._duplicates[1]
 
 
@@ -1031,7 +1044,6 @@ def rank_many(
     scores = 1.0 - np.exp(log_sum)
     upvotes = np.array([p.upvotes or 0 for p in papers], dtype=np.float64)
     prior = POPULARITY_TIEBREAK * (1.0 - np.exp(-upvotes / 30.0))
-    duplicates = cache.duplicates(papers)
     details: dict[tuple[int, int], dict] = {}
 
     min_scores = np.array([p.min_score for p in profiles])[:, None]
@@ -1058,8 +1070,14 @@ def rank_many(
     results: list[list[Ranked]] = []
     top_papers = top.tolist()
     top_passed = (np.take_along_axis(final, top, 1) >= 0.0).tolist()
+    orders = [
+        [p for p, ok in zip(top_papers[row], top_passed[row], strict=True) if ok]
+        for row in range(len(rows))
+    ]
+    # near-duplicate titles matter only among the papers some reader might get
+    duplicates = cache.duplicates(papers, sorted({p for order in orders for p in order}))
     for row, profile in enumerate(profiles):
-        order = [p for p, ok in zip(top_papers[row], top_passed[row], strict=True) if ok]
+        order = orders[row]
         wanted = rows[row][0]
         ranked = []
         for p in _diverse(order, duplicates, profile.max_items):
