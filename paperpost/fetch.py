@@ -12,6 +12,7 @@ import glob
 import hashlib
 import json
 import socket
+import stat
 import threading
 import zlib
 from collections.abc import Iterable
@@ -244,11 +245,20 @@ def _hash(content: bytes) -> str:
 def fetch_file(path: str, known: FetchState | None, max_bytes: int) -> Fetched:
     file = Path(path)
     try:
-        size = file.stat().st_size
-        if size > max_bytes:
-            return Fetched(path, "failed", error=_too_large(size, max_bytes))
-        content = file.read_bytes()
-        captured = datetime.fromtimestamp(file.stat().st_mtime, UTC).date()
+        info = file.stat()
+        if not stat.S_ISREG(info.st_mode):  # reading a pipe or /dev/zero never ends
+            return Fetched(
+                path,
+                "failed",
+                error="not a regular file (a folder, pipe or device); remove it from the sources",
+            )
+        if info.st_size > max_bytes:
+            return Fetched(path, "failed", error=_too_large(info.st_size, max_bytes))
+        with file.open("rb") as handle:
+            content = handle.read(max_bytes + 1)  # the file may have grown since
+        if len(content) > max_bytes:
+            return Fetched(path, "failed", error=_too_large(len(content), max_bytes))
+        captured = datetime.fromtimestamp(info.st_mtime, UTC).date()
     except FileNotFoundError:
         return Fetched(path, "failed", error="no such file; check the source path")
     except OSError as exc:

@@ -163,3 +163,22 @@ def test_oversized_local_file_is_refused(tmp_path) -> None:
     big.write_bytes(b"x" * 2_000_000)
     (result,) = fetch_all([str(big)], {}, 1_000_000, 5)
     assert result.status == "failed" and "2.0 MB is over the 1 MB limit" in result.error
+
+
+def test_sources_that_are_not_regular_files_fail_alone(tmp_path) -> None:
+    """Before: a pipe named *.txt in a dumps folder hung the run forever (and a link to
+    /dev/zero would have read until memory ran out)."""
+    import os
+
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    (folder / "good.txt").write_bytes(DUMP)
+    os.mkfifo(folder / "pipe.txt")
+    (folder / "zero.txt").symlink_to("/dev/zero")
+    (folder / "dir.json").mkdir()
+    sources = expand_sources([str(folder)], {}, date(2026, 11, 25))
+    results = {r.source.rsplit("/", 1)[1]: r for r in fetch_all(sources, {}, LIMIT, 5.0)}
+    assert results["good.txt"].status == "fetched"
+    for name in ("pipe.txt", "zero.txt", "dir.json"):
+        assert results[name].status == "failed"
+        assert "not a regular file" in results[name].error
