@@ -164,7 +164,7 @@ def _database_url(db: str | None) -> str | None:
 def _read_papers(sources: list[str], settings: Settings) -> list[Paper]:
     """Parse sources without touching any state; errors go to stderr, others continue."""
     from paperpost.dumps import DumpError, distinct_papers, parse_dump
-    from paperpost.fetch import expand_sources, fetch_all
+    from paperpost.fetch import display_source, expand_sources, fetch_all
 
     today = _today(None)
     papers: list[Paper] = []
@@ -176,11 +176,12 @@ def _read_papers(sources: list[str], settings: Settings) -> list[Paper]:
         settings.fetch_timeout,
     ):
         if item.content is None:
-            err.print(f"[red]error[/red] {escape(item.source)}: {escape(item.error or '')}")
+            shown = display_source(item.source)
+            err.print(f"[red]error[/red] {escape(shown)}: {escape(item.error or '')}")
             failed += 1
             continue
         try:
-            parsed = parse_dump(item.content, item.source, item.captured or today)
+            parsed = parse_dump(item.content, display_source(item.source), item.captured or today)
         except DumpError as exc:
             err.print(f"[red]error[/red] {escape(str(exc))}")
             failed += 1

@@ -59,6 +59,18 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
+def display_source(source: str) -> str:
+    """A source as it may be shown (run summary, errors, logs): a URL's credentials, as in
+    ``https://user:token@host/dump``, become ``***``. The source itself stays the key of
+    its fetch state."""
+    if not is_url(source):
+        return source
+    parts = urlsplit(source)
+    if "@" not in parts.netloc:
+        return source
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def _is_api_range(source: str) -> bool:
     parts = urlsplit(source)
     query = parse_qs(parts.query)

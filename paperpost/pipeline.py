@@ -26,7 +26,14 @@ from paperpost.bounces import BounceError, process
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
 from paperpost.dumps import DumpError, parse_dump
 from paperpost.feedback import rank_readers, reader_ids
-from paperpost.fetch import Fetched, expand_sources, failed_api_days, fetch_all, last_api_days
+from paperpost.fetch import (
+    Fetched,
+    display_source,
+    expand_sources,
+    failed_api_days,
+    fetch_all,
+    last_api_days,
+)
 from paperpost.models import Paper
 from paperpost.rank import (
     BACKGROUND_PAPERS,
@@ -156,23 +163,24 @@ def diff_stage(store: Store, fetched: Sequence[Fetched], today: date) -> list[So
     """
     reports = []
     for item in fetched:
+        shown = display_source(item.source)  # no credentials in reports or stored papers
         if item.status == "unchanged":
-            reports.append(SourceReport(item.source, "unchanged", detail="not modified"))
+            reports.append(SourceReport(shown, "unchanged", detail="not modified"))
             continue
         if item.status == "failed" or item.content is None:
             store.record_fetch_error(item.source, item.error or "failed")
-            reports.append(SourceReport(item.source, "failed", detail=item.error or ""))
+            reports.append(SourceReport(shown, "failed", detail=item.error or ""))
             continue
         try:
-            parsed = parse_dump(item.content, item.source, item.captured or today)
+            parsed = parse_dump(item.content, shown, item.captured or today)
         except DumpError as exc:
             store.record_fetch_error(item.source, str(exc))
-            reports.append(SourceReport(item.source, "invalid", detail=str(exc)))
+            reports.append(SourceReport(shown, "invalid", detail=str(exc)))
             continue
         except Exception as exc:  # hostile input must not stop the other sources
-            detail = f"{item.source}: cannot parse this dump ({_reason(exc)}); skipped"
+            detail = f"{shown}: cannot parse this dump ({_reason(exc)}); skipped"
             store.record_fetch_error(item.source, detail)
-            reports.append(SourceReport(item.source, "invalid", detail=detail))
+            reports.append(SourceReport(shown, "invalid", detail=detail))
             continue
         try:
             counts = store.ingest(
@@ -183,10 +191,10 @@ def diff_stage(store: Store, fetched: Sequence[Fetched], today: date) -> list[So
         except Exception as exc:  # rolled back; the other sources go on
             detail = f"cannot store its papers ({_reason(exc)}); will retry next run"
             store.record_fetch_error(item.source, detail)
-            reports.append(SourceReport(item.source, "failed", detail=detail))
+            reports.append(SourceReport(shown, "failed", detail=detail))
             continue
         reports.append(
-            SourceReport(item.source, "ingested", counts.seen, counts.new, warnings=parsed.warnings)
+            SourceReport(shown, "ingested", counts.seen, counts.new, warnings=parsed.warnings)
         )
     return reports
 

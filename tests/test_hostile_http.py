@@ -149,7 +149,8 @@ def test_a_run_with_a_hostile_source_serves_the_others(
     server: RawHttpServer, tmp_path: Path
 ) -> None:
     """The real CLI: a header that used to crash the whole run (exit 1, no digest) now
-    fails its source alone; the local dumps are ingested and the digest written."""
+    fails its source alone; the local dumps are ingested and the digest written; the
+    source URL's password is not shown."""
     server.routes["/dump"] = lambda c, _: respond(c, b"[", "Content-Length: 1x")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERPOST_")}
     dumps = tmp_path / "dumps"
@@ -159,7 +160,7 @@ def test_a_run_with_a_hostile_source_serves_the_others(
     subs.mkdir()
     (subs / "ann.yaml").write_text("email: ann@example.org\ntags: [agents]\n")
     env |= {
-        "PAPERPOST_SOURCES": f"{server.url('/dump')},{dumps}",
+        "PAPERPOST_SOURCES": f"{server.url('/dump').replace('//', '//ann:s3cret@')},{dumps}",
         "PAPERPOST_SUBSCRIBERS_DIR": str(subs),
         "PAPERPOST_STATE_DIR": str(tmp_path / "state"),
         "PAPERPOST_OUTBOX_DIR": str(tmp_path / "outbox"),
@@ -175,4 +176,6 @@ def test_a_run_with_a_hostile_source_serves_the_others(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "the file is truncated" in result.stdout + result.stderr  # the hostile one
+    # before: the source's credentials were printed (and stored in each paper's record)
+    assert "s3cret" not in result.stdout + result.stderr and "//***@127.0.0.1" in result.stdout
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
