@@ -250,3 +250,15 @@ def test_word_weights_come_from_document_frequency_in_the_history() -> None:
     assert history.weight("never-seen") == 1.0 and history.weight("the") == 0.0
     grown = Background.of([paper(f"Watermark {i}", "Watermarks everywhere.") for i in range(200)])
     assert grown.weight("watermark") < history.weight("watermark")
+
+
+def test_the_tags_own_words_make_a_paper_surer() -> None:
+    synonym = paper("A TTS System for Many Voices")
+    literal = paper("A Text-to-Speech System for Many Voices")
+    ranked = rank([synonym, literal], profile("text-to-speech", min_score=0.0))
+    assert [r.paper.title for r in ranked] == [literal.title, synonym.title]
+    score = {r.paper.title: r.score for r in ranked}
+    facet = {r.paper.title: r.evidence[0]["facets"]["text-to-speech"] for r in ranked}
+    assert score[literal.title] > facet[literal.title]  # the reader's words: surer
+    assert score[synonym.title] < facet[synonym.title]  # a synonym only: a little less sure
+    assert score[synonym.title] >= Profile(()).min_score  # ... yet it still reaches a digest
