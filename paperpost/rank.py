@@ -669,9 +669,11 @@ def _literal(
     tf = np.zeros((len(vocab), len(records)))
     extra = FIELD_WEIGHTS["title"] - 1.0
     for p, (paper, record) in enumerate(zip(papers, records, strict=True)):
-        title = Counter(tokens(paper.title))
-        for w, i in vocab.items():
-            tf[i, p] = record.counts.get(w, 0) + extra * title.get(w, 0)
+        for w in vocab.keys() & record.counts.keys():  # a paper's words, not every query's
+            tf[vocab[w], p] = record.counts[w]
+        for w in tokens(paper.title):
+            if w in vocab:
+                tf[vocab[w], p] += extra
     lengths = np.array([record.length for record in records], dtype=np.float64)
     norm = LITERAL_K1 * (1.0 - LITERAL_B + LITERAL_B * lengths / max(background.length, 1.0))
     saturated = tf * (LITERAL_K1 + 1.0) / (tf + norm)
