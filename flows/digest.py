@@ -173,8 +173,9 @@ def digest(
 
     ``cadence`` limits the run to daily or weekly subscribers (the two deployments in
     prefect.yaml); by default everyone due today is served. Everything else, the database
-    URL and every secret included, comes from the settings of the flow's process (its
-    environment and ``.env``): Prefect stores a flow run's parameters in plain text.
+    URL and every secret included, comes from the settings of the process each step runs in
+    (its environment and ``.env``; on Dask, the worker's): Prefect stores a flow run's
+    parameters in plain text, and Dask ships task arguments over its connections.
     """
     logger = get_run_logger()
     given = {"sources": sources, "subscribers_dir": subscribers_dir, "outbox_dir": outbox_dir}

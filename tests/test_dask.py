@@ -17,19 +17,20 @@ import pytest
 from conftest import EXAMPLES, POSTGRES_URL, reset_postgres, unavailable
 from paperpost.unsubscribe import BadToken, read_token
 
-pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = pytest.mark.postgres
 
 KEY = "dask-test-key-0123456789abcdef0123"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator:
     if not POSTGRES_URL:
         unavailable(
             "PAPERPOST_REQUIRE_POSTGRES",
             "set PAPERPOST_TEST_POSTGRES_URL to run the flow on Dask workers sharing PostgreSQL",
         )
     pytest.importorskip("prefect_dask", reason="needs the dask extra: pip install '.[dask]'")
+    request.getfixturevalue("prefect_harness")  # only once the cluster can run
     from dask_cluster import DaskCluster
 
     home = tmp_path_factory.mktemp("dask")
