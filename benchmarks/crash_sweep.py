@@ -1,12 +1,14 @@
 """SIGKILL `paperpost run` at random moments while it sends 200 digests; tally per path.
 
     python benchmarks/crash_sweep.py [--kills 30] [--paths plain prefect]
+        [--postgres postgresql+psycopg://paperpost:paperpost@127.0.0.1:5432/paperpost_x]
 
 Uses the harness of tests/crash_harness.py: a local SMTP sink logs every end-of-data and
 every accepted message; each trial kills the sending process once (at the k-th end-of-data,
 the sink accepting or refusing that message, or at a random time of the sending phase),
 then reruns it. The Prefect path reports to one temporary Prefect server for the sweep
-(prefect_test_harness), so each run does not pay for starting its own.
+(prefect_test_harness), so each run does not pay for starting its own. With
+``--postgres`` every trial runs on that database (all its tables dropped before each trial).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--paths", nargs="+", default=["plain", "prefect"])
+    parser.add_argument("--postgres", help="a PostgreSQL URL instead of a SQLite file per trial")
     args = parser.parse_args()
     combined = Sweep()
     for path in args.paths:
@@ -38,9 +41,15 @@ def main() -> None:
 
                 with prefect_test_harness(server_startup_timeout=120):
                     env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
-                    result = sweep(Path(folder), args.kills, prefect=True, prefect_env=env)
+                    result = sweep(
+                        Path(folder),
+                        args.kills,
+                        prefect=True,
+                        prefect_env=env,
+                        database_url=args.postgres,
+                    )
             else:
-                result = sweep(Path(folder), args.kills, prefect=False)
+                result = sweep(Path(folder), args.kills, prefect=False, database_url=args.postgres)
         combined.trials += result.trials
     tally = combined.tally()
     columns = [

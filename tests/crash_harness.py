@@ -148,12 +148,14 @@ def write_readers(path: Path, readers: int) -> None:
     )
 
 
-def environment(workdir: Path, readers: Path, port: int, connections: int) -> dict[str, str]:
+def environment(
+    workdir: Path, readers: Path, port: int, connections: int, database_url: str | None = None
+) -> dict[str, str]:
     env = {
         **os.environ,
         "PAPERPOST_SOURCES": json.dumps([str(workdir / "dumps")]),
         "PAPERPOST_SUBSCRIBERS_DIR": str(readers),
-        "PAPERPOST_DATABASE_URL": f"sqlite:///{workdir / 'pp.db'}",
+        "PAPERPOST_DATABASE_URL": database_url or _sqlite(workdir),
         "PAPERPOST_DELIVERY": "smtp",
         "PAPERPOST_SMTP_HOST": "127.0.0.1",
         "PAPERPOST_SMTP_PORT": str(port),
@@ -175,8 +177,22 @@ def start(workdir: Path, env: dict[str, str], prefect: bool) -> subprocess.Popen
     )
 
 
-def prepare(workdir: Path) -> None:
+def _sqlite(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'pp.db'}"
+
+
+def prepare(workdir: Path, database_url: str | None = None) -> None:
+    """A trial's dumps, and an empty database: a SQLite file of its own, or the PostgreSQL
+    database with every table dropped (each run migrates it afresh)."""
     shutil.copytree(EXAMPLES / "dumps", workdir / "dumps")
+    if database_url:
+        from sqlalchemy import MetaData, create_engine
+
+        engine = create_engine(database_url)
+        tables = MetaData()
+        tables.reflect(engine)
+        tables.drop_all(engine)
+        engine.dispose()
 
 
 def sweep(
@@ -186,8 +202,10 @@ def sweep(
     seed: int = 20261125,
     prefect_env: dict[str, str] | None = None,
     readers_count: int = READERS,
+    database_url: str | None = None,
 ) -> Sweep:
-    """Run trials until ``kills`` of them killed the process mid-send."""
+    """Run trials until ``kills`` of them killed the process mid-send; each trial on a fresh
+    SQLite file, or on ``database_url`` (PostgreSQL) emptied first."""
     sink = Sink()
     port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port)
@@ -200,8 +218,8 @@ def sweep(
     try:
         # calibration: one undisturbed run tells how long sending takes on this machine
         calib = folder / f"{path}-calibration"
-        prepare(calib)
-        env = {**environment(calib, readers, port, 2), **(prefect_env or {})}
+        prepare(calib, database_url)
+        env = {**environment(calib, readers, port, 2, database_url), **(prefect_env or {})}
         process = start(calib, env, prefect)
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-2000:]
@@ -212,8 +230,11 @@ def sweep(
             mode = MODES[trial % len(MODES)]
             connections = 1 + trial % 4
             workdir = folder / f"{path}-{trial}"
-            prepare(workdir)
-            env = {**environment(workdir, readers, port, connections), **(prefect_env or {})}
+            prepare(workdir, database_url)
+            env = {
+                **environment(workdir, readers, port, connections, database_url),
+                **(prefect_env or {}),
+            }
             first = start(workdir, env, prefect)
             sink.reset(
                 first.pid,
@@ -240,7 +261,7 @@ def sweep(
             by_id = Counter(message_id for _, message_id in accepted)
             everyone = [f"reader{i}@example.org" for i in range(readers_count)]
             missing = [a for a in everyone if per_address[a] == 0 and a not in ambiguous]
-            ids = _message_ids(workdir)
+            ids = _message_ids(database_url or _sqlite(workdir))
             never_sent = [a for a in everyone if ids.get(a) not in data_seen_first]
             result.trials.append(
                 Trial(
@@ -267,9 +288,14 @@ def sweep(
     return result
 
 
-def _message_ids(workdir: Path) -> dict[str, str]:
+def _message_ids(database_url: str) -> dict[str, str]:
     """Each reader's digest Message-ID, from the ledger."""
-    import sqlite3
+    from sqlalchemy import create_engine, text
 
-    with sqlite3.connect(workdir / "pp.db") as conn:
-        return dict(conn.execute("SELECT address, message_id FROM deliveries").fetchall())
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT address, message_id FROM deliveries"))
+            return {address: message_id for address, message_id in rows}
+    finally:
+        engine.dispose()

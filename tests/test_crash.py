@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import POSTGRES_URL, unavailable
 from crash_harness import Sweep, sweep
+
+
+def postgres_url() -> str:
+    if not POSTGRES_URL:
+        unavailable("PAPERPOST_REQUIRE_POSTGRES", "set PAPERPOST_TEST_POSTGRES_URL to run it")
+    assert POSTGRES_URL
+    return POSTGRES_URL
 
 
 def check(result: Sweep, kills: int) -> None:
@@ -32,6 +40,13 @@ def check(result: Sweep, kills: int) -> None:
 def test_sigkill_while_sending_short(tmp_path: Path) -> None:
     """Two kills (at an end-of-data, at a random moment) among 60 readers."""
     check(sweep(tmp_path, kills=2, prefect=False, readers_count=60), kills=2)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_sigkill_while_sending_plain_sweep_postgres(tmp_path: Path) -> None:
+    """The plain sweep on PostgreSQL: the grouped claims and settles hold there too."""
+    check(sweep(tmp_path, kills=30, prefect=False, database_url=postgres_url()), kills=30)
 
 
 @pytest.mark.slow
