@@ -3,12 +3,14 @@
 Two transports share one small interface: :class:`Outbox` writes a Maildir (each
 digest is written under ``tmp/`` and renamed into ``new/``, named per subscriber and
 digest, so a killed write never looks like a message and a rerun cannot make a second
-copy) and :class:`Smtp` talks to a mail server. :func:`send_batch` wraps every
-transport call in the ledger: ``sending`` is committed before the call,
-``data-sent`` just before the SMTP end-of-data (the final dot) goes out, and ``sent``
-(with the subscriber's cursor) after the server's reply. A crash before the dot
-leaves ``sending``, which the next run resends safely; only ``data-sent`` (the dot
-went out, no reply was read) is ambiguous.
+copy) and :class:`Smtp` talks to a mail server. :func:`send_batch` wraps the
+transport calls in the ledger, a group of digests at a time: ``sending`` is committed
+for the group before any is sent, ``data-sent`` just before each SMTP end-of-data (the
+final dot) goes out, and ``sent`` (with the subscriber's cursor) once the server's reply
+was read (SMTP: with the next ``data-sent`` commit or at the group's end) or once the
+outbox made the group durable. A crash before the dot leaves ``sending``, which the next
+run resends safely; only ``data-sent`` (the dot went out, no reply recorded) is ambiguous.
+docs/delivery.md describes the groups and what a crash at each point leaves.
 
 SMTP failures are classified by scope from the enhanced status code (RFC 3463), see
 :func:`classify`: a bad mailbox suppresses that address; a sender- or server-wide
