@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import re
 import secrets
@@ -228,17 +229,22 @@ def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int 
         build.append(time.perf_counter() - start)
         rank_many(papers, people, taught, history)
         with_votes.append(time.perf_counter() - start)
-    ratio = statistics.median(t / p for t, p in zip(with_votes, plain, strict=True))
+    ratios = [t / p for t, p in zip(with_votes, plain, strict=True)]
+    extra = [t - p for t, p in zip(with_votes, plain, strict=True)]
+    load = os.getloadavg()[0]
     rows = [
         ["tags only", readers, len(papers), 0, statistics.median(plain), 1.0],
         ["tags + votes: profiles built", readers, len(papers), votes, statistics.median(build), ""],
-        ["tags + votes: total", readers, len(papers), votes, statistics.median(with_votes), ratio],
+        ["tags + votes: total", readers, len(papers), votes, statistics.median(with_votes), ""],
+        ["ratio total / tags only (median of rounds)", "", "", "", statistics.median(ratios), ""],
+        ["votes' share (total - tags only)", "", "", "", statistics.median(extra), ""],
+        ["load average (1 min) at the end", load, "", "", "", ""],
     ]
     report(
         "feedback_speed",
         ["ranking", "readers", "papers", "votes each", "median s", "ratio (paired rounds)"],
         rows,
-        {"plain": plain, "build": build, "total": with_votes},
+        {"plain": plain, "build": build, "total": with_votes, "ratios": ratios, "load": load},
     )
 
 

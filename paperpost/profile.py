@@ -252,8 +252,8 @@ def _closeness(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.ndarray,
     the mean alone is the cosine to the Rocchio centroid, which thins out when a reader's
     likes are diverse; the nearest alone is noisy when they are many.
     """
-    # paper × voted paper, with a zero column to pad readers with fewer votes
-    padded = np.hstack([similar.T, np.zeros((similar.shape[1], 1), dtype=similar.dtype)])
+    # voted paper × new paper, with a zero row to pad readers with fewer votes
+    padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
     out = np.zeros((len(lists), similar.shape[1]), dtype=similar.dtype)
     nearest = np.zeros((len(lists), similar.shape[1]), dtype=np.int16)
     for start in range(0, len(lists), _CHUNK):
@@ -261,17 +261,20 @@ def _closeness(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.ndarray,
         counts = np.fromiter((len(items) for items in block), dtype=np.intp, count=len(block))
         if not counts.any():
             continue
-        # a (readers × most votes) matrix of voted-paper columns, padded with the zero column
-        index = np.full((len(block), int(counts.max())), similar.shape[0])
-        rows = np.repeat(np.arange(len(block)), counts)
-        cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        index[rows, cols] = [i for items in block for i in items]
-        gathered = padded[:, index]  # papers × readers × votes (votes contiguous)
-        mean = gathered.sum(axis=2) / np.maximum(counts, 1)
-        slot = gathered.argmax(axis=2)
-        best = np.take_along_axis(gathered, slot[:, :, None], 2)[:, :, 0]
-        out[start : start + len(block)] = (MEAN_SHARE * mean + (1 - MEAN_SHARE) * best).T
-        nearest[start : start + len(block)] = slot.T
+        # a (votes × readers) matrix of voted-paper rows, padded with the zero row
+        index = np.full((int(counts.max()), len(block)), similar.shape[0])
+        readers = np.repeat(np.arange(len(block)), counts)
+        slots = np.arange(len(readers)) - np.repeat(np.cumsum(counts) - counts, counts)
+        index[slots, readers] = [i for items in block for i in items]
+        gathered = padded[index]  # votes × readers × papers
+        mean = gathered.sum(axis=0) / np.maximum(counts, 1)[:, None]
+        best = gathered[0].copy()
+        slot = np.zeros(best.shape, dtype=np.int16)
+        for k in range(1, len(index)):  # the nearest: a running maximum over the votes
+            slot[gathered[k] > best] = k
+            np.maximum(best, gathered[k], out=best)
+        out[start : start + len(block)] = MEAN_SHARE * mean + (1 - MEAN_SHARE) * best
+        nearest[start : start + len(block)] = slot
     return out, nearest
 
 
