@@ -398,12 +398,15 @@ def _swap_reader(token: str, reader_id: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("parts", nargs="*", choices=["study", "speed", "endpoint"])
+    parser.add_argument("parts", nargs="*", help="study, speed, endpoint (default: all three)")
     parser.add_argument("--relevance", type=Path, help="study: a judged YAML file")
     parser.add_argument("--tags", help="study: TAG[=VAGUE_WORD],... (default: every tag)")
     parser.add_argument("--rounds", type=int, default=5, help="speed: paired rounds")
     parser.add_argument("--postgres", help="endpoint: a scratch PostgreSQL URL (emptied)")
     args = parser.parse_args()
+    unknown = set(args.parts) - {"study", "speed", "endpoint"}
+    if unknown:
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     for part in args.parts or ["study", "speed", "endpoint"]:
         if part == "study":
             study(args.relevance, args.tags.split(",") if args.tags else None)
