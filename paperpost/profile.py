@@ -6,13 +6,13 @@ ranker's BM25 idf over the history, :meth:`~paperpost.rank.Background.idf`, unit
 A new paper's *closeness* to what a reader liked is half its mean cosine to the liked
 papers (the cosine to their Rocchio centroid, up to its length) and half its cosine to the
 nearest one, so a reader whose likes go in several directions is not averaged away; the
-same for what they marked "fewer". Closeness from :data:`NOISE` (what unrelated papers
-share) up to :data:`FULL_AT` earns a gain of at most :data:`LIKE_CAP`, combined with the
-tag score (0..1) by noisy-or like the ranker combines tags. Closeness to the dislikes
-beyond what the reader's tag finds have on average costs at most :data:`DISLIKE_CAP`:
-"fewer like this" steers within the subject instead of away from it. Dislikes weigh less
-than likes, as in Rocchio's usual settings: "not this" says less about what a reader wants
-than "this".
+Closeness from :data:`NOISE` (what unrelated papers share) up to :data:`FULL_AT` earns a gain
+of at most :data:`LIKE_CAP`, combined with the tag score (0..1) by noisy-or like the ranker
+combines tags. Papers marked "fewer" do not move the ranking: Rocchio's negative term
+(demoting what is close to them, absolutely or beyond the reader's usual finds, at caps
+0.05 and 0.15) was measured on the 29 DEV readers of ``benchmarks/feedback.py``, gained
+nothing on average and made 2 to 4 of them worse. A "fewer" vote still replaces an earlier
+"more" on the same paper, and is kept, shown and exported.
 
 Tags decide what a digest is about. Votes reorder what the tags found, may drop a demoted
 paper under ``min_score``, and may let in papers the tags missed that are close to a liked
@@ -42,10 +42,9 @@ from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, Background, tokens
 
 # on the ranker's 0..1 tag scores (default min_score 0.4); chosen on the DEV readers only
 LIKE_CAP = 0.7  # the most closeness to the likes can add (noisy-or with the tag score)
-DISLIKE_CAP = 0.15  # the most closeness to the dislikes can take away
 NOISE = 0.06  # closeness below this is what unrelated papers share: no effect
 FULL_AT = 0.2  # closeness (cosine of tf-idf vectors) that earns the whole gain
-EXPLAIN_AT = 0.03  # a gain or loss at least this big is named in the reason line
+EXPLAIN_AT = 0.03  # a gain at least this big is named in the reason line
 MEAN_SHARE = 0.5  # closeness: this much the mean similarity to the likes, the rest the nearest
 ADMIT_AT = 0.6  # closeness (0..1 after NOISE..FULL_AT) that lets in a paper the tags missed
 ADMIT_SHARE = 0.3  # at most this share of a digest is let in that way
@@ -98,10 +97,8 @@ def centroid(papers: Sequence[Paper], background: Background) -> dict[str, float
 
 
 def top_terms(taste: Taste, background: Background, count: int = 10) -> list[tuple[str, float]]:
-    """The profile's strongest terms: positive toward likes, negative toward dislikes."""
-    profile: Counter[str] = Counter(centroid(taste.liked, background))
-    profile.subtract(centroid(taste.disliked, background))
-    ranked = sorted(profile.items(), key=lambda item: -abs(item[1]))
+    """The profile's strongest terms: the liked papers' centroid (what the ranker uses)."""
+    ranked = sorted(centroid(taste.liked, background).items(), key=lambda item: -item[1])
     return [(t, round(w, 3)) for t, w in ranked[:count] if w]
 
 
@@ -130,27 +127,22 @@ class Nudge:
         papers: Sequence[Paper],
         voters: np.ndarray,
         toward: np.ndarray,
-        away: np.ndarray,
-        likes: np.ndarray,
-        nearest: tuple[np.ndarray, np.ndarray],
+        nearest: np.ndarray,
+        liked: list[list[int]],
         voted: list[Paper],
-        lists: dict[int, tuple[list[int], list[int]]],
         follows: dict[int, dict[int, str]],
     ) -> None:
         self.papers = papers
-        self.voters = voters  # reader rows with votes or examples, in order
+        self.voters = voters  # reader rows with liked papers, in order
         self.toward = toward  # voters × papers: closeness to what each liked (0..1)
-        self.away = away  # voters × papers: closeness to what each disliked (cosine)
-        self.likes = likes  # voters: how many papers each liked
-        self.nearest = nearest  # voters × papers: the nearest liked / disliked (list position)
+        self.nearest = nearest  # voters × papers: the nearest liked paper (position in liked)
+        self.liked = liked  # per voter, indices into ``voted``
         self.voted = voted
-        self.lists = lists  # reader row -> (liked, disliked) indices into ``voted``
         self.follows = follows  # reader row -> {paper index: reason}
         self.index = {int(row): i for i, row in enumerate(voters)}
-        self.gain = LIKE_CAP * toward  # toward the likes, combined with the tag score by noisy-or
-        self.loss = np.zeros(away.shape)  # toward the dislikes, taken off (set by apply)
+        self.gain = LIKE_CAP * toward  # combined with the tag score by noisy-or
         self.admitted = np.zeros(toward.shape, dtype=bool)
-        self._said: dict[tuple[int, str], str] = {}
+        self._said: dict[int, str] = {}
 
     @property
     def rows(self) -> set[int]:
@@ -169,28 +161,21 @@ class Nudge:
 
         ``scores`` are the tag scores, ``found`` the tag ranker's choice, ``allowed`` the
         papers no exclusion blocks, ``min_scores`` and ``max_items`` per reader (columns).
-        Liked directions add up to LIKE_CAP and disliked ones take up to DISLIKE_CAP (a
-        demoted paper may fall under ``min_score``). Papers the tags missed but that are
-        close to a liked paper are admitted, at most ADMIT_SHARE of a digest and no more
-        than the papers liked; followed papers are added and lifted to the front.
+        Liked directions add up to LIKE_CAP. Papers the tags missed but that are close to a
+        liked paper are admitted, at most ADMIT_SHARE of ``max_items`` and no more than the
+        papers liked; followed papers are added and lifted to the front.
         """
         relevant = found.copy()
         shown = scores.copy()
         lift = np.zeros(scores.shape)
         if len(self.voters):
             rows = self.voters
-            tag = scores[rows]
-            # a dislike demotes what is closer to it than the reader's tag finds are on
-            # average: "fewer like this" steers within the subject, not away from it
-            mine = found[rows]
-            usual = (self.away * mine).sum(axis=1) / np.maximum(mine.sum(axis=1), 1)
-            floor = np.maximum(usual, NOISE)[:, None]
-            self.loss = DISLIKE_CAP * _ramp(self.away - floor, 0.0, FULL_AT - NOISE)
-            nudged = np.clip(1.0 - (1.0 - tag) * (1.0 - self.gain) - self.loss, 0.0, 1.0)
-            keep = found[rows] & (nudged >= min_scores[rows])
+            nudged = 1.0 - (1.0 - scores[rows]) * (1.0 - self.gain)
+            keep = found[rows]
             # admissions: the papers closest to the likes among those the tags did not take
-            budget = np.minimum(np.floor(max_items[rows, 0] * ADMIT_SHARE), self.likes)
-            open_ = allowed[rows] & ~keep & (self.toward >= ADMIT_AT) & (self.loss < self.gain)
+            counts = np.array([len(items) for items in self.liked])
+            budget = np.minimum(np.floor(max_items[rows, 0] * ADMIT_SHARE), counts)
+            open_ = allowed[rows] & ~keep & (self.toward >= ADMIT_AT)
             width = int(budget.max(initial=0))
             admitted = np.zeros_like(open_)
             if width:
@@ -223,24 +208,18 @@ class Nudge:
             parts.append(followed)
         index = self.index.get(row)
         if index is not None:
-            gain, loss = float(self.gain[index, paper]), float(self.loss[index, paper])
             if self.admitted[index, paper]:
-                parts.append("added for your votes: " + self._like(row, paper, 0))
-            elif gain >= EXPLAIN_AT and gain >= loss:
-                parts.append(self._like(row, paper, 0))
-            elif loss >= EXPLAIN_AT:
-                parts.append(self._like(row, paper, 1))
+                parts.append("added for your votes: " + self._like(index, paper))
+            elif self.gain[index, paper] >= EXPLAIN_AT:
+                parts.append(self._like(index, paper))
         return "; ".join(parts)
 
-    def _like(self, row: int, paper: int, kind: int) -> str:
-        """Names the liked (kind 0) or disliked (1) paper most like this one."""
-        slot = int(self.nearest[kind][self.index[row], paper])
-        nearest = self.lists[row][kind][slot]
-        verdict = "you liked" if kind == 0 else "you wanted fewer of"
-        key = (nearest, verdict)
-        text = self._said.get(key)
+    def _like(self, index: int, paper: int) -> str:
+        """Names the liked paper most like this one."""
+        nearest = self.liked[index][int(self.nearest[index, paper])]
+        text = self._said.get(nearest)
         if text is None:
-            text = self._said[key] = f"like '{_quote(self.voted[nearest].title)}' {verdict}"
+            text = self._said[nearest] = f"like '{_quote(self.voted[nearest].title)}' you liked"
         return text
 
 
@@ -280,7 +259,7 @@ def _closeness(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.ndarray,
 
 def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Background) -> Nudge | None:
     """The feedback part of ranking ``papers`` for readers with these tastes (None: none)."""
-    if not papers or not any(tastes):
+    if not papers or not any(t.liked or t.authors or t.organizations for t in tastes):
         return None
     vocab: dict[str, int] = {}
     vectors = [vector(p, background) for p in papers]
@@ -295,25 +274,18 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
     voted: list[Paper] = []
     voters: list[int] = []
     likes: list[list[int]] = []
-    dislikes: list[list[int]] = []
-    lists: dict[int, tuple[list[int], list[int]]] = {}
     for row, taste in enumerate(tastes):
-        if not (taste.liked or taste.disliked):
+        if not taste.liked:
             continue
-        pair: list[list[int]] = []
-        for group in (taste.liked, taste.disliked):
-            indices = []
-            for paper in group:
-                index = position.get(id(paper))
-                if index is None:
-                    index = position[id(paper)] = len(voted)
-                    voted.append(paper)
-                indices.append(index)
-            pair.append(indices)
+        indices = []
+        for paper in taste.liked:
+            index = position.get(id(paper))
+            if index is None:
+                index = position[id(paper)] = len(voted)
+                voted.append(paper)
+            indices.append(index)
         voters.append(row)
-        likes.append(pair[0])
-        dislikes.append(pair[1])
-        lists[row] = (pair[0], pair[1])
+        likes.append(indices)
 
     similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
     for i, paper in enumerate(voted):  # sparse × dense: a voted paper has few terms
@@ -322,18 +294,14 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
         if shared:
             weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
             similar[i] = weights @ by_term[[vocab[t] for t in shared]]
-    toward, near_liked = _closeness(similar, likes)
-    away, near_disliked = _closeness(similar, dislikes)
-    count = np.array([len(items) for items in likes], dtype=np.float64)
+    toward, nearest = _closeness(similar, likes)
     return Nudge(
         papers,
         np.array(voters, dtype=np.intp),
         _ramp(toward, NOISE, FULL_AT),
-        away,
-        count,
-        (near_liked, near_disliked),
+        nearest,
+        likes,
         voted,
-        lists,
         _follows(papers, tastes),
     )
 

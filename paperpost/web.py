@@ -135,11 +135,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(found, HTMLResponse):
             return found
         title = escape(found[2].title)
-        lean = "toward" if direction == "more" else "away from"
+        effect = (
+            "Your future digests will lean toward papers like this one."
+            if direction == "more"
+            else "Your vote is kept, and it takes back a \u201cmore like this\u201d on this paper."
+        )
         return page(
             f"{direction.capitalize()} like this?",
-            f"<p><strong>{title}</strong></p><p>Your future digests will lean {lean} papers "
-            "like this one. Your topics stay as they are.</p>"
+            f"<p><strong>{title}</strong></p><p>{effect} Your topics stay as they are.</p>"
             + vote_form(direction, token, f"Yes, {direction} like this"),
         )
 
@@ -151,9 +154,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         address, digest, paper = found
         record_votes(store, [Vote(address, paper.id, VOTES[direction], paper.title, digest, now())])
         other = "fewer" if direction == "more" else "more"
+        noted = "You will see more" if direction == "more" else "Noted: fewer"
         return page(
             "Thanks, noted",
-            f"<p>You will see {direction} papers like <strong>{escape(paper.title)}</strong>."
+            f"<p>{noted} papers like <strong>{escape(paper.title)}</strong>."
             "</p><p>Changed your mind? Your last vote on a paper is the one that counts.</p>"
             + vote_form(other, token, f"{other.capitalize()} like this instead"),
         )
