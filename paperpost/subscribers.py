@@ -34,6 +34,7 @@ from yaml.composer import Composer, ComposerError
 from yaml.events import DocumentStartEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
 
 from paperpost.rank import DEFAULT_MIN_SCORE, read_tag
+from paperpost.sanitize import BIDI
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ARXIV_REF = re.compile(
@@ -66,8 +67,9 @@ def _shown(value: object, limit: int = 60) -> str:
 
 
 def _control(text: str) -> str | None:
-    """The first control character in ``text`` (as U+XXXX), if any."""
-    bad = next((ch for ch in text if unicodedata.category(ch) == "Cc"), None)
+    """The first control character in ``text`` (as U+XXXX), if any: C0/C1 controls, and
+    bidi controls (which make a name read differently in a terminal or a list)."""
+    bad = next((ch for ch in text if unicodedata.category(ch) == "Cc" or BIDI.match(ch)), None)
     return f"U+{ord(bad):04X}" if bad else None
 
 

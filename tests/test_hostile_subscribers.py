@@ -322,6 +322,7 @@ def test_encodings_and_control_characters(tmp_path: Path) -> None:
         "latin1.yaml": "email: l@example.org\nname: José\ntags: [agents]\n".encode("latin-1"),
         "esc.yaml": b'email: esc@example.org\nname: "\\e]0;owned\\a"\ntags: [agents]\n',
         "nul.yaml": b'email: nul@example.org\ntags: ["age\\0nts"]\n',
+        "rlo.yaml": b'email: rlo@example.org\nname: "Ann \\u202egnp.exe"\ntags: [agents]\n',
     }
     subs = tmp_path / "subs"
     subs.mkdir()
@@ -339,3 +340,4 @@ def test_encodings_and_control_characters(tmp_path: Path) -> None:
         "esc.yaml:2:7: name: contains the control character U+001B; remove it" in text["esc.yaml"]
     )
     assert "nul.yaml:2:8: tags[0].tag: contains the control character U+0000" in text["nul.yaml"]
+    assert "rlo.yaml:2:7: name: contains the control character U+202E" in text["rlo.yaml"]
