@@ -197,24 +197,28 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """Registers a connection's TCP socket with the current deadline: when it connects
+    (``_new_conn``) and before each response (a kept-alive connection is reused)."""
+
+    _raw_sock: socket.socket | None = None
+
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
+        sock = self._raw_sock = super()._new_conn()  # type: ignore[misc]
         _Deadline.watch(sock)
         return sock
 
     def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        _Deadline.watch(getattr(self, "_raw_sock", None) or self.sock)
-        return super().getresponse(*args, **kwargs)
+        _Deadline.watch(self._raw_sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = self._raw_sock = super()._new_conn()  # the TCP socket under TLS
-        _Deadline.watch(sock)
-        return sock
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
 
-    getresponse = _WatchedHTTPConnection.getresponse
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):  # the TCP socket under TLS
+    pass
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):

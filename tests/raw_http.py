@@ -4,6 +4,7 @@ server library would send (broken headers, trickled bodies, endless streams)."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -17,7 +18,10 @@ def respond(conn: socket.socket, body: bytes, *headers: str, status: str = "200 
 
 
 class RawHttpServer:
-    def __init__(self) -> None:
+    """Serves plain HTTP, or HTTPS given a server-side TLS context."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.routes: dict[str, Handler] = {}
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -26,7 +30,7 @@ class RawHttpServer:
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
     def _serve(self) -> None:
         while not self.stop.is_set():
@@ -37,6 +41,12 @@ class RawHttpServer:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        if self.tls:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                conn.close()
+                return
         with conn:
             request = b""
             while b"\r\n\r\n" not in request:

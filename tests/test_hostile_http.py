@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from raw_http import RawHttpServer, respond
 
 from conftest import EXAMPLE_DUMP
 from paperpost.fetch import DEADLINE_READS, fetch_all
+from smtp_server import self_signed
 
 DUMP = EXAMPLE_DUMP.read_bytes()
 LIMIT = 2_000_000
@@ -143,6 +145,24 @@ def test_a_server_trickling_bytes_is_cut_off_at_the_deadline(
     assert f"took over {DEADLINE_READS * read:g} s" in results["slow"].error
     assert results["good"].status == "fetched"
     assert elapsed < DEADLINE_READS * read + 3
+
+
+def test_over_https_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline watches the TCP socket under TLS: a trickled HTTPS body is cut off, a
+    normal one is read."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # trust the test certificate
+    server = RawHttpServer(tls=context)
+    try:
+        server.routes["/slow"] = trickle(b"HTTP/1.1 200 OK\r\n\r\n", DUMP, server)
+        server.routes["/good"] = lambda c, _: respond(c, DUMP, f"Content-Length: {len(DUMP)}")
+        results = fetch(server, "slow", "good", "good", read=0.4)
+    finally:
+        server.close()
+    assert results["good"].status == "fetched" and results["good"].content == DUMP
+    assert results["slow"].status == "failed" and "took over" in results["slow"].error
 
 
 def test_a_run_with_a_hostile_source_serves_the_others(
