@@ -149,11 +149,13 @@ def api_day_urls(base: str, last_day: date | None, today: date, first_days: int 
 
 
 class _Deadline:
-    """Ends one download at a fixed time by shutting down its sockets.
+    """Ends one download at a fixed time by shutting down its connections.
 
     Per-read timeouts cannot stop a server that trickles a byte every few seconds (in its
-    headers or its body), so every socket the download uses is registered here and shut
-    down when time is up; the blocked read then fails at once.
+    headers or its body), so every connection the download uses is registered here and
+    shut down when time is up; the blocked read then fails at once. What is kept is a
+    duplicate of the socket's descriptor: TLS replaces the socket object (and a shutdown
+    through any descriptor ends the connection for all of them).
     """
 
     current = threading.local()
@@ -174,16 +176,24 @@ class _Deadline:
     def __exit__(self, *_: object) -> None:
         self._timer.cancel()
         _Deadline.current.value = None
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()  # the duplicates only; the connection stays in its pool
+            self._sockets.clear()
 
     @classmethod
     def watch(cls, sock: socket.socket | None) -> None:
         deadline = getattr(cls.current, "value", None)
         if deadline is None or sock is None:
             return
+        try:
+            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
+        except OSError:  # closed meanwhile
+            return
         with deadline._lock:
-            deadline._sockets.append(sock)
+            deadline._sockets.append(duplicate)
             if deadline.expired:
-                _shut(sock)
+                _shut(duplicate)
 
     def _expire(self) -> None:
         with self._lock:
@@ -198,18 +208,17 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _Watched:
-    """Registers a connection's TCP socket with the current deadline: when it connects
-    (``_new_conn``) and before each response (a kept-alive connection is reused)."""
-
-    _raw_sock: socket.socket | None = None
+    """Registers a connection with the current deadline: when it connects (``_new_conn``,
+    which covers the TLS handshake) and before each response (a kept-alive connection is
+    reused)."""
 
     def _new_conn(self) -> socket.socket:
-        sock = self._raw_sock = super()._new_conn()  # type: ignore[misc]
+        sock = super()._new_conn()  # type: ignore[misc]
         _Deadline.watch(sock)
         return sock
 
     def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        _Deadline.watch(self._raw_sock)
+        _Deadline.watch(self.sock)  # type: ignore[attr-defined]
         return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -217,7 +226,7 @@ class _WatchedHTTPConnection(_Watched, HTTPConnection):
     pass
 
 
-class _WatchedHTTPSConnection(_Watched, HTTPSConnection):  # the TCP socket under TLS
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
     pass
 
 
