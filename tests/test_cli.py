@@ -181,9 +181,12 @@ def test_tags_lists_the_vocabulary() -> None:
     assert "text-to-speech" in result.stdout and "diffusion" not in result.stdout
 
 
-def test_serve_without_a_server_says_what_to_do(monkeypatch) -> None:
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    result = runner.invoke(app, ["serve"])
+def test_serve_without_a_server_says_what_to_do() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # Prefect's settings, not the environment: a session's harness may have set them already
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        result = runner.invoke(app, ["serve"])
     assert result.exit_code == 2
     assert "needs a running Prefect server" in result.stderr
     assert "prefect server start" in result.stderr
