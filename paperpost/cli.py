@@ -401,8 +401,18 @@ def rank_command(
     """Rank papers for tags, best first, with the reason for each."""
     from dataclasses import replace
 
-    from paperpost.rank import DEFAULT_MIN_SCORE, Interest, Profile, explain_tag, rank
+    from paperpost.rank import DEFAULT_MIN_SCORE, Interest, Profile, explain_tag, rank, read_tag
 
+    unreadable = [
+        t for t in [*(tag or ()), *(exclude or ()), *(explain or ())] if not read_tag(t).facets
+    ]
+    if unreadable:
+        err.print(
+            f"[red]error[/red] {escape(repr(unreadable[0]))} has no words to match (only "
+            'punctuation, common words like "the", or letters outside a-z); give a topic such '
+            'as "diffusion models"'
+        )
+        raise typer.Exit(2)
     if explain:
         for name in explain:
             for line in explain_tag(name):

@@ -293,3 +293,11 @@ def test_tags_that_are_not_topics_warn_with_how_they_are_read(tmp_path: Path, mo
     assert explained.exit_code == 0
     assert "read as gui AND agents" in explained.stdout
     assert "facet agents (LLM agents and tool use)" in explained.stdout
+
+
+def test_rank_refuses_a_tag_with_no_words_to_match() -> None:
+    for option in ("--tag", "--exclude", "--explain-tag"):
+        extra = [] if option == "--tag" else ["--tag", "diffusion"]
+        result = runner.invoke(app, ["rank", str(EXAMPLES / "dumps"), *extra, option, "*"])
+        assert result.exit_code == 2, (option, result.output)
+        assert "'*' has no words to match" in result.stderr
