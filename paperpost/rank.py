@@ -920,7 +920,8 @@ class _Scores:
         weights = np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
 
         smoothed = MISSING_FACET + (1.0 - MISSING_FACET) * score
-        mean = (weights @ smoothed**FACET_POWER) ** (1.0 / FACET_POWER)
+        with np.errstate(divide="ignore"):  # a reading with no facets: 0 ** -2, zeroed below
+            mean = (weights @ smoothed**FACET_POWER) ** (1.0 / FACET_POWER)
         facets = (mean - MISSING_FACET) / (1.0 - MISSING_FACET)
         facets = np.clip(facets, 0.0, 1.0) * (totals > 0)
         phrase_score = bonus @ score
@@ -937,7 +938,8 @@ class _Scores:
             parts = [topic_index[f.topic] for f in reading.facets]
             if reading.bonus is not None:
                 parts.append(topic_index[reading.bonus])
-            combined[r] *= lead[parts].max(axis=0)
+            if parts:  # a tag with no words to match (subscribers refuse it) finds nothing
+                combined[r] *= lead[parts].max(axis=0)
         records = [cache.record(p) for p in papers]
         self.literal = _literal(papers, records, readings, background)
         # the reader's own words weigh in: a paper that uses them a lot gains up to

@@ -262,3 +262,11 @@ def test_the_tags_own_words_make_a_paper_surer() -> None:
     assert score[literal.title] > facet[literal.title]  # the reader's words: surer
     assert score[synonym.title] < facet[synonym.title]  # a synonym only: a little less sure
     assert score[synonym.title] >= Profile(()).min_score  # ... yet it still reaches a digest
+
+
+def test_a_tag_with_no_words_finds_nothing_and_leaves_the_others_alone() -> None:
+    """`*`, `the` or a blank tag (subscriber files refuse them) never break a ranking."""
+    target = paper("Speculative Decoding with Draft Models")
+    ranked = rank([target, paper("Image Segmentation")], profile("*", "speculative-decoding"))
+    assert [r.paper for r in ranked] == [target]
+    assert rank([target], profile("the")) == []
