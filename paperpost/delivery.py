@@ -544,8 +544,8 @@ def send_batch(
     Digests go in groups of GROUP: the group is claimed in one transaction, sent, and its
     outcomes recorded in one transaction (the outbox makes the group durable first). Over
     SMTP the ``data-sent`` mark of each digest is its own commit right before its final
-    dot, and it carries the outcomes read since the previous one, so at most one accepted
-    digest per connection waits unrecorded in ``data-sent``.
+    dot, and the reply read is committed before that connection sends its next message, so a
+    kill leaves at most one digest per connection in ``data-sent`` (the protocol's window).
 
     ``workers`` messages are in flight at a time (the transport must be thread-safe).
     A sender- or server-wide refusal (see :func:`classify`, and :class:`_Scope` for the
@@ -683,6 +683,13 @@ def send_batch(
                 f"{reason}: {error.detail}; will retry next run",
             )
 
+    def replied(message: Outgoing) -> Outcome:
+        """SMTP: the reply read is in the ledger before this connection's next end-of-data,
+        so a kill leaves at most one digest per connection in ``data-sent``."""
+        outcome = one(message)
+        record()
+        return outcome
+
     def durable(outbox: Outbox, done: list[Outcome]) -> list[Outcome]:
         """Make the outbox's staged group durable; if that fails, its digests are retried."""
         try:
@@ -713,7 +720,8 @@ def send_batch(
                 [Wanted(m.address, m.digest, m.lo, m.hi, m.message_id) for m in group], run_id
             )
             claimed = [m for m, c in zip(group, claims, strict=True) if c.proceed]
-            done = list(pool.map(one, claimed)) if pool is not None else list(map(one, claimed))
+            each = one if outbox is not None else replied
+            done = list(pool.map(each, claimed)) if pool is not None else list(map(each, claimed))
             if outbox is not None:
                 done = durable(outbox, done)
             record()
