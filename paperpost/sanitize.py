@@ -4,7 +4,8 @@ Headers are built only from :func:`header_text`: no control, format, separator, 
 or private-use characters (CR, LF, NUL, bidi overrides, zero-width...), no RFC 2047
 encoded-word syntax (``=?``: on Python 3.11/3.12 the email package decodes encoded words
 while folding, so ``=?utf-8?q?=0D=0ABcc:...?=`` would come out as a raw line break), one
-line, length-capped.
+line, length-capped, and no look-alike mixed-script words (:func:`unmix_scripts`: the
+Cyrillic ``А`` of ``Аgents`` becomes a Latin ``A``).
 Bodies keep their text but lose bidi override, embedding and isolate controls
 (:func:`strip_bidi`), which can make a line read differently from what it is.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from urllib.parse import urlsplit
 
 # Bidi formatting characters: ALM, LRM, RLM, LRE..RLO, LRI..PDI.
@@ -29,6 +31,18 @@ _BREAKS = "\t\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _SPACE = re.compile(r"\s+")
 SUBJECT_CHARS = 110
 NAME_CHARS = 80
+# Cyrillic and Greek letters drawn like a Latin one (Unicode's confusables, the unambiguous
+# ones: lowercase Greek letters other than omicron are left, "αSyn" and "μP" are real names).
+_LOOKS_LATIN = {
+    **dict(zip("АВЕКМНОРСТХУЅІЈԚԜҮ", "ABEKMHOPCTXYSIJQWY", strict=True)),
+    **dict(zip("аеорсухѕіјԁԛԝһӏ", "aeopcyxsijdqwhl", strict=True)),
+    **dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧο", "ABEZHIKMNOPTYXo", strict=True)),
+}
+_LOOK_ALIKES: dict[str, dict[str, str]] = {"LATIN": _LOOKS_LATIN}
+for _letter, _latin in _LOOKS_LATIN.items():
+    _script = unicodedata.name(_letter).split(" ", 1)[0]
+    _LOOK_ALIKES.setdefault(_script, {}).setdefault(_latin, _letter)
+_WORD = re.compile(r"\w+")
 _URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>\\`\ud800-\udfff]{1,2000}", re.I)
 _HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?", re.I)
 
@@ -65,10 +79,76 @@ def header_text(text: str, limit: int) -> str:
         for ch in text
         if ch in _BREAKS or unicodedata.category(ch) not in _UNSAFE_CATEGORIES
     )
-    text = _SPACE.sub(" ", _INVISIBLE.sub("", text)).strip()
+    text = unmix_scripts(_SPACE.sub(" ", _INVISIBLE.sub("", text)).strip())
     while "=?" in text:  # "=?=?" needs two passes
         text = text.replace("=?", "= ?")
     return shorten_line(text, limit)
+
+
+def _script(letter: str) -> str | None:
+    """LATIN, CYRILLIC or GREEK for a letter of those scripts, else None."""
+    if not letter.isalpha():
+        return None
+    if letter.isascii():
+        return "LATIN"
+    script = unicodedata.name(letter, "").split(" ", 1)[0]
+    return script if script in _LOOK_ALIKES else None
+
+
+def _writable(word: str, target: str) -> bool:
+    """Whether every letter of ``word`` is of ``target``'s script or has a look-alike in it."""
+    table = _LOOK_ALIKES[target]
+    return all(
+        _script(ch) in {target, None}
+        or (_LOOKS_LATIN.get(ch, ch) in table if target != "LATIN" else ch in _LOOKS_LATIN)
+        for ch in word
+    )
+
+
+def unmix_scripts(text: str) -> str:
+    """``text`` with look-alike letters of another script written in the script around them.
+
+    A word (a run of letters and digits) that mixes Latin, Cyrillic and Greek letters is
+    written in one script when its letters allow it: the line's script, else the script of
+    most of its letters (``μP`` stays as it is). ``Аgents``
+    with a Cyrillic ``А`` becomes ``Agents``, ``Москвa`` with a Latin ``a`` all Cyrillic.
+    So is a word made only of another script's look-alikes in a line mostly of one script
+    (``GPT-4о`` with a Cyrillic ``о``). Words in one script, and mixed words without
+    look-alikes (``βVAE``), are kept as written. The result reads as before; mail filters,
+    searches and the reader's eye now agree on what it says.
+    """
+    if text.isascii():
+        return text
+    scripts = Counter(s for ch in text if (s := _script(ch)))
+    if len(scripts) < 2:
+        return text
+    line = max(scripts, key=lambda s: (scripts[s], s == "LATIN"))
+
+    def unmix(match: re.Match[str]) -> str:
+        word = match.group()
+        if word.isascii():
+            return word
+        here = Counter(s for ch in word if (s := _script(ch)))
+        if len(here) > 1:  # the line's script, or the script of most of the word's letters
+            order = sorted(here, key=lambda s: (s != line, -here[s]))
+            fits = (s for s in order if s == line or 2 * here[s] > here.total())
+            target = next((s for s in fits if _writable(word, s)), order[0])
+        else:
+            (only,) = here or (line,)
+            if only == line or not all(ch in _LOOKS_LATIN for ch in word if ch.isalpha()):
+                return word
+            target = line
+        table = _LOOK_ALIKES[target]
+
+        def written_in_target(ch: str) -> str:
+            if _script(ch) in {target, None}:
+                return ch
+            latin = _LOOKS_LATIN.get(ch, ch)  # a Latin letter is itself
+            return latin if target == "LATIN" else table.get(latin, ch)
+
+        return "".join(map(written_in_target, word))
+
+    return _WORD.sub(unmix, text)
 
 
 def shorten_line(text: str, limit: int) -> str:

@@ -118,6 +118,28 @@ def test_header_text_caps_length_at_a_word_boundary() -> None:
     assert header_text("  Ann \t Example ", NAME_CHARS) == "Ann Example"
 
 
+def test_look_alike_letters_of_another_script_leave_subject_but_not_the_body() -> None:
+    # before: "Аgents that Plаn" (Cyrillic А and а) reached Subject as written
+    data, address = digest("\u0410gents that Pl\u0430n for GPT-4\u043e", "J\u043ehn", "x")
+    msg = assert_only_our_headers_and_bodies(data, address)
+    assert str(msg["Subject"]) == "1 new paper for you: Agents that Plan for GPT-4o"
+    assert msg["To"].addresses[0].display_name == "John"
+    html = msg.get_body(("html",)).get_content()
+    assert "\u0410gents that Pl\u0430n for GPT-4\u043e" in html  # the body keeps the text
+
+
+def test_words_in_one_script_and_real_mixed_names_are_kept() -> None:
+    for kept in (
+        "Модель о GPT",  # a Cyrillic line: its "о" is a Cyrillic word
+        "βVAE and αSyn and μP",  # Greek letters with no Latin look-alike in names
+        "Café Ünïcode naïve",
+        "Diffusion for 中文 Text",
+    ):
+        assert header_text(kept, SUBJECT_CHARS) == kept
+    assert header_text("Москвa и Питер", SUBJECT_CHARS) == "Москва и Питер"  # Latin a
+    assert header_text("Р\u0430\u0443р\u0430l login", SUBJECT_CHARS) == "Paypal login"
+
+
 # --- properties --------------------------------------------------------------------------
 
 NASTY = "\r\n\t\x00\x0b\x0c\x1b\x7f\x85\u2028\u2029\u200b\u200e\u202a\u202e\u2066\u2069\ufeff"
@@ -174,6 +196,47 @@ def test_header_text_is_one_safe_line(text: str, limit: int) -> None:
     assert "=?" not in value and not BIDI.search(value)
     assert value.isprintable() and value == value.strip()
     assert not any(ch in INVISIBLE for ch in value)
+
+
+LOOK_ALIKES = {
+    "A": "\u0410",
+    "a": "\u0430",
+    "e": "\u0435",
+    "o": "\u043e",
+    "p": "\u0440",
+    "c": "\u0441",
+    "x": "\u0445",
+    "O": "\u039f",
+    "T": "\u03a4",
+    "H": "\u041d",
+}
+
+
+@st.composite
+def spoofed_lines(draw: st.DrawFn) -> tuple[str, str]:
+    """A Latin line, and the same line with some of its letters (under half) swapped for
+    Cyrillic or Greek look-alikes."""
+    words = draw(st.lists(st.from_regex(r"[A-Za-z]{1,12}", fullmatch=True), min_size=1, max_size=8))
+    line = " ".join(words)
+    where = [i for i, ch in enumerate(line) if ch in LOOK_ALIKES]
+    letters = sum(ch.isalpha() for ch in line)
+    swap = draw(st.sets(st.sampled_from(where), max_size=(letters - 1) // 2)) if where else set()
+    spoofed = "".join(LOOK_ALIKES[ch] if i in swap else ch for i, ch in enumerate(line))
+    return line, spoofed
+
+
+@given(spoofed_lines())
+@example(("Agents", "\u0410gents"))
+@example(("Paypal login", "Р\u0430\u0443р\u0430l login"))
+def test_a_latin_line_with_look_alikes_reads_as_the_latin_line(lines: tuple[str, str]) -> None:
+    line, spoofed = lines
+    assert header_text(spoofed, 200) == line
+
+
+@given(text=hostile_text)
+def test_header_text_is_stable(text: str) -> None:
+    once = header_text(text, 200)
+    assert header_text(once, 200) == once
 
 
 # --- links from dumps ------------------------------------------------------------------
