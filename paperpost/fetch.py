@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -238,9 +238,31 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+class DowngradeRedirect(requests.exceptions.RequestException):
+    """An https URL redirected to a plain http one."""
+
+    def __init__(self, source: str, target: str) -> None:
+        super().__init__(f"{source} redirected to {target}")
+        self.source, self.target = source, target
+
+
+class _Session(requests.Session):
+    """Follows redirects, but never from https to plain http: what an https source
+    promises (no one on the way reads or changes the dump) would silently be lost."""
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target and resp.url.lower().startswith("https:"):
+            absolute = urljoin(resp.url, target)
+            if absolute.lower().startswith("http:"):
+                raise DowngradeRedirect(resp.url, absolute)
+        return target
+
+
 def session(retries: int = 3, backoff: float = 0.5) -> requests.Session:
-    """A session that retries connection errors and 5xx with exponential backoff."""
-    s = requests.Session()
+    """A session that retries connection errors and 5xx with exponential backoff, and
+    refuses a redirect from https to http."""
+    s = _Session()
     retry = Retry(
         total=retries,
         connect=retries,
@@ -399,6 +421,14 @@ def _get(
             "failed",
             error="redirected to an address that is not http(s) (file:, ftp:...); refused. "
             "Use the final http(s) URL as the source",
+        )
+    except DowngradeRedirect as exc:
+        return Fetched(
+            url,
+            "failed",
+            error=f"{display_source(exc.source)} redirected from https to plain http "
+            f"({display_source(exc.target)}); refused: anyone on the way could read or change "
+            "the dump. Use an https URL that does not redirect to http",
         )
     except requests.exceptions.TooManyRedirects:
         return Fetched(url, "failed", error="too many redirects (a redirect loop?)")

@@ -165,6 +165,37 @@ def test_over_https_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert results["slow"].status == "failed" and "took over" in results["slow"].error
 
 
+def test_an_https_source_redirected_to_plain_http_is_refused_by_name(
+    server: RawHttpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: requests followed https -> http like any redirect, so the dump came over a
+    connection anyone on the way could read and change."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    secure = RawHttpServer(tls=context)
+    plain = server.url("/dump")
+    server.routes["/dump"] = lambda c, _: respond(c, DUMP, f"Content-Length: {len(DUMP)}")
+    try:
+        secure.routes["/down"] = lambda c, _: respond(c, b"", f"Location: {plain}", status="301 X")
+        secure.routes["/hop"] = lambda c, _: respond(c, b"", "Location: /down", status="302 X")
+        secure.routes["/up"] = lambda c, _: respond(c, b"", "Location: /good", status="302 X")
+        secure.routes["/good"] = lambda c, _: respond(c, DUMP, f"Content-Length: {len(DUMP)}")
+        sources = [secure.url(p) for p in ("/down", "/hop", "/up")] + [plain]
+        results = {r.source: r for r in fetch_all(sources, {}, LIMIT, 5.0)}
+    finally:
+        secure.close()
+    for path in ("/down", "/hop"):
+        result = results[secure.url(path)]
+        assert result.status == "failed" and result.content is None
+        assert result.error.startswith(
+            f"{secure.url('/down')} redirected from https to plain http ({plain}); refused"
+        ), result.error
+    assert results[secure.url("/up")].content == DUMP  # https -> https is followed
+    assert results[plain].content == DUMP  # a plain http source is the operator's choice
+
+
 def test_a_run_with_a_hostile_source_serves_the_others(
     server: RawHttpServer, tmp_path: Path
 ) -> None:
