@@ -31,7 +31,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from yaml.composer import Composer, ComposerError
-from yaml.events import DocumentStartEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
+from yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 
 from paperpost.rank import DEFAULT_MIN_SCORE, read_tag
 from paperpost.sanitize import BIDI
@@ -279,25 +285,38 @@ class LoadedSubscriber:
 # --- locating errors in the YAML node tree ----------------------------------------
 
 
-def _node_at(node: yaml.Node, loc: tuple[Any, ...]) -> tuple[yaml.Node, bool]:
-    """The node at a pydantic error location; (node, exact) where exact means found."""
+# Where each alias was used, by (id of the node holding it, its key or index; an entry
+# of the file: (id(None), None)): an alias composes to the anchored node itself, whose
+# marks are the anchor's.
+AliasUses = dict[tuple[int, Any], yaml.Mark]
+
+
+def _node_at(
+    node: yaml.Node, loc: tuple[Any, ...], uses: AliasUses | None = None
+) -> tuple[yaml.Node, yaml.Mark]:
+    """The node at a pydantic error location (or the deepest one found) and where to point
+    at it: its own place, or, inside a value given by an alias, the place of that alias."""
+    via_alias = uses.get((id(None), None)) if uses else None  # the entry is an alias
     for part in loc:
+        parent = node
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
             for key, value in node.value:
                 if key.value == part:
                     node = value
                     break
             else:
-                return node, False
+                break
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
             if part >= len(node.value):
-                return node, False
+                break
             node = node.value[part]
         elif isinstance(node, yaml.ScalarNode) and isinstance(part, int):
             continue  # a single string given where a list was expected
         else:
-            return node, False
-    return node, True
+            break
+        if via_alias is None and uses:
+            via_alias = uses.get((id(parent), part))
+    return node, via_alias or node.start_mark
 
 
 def _key_node(node: yaml.Node, name: str) -> yaml.Node | None:
@@ -346,7 +365,11 @@ def _describe(error: dict[str, Any], allowed: Iterable[str]) -> str:
 
 
 def _errors_from_validation(
-    exc: ValidationError, entry: yaml.Node, path: str, prefix: tuple[Any, ...]
+    exc: ValidationError,
+    entry: yaml.Node,
+    path: str,
+    prefix: tuple[Any, ...],
+    uses: AliasUses | None = None,
 ) -> list[SubscriberError]:
     """Errors of one entry (``entry`` its node; ``prefix`` its place in the file)."""
     found = []
@@ -357,11 +380,12 @@ def _errors_from_validation(
             index = error["ctx"]["index"]
             loc = (*loc, index)
             message = message.split(": ", 1)[1]
-        target, _ = _node_at(entry, loc)
+        _, mark = _node_at(entry, loc, uses)
         if error["type"] == "extra_forbidden":
-            parent, _ = _node_at(entry, loc[:-1])
-            target = _key_node(parent, str(loc[-1])) or target
-        mark = target.start_mark
+            parent, parent_mark = _node_at(entry, loc[:-1], uses)
+            key = _key_node(parent, str(loc[-1]))
+            if key is not None:  # the key's place, or the alias that brought its mapping
+                mark = parent_mark if parent_mark is not parent.start_mark else key.start_mark
         found.append(
             SubscriberError(
                 path, mark.line + 1, mark.column + 1, _field_label(prefix + loc), message
@@ -438,6 +462,16 @@ class _EntryLoader(_Loader, Composer):  # type: ignore[misc]
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self.anchors: dict[str, yaml.Node] = {}
+        self.uses: AliasUses = {}  # of the entry being composed
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if not self.check_event(AliasEvent):
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        mark = self.peek_event().start_mark
+        node = super().compose_node(parent, index)
+        place = index.value if isinstance(index, yaml.ScalarNode) else index
+        self.uses[(id(parent), place)] = mark
+        return node  # type: ignore[no-any-return]
 
 
 def _encoding(path: Path) -> str:
@@ -525,10 +559,12 @@ def _entries(loader: _EntryLoader) -> Iterator[tuple[tuple[Any, ...], yaml.Node]
         loader.get_event()
         index = 0
         while not loader.check_event(SequenceEndEvent):
-            yield (index,), loader.compose_node(None, None)  # type: ignore[arg-type]
+            loader.uses.clear()
+            yield (index,), loader.compose_node(None, None)
             index += 1
     else:
-        yield (), loader.compose_node(None, None)  # type: ignore[arg-type]
+        loader.uses.clear()
+        yield (), loader.compose_node(None, None)
 
 
 def _yaml_error(name: str, exc: yaml.YAMLError) -> SubscriberError:
@@ -590,7 +626,7 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
                     errors.append(_yaml_error(name, exc))
                     continue
                 except (RecursionError, ValueError) as exc:
-                    mark = node.start_mark
+                    _, mark = _node_at(node, (), loader.uses)
                     problem = (
                         "a number with thousands of digits; no setting takes one"
                         if "integer string conversion" in str(exc)
@@ -606,7 +642,7 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
                     found = False
                     break
                 if not isinstance(item, dict):
-                    mark = node.start_mark
+                    _, mark = _node_at(node, (), loader.uses)
                     errors.append(
                         SubscriberError(
                             name,
@@ -624,10 +660,10 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
                 try:
                     subscriber = Subscriber.model_validate(item)
                 except ValidationError as exc:
-                    errors.extend(_errors_from_validation(exc, node, name, prefix))
+                    errors.extend(_errors_from_validation(exc, node, name, prefix, loader.uses))
                     continue
-                email_node, _ = _node_at(node, ("email",))
-                yield LoadedSubscriber(subscriber, name, email_node.start_mark.line + 1)
+                _, email_mark = _node_at(node, ("email",), loader.uses)
+                yield LoadedSubscriber(subscriber, name, email_mark.line + 1)
         except yaml.YAMLError as exc:  # composing: an undefined alias and the like
             errors.append(_yaml_error(name, exc))
         except RecursionError as exc:

@@ -12,6 +12,7 @@ from datetime import date
 from email import policy
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_delivery import smtp_settings
@@ -207,9 +208,58 @@ def test_an_alias_bomb_is_reported_not_expanded(tmp_path: Path) -> None:
     entries, errors = load(tmp_path / "subs", files)
     assert [e.subscriber.email for e in entries] == ["fine@example.org"]
     for field in ("cadence", "max_items", "name", "exclude", "like", "weekday", "tags"):
-        # (located at the anchor the alias stands for)
-        assert any(re.search(rf"{field}\.yaml:[89]:4: {field}(\[0\])?: ", e) for e in errors)
+        # located at the alias, line 12 (tags: 11; before: at its anchor, line 8 or 9)
+        assert any(re.search(rf"{field}\.yaml:1[12]:\d+: {field}(\[0\])?: ", e) for e in errors)
     assert all(len(e) < 400 and "\n" not in e for e in errors)
+
+
+def test_an_error_in_an_aliased_value_points_at_the_alias(tmp_path: Path) -> None:
+    """Before: every error below named line 3 or 4, where the anchors are."""
+    text = (
+        "- email: a@example.org\n"  # 1
+        "  tags: [agents]\n"
+        "  max_items: &n 5\n"  # 3
+        "  exclude: &ex [diffusion, 7]\n"  # 4
+        "- email: b@example.org\n"
+        "  tags: [agents]\n"
+        "  cadence: *n\n"  # 7
+        "- email: c@example.org\n"
+        "  tags: *ex\n"  # 9: tags[1] is a number
+        "- &whole hello\n"  # 10
+        "- *whole\n"  # 11
+    )
+    _, errors = load(tmp_path / "subs", {"list.yaml": text})
+    where = sorted(re.match(r".*list\.yaml:(\d+:\d+): ([^:]*):", e).groups() for e in errors)
+    assert where == [
+        ("10:3", "[3]"),
+        ("11:3", "[4]"),
+        ("4:28", "[0].exclude[1]"),  # the value's own place: not an alias here
+        ("7:12", "[1].cadence"),
+        ("9:9", "[2].tags[1]"),
+    ], errors
+
+
+@settings(max_examples=100 if FULL_TESTS else 25, deadline=None)
+@given(
+    anchor=st.sampled_from(
+        [("name", "'never'"), ("tags", "[agents]"), ("max_items", "5"), ("exclude", "[x, y]")]
+    ),
+    field=st.sampled_from(["cadence", "weekday", "format"]),
+    gap=st.integers(min_value=0, max_value=30),
+)
+def test_any_aliased_bad_value_is_reported_on_the_aliass_line(
+    tmp_path_factory: pytest.TempPathFactory, anchor: tuple[str, str], field: str, gap: int
+) -> None:
+    first = f"- email: a@example.org\n  {anchor[0]}: &v {anchor[1]}\n"
+    if anchor[0] != "tags":
+        first += "  tags: [agents]\n"
+    padding = "".join(f"- email: p{i}@example.org\n  tags: [agents]\n" for i in range(gap))
+    text = first + padding + f"- email: b@example.org\n  tags: [agents]\n  {field}: *v\n"
+    line = text.count("\n")
+    _, errors = load(tmp_path_factory.mktemp("subs"), {"list.yaml": text})
+    assert [e.split("list.yaml:", 1)[1].split(": ", 1)[0] for e in errors] == [
+        f"{line}:{len(field) + 5}"
+    ], errors
 
 
 UNREADABLE_TAGS = {
