@@ -33,6 +33,18 @@ def title_key(title: str) -> str:
     return _NON_WORD.sub(" ", folded).strip()
 
 
+# An abstract this short ("No abstract", "TBD") may be shared by different papers.
+ABSTRACT_KEY_WORDS = 20
+
+
+def abstract_key(abstract: str) -> str | None:
+    """A second identity for a paper without an arXiv id: its abstract, folded like a
+    title, when it has at least ABSTRACT_KEY_WORDS words. It stays when the listing
+    rewords the title (``LLM Agents that Plan`` -> ``LLM Agents That Plan Ahead``)."""
+    folded = title_key(abstract)
+    return folded if folded.count(" ") + 1 >= ABSTRACT_KEY_WORDS else None
+
+
 @dataclass(frozen=True, slots=True)
 class Paper:
     """One paper as a source reported it."""

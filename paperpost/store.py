@@ -3,7 +3,8 @@
 SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
 
 * ``papers``: every paper ever ingested, with a monotonically increasing ``seq``
-  assigned when it is first seen, first/last seen times and the latest upvotes.
+  assigned when it is first seen, first/last seen times and the latest upvotes; found
+  again by arXiv id, folded title (``key_hash``) or folded abstract (``abstract_hash``).
 * ``fetches``: per source, the last ETag / Last-Modified / content hash ingested.
 * ``runs``: each run, and the ``high_water`` (largest paper ``seq``) it covered.
 * ``subscriber_state``: per address, ``cursor``: the largest ``seq`` already
@@ -29,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -56,7 +57,7 @@ from sqlalchemy.exc import IntegrityError
 
 from paperpost import db, schema
 from paperpost.dumps import distinct_papers, merge_papers
-from paperpost.models import Paper, normalize_space
+from paperpost.models import Paper, abstract_key, normalize_space
 
 metadata = MetaData()
 
@@ -66,6 +67,7 @@ papers = Table(
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("key_hash", String(40), nullable=False, unique=True),
     Column("arxiv_id", String(64), unique=True),
+    Column("abstract_hash", String(40), index=True),
     Column("title", Text, nullable=False),
     Column("data", Text, nullable=False),
     Column("upvotes", Integer),
@@ -188,6 +190,11 @@ def now() -> datetime:
 
 def key_hash(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+def _abstract_hash(paper: Paper) -> str | None:
+    key = abstract_key(paper.abstract)
+    return key_hash(key) if key else None
 
 
 @lru_cache(maxsize=8)
@@ -378,10 +385,16 @@ class Store:
     ) -> IngestCounts:
         """Record a source's papers and its fetch state in one transaction.
 
-        Duplicates within ``items`` are merged first. Known papers (same arXiv id, or
-        same folded title) get their last-seen time,
+        Duplicates within ``items`` are merged first. Known papers (same arXiv id, same
+        folded title, or same folded abstract: see below) get their last-seen time,
         upvotes and any newly known fields updated; they are not new. Unknown papers
         get the next ``seq``.
+
+        A paper without an arXiv id whose title was reworded (same abstract) is the
+        paper stored before and keeps the title it was first stored with, so its id,
+        its vote links and the ranker's cache stay what they were; the API's report of
+        it (with its arXiv id) brings the listing's title. Papers with different arXiv
+        ids are never taken for one another by their abstracts.
         """
         seen_at = now()
         new = 0
@@ -389,28 +402,59 @@ class Store:
         with self.engine.begin() as conn:
             for chunk in _chunks(unique):
                 hashes = [key_hash(p.key) for p in chunk]
+                abstracts = [_abstract_hash(p) for p in chunk]
                 ids = [p.arxiv_id for p in chunk if p.arxiv_id]
                 found = conn.execute(
                     select(
                         papers.c.seq,
                         papers.c.key_hash,
                         papers.c.arxiv_id,
+                        papers.c.abstract_hash,
                         papers.c.data,
                         papers.c.upvotes,
-                    ).where(papers.c.key_hash.in_(hashes) | papers.c.arxiv_id.in_(ids))
+                    )
+                    .where(
+                        papers.c.key_hash.in_(hashes)
+                        | papers.c.arxiv_id.in_(ids)
+                        | papers.c.abstract_hash.in_([a for a in abstracts if a])
+                    )
+                    .order_by(papers.c.seq)
                 ).all()
                 by_hash = {row.key_hash: row for row in found}
                 by_id = {row.arxiv_id: row for row in found if row.arxiv_id}
+                by_abstract: dict[str, object] = {}
+                for row in found:  # the first stored, when several share an abstract
+                    if row.abstract_hash:
+                        by_abstract.setdefault(row.abstract_hash, row)
                 inserts: list[dict[str, object]] = []
+                inserted: dict[str, int] = {}  # abstract hash -> index in inserts
                 updates: dict[int, dict[str, object]] = {}  # by seq: two papers, one row
                 merged_at: dict[int, Paper] = {}
-                for paper, digest in zip(chunk, hashes, strict=True):
+                for paper, digest, abstract in zip(chunk, hashes, abstracts, strict=True):
                     row = by_id.get(paper.arxiv_id or "") or by_hash.get(digest)
+                    reworded = False
+                    if row is None and abstract:
+                        candidate = by_abstract.get(abstract)
+                        if candidate is not None and not (
+                            paper.arxiv_id and candidate.arxiv_id  # type: ignore[attr-defined]
+                        ):
+                            row, reworded = candidate, not paper.arxiv_id
+                        elif abstract in inserted and not paper.arxiv_id:
+                            slot = inserts[inserted[abstract]]
+                            known = Paper.from_json(json.loads(str(slot["data"])))
+                            paper = replace(paper, title=known.title, abstract=known.abstract)
+                            merged = merge_papers(known, paper)
+                            slot["data"] = json.dumps(merged.to_json())
+                            slot["upvotes"] = merged.upvotes
+                            continue
                     if row is None:
+                        if abstract and not paper.arxiv_id:
+                            inserted[abstract] = len(inserts)
                         inserts.append(
                             {
                                 "key_hash": digest,
                                 "arxiv_id": paper.arxiv_id,
+                                "abstract_hash": abstract,
                                 "title": paper.title,
                                 "data": json.dumps(paper.to_json()),
                                 "upvotes": paper.upvotes,
@@ -420,6 +464,8 @@ class Store:
                         )
                         continue
                     known = merged_at.get(row.seq) or Paper.from_json(json.loads(row.data))
+                    if reworded:  # the same paper: keep its identity (the stored title)
+                        paper = replace(paper, title=known.title, abstract=known.abstract)
                     merged = merged_at[row.seq] = merge_papers(known, paper)
                     updates[row.seq] = {
                         "b_seq": row.seq,

@@ -181,3 +181,21 @@ def test_a_runs_tally_keeps_every_problem_and_a_bounded_list_of_routine_deliveri
     assert {"failed", "retry"} <= {o.status for o in tally.listed}
     assert tally.not_listed == 500 + 700
     assert len(tally.listed) == LISTED_ROUTINE + 2
+
+
+def test_a_reworded_title_without_arxiv_id_is_not_emailed_again(setup) -> None:
+    """Before: text dumps identify a paper by its folded title only, so the listing's
+    rewording made it news again and the daily reader got it twice."""
+    settings, dumps, _, outbox = setup
+    abstract = (
+        "We make speculative decoding faster with a small draft model that proposes tokens "
+        "a large model verifies in parallel, and measure the speed-up on many tasks."
+    )
+    body = HEADER + "{}\n\n" + abstract + "\n"
+    (dumps / "a.txt").write_text(body.format("Speculative Decoding with Drafts"))
+    assert run_plain(settings, TUE).digests_sent == 1
+    (dumps / "b.txt").write_text(body.format("Speculative Decoding With Draft Models"))
+    second = run_plain(settings, WED)
+    assert second.papers_new == 0 and second.digests_sent == 0
+    (got,) = digests(outbox, "daily@example.org")
+    assert "Speculative Decoding with Drafts" in got

@@ -92,19 +92,15 @@ def test_concurrent_first_runs_on_an_empty_postgres_database(tmp_path: Path) -> 
 
 
 def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = create_engine(url)
-    before = (
-        "papers",
-        "fetches",
-        "runs",
-        "subscriber_state",
-        "deliveries",
-        "suppressions",
-        "locks",
-    )
-    # how paperpost made its tables before Alembic (the tables of revision 0001)
-    metadata.create_all(old, tables=[metadata.tables[name] for name in before])
+    # how paperpost made its tables before Alembic: the tables of revision 0001, unstamped
+    with old.begin() as conn:
+        command.upgrade(schema._config(conn), schema.INITIAL)
+        conn.execute(text("DROP TABLE alembic_version"))
     with old.begin() as conn:
         conn.execute(metadata.tables["locks"].insert().values(name="x", owner="y", expires_at=1))
     old.dispose()
@@ -112,6 +108,32 @@ def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     assert store.lock_owner("x") == "y"  # data kept
     with store.engine.connect() as conn:
         assert schema.current(conn) == schema.head()
+
+
+def test_papers_stored_before_0005_are_found_by_their_abstract(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from paperpost.models import Paper
+
+    url = f"sqlite:///{tmp_path / 'at4.db'}"
+    old = create_engine(url)
+    with old.begin() as conn:
+        command.upgrade(schema._config(conn), "0004")
+        abstract = " ".join(f"word{i}" for i in range(30))
+        data = Paper("Old Title", abstract).to_json()
+        conn.execute(
+            text(
+                "INSERT INTO papers (key_hash, title, data, first_seen, last_seen) "
+                "VALUES ('k', 'Old Title', :data, '2026-11-01', '2026-11-01')"
+            ),
+            {"data": __import__("json").dumps(data)},
+        )
+    old.dispose()
+    store = Store(url)
+    assert store.ingest("t", [Paper("New Title", abstract)]).new == 0
+    ((_, paper),) = store.papers_between(0, 10)
+    assert paper.title == "Old Title"
 
 
 def test_db_upgrade_command(tmp_path: Path) -> None:

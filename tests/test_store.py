@@ -6,6 +6,7 @@ import pytest
 
 from conftest import API_DAYS, CAPTURED, DUMPS, EXAMPLE_API_DAY, EXAMPLE_DUMP
 from paperpost.dumps import parse_dump
+from paperpost.models import Paper
 from paperpost.store import Store
 
 
@@ -54,6 +55,41 @@ def test_title_only_paper_gains_its_arxiv_id_without_becoming_new(store: Store) 
     assert store.ingest("api", parsed).new == 0
     stored = [p for _, p in store.papers_between(0, 100)]
     assert [p.arxiv_id for p in stored] == [p.arxiv_id for p in parsed]
+
+
+ABSTRACT = (
+    "We study language model agents that plan several tool calls ahead, and show on three "
+    "benchmarks that planning first makes them both cheaper and more accurate."
+)
+
+
+def test_a_reworded_title_is_the_same_paper_by_its_abstract(store: Store) -> None:
+    store.ingest("t1", [Paper("LLM Agents that Plan", ABSTRACT)])
+    ((seq, first),) = store.papers_between(0, 100)
+    reworded = Paper("LLM Agents That Plan Ahead", " " + ABSTRACT.upper() + " ", upvotes=7)
+    assert store.ingest("t2", [reworded]).new == 0
+    ((_, kept),) = store.papers_between(0, 100)
+    # same identity (title, id, vote links), newer facts
+    assert (kept.title, kept.id, kept.upvotes) == (first.title, first.id, 7)
+    # the API's report with the arXiv id and its own title is that paper too
+    api = Paper("Agents That Plan Ahead", ABSTRACT, arxiv_id="2611.01234")
+    assert store.ingest("api", [api]).new == 0
+    ((same, known),) = store.papers_between(0, 100)
+    assert (same, known.arxiv_id, known.title) == (seq, "2611.01234", api.title)
+    # ... and a text dump after it, with yet another title
+    assert store.ingest("t3", [Paper("Plan-Ahead Agents", ABSTRACT)]).new == 0
+    assert store.paper_count() == 1
+
+
+def test_abstracts_never_merge_two_arxiv_papers_or_short_placeholders(store: Store) -> None:
+    store.ingest("api", [Paper("One", ABSTRACT, arxiv_id="2611.00001")])
+    assert store.ingest("api2", [Paper("Two", ABSTRACT, arxiv_id="2611.00002")]).new == 1
+    store.ingest("t", [Paper("Three", "No abstract available.")])
+    assert store.ingest("t2", [Paper("Four", "No abstract available.")]).new == 1
+    # one dump listing a paper twice under two titles: one paper
+    twice = [Paper("Five", ABSTRACT + " Five."), Paper("Five, reworded", ABSTRACT + " Five.")]
+    assert store.ingest("t3", twice).new == 1
+    assert store.paper_count() == 5
 
 
 def test_a_crashed_run_leaves_its_papers_new(store: Store) -> None:
