@@ -144,7 +144,7 @@ def render(
 ) -> Box[tuple[pipeline.Rendered, Counter[str]]]:
     """Render a batch; its skip reasons ride along, so the flow never fetches the ranking."""
     edition = pipeline.edition_for(settings_here(overrides), plan, today)
-    rendered = pipeline.render_stage(renderer(), ranked.value.jobs, edition)
+    rendered = pipeline.render_stage(renderer(), ranked.value.jobs, edition, ranked.value.failed)
     return Box((rendered, Counter(skip.reason for skip in ranked.value.skips)))
 
 

@@ -88,6 +88,7 @@ class DigestJob:
 class RankedBatch:
     jobs: list[DigestJob]
     skips: list[Skip]
+    failed: list[Outcome] = field(default_factory=list)  # readers whose ranking failed
 
 
 @dataclass(slots=True)
@@ -325,14 +326,26 @@ def rank_stage(
     if windows:
         with _RUN_CACHE:  # a run's concurrent batches build it once
             cache, background = _run_cache(store.url, plan.run_id, plan.high_water)
+    failed: list[Outcome] = []
     for lo, entries in windows.items():
         papers = [paper for _, paper in store.papers_between(lo, plan.high_water)]
         _load_records(store, cache, papers)
-        subscribers = [e.subscriber for e in entries]
-        profiles = [profile_of(e) for e in entries]
-        rankings = rank_readers(store, papers, subscribers, profiles, background, cache)
+        ranked = _rank_apart(store, papers, entries, background, cache)
         _save_records(store, cache)
-        for entry, items in zip(entries, rankings, strict=True):
+        for entry, items in ranked:
+            if isinstance(items, BaseException):  # not ranked: not sent, cursor kept
+                failed.append(
+                    Outcome(
+                        entry.subscriber.address,
+                        f"{lo}-{plan.high_water}",
+                        "failed",
+                        0,
+                        f"cannot rank this reader's papers ({_reason(items)}); the others were "
+                        f"served. Check {entry.path}:{entry.line} and this reader's votes; "
+                        "tried again next run",
+                    )
+                )
+                continue
             if not items and not send_empty:
                 skips.append(Skip(entry.subscriber.address, "nothing above min_score"))
                 quiet.append((entry.subscriber.address, plan.high_water))
@@ -341,7 +354,39 @@ def rank_stage(
             jobs.append(DigestJob(reader, items, lo, plan.high_water))
     if quiet:  # deciding that nothing is worth sending is work done: move past it
         store.advance_cursors(quiet)
-    return RankedBatch(jobs, skips)
+    return RankedBatch(jobs, skips, failed)
+
+
+def _rank_apart(
+    store: Store,
+    papers: Sequence[Paper],
+    entries: Sequence[LoadedSubscriber],
+    background: Background,
+    cache: MatchCache,
+) -> list[tuple[LoadedSubscriber, list[Ranked] | Exception]]:
+    """Rank readers together; when that fails, in halves, down to the readers whose own
+    data fails (each with its exception), so one reader never costs the others their
+    digest. A database that cannot be used stops the run as everywhere else."""
+    try:
+        rankings = rank_readers(
+            store,
+            papers,
+            [e.subscriber for e in entries],
+            [profile_of(e) for e in entries],
+            background,
+            cache,
+        )
+        return list(zip(entries, rankings, strict=True))
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        if len(entries) == 1:
+            return [(entries[0], exc)]
+    half = len(entries) // 2
+    return [
+        *_rank_apart(store, papers, entries[:half], background, cache),
+        *_rank_apart(store, papers, entries[half:], background, cache),
+    ]
 
 
 # --- render and send ----------------------------------------
@@ -355,9 +400,15 @@ class Rendered:
     failed: list[Outcome]
 
 
-def render_stage(renderer: Renderer, jobs: Sequence[DigestJob], edition: Edition) -> Rendered:
-    """Render each digest; one that cannot be made fails alone, with the reason."""
-    rendered = Rendered([], [])
+def render_stage(
+    renderer: Renderer,
+    jobs: Sequence[DigestJob],
+    edition: Edition,
+    failed: Sequence[Outcome] = (),
+) -> Rendered:
+    """Render each digest; one that cannot be made fails alone, with the reason. ``failed``:
+    the batch's readers already failed (by the rank stage), reported with the rest."""
+    rendered = Rendered([], list(failed))
     for job in jobs:
         try:
             message = renderer.render(job.reader, job.items, edition, job.lo, job.hi)
@@ -576,7 +627,7 @@ def run_plain(
             ranked = rank_stage(store, plan, batch, today, settings.send_empty)
             summary.stage_seconds["rank"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            rendered = render_stage(renderer, ranked.jobs, edition)
+            rendered = render_stage(renderer, ranked.jobs, edition, ranked.failed)
             summary.stage_seconds["render"] += time.perf_counter() - clock
             clock = time.perf_counter()
             tally.add(send_stage(settings, store, rendered, run_id))

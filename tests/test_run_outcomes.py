@@ -172,3 +172,39 @@ def test_digest_holds_no_server_path_or_internal_id(project: Path) -> None:
         raw = message.as_bytes()
         for private in (str(project), "team.yaml", "subs/", "X-Paperpost"):
             assert private.encode() not in raw, private
+
+
+def test_one_reader_whose_ranking_fails_costs_nobody_else_their_digest(project: Path) -> None:
+    """A reader with 33,000 "more" votes, imported from a JSON-lines export: ranking them
+    raised (OverflowError in the nudge's int16 index of the nearest liked paper) and,
+    before, stopped the whole batch: exit 1, no digest for anybody."""
+    with (project / "subs" / "team.yaml").open("a") as out:
+        out.write("- email: heavy@one.example\n  tags: [agents]\n")
+    votes = project / "votes.jsonl"
+    with votes.open("w") as out:
+        for i in range(33_000):
+            vote = {
+                "address": "heavy@one.example",
+                "paper_id": f"2611.{i:05d}",
+                "vote": "more",
+                "title": f"Agents paper number {i}",
+                "digest": "1-2",
+                "voted_at": "2026-11-20T10:00:00+00:00",
+            }
+            out.write(json.dumps(vote) + "\n")
+    imported = runner.invoke(app, ["feedback", "import", str(votes)])
+    assert imported.exit_code == 0, imported.output
+    first = run("--json")
+    summary = json.loads(first.stdout)
+    status = {d["address"]: d for d in summary["deliveries"]}
+    assert status["ok@one.example"]["status"] == status[LONG]["status"] == "sent"
+    heavy = status["heavy@one.example"]
+    if heavy["status"] != "sent":  # the nudge may learn to take it; it must stay alone
+        assert heavy["status"] == "failed" and first.exit_code == ExitCode.DELIVERY_FAILED
+        assert heavy["detail"].startswith("cannot rank this reader's papers (OverflowError: ")
+        assert "team.yaml:7" in heavy["detail"] and "tried again next run" in heavy["detail"]
+        again = json.loads(run("--json").stdout)  # not skipped as done: tried again
+        assert [(d["address"], d["status"]) for d in again["deliveries"]] == [
+            ("heavy@one.example", "failed")
+        ]
+    assert len(list((project / "outbox" / "new").iterdir())) == 2 + (heavy["status"] == "sent")
