@@ -73,6 +73,8 @@ LITERAL_BAR = 0.2  # ... and the score moves by this much times (share - LITERAL
 LITERAL_MID = 0.3
 LITERAL_K1 = 1.5  # BM25 term-frequency saturation
 LITERAL_B = 0.75  # BM25 length normalisation
+BLOCK_CELLS = 1 << 19  # readers × papers cells per block of the per-reader arithmetic
+SCORED_WINDOWS = 4  # lists of papers whose reading scores a MatchCache keeps (a run's windows)
 POPULARITY_TIEBREAK = 0.02  # upvotes raise the ordering score by at most 2% (never the bar)
 STOPWORDS = frozenset(
     "a an and are as at be by for from in into is it of on or the to with via using toward "
@@ -784,6 +786,8 @@ class MatchCache:
         self._weighed: dict[tuple[str, str], Evidence] = {}
         self._weighed_with: Background | None = None
         self._duplicates: tuple[tuple[str, ...], dict[int, set[int]]] | None = None
+        self._scored: dict[tuple[str, ...], dict[Reading, tuple[_Scores, int]]] = {}
+        self._scored_with: Background | None = None
 
     def key(self, paper: Paper) -> str:
         key = self._keys.get(paper)
@@ -855,6 +859,37 @@ class MatchCache:
             table.append(found)
         self._parts.clear()  # tokens kept for papers no one ranked: made again if needed
         return table
+
+    def scores(
+        self, papers: Sequence[Paper], readings: list[Reading], background: Background
+    ) -> _Scored:
+        """Readings × papers scores (:class:`_Scores`): a reading is scored once per list of
+        papers and background, then shared by every batch of readers that follows it."""
+        if background is not self._scored_with:
+            self._scored, self._scored_with = {}, background
+        keys = tuple(self.key(p) for p in papers)
+        rows = self._scored.get(keys)
+        if rows is None:
+            if len(self._scored) >= SCORED_WINDOWS:
+                self._scored.pop(next(iter(self._scored), keys), None)
+            rows = self._scored[keys] = {}
+        missing = [r for r in dict.fromkeys(readings) if r not in rows]
+        if missing:
+            table = _Scores(papers, missing, background, self)
+            rows.update({reading: (table, i) for i, reading in enumerate(missing)})
+        owners = [rows[reading] for reading in readings]
+        shape = (len(readings), len(papers))
+        result = _Scored(np.empty(shape), np.empty(shape), np.empty(shape), owners)
+        by_table: dict[int, tuple[_Scores, list[int], list[int]]] = {}
+        for r, (table, i) in enumerate(owners):
+            entry = by_table.setdefault(id(table), (table, [], []))
+            entry[1].append(r)
+            entry[2].append(i)
+        for table, into, rows_of in by_table.values():
+            result.score[into] = table.score[rows_of]
+            result.about[into] = table.about[rows_of]
+            result.literal[into] = table.literal[rows_of]
+        return result
 
     def duplicates(self, papers: Sequence[Paper], among: list[int]) -> dict[int, set[int]]:
         """Near-duplicate titles among ``papers[i] for i in among``, by index into ``papers``
@@ -966,6 +1001,20 @@ class _Scores:
         }
 
 
+@dataclass(slots=True)
+class _Scored:
+    """Readings × papers of one call, gathered from the tables that scored each reading."""
+
+    score: np.ndarray
+    about: np.ndarray
+    literal: np.ndarray
+    owners: list[tuple[_Scores, int]]
+
+    def detail(self, r: int, p: int) -> dict:
+        table, row = self.owners[r]
+        return table.detail(row, p)
+
+
 def _short_reason(details: list[dict]) -> str:
     """``speculative decoding, draft model``; per tag when several tags matched."""
     parts = []
@@ -995,7 +1044,11 @@ def rank_many(
     ``background`` is the history word weights come from (default: ``papers`` alone;
     the pipeline passes the recent papers of the store). ``cache`` holds what papers
     matched per topic (default: a new one; the pipeline passes one per run, kept in the
-    database across runs).
+    database across runs) and each reading's scores, shared by the run's batches.
+
+    Readers who ask for the same thing (tags, weights, keywords, exclusions, min_score) are
+    one *setting*, scored and sorted once; the arithmetic runs over blocks of settings so
+    that no readers × papers temporary grows with the list.
     """
     if not papers or not profiles:
         return [[] for _ in profiles]
@@ -1005,7 +1058,6 @@ def rank_many(
         background = Background.of(papers, cache)
     reading_index: dict[tuple[str, tuple[str, ...]], int] = {}
     readings: list[Reading] = []
-    rows: list[tuple[list[tuple[int, Interest]], list[int]]] = []
 
     def index_of(tag: str, keywords: tuple[str, ...] = ()) -> int:
         key = (tag, keywords)
@@ -1015,111 +1067,165 @@ def rank_many(
             readings.append(read_tag(tag, tuple(sorted(keywords))))
         return index
 
-    for profile in profiles:
-        wanted = [(index_of(i.tag, i.keywords), i) for i in profile.interests]
-        unwanted = [index_of(tag) for tag in profile.exclude]
-        rows.append((wanted, unwanted))
+    setting_index: dict[object, int] = {}
+    settings: list[tuple[tuple[tuple[int, float], ...], tuple[int, ...], float]] = []
+    setting_of: list[int] = []
+    for row, profile in enumerate(profiles):
+        wanted = tuple((index_of(i.tag, i.keywords), i.weight) for i in profile.interests)
+        setting = (wanted, tuple(index_of(tag) for tag in profile.exclude), profile.min_score)
+        key = setting if nudge is None else row  # a nudge is per reader
+        s = setting_index.get(key)
+        if s is None:
+            s = setting_index[key] = len(settings)
+            settings.append(setting)
+        setting_of.append(s)
 
-    table = _Scores(papers, readings, background, cache)
-    # a zero row at the end pads readers with fewer interests or exclusions
-    log_miss = np.vstack([np.log1p(-np.clip(table.score, 0.0, 0.999)), np.zeros(len(papers))])
-    about = np.vstack([table.about >= EXCLUDE_MIN, np.zeros(len(papers), dtype=bool)])
-    pad = len(readings)
-    width = max(len(w) for w, _ in rows)
-    picks = np.full((len(profiles), width), pad)
-    weights = np.zeros((len(profiles), width))
-    blocked = np.zeros((len(profiles), len(papers)), dtype=bool)
-    for row, (wanted, unwanted) in enumerate(rows):
-        top = max((interest.weight for _, interest in wanted), default=1.0)
-        for k, (r, interest) in enumerate(wanted):
-            picks[row, k] = r
-            weights[row, k] = interest.weight / top
-        for r in unwanted:
-            blocked[row] |= about[r]
-    # S × P: a weighted noisy-or of each reader's tags, and the strongest (weighted) share
-    # of a tag's own words; one tag slot at a time keeps the temporaries S × P
-    literal_rows = np.vstack([table.literal, np.zeros(len(papers))])
-    log_sum = np.zeros((len(profiles), len(papers)))
-    literal = np.zeros((len(profiles), len(papers)))
-    for k in range(width):
-        slot, weight = picks[:, k], weights[:, k, None]
-        log_sum += weight * log_miss[slot]
-        np.maximum(literal, weight * literal_rows[slot], out=literal)
-    scores = 1.0 - np.exp(log_sum)
+    scored = cache.scores(papers, readings, background)
+    n_papers, pad = len(papers), len(readings)
+    # a zero row at the end pads settings with fewer interests or exclusions
+    zero = np.zeros(n_papers)
+    tag_scores = np.vstack([scored.score, zero])
+    log_miss = np.vstack([np.log1p(-np.clip(scored.score, 0.0, 0.999)), zero])
+    about = np.vstack([scored.about >= EXCLUDE_MIN, np.zeros(n_papers, dtype=bool)])
+    literal_rows = np.vstack([scored.literal, zero])
+    width = max(len(wanted) for wanted, _, _ in settings)
+    avoid_width = max(len(unwanted) for _, unwanted, _ in settings)
+    picks = np.full((len(settings), width), pad)
+    weights = np.zeros((len(settings), width))
+    avoid = np.full((len(settings), avoid_width), pad)
+    for s, (wanted, unwanted, _) in enumerate(settings):
+        top = max((weight for _, weight in wanted), default=1.0)
+        for k, (r, weight) in enumerate(wanted):
+            picks[s, k] = r
+            weights[s, k] = weight / top
+        avoid[s, : len(unwanted)] = unwanted
+    min_scores = np.array([min_score for _, _, min_score in settings])[:, None]
     upvotes = np.array([p.upvotes or 0 for p in papers], dtype=np.float64)
     prior = POPULARITY_TIEBREAK * (1.0 - np.exp(-upvotes / 30.0))
-    details: dict[tuple[int, int], dict] = {}
-
-    min_scores = np.array([p.min_score for p in profiles])[:, None]
-    order = scores * (1.0 + prior) + LITERAL_WEIGHT * literal
-    final = np.where((scores >= min_scores) & ~blocked, order, -1.0)
-    shown_scores = scores
-    taught: set[int] = set()
-    if nudge is not None:  # reader feedback: see paperpost.profile
-        max_items = np.array([p.max_items for p in profiles])[:, None]
-        relevant, shown_scores, lift = nudge.apply(
-            scores, final >= 0.0, ~blocked, min_scores, max_items
-        )
-        ordered = shown_scores * (1.0 + prior) + LITERAL_WEIGHT * literal
-        final = np.where(relevant, ordered + lift, -1.0)
-        taught = nudge.rows
-    depth = min(len(papers), 2 * max(p.max_items for p in profiles) + 10)
-    if depth < len(papers):  # only the best few per reader need sorting
-        part = np.argpartition(-final, depth - 1, axis=1)[:, :depth]
-        top = np.take_along_axis(part, np.argsort(-np.take_along_axis(final, part, 1), 1), 1)
-    else:
-        top = np.argsort(-final, axis=1, kind="stable")
-    tag_scores = table.score.tolist()
-    reasons: dict[tuple[int, tuple[int, ...]], tuple[str, tuple[dict, ...]]] = {}
-    results: list[list[Ranked]] = []
-    top_papers = top.tolist()
-    top_passed = (np.take_along_axis(final, top, 1) >= 0.0).tolist()
-    orders = [
-        [p for p, ok in zip(top_papers[row], top_passed[row], strict=True) if ok]
-        for row in range(len(rows))
-    ]
+    depth = min(n_papers, 2 * max(p.max_items for p in profiles) + 10)
+    # per setting, the papers that pass, best first, and their shown scores
+    orders: list[list[int]] = []
+    shown: list[list[float]] = []
+    block = len(settings) if nudge is not None else max(1, BLOCK_CELLS // n_papers)
+    for lo in range(0, len(settings), block):  # the nudge sees every reader at once
+        part = slice(lo, lo + block)
+        # a weighted noisy-or of each setting's tags, and the strongest (weighted) share of
+        # a tag's own words
+        log_sum = np.zeros((len(picks[part]), n_papers))
+        literal = np.zeros(log_sum.shape)
+        for k in range(width):
+            slot, weight = picks[part, k], weights[part, k, None]
+            log_sum += weight * log_miss[slot]
+            np.maximum(literal, weight * literal_rows[slot], out=literal)
+        blocked = np.zeros(log_sum.shape, dtype=bool)
+        for k in range(avoid_width):
+            blocked |= about[avoid[part, k]]
+        scores = 1.0 - np.exp(log_sum)
+        order = scores * (1.0 + prior) + LITERAL_WEIGHT * literal
+        final = np.where((scores >= min_scores[part]) & ~blocked, order, -1.0)
+        shown_scores = scores
+        if nudge is not None:  # reader feedback: see paperpost.profile
+            max_items = np.array([p.max_items for p in profiles])[:, None]
+            relevant, shown_scores, lift = nudge.apply(
+                scores, final >= 0.0, ~blocked, min_scores, max_items
+            )
+            ordered = shown_scores * (1.0 + prior) + LITERAL_WEIGHT * literal
+            final = np.where(relevant, ordered + lift, -1.0)
+        if depth < n_papers:  # only the best few per setting need sorting
+            best = np.argpartition(-final, depth - 1, axis=1)[:, :depth]
+            top = np.take_along_axis(best, np.argsort(-np.take_along_axis(final, best, 1), 1), 1)
+        else:
+            top = np.argsort(-final, axis=1, kind="stable")
+        passed = (np.take_along_axis(final, top, 1) >= 0.0).sum(axis=1).tolist()
+        top_shown = np.take_along_axis(shown_scores, top, 1).tolist()
+        for papers_row, scores_row, count in zip(top.tolist(), top_shown, passed, strict=True):
+            orders.append(papers_row[:count])  # what passes sorts before what does not
+            shown.append(scores_row[:count])
     # near-duplicate titles matter only among the papers some reader might get
     duplicates = cache.duplicates(papers, sorted({p for order in orders for p in order}))
-    for row, profile in enumerate(profiles):
-        order = orders[row]
-        wanted = rows[row][0]
-        ranked = []
-        for p in _diverse(order, duplicates, profile.max_items):
-            tags = [(tag_scores[r][p], r) for r, _ in wanted if tag_scores[r][p] > 0]
-            best = max((s for s, _ in tags), default=0.0)
-            shown = tuple(r for s, r in sorted(tags, key=lambda x: -x[0]) if s >= best / 2)
-            key = (p, shown)
-            if key not in reasons:
-                for r in shown:
-                    if (r, p) not in details:
-                        details[r, p] = table.detail(r, p)
-                per_tag = tuple(details[r, p] for r in shown)
-                reasons[key] = (_short_reason(list(per_tag)), per_tag)
-            why, per_tag = reasons[key]
-            if row in taught and nudge is not None:
-                why = "; ".join(part for part in (why, nudge.why(row, p)) if part)
-            ranked.append(
-                Ranked(
-                    paper=papers[p],
-                    score=round(float(shown_scores[row, p]), 3),
-                    matched=tuple(d["tag"] for d in per_tag),
-                    why=why,
-                    evidence=per_tag,
-                )
+    taken: dict[tuple[int, int], list[int]] = {}  # (setting, max_items) -> positions
+    items: dict[tuple[int, int], int] = {}  # (setting, position) -> item
+    for profile, s in zip(profiles, setting_of, strict=True):
+        positions = taken.get((s, profile.max_items))
+        if positions is None:
+            positions = taken[s, profile.max_items] = _diverse(
+                orders[s], duplicates, profile.max_items
             )
-        results.append(ranked)
-    return results
+            for position in positions:
+                items.setdefault((s, position), len(items))
+    ranked = _ranked_items(papers, list(items), orders, shown, picks, tag_scores, scored, nudge)
+    return [
+        [ranked[items[s, position]] for position in taken[s, profile.max_items]]
+        for profile, s in zip(profiles, setting_of, strict=True)
+    ]
+
+
+def _ranked_items(
+    papers: Sequence[Paper],
+    items: list[tuple[int, int]],
+    orders: list[list[int]],
+    shown: list[list[float]],
+    picks: np.ndarray,
+    tag_scores: np.ndarray,
+    scored: _Scored,
+    nudge: Nudge | None,
+) -> list[Ranked]:
+    """The :class:`Ranked` of each (setting, position) taken, with its reason: the setting's
+    tags that scored at least half its best tag on that paper, best first. Reasons are made
+    once per paper and set of tags shown."""
+    if not items:
+        return []
+    setting = np.array([s for s, _ in items])
+    paper = np.array([orders[s][position] for s, position in items])
+    slot_scores = tag_scores[picks[setting], paper[:, None]]  # items × tag slots
+    best = slot_scores.max(axis=1, initial=0.0)
+    keep = (slot_scores > 0) & (slot_scores >= best[:, None] / 2)
+    by_score = np.argsort(-slot_scores, axis=1, kind="stable")  # ties: the reader's order
+    shown_tags = np.where(
+        np.take_along_axis(keep, by_score, 1), np.take_along_axis(picks[setting], by_score, 1), -1
+    )  # what is kept scores highest, so it comes first
+    details: dict[tuple[int, int], dict] = {}
+    reasons: dict[tuple[int, ...], tuple[str, tuple[dict, ...], tuple[str, ...]]] = {}
+    made: dict[tuple[tuple[int, ...], float], Ranked] = {}  # shared by settings alike
+    taught = nudge.rows if nudge is not None else set()
+    out = []
+    for (s, position), p, tags in zip(items, paper.tolist(), shown_tags.tolist(), strict=True):
+        key = (p, *tags)
+        reason = reasons.get(key)
+        if reason is None:
+            per_tag = []
+            for r in tags:
+                if r < 0:
+                    break
+                if (r, p) not in details:
+                    details[r, p] = scored.detail(r, p)
+                per_tag.append(details[r, p])
+            matched = tuple(d["tag"] for d in per_tag)
+            reason = reasons[key] = (_short_reason(per_tag), tuple(per_tag), matched)
+        score = round(shown[s][position], 3)
+        if s in taught and nudge is not None:  # with a nudge, a setting is one reader
+            why = "; ".join(part for part in (reason[0], nudge.why(s, p)) if part)
+            out.append(Ranked(papers[p], score, reason[2], why, reason[1]))
+            continue
+        ranked = made.get((key, score))
+        if ranked is None:
+            ranked = made[key, score] = Ranked(papers[p], score, reason[2], reason[0], reason[1])
+        out.append(ranked)
+    return out
 
 
 def _diverse(order: list[int], duplicates: dict[int, set[int]], limit: int) -> list[int]:
-    """Take papers best first, pushing near-duplicate titles behind the others."""
+    """Positions in ``order`` (papers, best first) to take, best first, pushing near-duplicate
+    titles behind the others."""
+    if duplicates.keys().isdisjoint(order[:limit]):
+        return list(range(min(limit, len(order))))
     picked: list[int] = []
     deferred: list[int] = []
-    for index in order:
-        if duplicates.get(index) and any(j in duplicates[index] for j in picked):
-            deferred.append(index)
+    for position, index in enumerate(order):
+        if duplicates.get(index) and any(order[j] in duplicates[index] for j in picked):
+            deferred.append(position)
             continue
-        picked.append(index)
+        picked.append(position)
         if len(picked) >= limit:
             return picked
     return (picked + deferred)[:limit]
