@@ -929,12 +929,15 @@ class _Scores:
         units = np.zeros((n_topics, n_papers))
         single = np.zeros((n_topics, n_papers))
         lead = np.full((n_topics, n_papers), ABSTRACT_ONLY)
-        for p, found in enumerate(self.evid):
-            for t, ev in found.items():
-                score[t, p] = ev.score
-                lead[t, p] = _lead_factor(ev.lead)
-                units[t, p] = ev.units
-                single[t, p] = ev.single if ev.units == 1 else 0.0
+        cells = [ev for found in self.evid for ev in found.values()]
+        at = (
+            np.array([t for found in self.evid for t in found], dtype=np.intp),
+            np.array([p for p, found in enumerate(self.evid) for _ in found], dtype=np.intp),
+        )
+        score[at] = [ev.score for ev in cells]
+        lead[at] = [_lead_factor(ev.lead) for ev in cells]
+        units[at] = [ev.units for ev in cells]
+        single[at] = [ev.single if ev.units == 1 else 0.0 for ev in cells]
 
         n_read = len(readings)
         weights = np.zeros((n_read, n_topics))  # facet weights, normalised per reading
@@ -956,17 +959,17 @@ class _Scores:
 
         smoothed = MISSING_FACET + (1.0 - MISSING_FACET) * score
         with np.errstate(divide="ignore"):  # a reading with no facets: 0 ** -2, zeroed below
-            mean = (weights @ smoothed**FACET_POWER) ** (1.0 / FACET_POWER)
+            mean = _row_sums(weights, smoothed**FACET_POWER) ** (1.0 / FACET_POWER)
         facets = (mean - MISSING_FACET) / (1.0 - MISSING_FACET)
         facets = np.clip(facets, 0.0, 1.0) * (totals > 0)
-        phrase_score = bonus @ score
+        phrase_score = _row_sums(bonus, score)
         combined = 1.0 - (1.0 - facets) * (1.0 - phrase_score)
-        count = member @ units
+        count = _row_sums(member, units)
         # one word of evidence is held back unless that word is the whole tag
         whole_word = np.array([len(r.facets) == 1 and not r.facets[0].is_topic for r in readings])
         one_word = (count == 1) & ~whole_word[:, None]
         self.about = combined.copy()  # for exclusions: one word in a title is enough there
-        combined[one_word] *= (member @ single)[one_word]
+        combined[one_word] *= _row_sums(member, single)[one_word]
         # what a paper is about shows in its title, keywords or TL;DR: evidence found only
         # in the abstract, or only weak terms there, is a mention in passing
         for r, reading in enumerate(readings):
@@ -1013,6 +1016,23 @@ class _Scored:
     def detail(self, r: int, p: int) -> dict:
         table, row = self.owners[r]
         return table.detail(row, p)
+
+
+def _row_sums(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``weights @ rows`` for a ``weights`` with a few non-zero entries per row (a reading's
+    facets): the non-zero terms only, added in column order."""
+    at_row, at_col = np.nonzero(weights)
+    counts = np.bincount(at_row, minlength=len(weights))
+    slot = np.arange(len(at_row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    index = np.full((len(weights), int(counts.max(initial=0))), len(rows))
+    index[at_row, slot] = at_col
+    factor = np.zeros(index.shape)
+    factor[at_row, slot] = weights[at_row, at_col]
+    padded = np.vstack([rows, np.zeros((1, rows.shape[1]))])
+    total = np.zeros((len(weights), rows.shape[1]))
+    for k in range(index.shape[1]):
+        total += factor[:, k, None] * padded[index[:, k]]
+    return total
 
 
 def _short_reason(details: list[dict]) -> str:
