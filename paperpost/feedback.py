@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from paperpost.models import Paper, title_key
@@ -343,9 +343,7 @@ def history(store: Store, unstored: Sequence[Paper] = ()) -> Background:
     """The ranker's word statistics over the latest stored papers plus papers the store does
     not have yet (what ``preview``, ``rank --reader`` and ``subscribers show`` use; a run
     builds its own once, from the ranker's cache)."""
-    with store.engine.connect() as conn:
-        high = conn.execute(select(func.max(papers.c.seq))).scalar() or 0
-    stored = {p.key: p for _, p in store.papers_between(max(0, high - BACKGROUND_PAPERS), high)}
+    stored = {p.key: p for p in store.latest_papers(BACKGROUND_PAPERS)}
     return Background.of([*stored.values(), *(p for p in unstored if p.key not in stored)])
 
 

@@ -254,8 +254,7 @@ def _run_cache(url: str, run_id: int, high: int) -> tuple[MatchCache, Background
     papers are needed) and the word weights over the most recent papers of the history."""
     cache = MatchCache()
     store = Store(url)
-    low = max(0, high - BACKGROUND_PAPERS)
-    history = [paper for _, paper in store.papers_between(low, high)]
+    history = store.latest_papers(BACKGROUND_PAPERS, high)
     _load_records(store, cache, history)
     background = Background.of(history, cache)
     _save_records(store, cache)

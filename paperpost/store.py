@@ -516,6 +516,14 @@ class Store:
             )
             return [(r.seq, Paper.from_json(json.loads(r.data))) for r in rows]
 
+    def latest_papers(self, count: int, high: int | None = None) -> list[Paper]:
+        """The ``count`` papers of the history up to ``seq`` ``high`` (default: the newest),
+        oldest first: what the ranker's word weights count over."""
+        if high is None:
+            with self.engine.connect() as conn:
+                high = conn.execute(select(func.max(papers.c.seq))).scalar() or 0
+        return [paper for _, paper in self.papers_between(max(0, high - count), high)]
+
     def paper_count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(papers)).scalar_one()

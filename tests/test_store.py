@@ -190,3 +190,11 @@ def test_a_group_settle_records_in_order_and_moves_cursors_forward_only(store: S
     assert cursors[people[1]][0] == 9 and cursors[people[1]][1] is not None
     assert cursors[people[2]][0] == 0  # failed: still owed these papers
     assert people[3] not in cursors and people[4] not in cursors
+
+
+def test_latest_papers_are_the_newest_up_to_a_sequence_number(store: Store) -> None:
+    store.ingest("day", [Paper(f"Paper number {n}", f"Abstract {n} " * 5) for n in range(6)])
+    titles = [p.title for p in store.latest_papers(3)]
+    assert titles == ["Paper number 3", "Paper number 4", "Paper number 5"]
+    assert [p.title for p in store.latest_papers(2, high=3)] == ["Paper number 1", "Paper number 2"]
+    assert len(store.latest_papers(100)) == 6
