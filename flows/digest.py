@@ -20,10 +20,12 @@ from typing import Generic, Literal, TypeVar
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from paperpost import pipeline
 from paperpost.delivery import Outcome
+from paperpost.errors import ConfigError, DatabaseError
 from paperpost.fetch import Fetched
 from paperpost.render import Renderer
 from paperpost.report import markdown
@@ -181,6 +183,11 @@ def digest(
     given = {"sources": sources, "subscribers_dir": subscribers_dir, "outbox_dir": outbox_dir}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = settings_here(overrides)
+    try:  # before anything, as `paperpost run` and `serve` do: one line, no traceback
+        pipeline.preflight(settings)
+    except (ConfigError, DatabaseError) as exc:
+        logger.error("%s", exc)
+        return Failed(message=str(exc))  # type: ignore[return-value]
     today = today or datetime.now(UTC).date()
     store, owner, run_id = pipeline.begin(settings)
     if run_id is None:

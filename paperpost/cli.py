@@ -221,12 +221,10 @@ def run(
     try:
         with _environment(overrides):
             settings = _settings()
-            if settings.delivery == "smtp":
-                settings.require_own_key("SMTP delivery")
-            from paperpost.store import Store
+            from paperpost.pipeline import preflight
 
             # a database that cannot be used fails here, in one line, not inside the flow
-            Store(settings.db_url).check_writable()
+            preflight(settings)
             if no_prefect:
                 summary = _run_plain(settings, day, as_json)
             else:
@@ -856,12 +854,9 @@ def serve(
         )
         raise typer.Exit(2)
     try:  # the checks `paperpost run` makes, now rather than in every scheduled run's log
-        settings = _settings()
-        if settings.delivery == "smtp":
-            settings.require_own_key("SMTP delivery")
-        from paperpost.store import Store
+        from paperpost.pipeline import preflight
 
-        Store(settings.db_url).check_writable()
+        preflight(_settings())
     except Exception as exc:
         fatal = _fatal(exc)
         if fatal is None:

@@ -15,13 +15,22 @@ from sqlalchemy.pool import NullPool
 # How long a SQLite statement waits for another process's write lock before giving up.
 # Writers here hold it for well under a second; a wait this long means something is stuck.
 BUSY_TIMEOUT = 10.0
+# How long to wait for a PostgreSQL server to accept a connection (a host that drops packets
+# would otherwise hold a run for the system's TCP timeout, over two minutes). A URL's own
+# ``connect_timeout`` wins.
+CONNECT_TIMEOUT = 10
 
 
 def create(url: str, immediate: bool = False) -> Engine:
     """An engine for ``url``. ``immediate`` (SQLite only): a one-off, unpooled engine whose
     transactions start with ``BEGIN IMMEDIATE``, taking the write lock up front."""
     if not url.startswith("sqlite:"):
-        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)  # as below
+        connect = {}
+        if url.startswith("postgresql") and "connect_timeout" not in make_url(url).query:
+            connect["connect_timeout"] = CONNECT_TIMEOUT
+        engine = create_engine(
+            url, pool_pre_ping=True, hide_parameters=True, connect_args=connect
+        )  # as below
         _name_errors(engine)
         return engine
     path = url.removeprefix("sqlite:///")

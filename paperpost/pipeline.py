@@ -20,11 +20,13 @@ from itertools import islice
 from pathlib import Path
 from uuid import uuid4
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from paperpost.bounces import BounceError, process
+from paperpost.db import explain
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
 from paperpost.dumps import DumpError, parse_dump
+from paperpost.errors import DatabaseError
 from paperpost.feedback import rank_readers, reader_ids
 from paperpost.fetch import (
     Fetched,
@@ -472,6 +474,20 @@ def edition_for(settings: Settings, plan: RunPlan, today: date) -> Edition:
         day=today,
         new_papers=plan.high_water - plan.low_water,
     )
+
+
+def preflight(settings: Settings) -> None:
+    """What every run needs, checked before it starts (``paperpost run``, ``serve`` and the
+    flow itself, so each deployment's run on a worker too): the signing key for SMTP, and a
+    database that answers (PostgreSQL within ``db.CONNECT_TIMEOUT``), is at this paperpost's
+    schema (migrated now if it can be) and takes a write. Raises ConfigError or DatabaseError,
+    one line saying what to do."""
+    if settings.delivery == "smtp":
+        settings.require_own_key("SMTP delivery")
+    try:
+        Store(settings.db_url).check_writable()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(explain(exc)) from None
 
 
 def begin(settings: Settings) -> tuple[Store, str, int | None]:

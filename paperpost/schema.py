@@ -21,6 +21,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from paperpost import db
 from paperpost.errors import DatabaseError
@@ -70,18 +71,26 @@ def upgrade(engine: Engine) -> str:
             f"{where} is at schema revision {found}, which this version of paperpost does "
             "not know (a newer paperpost migrated it): upgrade paperpost, or use another database"
         )
-    if engine.dialect.name == "sqlite":
-        locked = db.create(engine.url.render_as_string(hide_password=False), immediate=True)
-        try:
-            with locked.begin() as conn:  # BEGIN IMMEDIATE: one migrator at a time
+    try:
+        if engine.dialect.name == "sqlite":
+            locked = db.create(engine.url.render_as_string(hide_password=False), immediate=True)
+            try:
+                with locked.begin() as conn:  # BEGIN IMMEDIATE: one migrator at a time
+                    _migrate(conn)
+            finally:
+                locked.dispose()
+        else:
+            with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_KEY})
                 _migrate(conn)
-        finally:
-            locked.dispose()
-    else:
-        with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_KEY})
-            _migrate(conn)
+    except SQLAlchemyError as exc:  # e.g. a user without the right to change the schema
+        where = engine.url.render_as_string(hide_password=True)
+        raise DatabaseError(
+            f"{where} is at schema revision {found or 'none'} and this paperpost needs "
+            f"{head()}; migrating it failed ({db.explain(exc)}). Run `paperpost db upgrade` "
+            "as a database user that may change the schema, or fix what the error names"
+        ) from None
     return head()
 
 

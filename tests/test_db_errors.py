@@ -70,6 +70,29 @@ def test_an_unreachable_server_never_shows_the_password(project: Path) -> None:
     assert "hunter2" not in line
 
 
+def test_a_server_that_never_answers_fails_after_the_connect_timeout(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port that accepts and then says nothing (a wedged server, a black-holing
+    firewall): before, libpq waited forever and the run hung."""
+    import socket
+
+    from paperpost import db
+
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT", 1)  # 10 s in use; the same code path
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    try:
+        started = time.monotonic()
+        code, line = run(f"postgresql+psycopg://paperpost:pw@127.0.0.1:{port}/paperpost")
+        waited = time.monotonic() - started
+    finally:
+        silent.close()
+    assert code == ExitCode.DATABASE
+    assert f"cannot connect to postgresql+psycopg://paperpost:***@127.0.0.1:{port}" in line
+    assert waited < 10
+
+
 def test_a_database_from_a_newer_paperpost(project: Path) -> None:
     assert runner.invoke(app, ["db", "upgrade", "--db", str(project / "pp.db")]).exit_code == 0
     with sqlite3.connect(project / "pp.db") as newer:

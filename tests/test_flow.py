@@ -204,3 +204,48 @@ def test_a_task_refuses_a_database_that_does_not_hold_the_runs_lease(tmp_path: P
         run_store(other, owner)
     with pytest.raises(WrongDatabase):
         run_store(run_db, "another-run")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_against_a_database_it_cannot_use_fails_at_once_in_one_line(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """What a deployment's run on a worker does (before, it started and failed inside with
+    a SQLAlchemy traceback): the flow checks the database first, as `paperpost run` and
+    `paperpost serve` do, and ends Failed with one line saying what to do."""
+    import sqlite3
+    import time
+
+    from flows.digest import digest
+    from paperpost import schema
+
+    stale = tmp_path / "stale.db"  # an un-migrated database that cannot be migrated
+    with sqlite3.connect(stale) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES ('0003')")
+        conn.execute("CREATE TABLE paper_evidence (x INTEGER)")  # in the way of 0004
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES ('9999')")
+    cases = {
+        "postgresql+psycopg://paperpost:hunter2@127.0.0.1:1/paperpost": (
+            "cannot connect to postgresql+psycopg://paperpost:***@127.0.0.1:1/paperpost"
+        ),
+        f"sqlite:///{stale}": (
+            f"{stale} is at schema revision 0003 and this paperpost needs {schema.head()}; "
+            "migrating it failed ("
+        ),
+        f"sqlite:///{newer}": "is at schema revision 9999, which this version of paperpost",
+    }
+    outbox = tmp_path / "outbox"
+    args = dict(sources=[str(EXAMPLES / "dumps")], subscribers_dir=str(ROOT / "subscribers"))
+    for url, words in cases.items():
+        monkeypatch.setenv("PAPERPOST_DATABASE_URL", url)
+        started = time.monotonic()
+        state = digest(**args, outbox_dir=str(outbox), return_state=True)
+        assert time.monotonic() - started < 20
+        assert state.is_failed(), (url, state)
+        assert words in state.message and "\n" not in state.message, state.message
+        assert "hunter2" not in state.message and "Traceback" not in state.message
+    assert not outbox.exists()
