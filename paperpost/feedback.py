@@ -36,6 +36,10 @@ VOTES = {"more": 1, "fewer": -1}
 LINK_DAYS = 60  # how long a vote link works
 DELIVERED = ("sent", "data-sent", "ambiguous")  # ledger states of a digest that went out
 _ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")
+# What an imported vote may hold: the sizes of the columns (and of a stored title), no
+# control characters or lone surrogates (PostgreSQL refuses NUL, UTF-8 refuses surrogates).
+_IMPORT_LIMITS = {"address": 320, "paper_id": 64, "title": 500, "digest": 64}
+_UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class BadVoteToken(ValueError):
@@ -250,17 +254,24 @@ def parse_export(lines: Iterable[str], name: str = "<stdin>") -> list[Vote]:
             continue
         try:
             data = json.loads(line)
-            vote = VOTES[data["vote"]]
-            voted_at = datetime.fromisoformat(data["voted_at"])
-            if voted_at.tzinfo is None:
-                voted_at = voted_at.replace(tzinfo=UTC)
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object with address, paper_id, vote, ...")
+            vote = VOTES.get(data["vote"]) if isinstance(data["vote"], str) else None
+            if vote is None:
+                raise ValueError(f'vote must be "more" or "fewer", got {str(data["vote"])[:40]!r}')
+            text = {
+                field: _import_text(data, field, limit) for field, limit in _IMPORT_LIMITS.items()
+            }
+            if "@" not in text["address"]:
+                raise ValueError(f"address is not an email address: {text['address'][:80]!r}")
+            voted_at = _import_time(data["voted_at"])
             votes.append(
                 Vote(
-                    str(data["address"]).lower(),
-                    str(data["paper_id"]),
+                    text["address"].lower(),
+                    text["paper_id"],
                     vote,
-                    str(data["title"]),
-                    str(data["digest"]),
+                    text["title"],
+                    text["digest"],
                     voted_at,
                 )
             )
@@ -268,11 +279,33 @@ def parse_export(lines: Iterable[str], name: str = "<stdin>") -> list[Vote]:
             problems.append(f"{name}:{number}: not JSON ({exc.msg})")
         except KeyError as exc:
             problems.append(f"{name}:{number}: missing or unknown value for {exc}")
-        except (TypeError, ValueError, AttributeError) as exc:
+        except ValueError as exc:
             problems.append(f"{name}:{number}: {exc}")
     if problems:
         raise BadExport("\n".join(problems))
     return votes
+
+
+def _import_text(data: dict, field: str, limit: int) -> str:
+    value = data[field]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{field} must be non-blank text, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ValueError(f"{field} has {len(value):,} characters; at most {limit} are allowed")
+    if _UNSTORABLE.search(value):
+        raise ValueError(f"{field} contains a control character or a lone surrogate")
+    return value
+
+
+def _import_time(value: object) -> datetime:
+    """An ISO 8601 time as an aware UTC datetime (no zone: UTC)."""
+    if not isinstance(value, str):
+        raise ValueError(f"voted_at must be an ISO 8601 time, got {type(value).__name__}")
+    voted_at = datetime.fromisoformat(value)
+    try:
+        return voted_at.replace(tzinfo=voted_at.tzinfo or UTC).astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise ValueError(f"voted_at {value!r} is out of range") from None
 
 
 # --- papers, history and tastes -------------------------------------------------------------

@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 import requests
 import uvicorn
-from hypothesis import given
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from conftest import FULL_TESTS
 from paperpost.cli import app
 from paperpost.feedback import (
     BadExport,
@@ -155,6 +157,81 @@ def test_export_import_moves_votes_between_databases(tmp_path: Path, db_url: str
         parse_export([lines[0], "{not json", '{"vote": "maybe"}'], "votes.jsonl")
     assert "votes.jsonl:2: not JSON" in str(caught.value)
     assert "votes.jsonl:3:" in str(caught.value)
+
+
+GOOD_VOTE = {
+    "address": "ann@example.org",
+    "paper_id": "2401.00001",
+    "vote": "more",
+    "title": "Spec",
+    "digest": "1-5",
+    "voted_at": "2026-11-20T08:30:00+00:00",
+}
+# before: each was imported as is (garbage rows; on PostgreSQL a DataError traceback for the
+# NUL and the 5,000-character id) or ended in a traceback (OverflowError, UnicodeEncodeError)
+HOSTILE_VOTES = {
+    "voted_at '0001-01-01T00:00:00+01:00' is out of range": {
+        "voted_at": "0001-01-01T00:00:00+01:00"
+    },
+    "voted_at '9999-12-31T23:59:59-05:00' is out of range": {
+        "voted_at": "9999-12-31T23:59:59-05:00"
+    },
+    "title has 2,100,000 characters; at most 500": {"title": "agents " * 300_000},
+    "address must be non-blank text, got list": {"address": ["ann@example.org"]},
+    "paper_id must be non-blank text, got dict": {"paper_id": {"x": 1}},
+    "title must be non-blank text, got NoneType": {"title": None},
+    "paper_id has 5,000 characters; at most 64": {"paper_id": "x" * 5000},
+    "address contains a control character": {"address": "ann@example.org\x00"},
+    "paper_id contains a control character or a lone surrogate": {"paper_id": "\ud800"},
+    "address is not an email address": {"address": "ann"},
+    'vote must be "more" or "fewer"': {"vote": ["more"]},
+}
+
+
+def test_a_hostile_export_line_is_refused_with_its_reason(db_url: str) -> None:
+    for words, change in HOSTILE_VOTES.items():
+        line = json.dumps({**GOOD_VOTE, **change})
+        with pytest.raises(BadExport) as caught:
+            parse_export([json.dumps(GOOD_VOTE), line], "votes.jsonl")
+        assert str(caught.value).startswith("votes.jsonl:2: "), caught.value
+        assert words in str(caught.value), caught.value
+    with pytest.raises(BadExport, match=r"votes\.jsonl:1: expected a JSON object"):
+        parse_export(["[1, 2]"], "votes.jsonl")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=5,
+)
+
+
+@hypothesis_settings(
+    max_examples=300 if FULL_TESTS else 60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(sorted(GOOD_VOTE)),
+        json_values
+        | st.sampled_from(["more", "fewer", "2026-11-20", "0001-01-01T00:00:00+14:00"])
+        | st.datetimes().map(lambda d: d.isoformat())
+        | st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("\x00\ud800@")),
+    ),
+    drop=st.sets(st.sampled_from(sorted(GOOD_VOTE)), max_size=2),
+)
+def test_any_export_line_is_imported_whole_or_refused_in_one_line(
+    any_db_url: str, changes: dict, drop: set
+) -> None:
+    data = {k: v for k, v in {**GOOD_VOTE, **changes}.items() if k not in drop}
+    line = json.dumps(data, allow_nan=True)
+    try:
+        votes = parse_export([line], "votes.jsonl")
+    except BadExport as exc:
+        assert str(exc).startswith("votes.jsonl:1: ") and "\n" not in str(exc)
+        return
+    record_votes(Store(any_db_url), votes)  # whatever parses, the database takes
 
 
 # --- the vote pages, on a real server ---------------------------------------------------------
