@@ -10,6 +10,8 @@ from email import policy
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from paperpost.delivery import DeliveryError, Outbox, Smtp, resolve_interrupted, send_batch
@@ -445,6 +447,22 @@ def test_envelope_sender_is_a_signed_verp_address(smtp, db_url: str, messages) -
     assert messages[0].message_id.startswith(f"<{digest_hash}@")
     assert read_verp("another-key", first) is None
     assert read_verp("k" * 32, first.replace(first[9], "0" if first[9] != "0" else "1")) is None
+
+
+@given(
+    text=st.text(max_size=300)
+    | st.from_regex(r".{0,40}\+[0-9a-fA-F]{32}-[0-9a-fA-F]{20}@.{0,40}", fullmatch=True),
+    digest_hash=st.from_regex(r"[0-9a-f]{32}", fullmatch=True),
+)
+def test_only_a_signed_verp_address_names_a_digest(text: str, digest_hash: str) -> None:
+    """Bounce reports are anyone's mail: a VERP address counts only with our signature."""
+    from paperpost.verp import _signature, read_verp
+
+    key = "k" * 32
+    assert read_verp(key, text) is None
+    signed = f"bounces+{digest_hash}-{_signature(key, digest_hash)}@example.org"
+    assert read_verp(key, f"{text} <{signed.upper()}> {text}") == digest_hash
+    assert read_verp("another-key" * 3, signed) is None
 
 
 def test_outbox_group_is_delivered_only_when_flushed(tmp_path: Path, messages) -> None:

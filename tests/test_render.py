@@ -156,6 +156,22 @@ def test_unsubscribe_tokens_round_trip_and_reject_tampering() -> None:
         read_token("k", "garbage")
 
 
+@given(
+    text=st.text(max_size=200)
+    | st.builds("{}.{}".format, st.text(max_size=60), st.text(max_size=30))
+    | st.from_regex(r"[A-Za-z0-9_-]{0,60}\.[A-Za-z0-9_=-]{0,30}", fullmatch=True),
+    address=st.emails() | st.text(min_size=1, max_size=80),
+)
+def test_any_unsubscribe_token_reads_as_the_signed_address_or_bad_token(
+    text: str, address: str
+) -> None:
+    """The web endpoint and `paperpost unsubscribe` read tokens from anyone's URL."""
+    with pytest.raises(BadToken):  # a string nobody signed (a 128-bit tag) never reads
+        read_token("k", text)
+    assert read_token("k", make_token("k", address)) == address.lower()
+    assert read_token("k", " " + make_token("k", address) + "\n") == address.lower()
+
+
 def test_fast_mime_parses_like_the_standard_library_build(renderer, corpus) -> None:
     from paperpost.render import POLICY
 
