@@ -40,6 +40,8 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from paperpost.delivery import RECIPIENT_CODES, enhanced_code
 from paperpost.settings import Settings
 from paperpost.store import Store
@@ -246,8 +248,8 @@ def report_time(raw: bytes) -> datetime:
     """When the report was written (its Date), never in the future; now if it has none."""
     stamp = datetime.now(UTC)
     value = email.message_from_bytes(raw).get("Date")
-    with contextlib.suppress(TypeError, ValueError, IndexError):
-        parsed = email.utils.parsedate_to_datetime(str(value))
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+        parsed = email.utils.parsedate_to_datetime(str(value))  # (9999-12-31 -1200: year 10000)
         if parsed.tzinfo is not None:
             return min(parsed.astimezone(UTC), stamp)
     return stamp
@@ -374,11 +376,13 @@ def open_source(settings: Settings) -> Source:
 class BounceSummary:
     counts: Counter[str] = field(default_factory=Counter)
     suppressed: list[tuple[str, str, str]] = field(default_factory=list)  # address, why, detail
+    unreadable: list[str] = field(default_factory=list)  # messages left in the mailbox, and why
 
     def to_json(self) -> dict[str, object]:
         return {
             "counts": dict(self.counts),
             "suppressed": [{"address": a, "reason": r, "detail": d} for a, r, d in self.suppressed],
+            "unreadable": list(self.unreadable),
         }
 
 
@@ -440,7 +444,18 @@ def process(settings: Settings, store: Store) -> BounceSummary:
     source = open_source(settings)
     try:
         for ident, raw in source.messages():
-            apply(settings, store, raw, summary)
+            try:
+                apply(settings, store, raw, summary)
+            except (OperationalError, InterfaceError):
+                raise  # the database itself is unusable: not this message's fault
+            except Exception as exc:  # anyone can mail the bounce address: one message is
+                # never the end of the others (nor of the run); it stays for a later paperpost
+                summary.counts["unreadable"] += 1
+                reason = (str(exc).strip().splitlines() or [""])[0][:200]
+                summary.unreadable.append(
+                    f"message {ident}: {type(exc).__name__}: {reason} (left in the mailbox)"
+                )
+                continue
             source.done(ident)
     except (OSError, imaplib.IMAP4.error) as exc:
         raise BounceError(f"reading the bounce mailbox failed: {exc}") from None

@@ -329,6 +329,8 @@ def bounces(
     out.print(f"processed: {counts or 'no new messages'}")
     for address, reason, detail in summary.suppressed:
         out.print(f"suppressed {address} ({reason}): {escape(detail)}")
+    for problem in summary.unreadable:
+        out.print(f"[yellow]unreadable[/yellow] {escape(problem)}")
 
 
 @app.command()

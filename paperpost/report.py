@@ -25,6 +25,9 @@ def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
     if isinstance(counts, dict):
         for kind, count in sorted(counts.items()):
             rows.append((f"bounce mailbox: {kind}", str(count)))
+    unreadable = summary.bounces.get("unreadable")
+    if isinstance(unreadable, list):
+        rows += [("bounce mailbox: unreadable", str(problem)) for problem in unreadable[:10]]
     if summary.bounces.get("error"):
         rows.append(("bounce mailbox", f"not read: {summary.bounces['error']}"))
     return rows

@@ -287,6 +287,65 @@ def test_parse_report_never_fails_on_hostile_input(raw: bytes) -> None:
     assert report.digest_hash is None  # nothing unsigned is ever taken for a digest
 
 
+def test_a_report_dated_past_year_9999_in_utc_is_still_applied(tmp_path: Path, sent) -> None:
+    """Anyone can mail the bounce address. Before: `Date: Fri, 31 Dec 9999 23:59:59 -1200`
+    (year 10000 in UTC) raised OverflowError, which ended `paperpost bounces` and every run
+    that reads bounces, with the message never flagged, so every later run too."""
+    store, digests = sent
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    far = fill("postfix_user_unknown", digests["postfix_user_unknown"]).replace(
+        b"Date: ", b"Date: Fri, 31 Dec 9999 23:59:59 -1200\r\nX-Was-Date: ", 1
+    )
+    box.add(far)
+    box.add(fill("yahoo_arf_abuse", digests["yahoo_arf_abuse"]))
+    summary = process(settings_for(bounce_mailbox=str(tmp_path / "bounces")), store)
+    assert summary.counts == {"hard": 1, "complaint": 1} and summary.unreadable == []
+    assert {a: r for a, r, _ in summary.suppressed} == {
+        digests["postfix_user_unknown"].address: "bounced",
+        digests["yahoo_arf_abuse"].address: "complained",
+    }
+
+
+HEADER_VALUES = st.text(max_size=60) | st.sampled_from(
+    [
+        "Fri, 31 Dec 9999 23:59:59 -1200",
+        "Mon, 1 Jan 0001 00:00:00 +1400",
+        "Thu, 1 Jan 1970 00:00:00 +9999",
+        "=?utf-8?b?/w==?=",
+    ]
+)
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    sample=st.sampled_from(sorted(EXPECTED)),
+    header=st.sampled_from(["Date", "Message-ID", "Subject", "From", "To"]),
+    value=HEADER_VALUES,
+    splice=st.tuples(st.integers(0, 4000), st.binary(max_size=30)),
+)
+def test_any_report_about_a_sent_digest_is_applied_without_an_error(
+    tmp_path_factory: pytest.TempPathFactory,
+    rendered: dict[str, Outgoing],
+    sample: str,
+    header: str,
+    value: str,
+    splice: tuple[int, bytes],
+) -> None:
+    """The whole path a report takes (parse, trace, record, suppress) on a real SQLite
+    ledger, for a real report with a hostile header value or spliced bytes."""
+    from paperpost.bounces import BounceSummary, apply
+
+    folder = tmp_path_factory.mktemp("any")
+    store = Store(f"sqlite:///{folder / 'pp.db'}")
+    send_batch(store, Outbox(folder / "outbox"), [rendered[sample]], run_id=1)
+    raw = fill(sample, rendered[sample])
+    raw = raw.replace(f"{header}: ".encode(), f"{header}: {value}\r\nX-Was: ".encode(), 1)
+    at, extra = splice
+    summary = BounceSummary()
+    apply(settings_for(), store, raw[:at] + extra + raw[at:], summary)
+    assert sum(summary.counts.values()) == 1
+
+
 def test_a_run_reads_bounces_before_sending(tmp_path: Path) -> None:
     """The flow's bounce stage runs before rank/send: a reader whose digest hard-bounced
     since the last run gets nothing this run."""
