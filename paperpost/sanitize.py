@@ -131,7 +131,7 @@ def unmix_scripts(text: str) -> str:
         here = Counter(s for ch in word if (s := _script(ch)))
         if len(here) > 1:  # the line's script, or the script of most of the word's letters
             order = sorted(here, key=lambda s: (s != line, -here[s]))
-            fits = (s for s in order if s == line or 2 * here[s] > here.total())
+            fits = (s for s in (line, *order) if s == line or 2 * here[s] > here.total())
             target = next((s for s in fits if _writable(word, s)), order[0])
         else:
             (only,) = here or (line,)

@@ -368,7 +368,8 @@ def test_a_run_reads_bounces_before_sending(tmp_path: Path) -> None:
     )
     box = mailbox.Maildir(tmp_path / "bounces", create=True)
     first = run_plain(settings, date(2026, 11, 25))
-    assert first.digests_sent == 2 and first.bounces == {"counts": {}, "suppressed": []}
+    assert first.digests_sent == 2
+    assert first.bounces == {"counts": {}, "suppressed": [], "unreadable": []}
     sent_digest = next(
         m for m in mailbox.Maildir(tmp_path / "outbox", create=False) if "gone@" in m["To"]
     )

@@ -227,6 +227,7 @@ def spoofed_lines(draw: st.DrawFn) -> tuple[str, str]:
 
 @given(spoofed_lines())
 @example(("Agents", "\u0410gents"))
+@example(("AT AAA", "\u0410\u03a4 AAA"))  # Cyrillic and Greek, no Latin letter in the word
 @example(("Paypal login", "Р\u0430\u0443р\u0430l login"))
 def test_a_latin_line_with_look_alikes_reads_as_the_latin_line(lines: tuple[str, str]) -> None:
     line, spoofed = lines
