@@ -305,7 +305,7 @@ def fetch_file(path: str, known: FetchState | None, max_bytes: int) -> Fetched:
             content = handle.read(max_bytes + 1)  # the file may have grown since
         if len(content) > max_bytes:
             return Fetched(path, "failed", error=_too_large(len(content), max_bytes))
-        captured = datetime.fromtimestamp(info.st_mtime, UTC).date()
+        captured = _plausible(info.st_mtime)
     except FileNotFoundError:
         return Fetched(path, "failed", error="no such file; check the source path")
     except OSError as exc:
@@ -460,9 +460,26 @@ def _header_date(value: str | None) -> date | None:
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value).astimezone(UTC).date()
-    except (TypeError, ValueError):
+        return _plausible(parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+# A dump's capture date dates its papers ("Nov 24" is the latest Nov 24 on or before it). A
+# date before the listing existed, or in the future, is a wrong clock or a lie: the run's
+# own date is used instead.
+EARLIEST_CAPTURE = date(2023, 1, 1)
+
+
+def _plausible(timestamp: float) -> date | None:
+    """The UTC day of a capture time, or None when it cannot be a real capture time."""
+    try:
+        day = datetime.fromtimestamp(timestamp, UTC).date()
+    except (OverflowError, OSError, ValueError):  # beyond year 9999, or not a number
+        return None
+    if not EARLIEST_CAPTURE <= day <= datetime.now(UTC).date() + timedelta(days=1):
+        return None
+    return day
 
 
 def _is_api_day(url: str) -> bool:

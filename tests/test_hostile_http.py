@@ -196,6 +196,37 @@ def test_an_https_source_redirected_to_plain_http_is_refused_by_name(
     assert results[plain].content == DUMP  # a plain http source is the operator's choice
 
 
+def test_a_lying_capture_date_falls_back_to_the_runs_date(
+    server: RawHttpServer, tmp_path: Path
+) -> None:
+    """The capture date gives a text dump's papers their year. Before: `Last-Modified: Fri,
+    31 Dec 9999 23:59:59 -1200` (year 10000 in UTC) failed the source with an
+    OverflowError; `Mon, 01 Jan 0001` refused the dump as "'Nov 24' is not a real date"; a
+    file dated 1970 dated its papers 1969."""
+    from datetime import date
+
+    from paperpost.dumps import parse_dump
+
+    lies = {
+        "far": "Fri, 31 Dec 9999 23:59:59 -1200",
+        "year1": "Mon, 01 Jan 0001 00:00:00 GMT",
+        "1970": "Thu, 01 Jan 1970 00:00:00 GMT",
+        "future": "Tue, 01 Jan 2999 00:00:00 GMT",
+    }
+    for name, value in lies.items():
+        server.routes["/" + name] = lambda c, _, v=value: respond(c, DUMP, f"Last-Modified: {v}")
+    old = tmp_path / "old.txt"
+    old.write_bytes(DUMP)
+    os.utime(old, (0, 0))
+    results = fetch(server, *lies)
+    (local,) = fetch_all([str(old)], {}, LIMIT, 5.0)
+    today = date(2026, 11, 25)
+    for result in [*results.values(), local]:
+        assert result.status == "fetched" and result.captured is None, result
+        papers = parse_dump(result.content, result.source, result.captured or today).papers
+        assert papers and all(p.published is None or p.published.year >= 2025 for p in papers)
+
+
 def test_a_run_with_a_hostile_source_serves_the_others(
     server: RawHttpServer, tmp_path: Path
 ) -> None:
