@@ -300,7 +300,8 @@ def _node_at(
     for part in loc:
         parent = node
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            for key, value in node.value:
+            # the last: merged pairs (<<: *defaults) come first, the entry's own win
+            for key, value in reversed(node.value):
                 if key.value == part:
                     node = value
                     break
@@ -321,7 +322,7 @@ def _node_at(
 
 def _key_node(node: yaml.Node, name: str) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
-        for key, _ in node.value:
+        for key, _ in reversed(node.value):
             if key.value == name:
                 return key
     return None
@@ -620,6 +621,12 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
         try:
             for prefix, node in _entries(loader):
                 found = True
+                # before constructing: a merge key (<<: *defaults) puts the merged pairs
+                # into the node itself, where an overridden key would look given twice
+                duplicates = _duplicate_keys(node, name, prefix)
+                if duplicates:
+                    errors.extend(duplicates)
+                    continue
                 try:
                     item = loader.construct_document(node)
                 except yaml.YAMLError as exc:  # e.g. a tag the safe loader refuses
@@ -652,10 +659,6 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
                             f"expected a subscriber mapping (email, tags, ...), got {_kind(item)}",
                         )
                     )
-                    continue
-                duplicates = _duplicate_keys(node, name, prefix)
-                if duplicates:
-                    errors.extend(duplicates)
                     continue
                 try:
                     subscriber = Subscriber.model_validate(item)

@@ -262,6 +262,44 @@ def test_any_aliased_bad_value_is_reported_on_the_aliass_line(
     ], errors
 
 
+def test_a_merge_key_shares_defaults_and_its_overrides_are_not_duplicates(
+    tmp_path: Path,
+) -> None:
+    """Before: every entry that overrode a merged key (`<<: *defaults` then `email:`) was
+    refused as 'duplicate key "email", also on line 2': the YAML library puts the merged
+    pairs into the entry itself while building it, and duplicates were looked for after."""
+    text = (
+        "- &defaults\n"
+        "  email: first@example.org\n"  # 2
+        "  tags: [agents, reasoning]\n"
+        "  cadence: weekly\n"
+        "  weekday: friday\n"
+        "- <<: *defaults\n"
+        "  email: second@example.org\n"  # 7
+        "- <<: *defaults\n"
+        "  email: third@example.org\n"
+        "  cadence: monthly\n"  # 10
+        "- email: dup@example.org\n"  # 11
+        "  tags: [agents]\n"
+        "  email: dup2@example.org\n"  # 13
+    )
+    entries, errors = load(tmp_path / "subs", {"list.yaml": text})
+    assert [(e.subscriber.email, e.line) for e in entries] == [
+        ("first@example.org", 2),
+        ("second@example.org", 7),
+    ]
+    second = entries[1].subscriber
+    assert (second.cadence, second.weekday, [t.tag for t in second.tags]) == (
+        "weekly",
+        "friday",
+        ["agents", "reasoning"],
+    )
+    assert [re.sub(r"^.*list\.yaml:", "", e).split(": ")[:2] for e in errors] == [
+        ["10:12", "[2].cadence"],
+        ["13:3", "[3].email"],
+    ]
+
+
 UNREADABLE_TAGS = {
     "blank": "'   '",
     "zero-width": "'\u200b\u200b'",
