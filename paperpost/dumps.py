@@ -443,6 +443,14 @@ def parse_api_json(text: str, source: str) -> ParsedDump:
             )
         except ValueError as exc:
             warnings.append(f"{source}: item {position}: {exc}; skipped")
+    if data and not papers and all(isinstance(item, dict) for item in data):
+        first = warnings[0].removeprefix(f"{source}: ").removesuffix("; skipped")
+        more = f", and {len(warnings) - 1} more like it" if len(warnings) > 1 else ""
+        raise DumpError(
+            source,
+            f"none of the {len(data)} items is a usable paper ({first}{more}); "
+            "re-download the day from the API",
+        )
     if data and not papers:
         kinds = sorted({type(item).__name__ for item in data})
         raise DumpError(

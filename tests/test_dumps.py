@@ -156,12 +156,21 @@ def test_truncated_metadata_block_does_not_swallow_a_paper() -> None:
         (b'{"error": "Invalid date"}', "Invalid date"),
         (b"['{\\'paper\\': 1}', 'x']", "not valid JSON"),
         (json.dumps(["{'paper': {'id': '1'}}", "{'x': 2}"]).encode(), "Python-repr"),
+        # before: "none of the 2 items is a paper object (items are dict; a list of Python-repr
+        # strings?)" for objects that are papers, each without a usable summary or title
+        (
+            json.dumps([{"paper": {"title": "T", "summary": None}}, {"paper": {"title": ""}}]),
+            "none of the 2 items is a usable paper (item 0: paper 'T' has no summary, "
+            "and 1 more like it)",
+        ),
         (b"hello world\n\nnot a dump\n", "Daily Papers header"),
     ],
 )
-def test_malformed_inputs_get_one_clear_error(content: bytes, expected: str) -> None:
+def test_malformed_inputs_get_one_clear_error(content: bytes | str, expected: str) -> None:
     with pytest.raises(DumpError) as info:
-        parse_dump(content, "feeds/bad-input", CAPTURED)
+        parse_dump(
+            content if isinstance(content, bytes) else content.encode(), "feeds/bad-input", CAPTURED
+        )
     assert str(info.value).startswith("feeds/bad-input")
     assert expected in str(info.value)
 
