@@ -100,8 +100,12 @@ def expand_sources(specs: Iterable[str], api_since: dict[str, date], today: date
     return out
 
 
-def last_api_days(specs: Iterable[str], known: dict[str, FetchState]) -> dict[str, date]:
-    """For each API range source, the latest day already ingested from it."""
+def last_api_days(
+    specs: Iterable[str], known: dict[str, FetchState], today: date
+) -> dict[str, date]:
+    """For each API range source, the latest day up to ``today`` already ingested from it
+    (a later one, from a ``date=`` source with a typo such as 2062, would stop the range
+    until that day, and 9999-12-31 would have no next day)."""
     out: dict[str, date] = {}
     for spec in specs:
         if not (is_url(spec) and _is_api_range(spec)):
@@ -115,6 +119,8 @@ def last_api_days(specs: Iterable[str], known: dict[str, FetchState]) -> dict[st
                 try:
                     day = date.fromisoformat(value)
                 except ValueError:
+                    continue
+                if day > today:
                     continue
                 if spec not in out or day > out[spec]:
                     out[spec] = day

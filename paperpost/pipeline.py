@@ -147,7 +147,7 @@ class Tally:
 def fetch_stage(settings: Settings, store: Store, today: date) -> list[Fetched]:
     """Fetch every configured source (conditional requests against what was ingested)."""
     known = store.fetch_states()
-    sources = expand_sources(settings.sources, last_api_days(settings.sources, known), today)
+    sources = expand_sources(settings.sources, last_api_days(settings.sources, known, today), today)
     retry = failed_api_days(settings.sources, store.failed_sources())
     sources = [s for s in retry if s not in sources] + sources
     return fetch_all(sources, known, int(settings.max_dump_mb * 1_000_000), settings.fetch_timeout)

@@ -136,6 +136,25 @@ def test_api_range_skips_weekends_and_resumes_after_last_day() -> None:
     assert all("limit=100" in u for u in urls)
 
 
+def test_a_day_after_today_in_the_fetch_states_does_not_stop_the_api_range() -> None:
+    """Before: an ingested `?date=2062-11-24` (a typo for 2026) made the range skip every
+    day until 2062, and `?date=9999-12-31` crashed every run (no next day: OverflowError)."""
+    from datetime import date
+
+    from paperpost.fetch import last_api_days
+    from paperpost.store import FetchState
+
+    base = "https://huggingface.co/api/daily_papers"
+    known = {
+        f"{base}?date={day}": FetchState(None, None, None)
+        for day in ("2026-11-19", "2062-11-24", "9999-12-31", "not-a-day")
+    }
+    today = date(2026, 11, 24)
+    assert last_api_days([base], known, today) == {base: date(2026, 11, 19)}
+    urls = expand_sources([base], last_api_days([base], known, today), today)
+    assert [u.rsplit("date=", 1)[1] for u in urls] == ["2026-11-20", "2026-11-23", "2026-11-24"]
+
+
 def test_api_day_follows_pages_and_skips_unchanged_days(httpserver: HTTPServer) -> None:
     items = json.loads(EXAMPLE_API_DAY.read_text())  # 3 papers: pages of 2
 
