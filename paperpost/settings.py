@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,8 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from paperpost.errors import ConfigError
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # CR, LF, NUL...: never in a header
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Public, so anyone can sign links with it: fine for the outbox and tests, refused where
@@ -96,7 +99,10 @@ class Settings(BaseSettings):
     )
     smtp_connections: int = Field(default=4, ge=1, description="SMTP connections in parallel.")
     smtp_rate_limit: float | None = Field(
-        default=None, gt=0, description="Most messages per second to send (none: no cap)."
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Most messages per second to send (none: no cap).",
     )
     smtp_recycle_after: int = Field(
         default=100, ge=1, description="Messages per SMTP connection before reconnecting."
@@ -107,11 +113,27 @@ class Settings(BaseSettings):
         le=1,
         description="Pause a run once more than this share of deliveries fail (after 20).",
     )
-    smtp_timeout: float = Field(default=30.0, description="SMTP socket timeout in seconds.")
-    fetch_timeout: float = Field(
-        default=20.0, description="HTTP read timeout in seconds; a whole download gets 6x this."
+    smtp_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="SMTP socket timeout in seconds.",
     )
-    max_dump_mb: float = Field(default=20.0, description="Largest dump accepted, in MB.")
+    fetch_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="HTTP read timeout in seconds; a whole download gets 6x this.",
+    )
+    max_dump_mb: float = Field(
+        default=20.0,
+        gt=0,
+        le=10_000,
+        allow_inf_nan=False,
+        description="Largest dump accepted, in MB.",
+    )
     send_empty: bool = Field(
         default=False, description="Send a digest even when no paper passes min_score."
     )
@@ -165,6 +187,24 @@ class Settings(BaseSettings):
             raise ConfigError([_explain(type(self), e) for e in exc.errors()]) from None
         except SettingsError as exc:
             raise ConfigError([_explain_source(type(self), exc)]) from None
+
+    @field_validator("sender", "bounce_address")
+    @classmethod
+    def _one_address(cls, value: str | None) -> str | None:
+        """One address on one line (it goes into every digest's From: and envelope)."""
+        if value is None:
+            return value
+        _, address = parseaddr(value)
+        if (
+            _CONTROL.search(value)
+            or not address.isascii()
+            or not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address)
+        ):
+            raise ValueError(
+                'one email address on one line, with an ASCII domain, like "paperpost '
+                '<digest@example.org>"'
+            )
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -240,6 +280,7 @@ def _line(model: type[BaseSettings], name: str, value: Any, expected: str) -> st
         shown = "=<hidden>"
     else:
         text = _PASSWORD_IN_URL.sub(r"\1***@", str(value))
+        text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)  # one line
         shown = "=" + (text if len(text) <= 60 else text[:57] + "...")
     if field.examples:
         example = str(field.examples[0])

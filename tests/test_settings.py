@@ -27,6 +27,42 @@ def paperpost(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedPro
     )
 
 
+def test_values_that_broke_runs_later_are_refused_up_front(tmp_path: Path) -> None:
+    """Before: PAPERPOST_MAX_DUMP_MB=1e308 or nan ended `paperpost run` in a traceback; a
+    PAPERPOST_SENDER with a line break failed every digest at render time ("Header values may
+    not contain linefeed"), one without an address wrote "From: no address"; an infinite or
+    zero PAPERPOST_FETCH_TIMEOUT turned off the slow-server deadline or failed every URL."""
+    result = paperpost(
+        ["run", "--no-prefect"],
+        tmp_path,
+        PAPERPOST_MAX_DUMP_MB="1e308",
+        PAPERPOST_FETCH_TIMEOUT="inf",
+        PAPERPOST_SMTP_TIMEOUT="0",
+        PAPERPOST_SENDER="paperpost <digest@example.org>\r\nBcc: victim@example.org",
+        PAPERPOST_BOUNCE_ADDRESS="no address",
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    lines = sorted(result.stderr.splitlines())
+    address = (
+        'expected one email address on one line, with an ASCII domain, like "paperpost '
+        '<digest@example.org>"'
+    )
+    assert lines == [
+        f"configuration error PAPERPOST_BOUNCE_ADDRESS=no address: {address}, "
+        "e.g. PAPERPOST_BOUNCE_ADDRESS=...",
+        "configuration error PAPERPOST_FETCH_TIMEOUT=inf: expected a finite number, "
+        "e.g. PAPERPOST_FETCH_TIMEOUT=20.0",
+        "configuration error PAPERPOST_MAX_DUMP_MB=1e308: expected a number of at most "
+        "10000.0, e.g. PAPERPOST_MAX_DUMP_MB=20.0",
+        # the value on one line (its CR LF written out), cut at 60 characters as always
+        "configuration error PAPERPOST_SENDER=paperpost <digest@example.org>\\x0d\\x0aBcc: "
+        f"victim@example...: {address}, e.g. PAPERPOST_SENDER=paperpost "
+        "<digest@paperpost.invalid>",
+        "configuration error PAPERPOST_SMTP_TIMEOUT=0: expected a number greater than 0.0, "
+        "e.g. PAPERPOST_SMTP_TIMEOUT=30.0",
+    ]
+
+
 def test_bad_values_are_one_line_each_with_an_example(tmp_path: Path) -> None:
     result = paperpost(
         ["run", "--no-prefect"],
