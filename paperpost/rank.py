@@ -65,6 +65,7 @@ FACET_POWER = -0.5  # facets combine by a weighted power mean (0 would be geomet
 FACET_BASE = 0.5  # a facet weighs FACET_BASE + (1 - FACET_BASE) * how informative its words are
 ABSTRACT_ONLY = 0.6  # evidence found only in the abstract counts this much
 LEAD_TERM = 0.7  # ... and when the title, keywords or TL;DR hold only ordinary terms
+ORDER_ABSTRACT_ONLY = 0.65  # in the order (not the bar), abstract-only evidence counts this much
 EXCLUDE_MIN = 0.5  # a paper is "about" an excluded tag at this score
 DEFAULT_MIN_SCORE = 0.4  # picked from measurements: docs/ranking.md
 BACKGROUND_PAPERS = 10_000  # word weights count over the most recent papers of the history
@@ -596,11 +597,12 @@ def _content_words(words: tuple[str, ...]) -> int:
     return len(_content(words))
 
 
-def _lead_factor(strength: float) -> float:
-    """How much of a paper's score stands, by its strongest evidence outside the abstract."""
-    if strength >= STRENGTH["strong"]:
-        return 1.0
-    return LEAD_TERM if strength >= STRENGTH["term"] else ABSTRACT_ONLY
+def _lead_factor(strength: np.ndarray, term: float, abstract: float) -> np.ndarray:
+    """How much of a paper's score stands, by its strongest evidence outside the abstract:
+    all of it for a strong term there, ``term`` for an ordinary one, else ``abstract``."""
+    return np.where(
+        strength >= STRENGTH["strong"], 1.0, np.where(strength >= STRENGTH["term"], term, abstract)
+    )
 
 
 def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
@@ -879,7 +881,7 @@ class MatchCache:
             rows.update({reading: (table, i) for i, reading in enumerate(missing)})
         owners = [rows[reading] for reading in readings]
         shape = (len(readings), len(papers))
-        result = _Scored(np.empty(shape), np.empty(shape), np.empty(shape), owners)
+        result = _Scored(*(np.empty(shape) for _ in range(4)), owners)
         by_table: dict[int, tuple[_Scores, list[int], list[int]]] = {}
         for r, (table, i) in enumerate(owners):
             entry = by_table.setdefault(id(table), (table, [], []))
@@ -889,6 +891,7 @@ class MatchCache:
             result.score[into] = table.score[rows_of]
             result.about[into] = table.about[rows_of]
             result.literal[into] = table.literal[rows_of]
+            result.order[into] = table.order[rows_of]
         return result
 
     def duplicates(self, papers: Sequence[Paper], among: list[int]) -> dict[int, set[int]]:
@@ -928,14 +931,14 @@ class _Scores:
         score = np.zeros((n_topics, n_papers))
         units = np.zeros((n_topics, n_papers))
         single = np.zeros((n_topics, n_papers))
-        lead = np.full((n_topics, n_papers), ABSTRACT_ONLY)
+        lead = np.zeros((n_topics, n_papers))  # strongest evidence outside the abstract
         cells = [ev for found in self.evid for ev in found.values()]
         at = (
             np.array([t for found in self.evid for t in found], dtype=np.intp),
             np.array([p for p, found in enumerate(self.evid) for _ in found], dtype=np.intp),
         )
         score[at] = [ev.score for ev in cells]
-        lead[at] = [_lead_factor(ev.lead) for ev in cells]
+        lead[at] = [ev.lead for ev in cells]
         units[at] = [ev.units for ev in cells]
         single[at] = [ev.single if ev.units == 1 else 0.0 for ev in cells]
 
@@ -972,18 +975,28 @@ class _Scores:
         combined[one_word] *= _row_sums(member, single)[one_word]
         # what a paper is about shows in its title, keywords or TL;DR: evidence found only
         # in the abstract, or only weak terms there, is a mention in passing
+        strongest = np.zeros_like(combined)
         for r, reading in enumerate(readings):
             parts = [topic_index[f.topic] for f in reading.facets]
             if reading.bonus is not None:
                 parts.append(topic_index[reading.bonus])
             if parts:  # a tag with no words to match (subscribers refuse it) finds nothing
-                combined[r] *= lead[parts].max(axis=0)
+                strongest[r] = lead[parts].max(axis=0)
+            else:
+                combined[r] = 0.0
+        plain = combined
+        combined = plain * _lead_factor(strongest, LEAD_TERM, ABSTRACT_ONLY)
         records = [cache.record(p) for p in papers]
         self.literal = _literal(papers, records, readings, background)
         # the reader's own words weigh in: a paper that uses them a lot gains up to
         # LITERAL_BAR * (1 - LITERAL_MID), one that barely does loses a little
         shift = LITERAL_BAR * (self.literal - LITERAL_MID)
         self.score = np.where(combined > 0, np.clip(combined + shift, 0.0, 1.0), 0.0)
+        # the order among papers that pass: where the evidence sits matters less there (any
+        # term in the title, keywords or TL;DR counts in full); cross-validated on the spent
+        # blind rounds (benchmarks/README.md, session 4)
+        ordered = plain * _lead_factor(strongest, 1.0, ORDER_ABSTRACT_ONLY)
+        self.order = np.where(combined > 0, np.clip(ordered + shift, 0.0, 1.0), 0.0)
 
     def detail(self, r: int, p: int) -> dict:
         reading = self.readings[r]
@@ -1011,6 +1024,7 @@ class _Scored:
     score: np.ndarray
     about: np.ndarray
     literal: np.ndarray
+    order: np.ndarray
     owners: list[tuple[_Scores, int]]
 
     def detail(self, r: int, p: int) -> dict:
@@ -1108,6 +1122,7 @@ def rank_many(
     log_miss = np.vstack([np.log1p(-np.clip(scored.score, 0.0, 0.999)), zero])
     about = np.vstack([scored.about >= EXCLUDE_MIN, np.zeros(n_papers, dtype=bool)])
     literal_rows = np.vstack([scored.literal, zero])
+    log_pass = np.vstack([np.log1p(-np.clip(scored.order, 0.0, 0.999)), zero])
     width = max(len(wanted) for wanted, _, _ in settings)
     avoid_width = max(len(unwanted) for _, unwanted, _ in settings)
     picks = np.full((len(settings), width), pad)
@@ -1129,19 +1144,21 @@ def rank_many(
     block = len(settings) if nudge is not None else max(1, BLOCK_CELLS // n_papers)
     for lo in range(0, len(settings), block):  # the nudge sees every reader at once
         part = slice(lo, lo + block)
-        # a weighted noisy-or of each setting's tags, and the strongest (weighted) share of
-        # a tag's own words
+        # a weighted noisy-or of each setting's tags (the scores the bar sees, and the same
+        # with the order's factors), and the strongest (weighted) share of a tag's own words
         log_sum = np.zeros((len(picks[part]), n_papers))
+        log_order = np.zeros(log_sum.shape)
         literal = np.zeros(log_sum.shape)
         for k in range(width):
             slot, weight = picks[part, k], weights[part, k, None]
             log_sum += weight * log_miss[slot]
+            log_order += weight * log_pass[slot]
             np.maximum(literal, weight * literal_rows[slot], out=literal)
         blocked = np.zeros(log_sum.shape, dtype=bool)
         for k in range(avoid_width):
             blocked |= about[avoid[part, k]]
         scores = 1.0 - np.exp(log_sum)
-        order = scores * (1.0 + prior) + LITERAL_WEIGHT * literal
+        order = (1.0 - np.exp(log_order)) * (1.0 + prior) + LITERAL_WEIGHT * literal
         final = np.where((scores >= min_scores[part]) & ~blocked, order, -1.0)
         shown_scores = scores
         if nudge is not None:  # reader feedback: see paperpost.profile
