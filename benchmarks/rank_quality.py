@@ -9,8 +9,10 @@ BM25+Snowball and substring, then the replay (delivered precision, recall, one-w
 for one default reader per tag of each file. This is how a new blind set is measured once.
 
 The judged sets (how each was made is written at the top of its file):
+  blind3     data/relevance_blind3.yaml: round 3's blind tags, judged in full by three
+             independent judges; measured blind once in session 3, a development set since
   blind2     data/relevance_blind2.yaml: round 2's blind tags (not vocabulary entries), judged
-             by independent judges before the round-2 changes (every paper read)
+             by independent judges before the round-2 changes (every paper read); spent
   round1     data/relevance_round1.yaml: round 1's blind tags, judged the same way; measured
              blind once in round 1, a development set since
   leave-out  data/relevance.yaml with each tag's vocabulary entry (id and aliases) removed
@@ -315,7 +317,9 @@ def table_rows(
         for by_tag in scores.values():
             row += list(by_tag[tag])
         rows.append(row)
-    row = [name, f"MEAN ({len(with_relevant)} tags)", "", ""]
+    sizes = [sum(1 for g in truth[t].values() if g > 0) for t in with_relevant]
+    ceiling = mean([min(K, r) / K for r in sizes])  # P@10 of a perfect ranking
+    row = [name, f"MEAN ({len(with_relevant)} tags; P@10 ceiling {ceiling:.3f})", "", ""]
     for by_tag in scores.values():
         row += [mean([by_tag[t][i] for t in with_relevant]) for i in range(3)]
     rows.append(row)
@@ -346,7 +350,9 @@ def calibration(papers: list[Paper], truth: Judged, leave_out: bool) -> list[lis
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--no-blind", action="store_true", help="Leave the blind2 set out.")
+    parser.add_argument(
+        "--no-blind", action="store_true", help="Leave the blind3 and blind2 sets out."
+    )
     parser.add_argument(
         "--sweep", action="store_true", help="Replay the dev sets at several min_score values."
     )
@@ -367,9 +373,9 @@ def main() -> None:
             sets.append((path.stem, judgments(papers, path), False))
     else:
         existing = judgments(papers)
-        blind_file = DATA / "relevance_blind2.yaml"
-        if not args.no_blind and blind_file.exists():
-            sets.append(("blind2", judgments(papers, blind_file.name), False))
+        if not args.no_blind:
+            sets.append(("blind3", judgments(papers, "relevance_blind3.yaml"), False))
+            sets.append(("blind2", judgments(papers, "relevance_blind2.yaml"), False))
         sets.append(("round1", judgments(papers, "relevance_round1.yaml"), False))
         sets += [("leave-out", existing, True), ("existing", existing, False)]
         full = judgments(papers, "relevance_full.yaml")

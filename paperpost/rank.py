@@ -65,7 +65,8 @@ FACET_POWER = -0.5  # facets combine by a weighted power mean (0 would be geomet
 FACET_BASE = 0.5  # a facet weighs FACET_BASE + (1 - FACET_BASE) * how informative its words are
 ABSTRACT_ONLY = 0.6  # evidence found only in the abstract counts this much
 LEAD_TERM = 0.7  # ... and when the title, keywords or TL;DR hold only ordinary terms
-ORDER_ABSTRACT_ONLY = 0.65  # in the order (not the bar), abstract-only evidence counts this much
+ORDER_ABSTRACT_ONLY = 0.65  # the same two factors in the order of what passes (not the bar)
+ORDER_LEAD_TERM = 1.0
 EXCLUDE_MIN = 0.5  # a paper is "about" an excluded tag at this score
 DEFAULT_MIN_SCORE = 0.4  # picked from measurements: docs/ranking.md
 BACKGROUND_PAPERS = 10_000  # word weights count over the most recent papers of the history
@@ -995,7 +996,7 @@ class _Scores:
         # the order among papers that pass: where the evidence sits matters less there (any
         # term in the title, keywords or TL;DR counts in full); cross-validated on the spent
         # blind rounds (benchmarks/README.md, session 4)
-        ordered = plain * _lead_factor(strongest, 1.0, ORDER_ABSTRACT_ONLY)
+        ordered = plain * _lead_factor(strongest, ORDER_LEAD_TERM, ORDER_ABSTRACT_ONLY)
         self.order = np.where(combined > 0, np.clip(ordered + shift, 0.0, 1.0), 0.0)
 
     def detail(self, r: int, p: int) -> dict:
