@@ -29,6 +29,7 @@ import email.utils
 import hashlib
 import imaplib
 import mailbox
+import os
 import re
 import ssl
 from collections import Counter
@@ -333,6 +334,8 @@ class Local:
     as it is; the database remembers what was processed)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: dict[str, Path] = {}  # Maildir: key -> its file, while being processed
         if path.is_dir():
             self.box: mailbox.Mailbox = mailbox.Maildir(path, factory=None, create=False)
         elif path.is_file():
@@ -344,19 +347,28 @@ class Local:
             )
 
     def messages(self) -> Iterator[tuple[str, bytes]]:
-        for key in list(self.box.keys()):
-            if isinstance(self.box, mailbox.Maildir):
-                message = self.box.get_message(key)
-                if "S" in message.get_flags() and message.get_subdir() == "cur":
+        if not isinstance(self.box, mailbox.Maildir):
+            for key in list(self.box.keys()):
+                yield key, self.box.get_bytes(key)
+            return
+        # a Maildir message's state is in its file name (new/, or cur/ with flags after
+        # ":2,"): read there, never by parsing the message (which a hostile one can break)
+        for sub in ("new", "cur"):
+            for name in sorted(os.listdir(self.path / sub)):
+                key, _, info = name.partition(":")
+                if name.startswith(".") or (sub == "cur" and "S" in info.partition(",")[2]):
                     continue
-            yield key, self.box.get_bytes(key)
+                self.files[key] = self.path / sub / name
+                yield key, self.files[key].read_bytes()
 
     def done(self, ident: str) -> None:
-        if isinstance(self.box, mailbox.Maildir):
-            message = self.box.get_message(ident)
-            message.set_subdir("cur")
-            message.add_flag("S")
-            self.box[ident] = message
+        """A Maildir message moves to cur/ as seen (the file itself is not rewritten)."""
+        file = self.files.pop(ident, None)
+        if file is None:
+            return
+        key, _, info = file.name.partition(":")
+        flags = "".join(sorted(set(info.partition(",")[2]) | {"S"}))
+        file.rename(self.path / "cur" / f"{key}:2,{flags}")
 
     def close(self) -> None:
         self.box.close()

@@ -306,6 +306,45 @@ def test_a_report_dated_past_year_9999_in_utc_is_still_applied(tmp_path: Path, s
     }
 
 
+def nested_parts(levels: int) -> bytes:
+    """A message of ``levels`` multiparts, each inside the last."""
+    head = b"From: mailer-daemon@relay.example\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n"
+    opening = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
+        for n in range(levels)
+    )
+    closing = b"".join(b"\r\n--b%d--\r\n" % n for n in reversed(range(levels)))
+    return head + opening + b"Content-Type: text/plain\r\n\r\nhello\r\n" + closing
+
+
+def test_a_message_the_mail_parser_cannot_read_is_left_and_the_others_applied(
+    tmp_path: Path, sent, monkeypatch
+) -> None:
+    """1,000 nested multiparts: Python's email parser recurses once per level and raises
+    RecursionError. Before: `paperpost bounces` and every run with a bounce mailbox ended
+    with it, every time (the message was never flagged; a Maildir's messages were parsed
+    just to read their flags). Now it is reported and left as it is."""
+    store, digests = sent
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    box.add(nested_parts(1000))
+    box.add(fill("postfix_user_unknown", digests["postfix_user_unknown"]))
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", store.url)
+    monkeypatch.setenv("PAPERPOST_SECRET_KEY", KEY)
+    monkeypatch.setenv("PAPERPOST_SENDER", SENDER)
+    result = CliRunner().invoke(app, ["bounces", "--mailbox", str(tmp_path / "bounces")])
+    assert result.exit_code == 0, result.output
+    assert "processed: 1 hard, 1 unreadable" in result.stdout
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("unreadable ")]
+    assert "RecursionError: maximum recursion depth exceeded" in line
+    assert line.endswith("(left in the mailbox)")
+    assert store.suppression(digests["postfix_user_unknown"].address).reason == "bounced"
+    (left,) = (tmp_path / "bounces" / "new").iterdir()  # for a person to look at, unchanged
+    assert left.read_bytes() == nested_parts(1000)
+    assert len(list((tmp_path / "bounces" / "cur").iterdir())) == 1
+    again = process(settings_for(bounce_mailbox=str(tmp_path / "bounces")), store)
+    assert again.counts == {"unreadable": 1}
+
+
 HEADER_VALUES = st.text(max_size=60) | st.sampled_from(
     [
         "Fri, 31 Dec 9999 23:59:59 -1200",
