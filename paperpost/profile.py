@@ -8,11 +8,19 @@ papers (the cosine to their Rocchio centroid, up to its length) and half its cos
 nearest one, so a reader whose likes go in several directions is not averaged away; the
 Closeness from :data:`NOISE` (what unrelated papers share) up to :data:`FULL_AT` earns a gain
 of at most :data:`LIKE_CAP`, combined with the tag score (0..1) by noisy-or like the ranker
-combines tags. Papers marked "fewer" do not move the ranking: Rocchio's negative term
-(demoting what is close to them, absolutely or beyond the reader's usual finds, at caps
-0.05 and 0.15) was measured on the 29 DEV readers of ``benchmarks/feedback.py``, gained
-nothing on average and made 2 to 4 of them worse. A "fewer" vote still replaces an earlier
-"more" on the same paper, and is kept, shown and exported.
+combines tags.
+
+"Fewer like this" demotes, narrowly: Rocchio's plain negative term (demote whatever is close
+to a disliked paper) made 2 to 4 of 29 DEV readers worse, because what a reader wants under a
+broad tag often looks like what they rejected under it. So a paper is lowered only when
+
+- at least two disliked papers are close to it (the second-nearest disliked paper's cosine,
+  ramped over NOISE..FULL_AT like the likes): one "fewer" is not yet a direction;
+- it is :data:`DISLIKE_MARGIN` times closer to that than to any liked paper;
+- its tag evidence is weak (tag score under :data:`STRONG_TAG`): a paper squarely on the
+  reader's tag is never lowered for resembling one they did not want;
+
+and then by at most :data:`DISLIKE_CAP` of its score. It is reordered, never dropped.
 
 Tags decide what a digest is about. Votes reorder what the tags found, may drop a demoted
 paper under ``min_score``, and may let in papers the tags missed that are close to a liked
@@ -48,6 +56,9 @@ EXPLAIN_AT = 0.03  # a gain at least this big is named in the reason line
 MEAN_SHARE = 0.5  # closeness: this much the mean similarity to the likes, the rest the nearest
 ADMIT_AT = 0.6  # closeness (0..1 after NOISE..FULL_AT) that lets in a paper the tags missed
 ADMIT_SHARE = 0.3  # at most this share of a digest is let in that way
+DISLIKE_CAP = 0.3  # the most "fewer" votes take off a paper's score (multiplied; never dropped)
+DISLIKE_MARGIN = 2.0  # lowered only if this many times closer to the disliked than to the liked
+STRONG_TAG = 0.7  # a paper with at least this tag score is never lowered
 FOLLOW_LIFT = 1e6  # followed papers go first (ordering only; not shown as score)
 _CHUNK = 1024  # readers per block when averaging similarities (bounds memory)
 
@@ -131,6 +142,9 @@ class Nudge:
         liked: list[list[int]],
         voted: list[Paper],
         follows: dict[int, dict[int, str]],
+        away: np.ndarray,
+        unliked: np.ndarray,
+        disliked: list[list[int]],
     ) -> None:
         self.papers = papers
         self.voters = voters  # reader rows with liked papers, in order
@@ -142,6 +156,10 @@ class Nudge:
         self.index = {int(row): i for i, row in enumerate(voters)}
         self.gain = LIKE_CAP * toward  # combined with the tag score by noisy-or
         self.admitted = np.zeros(toward.shape, dtype=bool)
+        self.away = away  # voters × papers: closeness to a disliked direction (0..1)
+        self.unliked = unliked  # voters × papers: the nearest disliked paper (position)
+        self.disliked = disliked  # per voter, indices into ``voted``
+        self.penalty = np.zeros(toward.shape)
         self._said: dict[int, str] = {}
 
     @property
@@ -161,16 +179,18 @@ class Nudge:
 
         ``scores`` are the tag scores, ``found`` the tag ranker's choice, ``allowed`` the
         papers no exclusion blocks, ``min_scores`` and ``max_items`` per reader (columns).
-        Liked directions add up to LIKE_CAP. Papers the tags missed but that are close to a
-        liked paper are admitted, at most ADMIT_SHARE of ``max_items`` and no more than the
-        papers liked; followed papers are added and lifted to the front.
+        Liked directions add up to LIKE_CAP; disliked ones take off up to DISLIKE_CAP
+        where the tag evidence is weak (under STRONG_TAG). Papers the tags missed but that
+        are close to a liked paper are admitted, at most ADMIT_SHARE of ``max_items`` and no
+        more than the papers liked; followed papers are added and lifted to the front.
         """
         relevant = found.copy()
         shown = scores.copy()
         lift = np.zeros(scores.shape)
         if len(self.voters):
             rows = self.voters
-            nudged = 1.0 - (1.0 - scores[rows]) * (1.0 - self.gain)
+            self.penalty = DISLIKE_CAP * self.away * (scores[rows] < STRONG_TAG)
+            nudged = (1.0 - (1.0 - scores[rows]) * (1.0 - self.gain)) * (1.0 - self.penalty)
             keep = found[rows]
             # admissions: the papers closest to the likes among those the tags did not take
             counts = np.array([len(items) for items in self.liked])
@@ -212,7 +232,14 @@ class Nudge:
                 parts.append("added for your votes: " + self._like(index, paper))
             elif self.gain[index, paper] >= EXPLAIN_AT:
                 parts.append(self._like(index, paper))
+            if self.penalty[index, paper] >= EXPLAIN_AT:
+                parts.append(self._fewer(index, paper))
         return "; ".join(parts)
+
+    def _fewer(self, index: int, paper: int) -> str:
+        """Names the disliked paper most like this one."""
+        nearest = self.disliked[index][int(self.unliked[index, paper])]
+        return f"lowered: like '{_quote(self.voted[nearest].title)}' you marked fewer"
 
     def _like(self, index: int, paper: int) -> str:
         """Names the liked paper most like this one."""
@@ -223,18 +250,19 @@ class Nudge:
         return text
 
 
-def _closeness(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Row r: how close each new paper is to the voted papers ``lists[r]`` (0 if none), and
-    which of them (its position in ``lists[r]``) is nearest.
-
-    The mean of its similarities to them and its similarity to the nearest one, averaged:
-    the mean alone is the cosine to the Rocchio centroid, which thins out when a reader's
-    likes are diverse; the nearest alone is noisy when they are many.
-    """
+def _similarities(
+    similar: np.ndarray, lists: list[list[int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row r: each new paper's mean similarity to the voted papers ``lists[r]``, its
+    similarity to the nearest and to the second-nearest of them (0 where there are none),
+    and which of them (its position in ``lists[r]``) is nearest."""
     # voted paper × new paper, with a zero row to pad readers with fewer votes
     padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
-    out = np.zeros((len(lists), similar.shape[1]), dtype=similar.dtype)
-    nearest = np.zeros((len(lists), similar.shape[1]), dtype=np.int16)
+    shape = (len(lists), similar.shape[1])
+    mean_all = np.zeros(shape, dtype=similar.dtype)
+    best_all = np.zeros(shape, dtype=similar.dtype)
+    second_all = np.zeros(shape, dtype=similar.dtype)
+    nearest = np.zeros(shape, dtype=np.int16)
     for start in range(0, len(lists), _CHUNK):
         block = lists[start : start + _CHUNK]
         counts = np.fromiter((len(items) for items in block), dtype=np.intp, count=len(block))
@@ -248,18 +276,22 @@ def _closeness(similar: np.ndarray, lists: list[list[int]]) -> tuple[np.ndarray,
         gathered = padded[index]  # votes × readers × papers
         mean = gathered.sum(axis=0) / np.maximum(counts, 1)[:, None]
         best = gathered[0].copy()
+        second = np.zeros_like(best)
         slot = np.zeros(best.shape, dtype=np.int16)
-        for k in range(1, len(index)):  # the nearest: a running maximum over the votes
-            slot[gathered[k] > best] = k
-            np.maximum(best, gathered[k], out=best)
-        out[start : start + len(block)] = MEAN_SHARE * mean + (1 - MEAN_SHARE) * best
-        nearest[start : start + len(block)] = slot
-    return out, nearest
+        for k in range(1, len(index)):  # a running maximum and runner-up over the votes
+            row = gathered[k]
+            np.maximum(second, np.minimum(best, row), out=second)
+            slot[row > best] = k
+            np.maximum(best, row, out=best)
+        second[counts < 2] = 0.0  # padding rows are zeros, but say it
+        part = slice(start, start + len(block))
+        mean_all[part], best_all[part], second_all[part], nearest[part] = mean, best, second, slot
+    return mean_all, best_all, second_all, nearest
 
 
 def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Background) -> Nudge | None:
     """The feedback part of ranking ``papers`` for readers with these tastes (None: none)."""
-    if not papers or not any(t.liked or t.authors or t.organizations for t in tastes):
+    if not papers or not any(tastes):
         return None
     vocab: dict[str, int] = {}
     vectors = [vector(p, background) for p in papers]
@@ -274,18 +306,26 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
     voted: list[Paper] = []
     voters: list[int] = []
     likes: list[list[int]] = []
-    for row, taste in enumerate(tastes):
-        if not taste.liked:
-            continue
-        indices = []
-        for paper in taste.liked:
+    dislikes: list[list[int]] = []
+
+    def indices(chosen: Sequence[Paper]) -> list[int]:
+        out = []
+        for paper in chosen:
             index = position.get(id(paper))
             if index is None:
                 index = position[id(paper)] = len(voted)
                 voted.append(paper)
-            indices.append(index)
-        voters.append(row)
-        likes.append(indices)
+            out.append(index)
+        return out
+
+    for row, taste in enumerate(tastes):
+        if taste.liked or len(taste.disliked) >= 2:  # one "fewer" alone changes nothing
+            voters.append(row)
+            likes.append(indices(taste.liked))
+            dislikes.append(indices(taste.disliked))
+    follows = _follows(papers, tastes)
+    if not voters and not follows:
+        return None
 
     similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
     for i, paper in enumerate(voted):  # sparse × dense: a voted paper has few terms
@@ -294,7 +334,13 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
         if shared:
             weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
             similar[i] = weights @ by_term[[vocab[t] for t in shared]]
-    toward, nearest = _closeness(similar, likes)
+    # closeness to the likes: half the mean similarity (the cosine to Rocchio's centroid,
+    # which thins out when likes are diverse), half the nearest (noisy when they are many)
+    mean, liked_near, _, nearest = _similarities(similar, likes)
+    toward = MEAN_SHARE * mean + (1 - MEAN_SHARE) * liked_near
+    # a disliked direction: two disliked papers close, and much closer than any liked one
+    _, _, second, unliked = _similarities(similar, dislikes)
+    away = _ramp(second, NOISE, FULL_AT) * (second >= DISLIKE_MARGIN * liked_near)
     return Nudge(
         papers,
         np.array(voters, dtype=np.intp),
@@ -302,7 +348,10 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
         nearest,
         likes,
         voted,
-        _follows(papers, tastes),
+        follows,
+        away,
+        unliked,
+        dislikes,
     )
 
 

@@ -138,7 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         effect = (
             "Your future digests will lean toward papers like this one."
             if direction == "more"
-            else "Your vote is kept, and it takes back a \u201cmore like this\u201d on this paper."
+            else "Once two of your \u201cfewer\u201d papers agree, papers like them that your "
+            "topics match only weakly move down your digests. It also takes back a "
+            "\u201cmore like this\u201d on this paper."
         )
         return page(
             f"{direction.capitalize()} like this?",

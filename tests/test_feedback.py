@@ -45,7 +45,14 @@ from paperpost.feedback import (
 )
 from paperpost.models import Paper
 from paperpost.pipeline import run_plain
-from paperpost.profile import ADMIT_SHARE, LIKE_CAP, Taste, nudge
+from paperpost.profile import (
+    ADMIT_SHARE,
+    DISLIKE_CAP,
+    LIKE_CAP,
+    STRONG_TAG,
+    Taste,
+    nudge,
+)
 from paperpost.rank import Background, Interest, Profile, rank_many
 from paperpost.settings import Settings
 from paperpost.store import Store
@@ -410,13 +417,47 @@ def test_likes_lift_similar_papers_and_say_why() -> None:
     assert 0 < gain <= LIKE_CAP + 1e-9  # shown scores are rounded to 3 decimals
 
 
-def test_fewer_votes_are_kept_but_do_not_move_the_ranking() -> None:
+def test_one_fewer_vote_alone_does_not_move_the_ranking() -> None:
     papers = [GRAMMAR, SPEECH, SPEC_NEW]
     plain = _ranked(papers, Taste())
     assert _ranked(papers, Taste(disliked=(SPEECH,))) == plain
     taught = _ranked(papers, Taste(liked=(SPEC,), disliked=(SPEECH,)))
     assert taught == _ranked(papers, Taste(liked=(SPEC,)))
     assert "fewer" not in " ".join(r.why for r in taught)
+
+
+def test_two_fewer_votes_lower_weak_finds_in_that_direction_only_and_say_so() -> None:
+    speech = [
+        paper(f"Decoding for expressive speech synthesis {i}", f"A text-to-speech vocoder, {i}.")
+        for i in range(3)
+    ]
+    grammar = [
+        paper(f"Grammar-constrained decoding {i}", f"Constrained decoding with grammars, {i}.")
+        for i in range(3)
+    ]
+    strong = paper(
+        "Decoding speech: speculative decoding for speech synthesis",
+        "Decoding speech faster: speculative decoding and parallel decoding draft mel frames"
+        " for a text-to-speech vocoder, a decoding method.",
+    )
+    disliked = tuple(
+        paper(f"Speech synthesis with a neural vocoder {i}", f"A text-to-speech vocoder, {i}.")
+        for i in range(2)
+    )
+    papers = [*speech, *grammar, strong]
+    plain = {r.paper: r for r in _ranked(papers, Taste())}
+    assert plain[strong].score >= STRONG_TAG > max(plain[p].score for p in speech + grammar)
+    taught = {r.paper: r for r in _ranked(papers, Taste(disliked=disliked))}
+    assert taught.keys() == plain.keys()  # lowered, never dropped
+    for p in speech:
+        assert (1 - DISLIKE_CAP) * plain[p].score - 1e-3 <= taught[p].score < plain[p].score
+        assert "lowered: like 'Speech synthesis with a neural vocoder" in taught[p].why
+    for p in [*grammar, strong]:  # another direction; strong tag evidence
+        assert taught[p] == plain[p]
+    # a liked paper as close as the disliked ones: not a disliked direction any more
+    liked = paper("Decoding for expressive speech synthesis 9", "A text-to-speech vocoder, 9.")
+    both = {r.paper: r for r in _ranked(papers, Taste(liked=(liked,), disliked=disliked))}
+    assert "fewer" not in " ".join(r.why for r in both.values())
 
 
 def _near(i: int, topic: str) -> Paper:
