@@ -219,32 +219,62 @@ def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int 
         picked = rng.sample(old, votes)
         split = rng.randint(votes // 2, votes)
         tastes.append(Taste(tuple(picked[:split]), tuple(picked[split:])))
-    plain, with_votes, build = [], [], []
+    rank_many(papers, people, nudge(papers, tastes, history), history)  # warm the caches
+    load_before = os.getloadavg()[0]
+    plain, with_votes, build = [], [], []  # (wall, CPU) seconds per round
     for _ in range(repeat):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         rank_many(papers, people, background=history)
-        plain.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        plain.append((time.perf_counter() - wall, time.process_time() - cpu))
+        wall, cpu = time.perf_counter(), time.process_time()
         taught = nudge(papers, tastes, history)
-        build.append(time.perf_counter() - start)
+        build.append((time.perf_counter() - wall, time.process_time() - cpu))
         rank_many(papers, people, taught, history)
-        with_votes.append(time.perf_counter() - start)
-    ratios = [t / p for t, p in zip(with_votes, plain, strict=True)]
-    extra = [t - p for t, p in zip(with_votes, plain, strict=True)]
+        with_votes.append((time.perf_counter() - wall, time.process_time() - cpu))
     load = os.getloadavg()[0]
+
+    def median(runs: list[tuple[float, float]], i: int) -> float:
+        return statistics.median(run[i] for run in runs)
+
+    ratios = [t[1] / p[1] for t, p in zip(with_votes, plain, strict=True)]
     rows = [
-        ["tags only", readers, len(papers), 0, statistics.median(plain), 1.0],
-        ["tags + votes: profiles built", readers, len(papers), votes, statistics.median(build), ""],
-        ["tags + votes: total", readers, len(papers), votes, statistics.median(with_votes), ""],
-        ["ratio total / tags only (median of rounds)", "", "", "", statistics.median(ratios), ""],
-        ["votes' share (total - tags only)", "", "", "", statistics.median(extra), ""],
-        ["load average (1 min) at the end", load, "", "", "", ""],
+        ["tags only", readers, len(papers), 0, median(plain, 0), median(plain, 1)],
+        [
+            "tags + votes: profiles built",
+            readers,
+            len(papers),
+            votes,
+            *map(median, [build] * 2, (0, 1)),
+        ],
+        [
+            "tags + votes: total",
+            readers,
+            len(papers),
+            votes,
+            *map(median, [with_votes] * 2, (0, 1)),
+        ],
+        [
+            "ratio total / tags only, CPU (median of paired rounds)",
+            "",
+            "",
+            "",
+            "",
+            statistics.median(ratios),
+        ],
+        ["load average (1 min) before / after", "", "", "", load_before, load],
     ]
     report(
         "feedback_speed",
-        ["ranking", "readers", "papers", "votes each", "median s", "ratio (paired rounds)"],
+        ["ranking", "readers", "papers", "votes each", "median wall s", "median CPU s"],
         rows,
-        {"plain": plain, "build": build, "total": with_votes, "ratios": ratios, "load": load},
+        {
+            "plain": plain,
+            "build": build,
+            "total": with_votes,
+            "ratios_cpu": ratios,
+            "load_before": load_before,
+            "load_after": load,
+        },
     )
 
 

@@ -60,6 +60,7 @@ DISLIKE_CAP = 0.3  # the most "fewer" votes take off a paper's score (multiplied
 DISLIKE_MARGIN = 2.0  # lowered only if this many times closer to the disliked than to the liked
 STRONG_TAG = 0.7  # a paper with at least this tag score is never lowered
 FOLLOW_LIFT = 1e6  # followed papers go first (ordering only; not shown as score)
+_ADDED, _LIKED, _LOWERED = 1, 2, 4  # what Nudge.why names for a paper (bits)
 _CHUNK = 1024  # readers per block when averaging similarities (bounds memory)
 
 
@@ -138,29 +139,26 @@ class Nudge:
         papers: Sequence[Paper],
         voters: np.ndarray,
         toward: np.ndarray,
-        nearest: np.ndarray,
-        liked: list[list[int]],
+        away: np.ndarray,
+        similar: np.ndarray,
+        liked: _Lists,
+        disliked: _Lists,
         voted: list[Paper],
         follows: dict[int, dict[int, str]],
-        away: np.ndarray,
-        unliked: np.ndarray,
-        disliked: list[list[int]],
     ) -> None:
         self.papers = papers
-        self.voters = voters  # reader rows with liked papers, in order
+        self.voters = voters  # reader rows with votes that count, in order
         self.toward = toward  # voters × papers: closeness to what each liked (0..1)
-        self.nearest = nearest  # voters × papers: the nearest liked paper (position in liked)
-        self.liked = liked  # per voter, indices into ``voted``
+        self.away = away  # voters × papers: closeness to a disliked direction (0..1)
+        self.similar = similar  # voted paper × paper: cosine
+        self.liked, self.disliked = liked, disliked  # per voter, indices into ``voted``
         self.voted = voted
         self.follows = follows  # reader row -> {paper index: reason}
         self.index = {int(row): i for i, row in enumerate(voters)}
         self.gain = LIKE_CAP * toward  # combined with the tag score by noisy-or
-        self.admitted = np.zeros(toward.shape, dtype=bool)
-        self.away = away  # voters × papers: closeness to a disliked direction (0..1)
-        self.unliked = unliked  # voters × papers: the nearest disliked paper (position)
-        self.disliked = disliked  # per voter, indices into ``voted``
-        self.penalty = np.zeros(toward.shape)
-        self._said: dict[int, str] = {}
+        self.said = np.zeros(toward.shape, dtype=np.uint8)  # what why() names: _ADDED|...
+        self._names: dict[tuple[int, str], str] = {}
+        self._nearest: dict[tuple[int, bool], list[int]] = {}
 
     @property
     def rows(self) -> set[int]:
@@ -189,12 +187,11 @@ class Nudge:
         lift = np.zeros(scores.shape)
         if len(self.voters):
             rows = self.voters
-            self.penalty = DISLIKE_CAP * self.away * (scores[rows] < STRONG_TAG)
-            nudged = (1.0 - (1.0 - scores[rows]) * (1.0 - self.gain)) * (1.0 - self.penalty)
+            penalty = DISLIKE_CAP * self.away * (scores[rows] < STRONG_TAG)
+            nudged = (1.0 - (1.0 - scores[rows]) * (1.0 - self.gain)) * (1.0 - penalty)
             keep = found[rows]
             # admissions: the papers closest to the likes among those the tags did not take
-            counts = np.array([len(items) for items in self.liked])
-            budget = np.minimum(np.floor(max_items[rows, 0] * ADMIT_SHARE), counts)
+            budget = np.minimum(np.floor(max_items[rows, 0] * ADMIT_SHARE), self.liked.counts)
             open_ = allowed[rows] & ~keep & (self.toward >= ADMIT_AT)
             width = int(budget.max(initial=0))
             admitted = np.zeros_like(open_)
@@ -209,7 +206,10 @@ class Nudge:
                 )
                 row_ids = np.repeat(np.arange(len(rows)), width).reshape(len(rows), width)
                 admitted[row_ids[take], best[take]] = True
-            self.admitted = admitted
+            self.said = (
+                np.where(admitted, _ADDED, np.where(self.gain >= EXPLAIN_AT, _LIKED, 0))
+                | np.where(penalty >= EXPLAIN_AT, _LOWERED, 0)
+            ).astype(np.uint8)
             relevant[rows] = keep | admitted
             shown[rows] = nudged
         for row, followed in self.follows.items():
@@ -222,76 +222,94 @@ class Nudge:
 
     def why(self, row: int, paper: int) -> str:
         """What the reader's feedback did to one paper, for its reason line ('' if nothing)."""
-        parts = []
-        followed = self.follows.get(row, {}).get(paper)
-        if followed:
-            parts.append(followed)
+        followed = self.follows.get(row)
+        parts = [followed[paper]] if followed and paper in followed else []
         index = self.index.get(row)
-        if index is not None:
-            if self.admitted[index, paper]:
-                parts.append("added for your votes: " + self._like(index, paper))
-            elif self.gain[index, paper] >= EXPLAIN_AT:
-                parts.append(self._like(index, paper))
-            if self.penalty[index, paper] >= EXPLAIN_AT:
-                parts.append(self._fewer(index, paper))
+        said = 0 if index is None else self.said.item(index, paper)
+        if said & (_ADDED | _LIKED):
+            like = self._name(self._near(index, True)[paper], "like '{}' you liked")
+            parts.append("added for your votes: " + like if said & _ADDED else like)
+        if said & _LOWERED:
+            nearest = self._near(index, False)[paper]
+            parts.append(self._name(nearest, "lowered: like '{}' you marked fewer"))
         return "; ".join(parts)
 
-    def _fewer(self, index: int, paper: int) -> str:
-        """Names the disliked paper most like this one."""
-        nearest = self.disliked[index][int(self.unliked[index, paper])]
-        return f"lowered: like '{_quote(self.voted[nearest].title)}' you marked fewer"
+    def _near(self, index: int, liked: bool) -> list[int]:
+        """Per paper, the voter's liked (or disliked) paper nearest it (once per voter)."""
+        nearest = self._nearest.get((index, liked))
+        if nearest is None:
+            voted = (self.liked if liked else self.disliked)[index]
+            nearest = voted[self.similar[voted].argmax(axis=0)].tolist()
+            self._nearest[index, liked] = nearest
+        return nearest
 
-    def _like(self, index: int, paper: int) -> str:
-        """Names the liked paper most like this one."""
-        nearest = self.liked[index][int(self.nearest[index, paper])]
-        text = self._said.get(nearest)
-        if text is None:
-            text = self._said[nearest] = f"like '{_quote(self.voted[nearest].title)}' you liked"
-        return text
+    def _name(self, voted: int, text: str) -> str:
+        """``text`` naming a voted paper (kept: many cards name the same few papers)."""
+        named = self._names.get((voted, text))
+        if named is None:
+            named = self._names[voted, text] = text.format(_quote(self.voted[voted].title))
+        return named
+
+
+@dataclass(frozen=True, slots=True)
+class _Lists:
+    """Per voter, a run of indices into the voted papers: ``flat[starts[i]:starts[i + 1]]``."""
+
+    flat: np.ndarray
+    starts: np.ndarray
+
+    def __getitem__(self, voter: int) -> np.ndarray:
+        return self.flat[self.starts[voter] : self.starts[voter + 1]]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.starts)
 
 
 def _similarities(
-    similar: np.ndarray, lists: list[list[int]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    similar: np.ndarray, lists: _Lists, runner_up: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row r: each new paper's mean similarity to the voted papers ``lists[r]``, its
-    similarity to the nearest and to the second-nearest of them (0 where there are none),
-    and which of them (its position in ``lists[r]``) is nearest."""
+    similarity to the nearest one and (``runner_up``) to the second-nearest one; 0 where
+    there are none (similarities are never negative)."""
     # voted paper × new paper, with a zero row to pad readers with fewer votes
     padded = np.vstack([similar, np.zeros((1, similar.shape[1]), dtype=similar.dtype)])
-    shape = (len(lists), similar.shape[1])
-    mean_all = np.zeros(shape, dtype=similar.dtype)
-    best_all = np.zeros(shape, dtype=similar.dtype)
-    second_all = np.zeros(shape, dtype=similar.dtype)
-    nearest = np.zeros(shape, dtype=np.int16)
-    for start in range(0, len(lists), _CHUNK):
-        block = lists[start : start + _CHUNK]
-        counts = np.fromiter((len(items) for items in block), dtype=np.intp, count=len(block))
-        if not counts.any():
+    counts = lists.counts
+    shape = (len(counts), similar.shape[1])
+    mean, best, second = (np.zeros(shape, dtype=similar.dtype) for _ in range(3))
+    for start in range(0, len(counts), _CHUNK):
+        sizes = counts[start : start + _CHUNK]
+        if not sizes.any():
             continue
         # a (votes × readers) matrix of voted-paper rows, padded with the zero row
-        index = np.full((int(counts.max()), len(block)), similar.shape[0])
-        readers = np.repeat(np.arange(len(block)), counts)
-        slots = np.arange(len(readers)) - np.repeat(np.cumsum(counts) - counts, counts)
-        index[slots, readers] = [i for items in block for i in items]
+        index = np.full((int(sizes.max()), len(sizes)), similar.shape[0])
+        readers = np.repeat(np.arange(len(sizes)), sizes)
+        slots = np.arange(len(readers)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        index[slots, readers] = lists.flat[lists.starts[start] : lists.starts[start + len(sizes)]]
         gathered = padded[index]  # votes × readers × papers
-        mean = gathered.sum(axis=0) / np.maximum(counts, 1)[:, None]
-        best = gathered[0].copy()
-        second = np.zeros_like(best)
-        slot = np.zeros(best.shape, dtype=np.int16)
-        for k in range(1, len(index)):  # a running maximum and runner-up over the votes
-            row = gathered[k]
-            np.maximum(second, np.minimum(best, row), out=second)
-            slot[row > best] = k
-            np.maximum(best, row, out=best)
-        second[counts < 2] = 0.0  # padding rows are zeros, but say it
-        part = slice(start, start + len(block))
-        mean_all[part], best_all[part], second_all[part], nearest[part] = mean, best, second, slot
-    return mean_all, best_all, second_all, nearest
+        part = slice(start, start + len(sizes))
+        mean[part] = gathered.sum(axis=0) / np.maximum(sizes, 1)[:, None]
+        gathered.max(axis=0, out=best[part])
+        if runner_up:  # a running maximum and runner-up over the votes
+            top, runner = gathered[0].copy(), second[part]
+            for row in gathered[1:]:
+                np.maximum(runner, np.minimum(top, row), out=runner)
+                np.maximum(top, row, out=top)
+    return mean, best, second
+
+
+def _lists(groups: Sequence[Sequence[Paper]], index: np.ndarray) -> _Lists:
+    return _Lists(index, np.concatenate([[0], np.cumsum([len(g) for g in groups])]))
 
 
 def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Background) -> Nudge | None:
     """The feedback part of ranking ``papers`` for readers with these tastes (None: none)."""
     if not papers or not any(tastes):
+        return None
+    # readers whose votes count: one "fewer" alone changes nothing
+    voters = [row for row, t in enumerate(tastes) if t.liked or len(t.disliked) >= 2]
+    follows = _follows(papers, tastes)
+    if not voters and not follows:
         return None
     vocab: dict[str, int] = {}
     vectors = [vector(p, background) for p in papers]
@@ -302,30 +320,15 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
     for i, vec in enumerate(vectors):
         by_term[[vocab[t] for t in vec], i] = list(vec.values())
 
-    position: dict[int, int] = {}  # id(paper) -> index in voted (Paper.id folds titles: slow)
-    voted: list[Paper] = []
-    voters: list[int] = []
-    likes: list[list[int]] = []
-    dislikes: list[list[int]] = []
-
-    def indices(chosen: Sequence[Paper]) -> list[int]:
-        out = []
-        for paper in chosen:
-            index = position.get(id(paper))
-            if index is None:
-                index = position[id(paper)] = len(voted)
-                voted.append(paper)
-            out.append(index)
-        return out
-
-    for row, taste in enumerate(tastes):
-        if taste.liked or len(taste.disliked) >= 2:  # one "fewer" alone changes nothing
-            voters.append(row)
-            likes.append(indices(taste.liked))
-            dislikes.append(indices(taste.disliked))
-    follows = _follows(papers, tastes)
-    if not voters and not follows:
-        return None
+    # every vote once, each distinct paper once (by identity: Paper.id folds titles, slow)
+    liked = [tastes[row].liked for row in voters]
+    disliked = [tastes[row].disliked for row in voters]
+    every = [p for group in liked for p in group] + [p for group in disliked for p in group]
+    ids = np.fromiter(map(id, every), dtype=np.int64, count=len(every))
+    _, first, position = np.unique(ids, return_index=True, return_inverse=True)
+    voted = [every[i] for i in first]
+    split = sum(map(len, liked))
+    likes, dislikes = _lists(liked, position[:split]), _lists(disliked, position[split:])
 
     similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
     for i, paper in enumerate(voted):  # sparse × dense: a voted paper has few terms
@@ -336,22 +339,21 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
             similar[i] = weights @ by_term[[vocab[t] for t in shared]]
     # closeness to the likes: half the mean similarity (the cosine to Rocchio's centroid,
     # which thins out when likes are diverse), half the nearest (noisy when they are many)
-    mean, liked_near, _, nearest = _similarities(similar, likes)
+    mean, liked_near, _ = _similarities(similar, likes)
     toward = MEAN_SHARE * mean + (1 - MEAN_SHARE) * liked_near
     # a disliked direction: two disliked papers close, and much closer than any liked one
-    _, _, second, unliked = _similarities(similar, dislikes)
+    _, _, second = _similarities(similar, dislikes, runner_up=True)
     away = _ramp(second, NOISE, FULL_AT) * (second >= DISLIKE_MARGIN * liked_near)
     return Nudge(
         papers,
         np.array(voters, dtype=np.intp),
         _ramp(toward, NOISE, FULL_AT),
-        nearest,
+        away,
+        similar,
         likes,
+        dislikes,
         voted,
         follows,
-        away,
-        unliked,
-        dislikes,
     )
 
 
