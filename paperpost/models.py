@@ -12,8 +12,9 @@ from urllib.parse import quote_plus
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 _SPACE = re.compile(r"\s+")
 # Characters no database column or message should hold: NUL (PostgreSQL text refuses it),
-# other control characters, and lone surrogates (not encodable as UTF-8).
-_UNSTORABLE = re.compile("[\x00-\x08\x0e-\x1f\x7f\ud800-\udfff]")
+# other control characters, C1 controls (U+0080-U+009F: U+009B is a terminal's CSI, as ESC [
+# is; U+0085, a line break, is whitespace below) and lone surrogates (not encodable as UTF-8).
+_UNSTORABLE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
 
 
 def normalize_space(text: str) -> str:

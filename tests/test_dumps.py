@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -273,6 +275,28 @@ def test_a_dump_cut_anywhere_keeps_the_papers_before_the_cut(papers, data) -> No
         assert wanted[len(got) - 1][1].startswith(abstract)
     if content[:cut].decode("utf-8", "ignore").encode() != content[:cut]:
         assert any("middle of a character" in w for w in parsed.warnings)
+
+
+def test_c1_controls_never_reach_a_paper_or_a_terminal(tmp_path: Path) -> None:
+    """Before: U+009B (a terminal's CSI, like ESC [) was kept, so `paperpost parse` printed
+    "\x9b2J" (clear the screen) and "\x9b31m" (red) from a title to the operator's terminal."""
+    from typer.testing import CliRunner
+
+    from paperpost.cli import app
+
+    dump = tmp_path / "c1.txt"
+    dump.write_text(
+        "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
+        "byAK and the research community\n\nNov 24\n\n"
+        "Evil \x9b2J\x9b31mRed\x85title\n\nAn abstract \x9b1;31m about agents.\n"
+    )
+    (paper,) = parse_dump(dump.read_bytes(), str(dump), CAPTURED).papers
+    assert (paper.title, paper.abstract) == (
+        "Evil 2J31mRed title",
+        "An abstract 1;31m about agents.",
+    )
+    shown = CliRunner().invoke(app, ["parse", str(dump)]).output
+    assert "Red title" in shown and not re.search("[\x80-\x9f\x1b]", shown)
 
 
 def test_a_byte_that_is_not_utf8_is_located() -> None:

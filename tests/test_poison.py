@@ -5,6 +5,7 @@ documents and text dumps, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def _storable(paper: Paper) -> bool:
     except UnicodeEncodeError:
         return False
     return (
-        "\x00" not in text
+        not re.search("[\x00-\x1f\x7f-\x9f]", text)  # no C0 or C1 control (CSI: \x9b)
         and (paper.upvotes is None or 0 <= paper.upvotes <= MAX_COUNT)
         and (paper.author_count is None or 0 <= paper.author_count <= MAX_COUNT)
         and len(paper.arxiv_id or "") <= 64
@@ -182,7 +183,7 @@ def _storable(paper: Paper) -> bool:
 
 HUGE = "__HUGE_INT__"
 DEEP = "__DEEP__"
-NASTY = "\x00\r\n\t\x0b\x1b\x7f\u2028\u202e\ud800\udfff\ufeff=?"
+NASTY = "\x00\r\n\t\x0b\x1b\x7f\x85\x9b\u2028\u202e\ud800\udfff\ufeff=?"
 hostile_text = st.text(alphabet=st.characters() | st.sampled_from(NASTY), max_size=40)
 # Few distinct titles and ids, so that papers collide across items and formats.
 titles = st.sampled_from(["Agents", "AGENTS!", "Tool use"]) | hostile_text
