@@ -279,7 +279,7 @@ def test_a_dump_cut_anywhere_keeps_the_papers_before_the_cut(papers, data) -> No
 
 def test_c1_controls_never_reach_a_paper_or_a_terminal(tmp_path: Path) -> None:
     """Before: U+009B (a terminal's CSI, like ESC [) was kept, so `paperpost parse` printed
-    "\x9b2J" (clear the screen) and "\x9b31m" (red) from a title to the operator's terminal."""
+    "\\x9b2J" (clear the screen) and "\\x9b31m" (red) from a title to the operator's terminal."""
     from typer.testing import CliRunner
 
     from paperpost.cli import app
