@@ -27,7 +27,6 @@ from paperpost import pipeline
 from paperpost.delivery import Outcome
 from paperpost.errors import ConfigError, DatabaseError
 from paperpost.fetch import Fetched
-from paperpost.render import Renderer
 from paperpost.report import markdown
 from paperpost.settings import Settings
 from paperpost.store import RunPlan, Store
@@ -35,11 +34,11 @@ from paperpost.subscribers import LoadedSubscriber, SubscriberError
 
 _TASK = {"cache_policy": NONE, "persist_result": False}
 # Batches submitted ahead of the one being collected; this also bounds memory (rendered
-# messages) at any number of subscribers. Threads share one GIL and one SQLite writer, so
-# more than two only adds contention; Dask workers are separate processes.
-THREAD_BATCHES = 2
+# messages) at any number of subscribers. On threads, each batch is ranked and rendered in
+# this process's worker processes (pipeline.workers) as in the plain path, and as many
+# batches are in flight; Dask workers are separate processes.
+THREAD_BATCHES = pipeline.BATCHES_IN_FLIGHT
 DASK_BATCHES = 8
-_renderer: Renderer | None = None
 T = TypeVar("T")
 
 
@@ -86,14 +85,6 @@ def run_store(settings: Settings, owner: str) -> Store:
     return store
 
 
-def renderer() -> Renderer:
-    """One renderer per worker process: premailer's result is learned once."""
-    global _renderer
-    if _renderer is None:
-        _renderer = Renderer()
-    return _renderer
-
-
 @task(name="fetch", retries=2, retry_delay_seconds=[5, 30], **_TASK)
 def fetch(overrides: dict[str, object], today: date) -> list[Fetched]:
     settings = settings_here(overrides)
@@ -137,7 +128,7 @@ def rank(
 ) -> Box[pipeline.RankedBatch]:
     settings = settings_here(overrides)
     store = run_store(settings, owner)
-    return Box(pipeline.rank_stage(store, plan, batch.value, today, settings.send_empty))
+    return Box(pipeline.rank_in_worker(store, plan, batch.value, today, settings.send_empty))
 
 
 @task(name="render", **_TASK)
@@ -146,7 +137,7 @@ def render(
 ) -> Box[tuple[pipeline.Rendered, Counter[str]]]:
     """Render a batch; its skip reasons ride along, so the flow never fetches the ranking."""
     edition = pipeline.edition_for(settings_here(overrides), plan, today)
-    rendered = pipeline.render_stage(renderer(), ranked.value.jobs, edition, ranked.value.failed)
+    rendered = pipeline.render_in_worker(ranked.value.jobs, edition, ranked.value.failed)
     return Box((rendered, Counter(skip.reason for skip in ranked.value.skips)))
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from paperpost.models import pickled_by_fields
 from paperpost.render import Outgoing
 from paperpost.settings import Settings
 from paperpost.store import Settlement, Store, Wanted
@@ -78,6 +79,7 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Outcome:
     address: str

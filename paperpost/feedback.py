@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -95,6 +96,7 @@ def read_vote_token(key: str, token: str, at: float | None = None) -> VoteLink:
     return link
 
 
+@lru_cache(maxsize=8192)  # every reader's card of a paper carries it
 def paper_ref(paper: Paper) -> str:
     """How a vote link names a paper: its arXiv id, else its key hash (both indexed)."""
     return paper.arxiv_id or "k:" + key_hash(paper.key)

@@ -7,19 +7,23 @@ imports Prefect.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 from uuid import uuid4
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from paperpost.bounces import BounceError, process
@@ -36,7 +40,7 @@ from paperpost.fetch import (
     fetch_all,
     last_api_days,
 )
-from paperpost.models import Paper
+from paperpost.models import Paper, pickled_by_fields
 from paperpost.rank import (
     BACKGROUND_PAPERS,
     Background,
@@ -58,6 +62,10 @@ LOCK_TTL = timedelta(hours=2)
 # beyond this they are only counted (the ledger has every one), so a run's memory and its
 # summary do not grow with the subscriber list. Deliveries needing attention are all listed.
 LISTED_ROUTINE = 1000
+# Batches a run has in flight: each is ranked and rendered in a worker process, then sent by
+# a thread of the run's own process, so that both cores are busy while one batch is written.
+BATCHES_IN_FLIGHT = 3
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -70,12 +78,14 @@ class SourceReport:
     warnings: list[str] = field(default_factory=list)
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class Skip:
     address: str
     reason: str
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class DigestJob:
     """A digest to render: who, which papers in which order, and the window it covers."""
@@ -86,6 +96,7 @@ class DigestJob:
     hi: int
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class RankedBatch:
     jobs: list[DigestJob]
@@ -393,6 +404,7 @@ def _rank_apart(
 # --- render and send ----------------------------------------
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class Rendered:
     """A batch's digests ready to send, and the readers whose digest could not be made."""
@@ -445,6 +457,102 @@ def send_stage(settings: Settings, store: Store, rendered: Rendered, run_id: int
         )
     finally:
         transport.close()
+
+
+# --- worker processes ----------------------------------------
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}  # by process id: a pool does not survive a fork
+_POOLS_LOCK = threading.Lock()
+_RENDERERS: dict[int, Renderer] = {}
+
+
+def workers() -> ProcessPoolExecutor | None:
+    """This process's pool of worker processes for ranking and rendering, one per core
+    (both are CPU-bound Python: threads would share one core), started on first use and
+    kept for the process's life. None on one core, and in a process that may not start
+    children (a Dask worker's task ranks and renders its batch in place)."""
+    cores = os.cpu_count() or 1
+    if cores < 2 or multiprocessing.current_process().daemon:
+        return None
+    with _POOLS_LOCK:
+        pool = _POOLS.get(os.getpid())
+        if pool is None:
+            context = multiprocessing.get_context("spawn")  # no inherited threads or sockets
+            pool = _POOLS[os.getpid()] = ProcessPoolExecutor(
+                cores, mp_context=context, initializer=_watch_parent
+            )
+        return pool
+
+
+def _watch_parent() -> None:
+    """In each worker process: exit as soon as the process that started it is gone (a run
+    killed with SIGKILL), instead of waiting for work forever with its stdout open."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_after, args=(parent,), daemon=True).start()
+
+
+def _exit_after(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns when the parent's end of the pipe to this process closes
+    os._exit(1)
+
+
+def offload(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a worker process (:func:`workers`), or here when there is none.
+    ``fn`` and its arguments must pickle; its exceptions are raised here."""
+    pool = workers()
+    return fn(*args) if pool is None else pool.submit(fn, *args).result()
+
+
+def renderer() -> Renderer:
+    """One renderer per process: premailer's result is learned once."""
+    pid = os.getpid()
+    if pid not in _RENDERERS:
+        _RENDERERS[pid] = Renderer()
+    return _RENDERERS[pid]
+
+
+def rank_in_worker(
+    store: Store, plan: RunPlan, batch: Sequence[LoadedSubscriber], today: date, send_empty: bool
+) -> RankedBatch:
+    """:func:`rank_stage` in a worker process (:func:`offload`); here for an in-memory
+    SQLite database, which no other process can open."""
+    url = _absolute(store.url)
+    if url is None:
+        return rank_stage(store, plan, batch, today, send_empty)
+    return offload(_rank, url, plan, batch, today, send_empty)
+
+
+def render_in_worker(
+    jobs: Sequence[DigestJob], edition: Edition, failed: Sequence[Outcome] = ()
+) -> Rendered:
+    """:func:`render_stage` in a worker process, with that process's renderer."""
+    return offload(_render, jobs, edition, failed)
+
+
+def _rank(
+    url: str, plan: RunPlan, batch: Sequence[LoadedSubscriber], today: date, send_empty: bool
+) -> RankedBatch:
+    return rank_stage(Store(url), plan, batch, today, send_empty)
+
+
+def _render(jobs: Sequence[DigestJob], edition: Edition, failed: Sequence[Outcome]) -> Rendered:
+    return render_stage(renderer(), jobs, edition, failed)
+
+
+def _absolute(url: str) -> str | None:
+    """The URL with a relative SQLite path made absolute (a worker process started earlier
+    may have another working directory); None for an in-memory SQLite database."""
+    parsed = make_url(url)
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite"):
+        return url
+    if not database or database == ":memory:" or "mode=memory" in url:
+        return None
+    if database.startswith("file:") or os.path.isabs(database):
+        return url
+    return parsed.set(database=os.path.abspath(database)).render_as_string(hide_password=False)
 
 
 # --- whole-run helpers ---------------------------------------------------------------
@@ -601,15 +709,57 @@ def outcome_message(summary: RunSummary) -> str:
     return f"Nothing to send: no subscriber had new papers above their min_score{down}."
 
 
+@pickled_by_fields
+@dataclass(slots=True)
+class BatchResult:
+    """What a batch of subscribers came to: delivery outcomes, skip reasons, stage clocks."""
+
+    size: int
+    outcomes: list[Outcome]
+    skips: list[str]
+    seconds: dict[str, float]
+
+
+def process_batch(
+    settings: Settings,
+    store: Store,
+    plan: RunPlan,
+    batch: Sequence[LoadedSubscriber],
+    today: date,
+    edition: Edition,
+) -> BatchResult:
+    """Rank and render a batch in a worker process, then send it from this one (the same
+    stage functions, in the same processes, as the flow's tasks)."""
+    clock = time.perf_counter()
+    ranked = rank_in_worker(store, plan, batch, today, settings.send_empty)
+    ranked_at = time.perf_counter()
+    rendered = render_in_worker(ranked.jobs, edition, ranked.failed)
+    rendered_at = time.perf_counter()
+    outcomes = send_stage(settings, store, rendered, plan.run_id)
+    return BatchResult(
+        len(batch),
+        outcomes,
+        [skip.reason for skip in ranked.skips],
+        {
+            "rank": ranked_at - clock,
+            "render": rendered_at - ranked_at,
+            "send": time.perf_counter() - rendered_at,
+        },
+    )
+
+
 def run_plain(
     settings: Settings,
     today: date | None = None,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> RunSummary:
-    """The whole pipeline without Prefect, in one process (same functions as the flow).
+    """The whole pipeline without Prefect (the same functions, in the same processes, as
+    the flow): subscribers are read here, BATCHES_IN_FLIGHT batches at a time are ranked and
+    rendered in worker processes (:func:`workers`) and sent from this process.
 
     ``progress(done, None)`` is called after each batch of subscribers (the total is not
-    known: subscribers are read as the batches need them).
+    known: subscribers are read as the batches need them). The summary's stage clocks add
+    up each batch's time in that stage; batches overlap, so they can exceed the wall time.
     """
     today = today or datetime.now(UTC).date()
     store, owner, run_id = begin(settings)
@@ -631,26 +781,33 @@ def run_plain(
         summary.stage_seconds["bounces"] = time.perf_counter() - clock
         errors: list[SubscriberError] = []
         subscribers = stream_readers(settings.subscribers_dir, errors)
-        renderer = Renderer()
         edition = edition_for(settings, plan, today)
         skips: Counter[str] = Counter()
         for stage in ("rank", "render", "send"):
             summary.stage_seconds[stage] = 0.0
         processed = 0
-        for batch in batches(subscribers, settings.batch_size):
-            clock = time.perf_counter()
-            ranked = rank_stage(store, plan, batch, today, settings.send_empty)
-            summary.stage_seconds["rank"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            rendered = render_stage(renderer, ranked.jobs, edition, ranked.failed)
-            summary.stage_seconds["render"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            tally.add(send_stage(settings, store, rendered, run_id))
-            summary.stage_seconds["send"] += time.perf_counter() - clock
-            skips.update(skip.reason for skip in ranked.skips)
-            processed += len(batch)
+        in_flight: deque[Future[BatchResult]] = deque()
+
+        def collect() -> None:
+            nonlocal processed
+            result = in_flight.popleft().result()
+            tally.add(result.outcomes)
+            skips.update(result.skips)
+            for stage, seconds in result.seconds.items():
+                summary.stage_seconds[stage] += seconds
+            processed += result.size
             if progress:
                 progress(processed, None)
+
+        with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="batch") as threads:
+            for batch in batches(subscribers, settings.batch_size):
+                in_flight.append(
+                    threads.submit(process_batch, settings, store, plan, batch, today, edition)
+                )
+                if len(in_flight) >= BATCHES_IN_FLIGHT:
+                    collect()
+            while in_flight:
+                collect()
         summarize(store, summary, plan, reports, errors, skips, tally)
         store.finish_run(run_id, "finished", summary.to_json())
         return summary

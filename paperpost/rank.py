@@ -41,7 +41,7 @@ import numpy as np
 import Stemmer
 import yaml
 
-from paperpost.models import Paper
+from paperpost.models import Paper, pickled_by_fields
 
 if TYPE_CHECKING:
     from paperpost.profile import Nudge
@@ -217,6 +217,7 @@ class Interest:
     keywords: tuple[str, ...] = ()
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Ranked:
     paper: Paper

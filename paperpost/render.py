@@ -34,7 +34,7 @@ import lxml.html
 from premailer import Premailer
 
 from paperpost.feedback import vote_expiry, vote_urls
-from paperpost.models import Paper, normalize_space
+from paperpost.models import Paper, normalize_space, pickled_by_fields
 from paperpost.rank import Ranked
 from paperpost.sanitize import NAME_CHARS, SUBJECT_CHARS, header_text, http_url, strip_bidi
 from paperpost.unsubscribe import make_token
@@ -78,6 +78,7 @@ def shorten(text: str, limit: int = ABSTRACT_CHARS) -> str:
     return cut + "…"
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Reader:
     """Who a digest is for, as rendering needs it."""
@@ -89,6 +90,7 @@ class Reader:
     reader_id: str | None = None  # the opaque id vote links carry (paperpost.feedback)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Edition:
     """Per-run constants shared by every digest."""
@@ -101,6 +103,7 @@ class Edition:
     max_cards: int = 50
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A rendered digest ready for a transport."""
@@ -191,8 +194,11 @@ def message_id(address: str, digest: str, sender: str) -> str:
 
 def subject_line(items: Sequence[Ranked]) -> str:
     """The Subject: the count and the top title, through the header sanitiser."""
-    count = len(items)
-    top = items[0].paper.title if items else ""
+    return _subject(len(items), items[0].paper.title if items else "")
+
+
+@lru_cache(maxsize=4096)  # shared by every reader with the same count and top paper
+def _subject(count: int, top: str) -> str:
     line = f"{count} new paper{'s' if count != 1 else ''} for you: {top}"
     return header_text(line, SUBJECT_CHARS)
 
@@ -451,13 +457,12 @@ def _qp(text: str) -> bytes:
     cache = _QP_LINES
     if len(cache) > _QP_CACHE_LIMIT:
         cache.clear()
-    out = []
-    for line in lines:
-        encoded = cache.get(line)
-        if encoded is None:
-            encoded = cache[line] = binascii.b2a_qp((line + "\r\n").encode("utf-8"), istext=True)
-        out.append(encoded)
-    return b"".join(out)
+    out = list(map(cache.get, lines))  # one C loop over the lines; None where not known
+    if None in out:
+        for i, line in enumerate(lines):
+            if out[i] is None:
+                out[i] = cache[line] = binascii.b2a_qp((line + "\r\n").encode("utf-8"), istext=True)
+    return b"".join(out)  # type: ignore[arg-type]
 
 
 def mime_body(text: str, html: str | None, msg_id: str) -> tuple[bytes, bytes]:

@@ -65,9 +65,16 @@ def http_url(value: object) -> str | None:
     return url
 
 
+_BIDI_CHARS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
 def strip_bidi(text: str) -> str:
-    """``text`` without bidi formatting characters."""
-    return BIDI.sub("", text)
+    """``text`` without bidi formatting characters (each digest's bodies pass through here:
+    looking for each character first is several times faster than the regex when, as
+    almost always, there is none)."""
+    if any(ch in text for ch in _BIDI_CHARS):
+        return BIDI.sub("", text)
+    return text
 
 
 def header_text(text: str, limit: int) -> str:

@@ -39,6 +39,7 @@ from yaml.events import (
     StreamEndEvent,
 )
 
+from paperpost.models import pickled_by_fields
 from paperpost.rank import DEFAULT_MIN_SCORE, read_tag
 from paperpost.sanitize import BIDI
 
@@ -275,6 +276,7 @@ class SubscriberError:
         )
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class LoadedSubscriber:
     subscriber: Subscriber
