@@ -32,6 +32,45 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_of(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Linux /proc), e.g. paperpost's worker processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def peak_rss_of(pid: int) -> float:
+    """A live process's peak RSS in MB (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def family_usage() -> tuple[float, float, float]:
+    """This process and its live children (paperpost's worker processes): CPU seconds of
+    all of them, this process's peak RSS and the sum of the children's peak RSS, in MB."""
+    me = os.getpid()
+    children = children_of(me)
+    cpu = cpu_of(me)
+    rss = 0.0
+    for pid in children:
+        try:
+            cpu += cpu_of(pid)
+            rss += peak_rss_of(pid)
+        except OSError:
+            continue
+    return cpu, peak_rss_mb(), rss
+
+
 def median_time(fn: Callable[[], object], repeat: int) -> tuple[float, list[float]]:
     times = []
     for _ in range(repeat):

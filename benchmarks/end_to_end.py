@@ -17,8 +17,9 @@ reported. Each process reports:
 - ``import s``: interpreter start to the engine's modules imported (what every run pays; the
   plain engine imports no Prefect, checked);
 - ``cold s``: the first job in the process (templates, premailer learning, engines), and
-  its CPU seconds (``cold CPU s``: much less sensitive to other load on the machine than
-  wall time, but blind to time spent waiting on fsync);
+  its CPU seconds (``cold CPU s``, this process and its worker processes: much less
+  sensitive to other load on the machine than wall time, but blind to time spent waiting
+  on fsync);
 - ``warm s``: a second job in the same process on a fresh database and outbox (what a
   long-lived worker pays per run);
 - ``process s``: the parent's wall clock for the whole process (start-up + cold + warm + exit).
@@ -43,7 +44,6 @@ def child(engine: str, warm: bool) -> None:
     """Run the job once (cold) and optionally again (warm) and print one JSON line."""
     import json
     import os
-    import resource
 
     if engine == "flow":
         from flows.digest import digest
@@ -54,15 +54,22 @@ def child(engine: str, warm: bool) -> None:
 
     imported = time.perf_counter() - START
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import family_usage
+
     def job() -> dict:
-        clock, cpu = time.perf_counter(), time.process_time()
+        # CPU and memory include paperpost's worker processes (ranking and rendering), if any
+        clock, (cpu, _, _) = time.perf_counter(), family_usage()
         summary = digest() if engine == "flow" else run_plain(Settings()).to_json()
+        seconds = time.perf_counter() - clock
+        cpu_after, rss, workers_rss = family_usage()
         return {
-            "seconds": time.perf_counter() - clock,
-            "cpu_s": time.process_time() - cpu,
+            "seconds": seconds,
+            "cpu_s": cpu_after - cpu,
             "sent": summary["digests_sent"],
             "stages": summary["stage_seconds"],
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_mb": rss,
+            "workers_rss_mb": workers_rss,
         }
 
     result = {"import_s": imported, "prefect_imported": "prefect" in sys.modules}
@@ -254,6 +261,7 @@ def main() -> None:
                                     "sent": summary["digests_sent"],
                                     "stages": summary["stage_seconds"],
                                     "rss_mb": 0.0,
+                                    "workers_rss_mb": 0.0,
                                 },
                             }
                         else:
@@ -299,6 +307,7 @@ def main() -> None:
             "import s",
             "process s",
             "peak RSS MB",
+            "workers' peak RSS MB",
             "sink CPU s",
             "sent",
         ],
@@ -345,6 +354,7 @@ def tables(runs: list[dict], variants, trees, args) -> tuple[list[list[object]],
                         med([r["import_s"] for r in mine if r["import_s"] is not None]),
                         med([r["process_s"] for r in mine]),
                         max(r.get("warm", r["cold"])["rss_mb"] for r in mine) or "",
+                        max(r.get("warm", r["cold"]).get("workers_rss_mb", 0.0) for r in mine),
                         med([r["sink_cpu_s"] for r in mine]),
                         mine[0]["cold"]["sent"],
                     ]

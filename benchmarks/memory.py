@@ -8,7 +8,8 @@ is daily (gets a digest today), the rest weekly on another weekday (read, checke
 skipped), so a million-subscriber list can be measured without sending a million digests.
 ``--mode run`` runs ``run_plain`` (300 new papers, outbox, SQLite); ``--mode load`` only
 reads the list the way the plain path does (the older checkout: ``load_subscribers``).
-Each case runs in a fresh process; peak RSS is that process's ``ru_maxrss``.
+Each case runs in a fresh process; peak RSS is that process's ``ru_maxrss``, and the
+workers' column the sum of its worker processes' peaks (ranking and rendering run there).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def child(mode: str) -> None:
         result["skipped"] = summary.digests_skipped
     result["seconds"] = time.perf_counter() - clock
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import family_usage
+
+    result["workers_peak_rss_mb"] = family_usage()[2]  # ranking and rendering processes
     print(json.dumps(result))
 
 
@@ -142,6 +147,7 @@ def main() -> None:
                     tree,
                     args.mode,
                     result["peak_rss_mb"],
+                    result.get("workers_peak_rss_mb", 0.0),
                     result["seconds"],
                     result.get("sent", result.get("loaded", "")),
                 ]
@@ -149,7 +155,16 @@ def main() -> None:
             print(rows[-1], flush=True)
     report(
         args.name,
-        ["subscribers", "due today", "code", "mode", "peak RSS MB", "seconds", "sent/loaded"],
+        [
+            "subscribers",
+            "due today",
+            "code",
+            "mode",
+            "peak RSS MB",
+            "workers' peak RSS MB",
+            "seconds",
+            "sent/loaded",
+        ],
         rows,
         {"runs": runs, "due": args.due},
     )
