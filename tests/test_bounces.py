@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 import imap_server
+from conftest import FULL_TESTS
 from paperpost.bounces import parse_report, process
 from paperpost.cli import app
 from paperpost.delivery import Outbox, send_batch
@@ -355,7 +356,14 @@ HEADER_VALUES = st.text(max_size=60) | st.sampled_from(
 )
 
 
-@hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+_LEDGERS: dict[str, Store] = {}  # per sample: a ledger that sent its digest (made once)
+
+
+@hsettings(
+    max_examples=300 if FULL_TESTS else 60,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 @given(
     sample=st.sampled_from(sorted(EXPECTED)),
     header=st.sampled_from(["Date", "Message-ID", "Subject", "From", "To"]),
@@ -374,9 +382,11 @@ def test_any_report_about_a_sent_digest_is_applied_without_an_error(
     ledger, for a real report with a hostile header value or spliced bytes."""
     from paperpost.bounces import BounceSummary, apply
 
-    folder = tmp_path_factory.mktemp("any")
-    store = Store(f"sqlite:///{folder / 'pp.db'}")
-    send_batch(store, Outbox(folder / "outbox"), [rendered[sample]], run_id=1)
+    if sample not in _LEDGERS:
+        folder = tmp_path_factory.mktemp("any")
+        _LEDGERS[sample] = Store(f"sqlite:///{folder / 'pp.db'}")
+        send_batch(_LEDGERS[sample], Outbox(folder / "outbox"), [rendered[sample]], run_id=1)
+    store = _LEDGERS[sample]
     raw = fill(sample, rendered[sample])
     raw = raw.replace(f"{header}: ".encode(), f"{header}: {value}\r\nX-Was: ".encode(), 1)
     at, extra = splice
