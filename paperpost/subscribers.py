@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import os
 import re
 import reprlib
 import unicodedata
@@ -744,13 +745,19 @@ def add_subscriber(folder: Path, subscriber: Subscriber) -> Path:
 
 
 def remove_subscriber(folder: Path, email: str) -> Path:
-    """Remove a subscriber: delete their own file, or cut their entry out of a list file."""
+    """Remove a subscriber: delete their own file, or cut their entry out of a list file.
+
+    A list file is rewritten only if everyone else in it still loads as before (an entry
+    can hold an anchor that later entries use), and atomically (a new file renamed over the
+    old one): a crash mid-write never leaves half a list."""
     address = email.lower()
     for path in subscriber_files(folder):
-        loaded, _ = load_file(path)
+        loaded, errors = load_file(path)
         if not any(e.subscriber.address == address for e in loaded):
             continue
         encoding = _encoding(path)
+        if encoding == "utf-8-sig" and not path.read_bytes().startswith(b"\xef\xbb\xbf"):
+            encoding = "utf-8"  # write no byte-order mark the file did not have
         text = path.read_text(encoding=encoding)
         root, _ = _compose(text)
         if isinstance(root, yaml.MappingNode):
@@ -764,9 +771,28 @@ def remove_subscriber(folder: Path, email: str) -> Path:
                 continue
             start = item.start_mark.line
             end = items[index + 1].start_mark.line if index + 1 < len(items) else len(lines)
-            path.write_text("".join(lines[:start] + lines[end:]), encoding=encoding)
+            others = sorted(e.subscriber.address for e in loaded if e.subscriber.address != address)
+            _rewrite(path, "".join(lines[:start] + lines[end:]), encoding, others, len(errors))
             return path
     raise SubscriberFileError(f"no subscriber {email} in {folder}")
+
+
+def _rewrite(path: Path, text: str, encoding: str, others: list[str], errors: int) -> None:
+    """Replace ``path`` with ``text`` if the subscribers ``others`` still load from it, with
+    no more errors than before; else leave it and say why."""
+    new = path.with_name(f".{path.name}.new")  # not *.yaml: never read as a subscriber file
+    new.write_text(text, encoding=encoding)
+    after, problems = load_file(new)
+    if sorted(e.subscriber.address for e in after) != others or len(problems) > errors:
+        new.unlink()
+        why = next((p.message for p in problems), "a subscriber would be lost")
+        raise SubscriberFileError(
+            f"{path} left as it is: without this entry the rest of the file would not load "
+            f"as before ({why}; an anchor the entry holds may be used by others); edit it by hand"
+        )
+    with new.open("rb") as handle:
+        os.fsync(handle.fileno())
+    new.replace(path)
 
 
 def subscriber_files(folder: Path) -> list[Path]:

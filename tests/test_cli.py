@@ -128,6 +128,30 @@ def test_run_without_prefect_then_unsubscribe(tmp_path: Path, monkeypatch) -> No
     assert again["skip_reasons"].get("suppressed (unsubscribed)") == 1
 
 
+def test_removing_an_entry_that_others_depend_on_leaves_the_list_whole(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Before: `subscribers remove a@…` cut out the entry holding `&defaults`, the file then
+    failed to load ("found undefined alias 'd'") and b@… got no more digests; the rewrite
+    also added a byte-order mark the file never had."""
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    team = subs / "team.yaml"
+    text = (
+        "- &d\n  email: a@example.org\n  tags: [agents]\n"
+        "- <<: *d\n  email: b@example.org\n"
+        "- email: c@example.org\n  tags: [agents]\n"
+    )
+    team.write_text(text)
+    monkeypatch.setenv("PAPERPOST_SUBSCRIBERS_DIR", str(subs))
+    refused = runner.invoke(app, ["subscribers", "remove", "a@example.org"])
+    assert refused.exit_code == 1
+    assert "team.yaml left as it is" in refused.stderr and "undefined alias 'd'" in refused.stderr
+    assert team.read_text() == text and sorted(p.name for p in subs.iterdir()) == ["team.yaml"]
+    assert runner.invoke(app, ["subscribers", "remove", "c@example.org"]).exit_code == 0
+    assert team.read_bytes() == text.split("- email: c@")[0].encode()  # no BOM, nothing else
+
+
 def test_subscribers_add_list_remove(tmp_path: Path, monkeypatch) -> None:
     subs = tmp_path / "subs"
     shutil.copytree(ROOT / "subscribers", subs)
