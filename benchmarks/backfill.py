@@ -14,15 +14,18 @@ What is timed is the rank stage of a run (``pipeline.rank_stage`` over batches o
 subscribers, as the run does it) in a fresh process; the render and send stages are not.
 Variants, each in its own process on its own copy of the prepared database:
 
-* ``before``: an older checkout (``--before``; no evidence cache), once per round;
 * ``cold``: this checkout with the evidence cache empty;
 * ``backfill``: this checkout with the history's records stored by an earlier run and the
   new papers never seen (what a real backfill meets);
-* ``warm``: this checkout again on the database the ``backfill`` run left (a second run).
+* ``warm``: this checkout again on the database the ``backfill`` run left (a second run);
+* ``before cold`` and ``before warm``: an older checkout (``--before``, one with the evidence
+  cache, from 0c8801b on), cold and then a second run on what its cold run left.
 
-Every round runs every variant in that order; the table gives medians and per-round ratios.
-Ranks of cold, backfill and warm are compared (they must be identical); before's differ when
-the ranker's scoring changed between the checkouts.
+Every round runs every variant (before's first); the table gives medians and the per-round
+ratio of before's CPU seconds to this checkout's, cold to cold and warm to warm.
+Ranks of cold, backfill and warm are compared (they must be identical), and before's with
+them (they differ only when the ranker's scoring changed between the checkouts). The load
+average is printed with every run and kept in the JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -45,6 +49,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import add_checkout_args, checkouts, report
 
+# (checkout, variant) in the order each round runs them
+VARIANTS = [
+    ("before", "cold"),
+    ("before", "warm"),
+    ("after", "cold"),
+    ("after", "backfill"),
+    ("after", "warm"),
+]
 QUALIFIERS = ["efficient", "multilingual", "robust", "long", "small", "open", "medical"]
 UNKNOWN = ["protein-design", "zyxt-retrieval", "weather-forecasting", "legal-nlp", "chip-design"]
 KEYWORDS = ["draft model", "kv cache", "benchmark", "robot arm", "low-rank", "preference data"]
@@ -190,7 +202,6 @@ def main() -> None:
             templates = {}
             for name, tree in trees.items():
                 templates[name] = work / f"{name}-{new}-{readers}.db"
-                extra = ["--warm-history"] if name == "after" else []
                 common = ["--db", str(templates[name]), "--subscribers", str(folder)]
                 run(
                     tree,
@@ -202,7 +213,7 @@ def main() -> None:
                     str(source),
                     "--history",
                     str(args.history),
-                    *extra,
+                    "--warm-history",
                 )
             times: dict[str, list[float]] = {}
             cpus: dict[str, list[float]] = {}
@@ -210,43 +221,58 @@ def main() -> None:
             loads = []
             for _ in range(args.pairs):
                 loads.append(os.getloadavg()[0])
-                variants = (["before"] if "before" in trees else []) + ["cold", "backfill", "warm"]
-                for variant in variants:
-                    tree = trees["before" if variant == "before" else "after"]
-                    db = work / f"{variant}.db"
-                    if variant != "warm":
-                        shutil.copy(templates["before" if variant == "before" else "after"], db)
-                    if variant == "warm":
-                        db = work / "backfill.db"
+                for name, variant in VARIANTS:
+                    if name not in trees:
+                        continue
+                    label = variant if name == "after" else f"{name} {variant}"
+                    db = work / f"{name}-{variant}.db"
+                    if variant == "warm":  # a second run on what the first one left
+                        db = work / f"{name}-{'backfill' if name == 'after' else 'cold'}.db"
+                    else:
+                        shutil.copy(templates[name], db)
                     if variant == "cold":
-                        import sqlite3
-
                         with sqlite3.connect(db) as conn:
                             conn.execute("DELETE FROM paper_evidence")
                     out = run(
-                        tree, env, "--child", "rank", "--db", str(db), "--subscribers", str(folder)
+                        trees[name],
+                        env,
+                        "--child",
+                        "rank",
+                        "--db",
+                        str(db),
+                        "--subscribers",
+                        str(folder),
                     )
-                    times.setdefault(variant, []).append(out["seconds"])
-                    cpus.setdefault(variant, []).append(out["cpu"])
-                    ranks.setdefault(variant, set()).add(out["ranks"])
-                    print(f"{case}: {variant} {out['seconds']:.1f} s (load {loads[-1]:.1f})")
+                    times.setdefault(label, []).append(out["seconds"])
+                    cpus.setdefault(label, []).append(out["cpu"])
+                    ranks.setdefault(label, set()).add(out["ranks"])
+                    load = os.getloadavg()[0]
+                    loads.append(load)
+                    print(
+                        f"{case}: {label} {out['seconds']:.1f} s, "
+                        f"CPU {out['cpu']:.1f} s (load {load:.1f})"
+                    )
             same = len(ranks["cold"] | ranks["backfill"] | ranks["warm"]) == 1
-            for variant, values in times.items():
+            same_before = "before cold" not in ranks or ranks["before cold"] == ranks["cold"]
+            for label, values in times.items():
                 ratio = ""
-                if "before" in times and variant != "before":
-                    pairs = [b / a for a, b in zip(values, times["before"], strict=True)]
+                if label in ("cold", "warm") and f"before {label}" in times:
+                    pairs = [
+                        b / a for a, b in zip(cpus[label], cpus[f"before {label}"], strict=True)
+                    ]
                     ratio = (
-                        f"{statistics.median(pairs):.1f}x ({', '.join(f'{p:.1f}' for p in pairs)})"
+                        f"{statistics.median(pairs):.2f}x ({', '.join(f'{p:.2f}' for p in pairs)})"
                     )
                 rows.append(
                     [
                         case,
-                        variant,
+                        label,
                         statistics.median(values),
-                        statistics.median(cpus[variant]),
+                        statistics.median(cpus[label]),
                         ", ".join(f"{v:.1f}" for v in values),
                         ratio,
                         "yes" if same else "NO",
+                        "yes" if same_before else "NO",
                     ]
                 )
             raw[case] = {
@@ -265,8 +291,9 @@ def main() -> None:
             "median s",
             "median CPU s",
             "runs s",
-            "before/variant (per round)",
+            "before/after CPU (per round)",
             "same ranks cold/backfill/warm",
+            "same ranks as before",
         ],
         rows,
         {"raw": raw, "trees": {k: str(v) for k, v in trees.items()}},
