@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, select, update
 
+from paperpost import rank as rank_module
 from paperpost import synthetic
 from paperpost.models import Paper
 from paperpost.pipeline import _run_cache, profile_of, rank_stage
@@ -110,6 +112,35 @@ def test_ranks_from_stored_records_equal_fresh_ones(seed, first, second, overlap
     again = MatchCache({k: Record.decode(r.encode()) for k, r in cache.records.items()})
     assert ranked(rank_many(papers, second, background=background, cache=again)) == ranked(fresh)
     assert again.take_changed() == {}
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    first=st.lists(profiles, min_size=1, max_size=4),
+    second=st.lists(profiles, min_size=1, max_size=4),
+    block=st.integers(1, 3),
+    min_score=st.sampled_from([0.0, 0.35]),
+)
+def test_readers_rank_alike_alone_in_settings_blocks_and_later_batches(
+    seed, first, second, block, min_score
+) -> None:
+    """However readers are grouped (the same settings repeated, blocks of any size, a later
+    batch reusing the readings an earlier one scored), each gets what ranking them alone,
+    with nothing cached, gives."""
+    papers = synthetic.papers(24, seed, synthetic.vocabulary_themes(), prefix="p ")
+    background = Background.of(papers)
+    second = [*second, *second[:2], replace(second[0], min_score=min_score)]
+    cache = MatchCache()
+    rank_many(papers, first, background=background, cache=cache)
+    cells = rank_module.BLOCK_CELLS
+    rank_module.BLOCK_CELLS = block * len(papers)  # `block` settings per block
+    try:
+        blocked = rank_many(papers, second, background=background, cache=cache)
+    finally:
+        rank_module.BLOCK_CELLS = cells
+    alone = [rank_many(papers, [reader], background=background)[0] for reader in second]
+    assert ranked(blocked) == ranked(alone)
 
 
 # --- the run path: records stored in the database, corrupt or stale ones never used ------
