@@ -8,10 +8,10 @@ Every combination of the ``--grid`` values (numeric constants of ``paperpost.ran
 the run only) is measured by NDCG@10 on each development set: the three spent blind rounds
 (round 1, round 2, round 3), leave-topic-out on the pooled and the fully judged existing tags,
 and the existing set. The reference is the current code, or the constants given by
-``--reference``. A setting that lowers either leave-topic-out set below the reference is never
-picked (a change must not hurt them). Then, for each round in turn, the setting with the best
-mean on the other two rounds is taken and its NDCG@10 on the held-out round is reported
-beside the reference's. The mean of the three held-out figures estimates what tuning these
+``--reference``. Then, for each round in turn, the setting with the best mean on the other two
+rounds is taken and its NDCG@10 on the held-out round is reported beside the reference's:
+once among all settings, once among those that keep both leave-topic-out sets at least at the
+reference's figure. The mean of the three held-out figures estimates what tuning these
 constants on the spent rounds gives on a new blind round; a gain there, not on the rounds a
 setting was picked on, is what a change must show (benchmarks/README.md).
 
@@ -129,27 +129,31 @@ def main() -> None:
     rows += [[label[id(v)], *m.values()] for v, m in measured]
     report("rank_cv", ["setting", *(name for name, _, _ in sets)], rows, {})
 
-    allowed = [
+    keeps = [
         (values, m)
         for values, m in measured
         if all(m[s] >= current[s] - 1e-9 for s in ("leave-out", "full-out"))
     ]
-    print(f"\n{len(allowed)} of {len(measured)} settings keep both leave-topic-out sets.")
     held: list[list[object]] = []
-    for out in ROUNDS:
-        train = [r for r in ROUNDS if r != out]
-        if not allowed:
-            break
-        values, best = max(allowed, key=lambda vm: sum(vm[1][r] for r in train))
-        held.append([out, label[id(values)], best[out], current[out], best[out] - current[out]])
-    if held:
-        picked = mean([float(h[2]) for h in held])  # type: ignore[arg-type]
-        now = mean([current[r] for r in ROUNDS])
-        held.append(["mean", "", picked, now, picked - now])
-    print("\nPicked on the other two rounds, measured on the held-out one (NDCG@10):")
+    for pool, name in ((measured, "any setting"), (keeps, "keeps leave-topic-out")):
+        rows_of_pool: list[list[object]] = []
+        for out in ROUNDS if pool else ():
+            train = [r for r in ROUNDS if r != out]
+            values, best = max(pool, key=lambda vm: sum(vm[1][r] for r in train))
+            gain = best[out] - current[out]
+            rows_of_pool.append([name, out, label[id(values)], best[out], current[out], gain])
+        if rows_of_pool:
+            picked = mean([float(h[3]) for h in rows_of_pool])  # type: ignore[arg-type]
+            now = mean([current[r] for r in ROUNDS])
+            rows_of_pool.append([name, "mean", "", picked, now, picked - now])
+        held += rows_of_pool
+    print(
+        f"\nPicked on the other two rounds, measured on the held-out one (NDCG@10); "
+        f"{len(keeps)} of {len(measured)} settings keep both leave-topic-out sets:"
+    )
     report(
         "rank_cv_heldout",
-        ["held-out round", "picked setting", "held-out NDCG", "reference", "difference"],
+        ["picked among", "held-out round", "picked setting", "held-out NDCG", "reference", "diff"],
         held,
         {"grid": args.grid},
     )
