@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
-from paperpost.models import Paper, normalize_space
+from paperpost.models import Paper, abstract_key, normalize_space
 from paperpost.sanitize import http_url, shorten_line
 
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -490,42 +490,59 @@ def merge_papers(old: Paper, new: Paper) -> Paper:
     return replace(old, **changes)
 
 
+def one_paper(a: Paper, b: Paper) -> bool:
+    """Whether two reports are of one paper: the same arXiv id, or the same folded title
+    when at most one of them has an arXiv id. Two arXiv ids are two papers, whatever
+    their titles ("Efficient LLM Inference" is the title of more than one paper)."""
+    if a.arxiv_id and b.arxiv_id:
+        return a.arxiv_id == b.arxiv_id
+    return a.key == b.key
+
+
 def distinct_papers(papers: Iterable[Paper]) -> list[Paper]:
-    """Papers with duplicates merged (same arXiv id, or same folded title), first-seen order.
+    """Papers with the reports of one paper (:func:`one_paper`) merged, first-seen order.
 
     Merging can give a record a new id or title that another record already has (a
     text-only paper, then two API reports of one arXiv id under two titles); such records
-    are merged too, so no two results share an id or a folded title.
+    are merged too, so no two results are one paper. A text-only report whose title two
+    arXiv papers share is merged into the one with its abstract, else the first.
     """
     merged: list[Paper | None] = []
-    index: dict[tuple[str, str], int] = {}  # ("id", arxiv id) or ("key", folded title)
+    by_id: dict[str, int] = {}
+    by_key: dict[str, list[int]] = {}  # folded title -> slots that had it (some stale)
 
-    def names(paper: Paper) -> list[tuple[str, str]]:
-        key = ("key", paper.key)
-        return [("id", paper.arxiv_id), key] if paper.arxiv_id else [key]
+    def find(paper: Paper, skip: int | None) -> int | None:
+        slot = by_id.get(paper.arxiv_id or "")
+        if slot is not None and slot != skip and merged[slot] is not None:
+            return slot
+        found = [
+            slot
+            for slot in by_key.get(paper.key, ())
+            if slot != skip and (other := merged[slot]) is not None and one_paper(other, paper)
+        ]
+        if len(found) > 1 and (abstract := abstract_key(paper.abstract)):
+            # a title two arXiv papers share: the abstract says which one is listed
+            same = [s for s in found if abstract_key(merged[s].abstract) == abstract]  # type: ignore[union-attr]
+            found = same or found
+        return found[0] if found else None
 
     for paper in papers:
-        found = sorted({index[n] for n in names(paper) if n in index})
-        if not found:
+        slot = find(paper, None)
+        if slot is None:
             slot = len(merged)
             merged.append(paper)
         else:
-            slot = found[0]
             merged[slot] = merge_papers(merged[slot], paper)  # type: ignore[arg-type]
-        while True:
-            record = merged[slot]
-            assert record is not None
-            record_names = names(record)
-            clash = next((index[n] for n in record_names if index.get(n, slot) != slot), None)
-            if clash is None:
-                break
+        while (clash := find(merged[slot], slot)) is not None:  # type: ignore[arg-type]
             first, second = min(slot, clash), max(slot, clash)
             merged[first] = merge_papers(merged[first], merged[second])  # type: ignore[arg-type]
             merged[second] = None
-            for name, at in index.items():
-                if at == second:
-                    index[name] = first
             slot = first
-        for name in record_names:
-            index[name] = slot
+        record = merged[slot]
+        assert record is not None
+        if record.arxiv_id:
+            by_id[record.arxiv_id] = slot
+        slots = by_key.setdefault(record.key, [])
+        if slot not in slots:
+            slots.append(slot)
     return [p for p in merged if p is not None]

@@ -5,6 +5,8 @@ SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
 * ``papers``: every paper ever ingested, with a monotonically increasing ``seq``
   assigned when it is first seen, first/last seen times and the latest upvotes; found
   again by arXiv id, folded title (``key_hash``) or folded abstract (``abstract_hash``).
+  Two arXiv ids are two papers even with one title: the second one's ``key_hash`` is
+  then that of its id (``"\\0" + id``), since a title hash is held by one row.
 * ``fetches``: per source, the last ETag / Last-Modified / content hash ingested.
 * ``runs``: each run, and the ``high_water`` (largest paper ``seq``) it covered.
 * ``subscriber_state``: per address, ``cursor``: the largest ``seq`` already
@@ -407,7 +409,9 @@ class Store:
         paper stored before and keeps the title it was first stored with, so its id,
         its vote links and the ranker's cache stay what they were; the API's report of
         it (with its arXiv id) brings the listing's title. Papers with different arXiv
-        ids are never taken for one another by their abstracts.
+        ids are never taken for one another, by their titles or their abstracts; a
+        text-only report of a title several arXiv papers share goes to the one with its
+        abstract.
         """
         seen_at = now()
         new = 0
@@ -443,8 +447,17 @@ class Store:
                 inserted: dict[str, int] = {}  # abstract hash -> index in inserts
                 updates: dict[int, dict[str, object]] = {}  # by seq: two papers, one row
                 merged_at: dict[int, Paper] = {}
+                taken = set(by_hash)  # title hashes held, by stored rows or inserts
                 for paper, digest, abstract in zip(chunk, hashes, abstracts, strict=True):
-                    row = by_id.get(paper.arxiv_id or "") or by_hash.get(digest)
+                    row = by_id.get(paper.arxiv_id or "")
+                    if row is None and digest in by_hash:
+                        titled = by_hash[digest]
+                        if not (paper.arxiv_id and titled.arxiv_id):  # two ids: two papers
+                            row = titled
+                        # a title two papers share: the abstract says which one is listed
+                        alike = by_abstract.get(abstract or "")
+                        if not paper.arxiv_id and alike is not None and alike is not row:
+                            row = alike
                     reworded = False
                     if row is None and abstract:
                         candidate = by_abstract.get(abstract)
@@ -463,6 +476,9 @@ class Store:
                     if row is None:
                         if abstract and not paper.arxiv_id:
                             inserted[abstract] = len(inserts)
+                        if digest in taken:  # another arXiv paper holds this title
+                            digest = key_hash("\0" + str(paper.arxiv_id))
+                        taken.add(digest)
                         inserts.append(
                             {
                                 "key_hash": digest,

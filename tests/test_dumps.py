@@ -232,6 +232,35 @@ def test_title_key_ignores_case_space_and_punctuation(title: str) -> None:
     assert title_key(title) == title_key("  " + title.upper().replace(" ", "\n ") + "!")
 
 
+_reports = st.lists(
+    st.builds(
+        lambda title, abstract, arxiv_id: Paper(title, abstract, arxiv_id=arxiv_id),
+        st.sampled_from(["Efficient LLM Inference", "efficient llm inference!", "Other"]),
+        st.sampled_from(["Abstract one.", "Abstract two."]),
+        st.sampled_from([None, "2611.11111", "2611.22222", "2611.33333"]),
+    ),
+    max_size=12,
+)
+
+
+@given(_reports)
+@settings(max_examples=300 if FULL_TESTS else 100, deadline=None)
+def test_distinct_papers_merge_one_paper_and_never_two_arxiv_ids(reports) -> None:
+    """Before: two arXiv ids with one title were merged into one paper (the second's
+    abstract under the first's id). Now each id is one paper; a record without an id is
+    merged into one with its title (or into another without an id)."""
+    merged = distinct_papers(reports)
+    ids = [p.arxiv_id for p in merged if p.arxiv_id]
+    assert sorted(ids) == sorted({p.arxiv_id for p in reports if p.arxiv_id})
+    for i, a in enumerate(merged):  # no two results could still be one paper
+        for b in merged[i + 1 :]:
+            assert a.key != b.key or (a.arxiv_id and b.arxiv_id and a.arxiv_id != b.arxiv_id)
+    for paper in merged:  # an id's record holds that id's own report's text
+        if paper.arxiv_id:
+            texts = {(r.title, r.abstract) for r in reports if r.arxiv_id == paper.arxiv_id}
+            assert (paper.title, paper.abstract) in texts
+
+
 # --- round 2 of hostile dumps: encodings, truncation, size, regex blow-up ---------------
 
 

@@ -92,6 +92,40 @@ def test_abstracts_never_merge_two_arxiv_papers_or_short_placeholders(store: Sto
     assert store.paper_count() == 5
 
 
+OTHER_ABSTRACT = (
+    "We quantise the key-value cache of large language models to two bits per value and "
+    "recover the accuracy lost with a small calibration set, halving serving memory."
+)
+
+
+def test_two_arxiv_ids_with_one_title_stay_two_papers(store: Store) -> None:
+    first = Paper("Efficient LLM Inference", ABSTRACT, arxiv_id="2611.11111", upvotes=1)
+    second = Paper("Efficient LLM Inference", OTHER_ABSTRACT, arxiv_id="2611.22222", upvotes=2)
+    assert store.ingest("day1", [first]).new == 1
+    assert store.ingest("day2", [second]).new == 1
+    stored = {p.arxiv_id: p for _, p in store.papers_between(0, 100)}
+    assert stored["2611.11111"].abstract == ABSTRACT
+    assert stored["2611.22222"].abstract == OTHER_ABSTRACT
+    # both again, and the listing's text-only copy of the second: nothing new, nothing swapped
+    listed = Paper("Efficient LLM inference", OTHER_ABSTRACT, upvotes=9)
+    assert store.ingest("day3", [first, second, listed]).new == 0
+    stored = {p.arxiv_id: p for _, p in store.papers_between(0, 100)}
+    assert [stored[i].abstract for i in ("2611.11111", "2611.22222")] == [
+        ABSTRACT,
+        OTHER_ABSTRACT,
+    ]
+    assert stored["2611.22222"].upvotes == 9
+    assert stored["2611.11111"].upvotes == 1
+    # in one document (one API day) too
+    assert (
+        store.ingest(
+            "day4", [replace(first, arxiv_id="2611.33333"), replace(second, arxiv_id="2611.44444")]
+        ).new
+        == 2
+    )
+    assert store.paper_count() == 4
+
+
 def test_a_crashed_run_leaves_its_papers_new(store: Store) -> None:
     first = store.start_run()
     seen, new = ingest_file(store, EXAMPLE_DUMP)
