@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from paperpost.exitcodes import OUTBOX_UNWRITABLE
 from paperpost.models import pickled_by_fields
 from paperpost.render import Outgoing
 from paperpost.settings import Settings
@@ -526,10 +527,27 @@ class _Scope:
     domains: int
     proven: bool = False
     held: list[tuple[Outgoing, DeliveryError]] = field(default_factory=list)
+    # domains whose digest ended temporary or ambiguous before any success, and how many
+    unanswered: set[str] = field(default_factory=set)
+    transient: int = 0
 
     def same_reply_domains(self, error: DeliveryError) -> set[str]:
         key = _reply_key(error.detail)
         return {m.address.rpartition("@")[2] for m, e in self.held if _reply_key(e.detail) == key}
+
+
+def _nothing_accepted(count: int, last: DeliveryError | None) -> str:
+    what = (
+        "closed the connection or never answered after the end of data"
+        if last is not None and last.kind == AMBIGUOUS
+        else "could not be reached or refused temporarily"
+    )
+    return (
+        f"paused: the mail server accepted none of the {count} digest"
+        f"{'' if count == 1 else 's'} tried; it {what} (last: {last.detail if last else '?'}); "
+        "the unanswered ones are retried next run, the ambiguous ones are listed; check "
+        "PAPERPOST_SMTP_HOST, PAPERPOST_SMTP_PORT and the server, then run again"
+    )
 
 
 def _reply_key(detail: str) -> str:
@@ -578,6 +596,7 @@ def send_batch(
     sender = _Staging(outbox) if outbox is not None else transport
     pending: list[Settlement] = []  # outcomes not yet in the ledger, in the order they came
     unblamed: dict[tuple[str, str], str] = {}  # held refusals the server turned out to cause
+    last_error: DeliveryError | None = None
 
     def pause(reason: str) -> None:
         nonlocal paused
@@ -590,6 +609,14 @@ def send_batch(
 
     def settle(message: Outgoing, status: str, detail: str | None) -> None:
         pending.append(Settlement(message.address, message.digest, status, message.hi, detail))
+
+    def unblame(current: Outgoing | None) -> None:
+        """The held refusals were the server's: back to ``retry``, nobody suppressed."""
+        for held, held_error in scope.held:
+            if held is not current:
+                settle(held, "retry", held_error.detail)
+            unblamed[(held.address, held.digest)] = held_error.detail
+        scope.held.clear()
 
     def record(data_sent: tuple[str, str] | None = None) -> None:
         """Write the pending outcomes (and a ``data-sent`` mark) in one commit."""
@@ -610,7 +637,7 @@ def send_batch(
 
     def one(message: Outgoing) -> Outcome:
         """Send one claimed digest; its outcome is queued for the ledger."""
-        nonlocal tried, failed, seen, paused
+        nonlocal tried, failed, seen, paused, last_error
         with lock:
             seen += 1
             if not paused and seen % PAUSE_CHECK_EVERY == 0:  # another batch may have paused
@@ -631,6 +658,8 @@ def send_batch(
             resend_ambiguous,
         )
         with lock:
+            if error is not None:
+                last_error = error
             tried += 1
             failed += error is not None and error.kind != AMBIGUOUS
             rate = failed / tried
@@ -650,21 +679,23 @@ def send_batch(
             elif error is not None and error.kind in {RECIPIENT, MESSAGE} and not scope.proven:
                 scope.held.append((message, error))
                 domains = scope.same_reply_domains(error)
-                if len(domains) >= scope.domains:
+                if len(domains) >= scope.domains and not paused:
                     pause(
                         f"paused: the server answered {error.detail!r} for {len(domains)} "
                         "different recipient domains before accepting any message; it refuses "
                         "everyone, so nobody was suppressed; check the server and "
                         "PAPERPOST_SENDER, then run again"
                     )
-                    for held, held_error in scope.held:  # failed for the server, not for them
-                        if held is not message:
-                            settle(held, "retry", held_error.detail)
-                        unblamed[(held.address, held.digest)] = held_error.detail
-                    scope.held.clear()
+                if paused:  # a refusal read after the pause (in flight meanwhile) is the same
+                    unblame(message)
                     error = DeliveryError(SYSTEMIC, error.detail)
             elif error is not None and error.kind == RECIPIENT:
                 suppress(message, error)
+            elif error is not None and error.kind in {TEMPORARY, AMBIGUOUS} and not scope.proven:
+                scope.transient += 1
+                scope.unanswered.add(message.address.rpartition("@")[2])
+                if len(scope.unanswered) >= scope.domains and not paused:
+                    pause(_nothing_accepted(scope.transient, error))
             if tried >= ERROR_SAMPLE and rate > max_error_rate and not paused:
                 pause(
                     f"paused: {failed} of {tried} deliveries failed ({rate:.0%}, over the "
@@ -703,6 +734,12 @@ def send_batch(
         try:
             outbox.flush()
         except DeliveryError as exc:
+            if not paused:  # a full or read-only disk fails every later group too
+                pause(
+                    f"{OUTBOX_UNWRITABLE} ({exc.detail}); nothing of this group was delivered "
+                    "and it is retried next run: free space or fix the folder's permissions "
+                    "(PAPERPOST_OUTBOX_DIR), then run again"
+                )
             pending[:] = [
                 Settlement(s.address, s.digest, "retry", s.hi, exc.detail)
                 if s.status == "sent"
@@ -739,6 +776,16 @@ def send_batch(
                 else Outcome(m.address, m.digest, "already-" + c.status, m.papers)
                 for m, c in zip(group, claims, strict=True)
             ]
+        if scope.transient and scope.transient == tried and not scope.proven and not paused:
+            # nothing this batch tried was accepted or refused: the server is unreachable,
+            # drops every message or never answers; the next run retries (exit code 4)
+            pause(_nothing_accepted(scope.transient, last_error))
+        if scope.held and not scope.proven and store.pause_reason(run_id):
+            # this run paused (here or in another batch) before this server accepted any
+            # message: the refusals held back are not evidence against these readers
+            with lock:
+                unblame(None)
+            record()
     finally:
         if pool is not None:
             pool.shutdown()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import IntEnum
 
+# how the pause reason of a run whose outbox could not be written begins (paperpost.delivery)
+OUTBOX_UNWRITABLE = "paused: the outbox cannot be written"
+
 
 class ExitCode(IntEnum):
     OK = 0  # done, including "nothing to send"
@@ -21,10 +24,13 @@ class ExitCode(IntEnum):
 def for_summary(summary: Mapping[str, object]) -> ExitCode:
     """The exit code for a finished run's summary (``RunSummary.to_json()``).
 
-    The most urgent wins: locked, paused, every source failed, a permanent failure.
+    The most urgent wins: locked, an outbox that cannot be written, paused, every source
+    failed, a permanent failure.
     """
     if summary["status"] == "locked":
         return ExitCode.LOCKED
+    if summary["status"] == "paused" and str(summary["message"]).startswith(OUTBOX_UNWRITABLE):
+        return ExitCode.FILESYSTEM
     if summary["status"] == "paused":
         return ExitCode.PAUSED
     sources = summary["sources"]

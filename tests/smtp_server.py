@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ssl
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Script:
     data_failures: list[str] = field(default_factory=list)  # replies for the next DATAs
     drop_next_data: int = 0  # close the connection after the end of data, before replying
     drop_next_rcpt: int = 0  # close the connection at RCPT (before any data)
+    slow_rcpt: dict[str, float] = field(default_factory=dict)  # address -> seconds to answer
 
 
 class Handler:
@@ -84,6 +86,8 @@ class Handler:
             self.script.drop_next_rcpt -= 1
             server.transport.close()
             return "421 closing"
+        if address.lower() in self.script.slow_rcpt:  # a slow server, not a test sleep
+            await asyncio.sleep(self.script.slow_rcpt[address.lower()])
         reply = self.script.reject.get(address.lower()) or self.script.reject_all
         if reply:
             return reply

@@ -208,3 +208,68 @@ def test_one_reader_whose_ranking_fails_costs_nobody_else_their_digest(project: 
             ("heavy@one.example", "failed")
         ]
     assert len(list((project / "outbox" / "new").iterdir())) == 2 + (heavy["status"] == "sent")
+
+
+def test_server_dropping_every_end_of_data_pauses_exit_4_and_says_so(
+    project, smtp, monkeypatch
+) -> None:
+    """ATTACK4 #2: every message's end of data goes unanswered: not "nothing to send", exit 4."""
+    smtp_env(monkeypatch, smtp)
+    smtp.script.drop_next_data = 100
+    result = run()
+    assert result.exit_code == ExitCode.PAUSED, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert "accepted none of the 2 digests" in result.stdout
+    assert "never answered after the end of data" in result.stdout
+    assert "min_score" not in last and "Nothing to send" not in result.stdout
+
+
+def test_temporary_refusal_of_every_reader_pauses_exit_4(project, smtp, monkeypatch) -> None:
+    """ATTACK4 #2: 451 to each of two readers (fewer than the error-rate sample): exit 4."""
+    smtp_env(monkeypatch, smtp)
+    smtp.script.reject_all = "451 4.7.1 Service unavailable, try again later"
+    result = run("--json")
+    assert result.exit_code == ExitCode.PAUSED, result.output
+    summary = json.loads(result.stdout)
+    assert summary["digests_retry"] == 2 and summary["digests_sent"] == 0
+    assert "accepted none of the 2 digests" in summary["message"]
+    assert "451 4.7.1" in summary["message"]
+    smtp.script.reject_all = None  # the next run delivers both
+    again = run("--json")
+    assert again.exit_code == ExitCode.OK and json.loads(again.stdout)["digests_sent"] == 2
+
+
+@pytest.fixture
+def tiny_outbox(project: Path):
+    """A real 8 KiB tmpfs as the outbox (needs mount rights: root, as in this sandbox)."""
+    import os
+    import subprocess
+
+    folder = project / "outbox"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs for the outbox needs root")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_full_outbox_disk_exit_8_and_retried(project, tiny_outbox, monkeypatch) -> None:
+    """ATTACK4 #2: ENOSPC on the outbox: exit 8 (README), a true last line, nothing lost."""
+    result = run()
+    assert result.exit_code == ExitCode.FILESYSTEM, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert "outbox cannot be written" in last and "No space left on device" in last
+    assert "PAPERPOST_OUTBOX_DIR" in last
+    assert not list((tiny_outbox / "new").iterdir())
+    store = Store(f"sqlite:///{project / 'pp.db'}")
+    assert {s for _, s in store.delivery_status("ok@one.example")} == {"retry"}
+    # the disk has room again: the same digests go out
+    monkeypatch.setenv("PAPERPOST_OUTBOX_DIR", str(project / "roomy"))
+    again = run("--json")
+    assert again.exit_code == ExitCode.OK, again.output
+    assert json.loads(again.stdout)["digests_sent"] == 2
