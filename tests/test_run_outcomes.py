@@ -177,7 +177,9 @@ def test_digest_holds_no_server_path_or_internal_id(project: Path) -> None:
 def test_one_reader_whose_ranking_fails_costs_nobody_else_their_digest(project: Path) -> None:
     """A reader with 33,000 "more" votes, imported from a JSON-lines export: ranking them
     raised (OverflowError in the nudge's int16 index of the nearest liked paper) and,
-    before, stopped the whole batch: exit 1, no digest for anybody."""
+    before, stopped the whole batch: exit 1, no digest for anybody. With the rank stage's
+    isolation that reader failed alone; since the nudge's rewrite (88ef1d6) the reader gets a
+    digest. Either way nobody else loses theirs (the isolation itself: test_pipeline.py)."""
     with (project / "subs" / "team.yaml").open("a") as out:
         out.write("- email: heavy@one.example\n  tags: [agents]\n")
     votes = project / "votes.jsonl"
