@@ -528,6 +528,11 @@ def fetch_api_day(
         if not count:
             break
         pages.append(more.content)
+        total = sum(len(p) for p in pages)
+        if total > max_bytes:  # each page is within the limit; the day must be too
+            return Fetched(
+                url, "failed", error=_too_large(total, max_bytes) + f" ({page + 1} pages)"
+            )
         items += count
         page += 1
     if len(pages) == 1:

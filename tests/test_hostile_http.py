@@ -4,6 +4,7 @@ reason (or is read correctly), within a bounded time, and the other sources are 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import socket
 import ssl
@@ -225,6 +226,18 @@ def test_a_lying_capture_date_falls_back_to_the_runs_date(
         assert result.status == "fetched" and result.captured is None, result
         papers = parse_dump(result.content, result.source, result.captured or today).papers
         assert papers and all(p.published is None or p.published.year >= 2025 for p in papers)
+
+
+def test_an_api_day_whose_pages_add_up_past_the_limit_is_refused(server: RawHttpServer) -> None:
+    """Each page was held to the size limit, their sum was not: a server answering every
+    page with a full one (100 items) made a day of 50 pages, 25 times the limit here."""
+    item = json.dumps({"paper": {"id": "2611.00001", "title": "T", "summary": "x" * 9_800}})
+    page = ("[" + ",".join([item] * 100) + "]").encode()  # 1 MB, under the 2 MB limit
+    server.routes["/api/daily_papers"] = lambda c, _: respond(c, page)
+    (result,) = fetch_all([server.url("/api/daily_papers?date=2026-11-24")], {}, LIMIT, 5.0)
+    assert result.status == "failed" and result.content is None
+    assert result.error.startswith("3.0 MB is over the 2 MB limit for one dump"), result.error
+    assert result.error.endswith("(3 pages)")
 
 
 def test_a_run_with_a_hostile_source_serves_the_others(
