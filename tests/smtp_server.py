@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,8 @@ class Script:
     data_failures: list[str] = field(default_factory=list)  # replies for the next DATAs
     drop_next_data: int = 0  # close the connection after the end of data, before replying
     drop_next_rcpt: int = 0  # close the connection at RCPT (before any data)
-    slow_rcpt: dict[str, float] = field(default_factory=dict)  # address -> seconds to answer
+    # address -> an event the server waits for (up to 30 s) before it answers that RCPT
+    rcpt_gate: dict[str, threading.Event] = field(default_factory=dict)
 
 
 class Handler:
@@ -86,8 +88,9 @@ class Handler:
             self.script.drop_next_rcpt -= 1
             server.transport.close()
             return "421 closing"
-        if address.lower() in self.script.slow_rcpt:  # a slow server, not a test sleep
-            await asyncio.sleep(self.script.slow_rcpt[address.lower()])
+        gate = self.script.rcpt_gate.get(address.lower())
+        if gate is not None:  # a server slow to answer this one, until the test lets it
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
         reply = self.script.reject.get(address.lower()) or self.script.reject_all
         if reply:
             return reply

@@ -391,16 +391,24 @@ def test_same_refusal_for_every_domain_pauses_and_suppresses_nobody(smtp, tmp_pa
     transport.close()
 
 
+def release_after_pause(store: Store, run: int, gate: threading.Event) -> None:
+    deadline = time.monotonic() + 30
+    while not store.pause_reason(run) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+
+
 def test_a_refusal_read_after_the_pause_suppresses_nobody(smtp, tmp_path) -> None:
     """ATTACK4 #1: 4 connections, 4 domains, the server refuses everyone; the 4th refusal
     (slow to come) is read after the 3rd domain paused the run: it is the server's too."""
     from paperpost.delivery import SmtpPool
 
     smtp.script.reject_all = "550 5.1.1 <x>: Recipient address rejected: User unknown"
-    smtp.script.slow_rcpt = {"d@four.org": 0.5}
+    late = smtp.script.rcpt_gate["d@four.org"] = threading.Event()
     batch = digests_for(["d@four.org", "a@one.org", "b@two.org", "c@three.org"])
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     run = store.start_run()
+    threading.Thread(target=release_after_pause, args=(store, run, late), daemon=True).start()
     settings = smtp_settings(smtp).model_copy(update={"smtp_connections": 4})
     pool = SmtpPool(settings)
     outcomes = send_batch(store, pool, batch, run_id=run, backoff=0.01, workers=4)
@@ -415,7 +423,7 @@ def test_a_refusal_read_after_the_pause_suppresses_nobody(smtp, tmp_path) -> Non
 def test_a_refusal_held_when_another_batch_paused_suppresses_nobody(smtp, tmp_path) -> None:
     """A batch with one refused reader ends after another batch of the same run paused it."""
     smtp.script.reject_all = "550 5.1.1 <x>: Recipient address rejected: User unknown"
-    smtp.script.slow_rcpt = {"e@five.org": 0.5}
+    smtp.script.rcpt_gate["e@five.org"] = gate = threading.Event()
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     run = store.start_run()
     late: list = []
@@ -427,9 +435,13 @@ def test_a_refusal_held_when_another_batch_paused_suppresses_nobody(smtp, tmp_pa
 
     thread = threading.Thread(target=other_batch)
     thread.start()
+    deadline = time.monotonic() + 30
+    while not ids(store, "e@five.org") and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the other batch has claimed its digest (before the pause)
     transport = Smtp(smtp_settings(smtp))
     send_batch(store, transport, digests_for([f"r{i}@d{i}.example" for i in range(3)]), run)
     transport.close()
+    gate.set()  # the other batch's refusal comes after the pause
     thread.join()
     assert "3 different recipient domains" in store.pause_reason(run)
     assert store.suppressions(["e@five.org"]) == {}
