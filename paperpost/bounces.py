@@ -44,6 +44,7 @@ from typing import Protocol
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from paperpost.delivery import RECIPIENT_CODES, enhanced_code
+from paperpost.sanitize import reply_text
 from paperpost.settings import Settings
 from paperpost.store import Store
 from paperpost.unsubscribe import BadToken, read_token
@@ -80,6 +81,9 @@ class Report:
     digest_hash: str | None = None  # from a correctly signed VERP address
     message_ids: tuple[str, ...] = ()  # Message-IDs of the original message
     token: str | None = None  # unsubscribe token
+
+    def __post_init__(self) -> None:  # anyone can write a report: its words, made safe
+        object.__setattr__(self, "detail", reply_text(self.detail))
 
 
 # --- parsing (pure) ------------------------------------------------------------------
@@ -173,7 +177,7 @@ def _dsn(message: Message, status_part: Message) -> tuple[str, str, str | None]:
         _field(block, "Original-Recipient")
     )
     detail = diagnostic or f"status {status or 'unknown'}"
-    return ("hard" if _is_hard(status, diagnostic) else "soft"), detail[:500], recipient
+    return ("hard" if _is_hard(status, diagnostic) else "soft"), detail, recipient
 
 
 def _plain_bounce(message: Message) -> tuple[str, str, str | None] | None:
@@ -189,9 +193,9 @@ def _plain_bounce(message: Message) -> tuple[str, str, str | None] | None:
     status = codes[2] if codes else None
     permanent = (status or "").startswith("5.") or "permanent error" in text.lower()
     if not permanent:
-        return "soft", detail[:500], _address(failed)
+        return "soft", detail, _address(failed)
     status = status or "5.0.0"
-    return ("hard" if _is_hard(status, text) else "soft"), detail[:500], _address(failed)
+    return ("hard" if _is_hard(status, text) else "soft"), detail, _address(failed)
 
 
 def parse_report(raw: bytes, key: str) -> Report:
@@ -435,7 +439,9 @@ def apply(settings: Settings, store: Store, raw: bytes, summary: BounceSummary) 
         kind,
         address if target else None,
         digest,
-        report.detail if target else f"{report.detail} (recipient {address or 'unknown'})",
+        report.detail
+        if target
+        else reply_text(f"{report.detail} (recipient {address or 'unknown'})"),
         at,
         suppression,
         soft_limit=settings.soft_bounce_limit,
@@ -463,7 +469,7 @@ def process(settings: Settings, store: Store) -> BounceSummary:
             except Exception as exc:  # anyone can mail the bounce address: one message is
                 # never the end of the others (nor of the run); it stays for a later paperpost
                 summary.counts["unreadable"] += 1
-                reason = (str(exc).strip().splitlines() or [""])[0][:200]
+                reason = reply_text((str(exc).strip().splitlines() or [""])[0], 200)
                 summary.unreadable.append(
                     f"message {ident}: {type(exc).__name__}: {reason} (left in the mailbox)"
                 )

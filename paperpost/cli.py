@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from paperpost.exitcodes import ExitCode, for_summary
+from paperpost.sanitize import reply_text
 
 if TYPE_CHECKING:
     from paperpost.models import Paper
@@ -578,7 +579,7 @@ def subscribers_list(
                 "last_digest": last.isoformat() if last else None,
                 "status": gone.reason if gone else ("active" if sub.active else "paused"),
                 "since": gone.created_at.isoformat() if gone else None,
-                "reason": gone.detail if gone else None,
+                "reason": reply_text(gone.detail) if gone and gone.detail else None,
             }
         )
     if as_json:
@@ -632,7 +633,7 @@ def subscribers_reactivate(
     when = found.created_at.strftime("%Y-%m-%d %H:%M")
     out.print(
         f"{found.address}: {found.reason} since {when}"
-        + (f" ({escape(found.detail)})" if found.detail else "")
+        + (f" ({escape(reply_text(found.detail))})" if found.detail else "")
     )
     if found.reason in {"complained", "unsubscribed"} and not yes:
         who = "marked a digest as spam" if found.reason == "complained" else "unsubscribed"

@@ -39,6 +39,7 @@ from typing import Protocol
 from paperpost.exitcodes import OUTBOX_UNWRITABLE
 from paperpost.models import pickled_by_fields
 from paperpost.render import Outgoing
+from paperpost.sanitize import reply_text
 from paperpost.settings import Settings
 from paperpost.store import Settlement, Store, Wanted
 from paperpost.verp import envelope_sender
@@ -57,6 +58,7 @@ class DeliveryError(Exception):
     """A transport failure with its scope (one of the kinds above) and the server's reply."""
 
     def __init__(self, kind: str, detail: str, fix: str = "", phase: str = "") -> None:
+        detail = reply_text(detail)  # a server's words: no terminal escapes, one short line
         super().__init__(detail)
         self.kind = kind
         self.detail = detail

@@ -158,6 +158,37 @@ def unmix_scripts(text: str) -> str:
     return _WORD.sub(unmix, text)
 
 
+# What a remote server says (an SMTP reply, a bounce report's Diagnostic-Code) as stored and
+# printed: one line of at most this many characters.
+REPLY_CHARS = 300
+# Terminal escape sequences, removed whole: CSI (ESC [ or U+009B ... final byte), OSC / DCS /
+# SOS / PM / APC strings (ESC ] P X ^ _ or U+0090/0098/009D/009E/009F ... BEL or ST, or the end
+# of the text), and the two-character ESC sequences.
+_TERMINAL_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b.?",
+    re.S,
+)
+
+
+def reply_text(text: str, limit: int = REPLY_CHARS) -> str:
+    """A remote server's words (an SMTP reply, a bounce's diagnostic) as one line that is
+    safe to store, print to a terminal and put in ``--json``: terminal escape sequences
+    removed whole (colour, clear-screen, window-title ``ESC ] 0;...BEL``), other control,
+    format and bidi characters dropped, line breaks and runs of whitespace made one space,
+    cut at a word boundary to ``limit`` characters (with ``…``)."""
+    if len(text) <= limit and _PRINTABLE_ASCII.fullmatch(text):
+        return _SPACE.sub(" ", text).strip()  # the common case, fast
+    text = _TERMINAL_ESCAPE.sub("", text[: 20 * limit])  # bounded work for a huge reply
+    text = "".join(
+        " " if ch in _BREAKS else ch
+        for ch in text
+        if ch in _BREAKS or unicodedata.category(ch) not in _UNSAFE_CATEGORIES
+    )
+    return shorten_line(_SPACE.sub(" ", text).strip(), limit)
+
+
 def shorten_line(text: str, limit: int) -> str:
     """Cut one line at a word boundary so that it is at most ``limit`` characters."""
     if len(text) <= limit:

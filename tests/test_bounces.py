@@ -429,3 +429,25 @@ def test_a_run_reads_bounces_before_sending(tmp_path: Path) -> None:
     assert second.bounces["counts"] == {"hard": 1}
     assert second.skip_reasons == {"suppressed (bounced)": 1}
     assert [d["address"] for d in second.deliveries] == ["stays@two.example"]
+
+
+def test_a_reports_escape_codes_and_length_never_reach_the_terminal(
+    tmp_path: Path, sent, monkeypatch
+) -> None:
+    """Before: a Diagnostic-Code with ESC [2J (clear the screen) and ESC ] 0;title BEL was
+    stored as the suppression reason and printed raw by `paperpost bounces` (and in --json)."""
+    store, digests = sent
+    hostile = b"Diagnostic-Code: smtp; 550 5.1.1 \x1b[2J\x1b]0;pwned\x07 gone" + b" Y" * 2000
+    raw = fill("postfix_user_unknown", digests["postfix_user_unknown"])
+    raw = raw.replace(b"Diagnostic-Code: smtp; 550 5.1.1", hostile, 1)
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    box.add(raw)
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", store.url)
+    monkeypatch.setenv("PAPERPOST_SECRET_KEY", KEY)
+    monkeypatch.setenv("PAPERPOST_SENDER", SENDER)
+    shown = CliRunner().invoke(app, ["bounces", "--mailbox", str(tmp_path / "bounces")])
+    assert shown.exit_code == 0 and "suppressed" in shown.stdout
+    assert not any(c in shown.output for c in "\x1b\x07") and len(shown.output) < 1000
+    (_, (reason, detail)) = everyone(store, digests).popitem()
+    assert reason == "bounced" and detail.startswith("bounce: 550 5.1.1 gone Y Y")
+    assert "\x1b" not in detail and len(detail) <= 320

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,28 @@ def test_full_outbox_disk_exit_8_and_retried(project, tiny_outbox, monkeypatch) 
     again = run("--json")
     assert again.exit_code == ExitCode.OK, again.output
     assert json.loads(again.stdout)["digests_sent"] == 2
+
+
+HOSTILE_REPLY = "550 5.1.1 \x1b[31mRED\x1b]0;owned\x07 user unknown \x9b2J" + " X" * 3000
+
+
+def test_a_servers_escape_codes_and_length_never_reach_the_terminal(
+    project, smtp, monkeypatch
+) -> None:
+    """Before: the reply was stored as the suppression reason and printed raw (colour,
+    window title) and in full (6,000 characters) by `run`, `subscribers list` and --json."""
+    smtp_env(monkeypatch, smtp)
+    smtp.script.reject["ok@one.example"] = HOSTILE_REPLY
+    shown = [run(), runner.invoke(app, ["subscribers", "list"])]
+    listed = runner.invoke(app, ["subscribers", "list", "--json"])
+    with sqlite3.connect(project / "pp.db") as db:
+        stored = db.execute("SELECT detail FROM suppressions UNION SELECT error FROM deliveries")
+        kept = [text for (text,) in stored if text]
+    assert kept and all("\x1b" not in text and len(text) <= 300 for text in kept)
+    back = runner.invoke(app, ["subscribers", "reactivate", "ok@one.example"])
+    for result in [*shown, listed, back]:
+        assert not any(c in result.output for c in "\x1b\x07\x9b"), result.output
+        assert "user unknown" in result.output or result is shown[1]  # (80 columns: cut)
+    reason = {r["email"]: r["reason"] for r in json.loads(listed.stdout)}["ok@one.example"]
+    assert reason.startswith("550 5.1.1 RED user unknown X X") and len(reason) <= 300
+    assert all(len(line) < 400 for line in shown[0].output.splitlines())

@@ -21,7 +21,15 @@ from conftest import FULL_TESTS
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, Ranked, rank
 from paperpost.render import Edition, Reader, Renderer
-from paperpost.sanitize import BIDI, NAME_CHARS, SUBJECT_CHARS, header_text, http_url
+from paperpost.sanitize import (
+    BIDI,
+    NAME_CHARS,
+    REPLY_CHARS,
+    SUBJECT_CHARS,
+    header_text,
+    http_url,
+    reply_text,
+)
 
 EDITION = Edition(
     "paperpost <digest@example.org>", "secret", "https://pp.example.org", date(2026, 11, 25), 3
@@ -279,3 +287,36 @@ def test_a_kept_link_is_a_plain_http_link_to_the_host_it_shows(text: str) -> Non
     assert parts.scheme.lower() in {"http", "https"} and parts.hostname
     assert "@" not in parts.netloc
     assert parts.netloc.isascii() and not any(c in url for c in " \"'<>\\`\r\n\t")
+
+
+_ESCAPES = [
+    "\x1b[31m",
+    "\x1b]0;owned\x07",
+    "\x1b]8;;https://evil.example\x1b\\",
+    "\x1b[2J",
+    "\x9b1;31m",
+    "\x1bP+q\x1b\\",
+    "\x1b",
+    "\x07",
+    "\x9d",
+]
+
+
+@given(
+    st.lists(st.text(max_size=30) | st.sampled_from(_ESCAPES), max_size=12).map("".join),
+    st.integers(min_value=2, max_value=REPLY_CHARS),
+)
+@settings(max_examples=500 if FULL_TESTS else 150, deadline=None)
+def test_a_servers_reply_is_one_printable_bounded_line(text: str, limit: int) -> None:
+    """SMTP replies and bounce diagnostics are a remote server's words: before, a reply
+    with ESC [31m or ESC ] 0;title BEL reached the operator's terminal as is, and in full."""
+    value = reply_text(text, limit)
+    assert len(value) <= limit and value == value.strip()
+    assert value.isprintable() and not BIDI.search(value)
+    assert reply_text(value, limit) == value  # clean text is kept as it is
+
+
+def test_a_replys_escape_sequences_go_whole_and_its_words_stay() -> None:
+    reply = "550 5.1.1 \x1b[31mRED\x1b]0;owned\x07 user\r\n unknown"
+    assert reply_text(reply) == "550 5.1.1 RED user unknown"
+    assert reply_text("550 " + "X" * 5000).endswith("…") and len(reply_text("5" * 5000)) == 300
