@@ -13,9 +13,11 @@ What arrives at the bounce address (``PAPERPOST_BOUNCE_MAILBOX``):
 A report counts only when it names a digest paperpost sent: through the signed VERP
 envelope sender (:mod:`paperpost.verp`), or the digest's Message-ID together with the
 same recipient. A hard bounce (bad mailbox) and a complaint suppress the address at once,
-a soft bounce (mailbox full, expired, blocked) after ``PAPERPOST_SOFT_BOUNCE_LIMIT`` of
-them within ``PAPERPOST_SOFT_BOUNCE_DAYS``. Every report is recorded once by its
-Message-ID (processing it again changes nothing) and flagged in the mailbox: an IMAP
+a soft bounce (mailbox full, expired) after ``PAPERPOST_SOFT_BOUNCE_LIMIT`` digests
+bounced within ``PAPERPOST_SOFT_BOUNCE_DAYS`` (copies of one digest's report count once). A
+``5.7.x`` refusal (the receiving system refuses the sender: reputation, blocklist,
+SPF/DKIM/DMARC) is recorded as ``policy`` and suppresses nobody. Every report is recorded
+once by its Message-ID (processing it again changes nothing) and flagged in the mailbox: an IMAP
 keyword ``$PaperpostDone`` plus ``\\Seen``; in a Maildir it moves to ``cur/`` as seen.
 
 :func:`parse_report` is pure; :func:`process` does the I/O.
@@ -75,7 +77,7 @@ class BounceError(Exception):
 class Report:
     """What one message in the bounce mailbox says."""
 
-    kind: str  # hard, soft, complaint, unsubscribe, delayed, ignored
+    kind: str  # hard, soft, policy, complaint, unsubscribe, delayed, ignored
     detail: str
     recipient: str | None = None  # the address the report names, when it names one
     digest_hash: str | None = None  # from a correctly signed VERP address
@@ -129,6 +131,18 @@ def _text(message: Message) -> str:
     return "\n".join(chunks)
 
 
+def _kind(status: str | None, diagnostic: str) -> str:
+    """hard (bad mailbox), policy (5.7.x: the receiving system refuses *us*: reputation,
+    blocklist, SPF/DKIM/DMARC; not the reader's doing, as at send time) or soft."""
+    if _is_hard(status, diagnostic):
+        return "hard"
+    codes = {status, enhanced_code(diagnostic.split(None, 1)[-1] if diagnostic else "")}
+    codes |= {m[1] for m in STATUS_IN_TEXT.finditer(diagnostic)}
+    if any(c and c.startswith("5.7.") for c in codes):
+        return "policy"
+    return "soft"
+
+
 def _is_hard(status: str | None, diagnostic: str) -> bool:
     codes = {status, enhanced_code(diagnostic.split(None, 1)[-1] if diagnostic else "")}
     codes |= {m[1] for m in STATUS_IN_TEXT.finditer(diagnostic)}
@@ -177,7 +191,7 @@ def _dsn(message: Message, status_part: Message) -> tuple[str, str, str | None]:
         _field(block, "Original-Recipient")
     )
     detail = diagnostic or f"status {status or 'unknown'}"
-    return ("hard" if _is_hard(status, diagnostic) else "soft"), detail, recipient
+    return _kind(status, diagnostic), detail, recipient
 
 
 def _plain_bounce(message: Message) -> tuple[str, str, str | None] | None:
@@ -195,7 +209,7 @@ def _plain_bounce(message: Message) -> tuple[str, str, str | None] | None:
     if not permanent:
         return "soft", detail, _address(failed)
     status = status or "5.0.0"
-    return ("hard" if _is_hard(status, text) else "soft"), detail, _address(failed)
+    return _kind(status, text), detail, _address(failed)
 
 
 def parse_report(raw: bytes, key: str) -> Report:

@@ -328,6 +328,12 @@ def bounces(
         return
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.counts.items()))
     out.print(f"processed: {counts or 'no new messages'}")
+    if summary.counts.get("policy"):
+        out.print(
+            f"[yellow]{summary.counts['policy']} report(s) say a receiving mail system refuses "
+            "our mail by policy[/yellow] (5.7.x: sender reputation, a blocklist, SPF/DKIM/DMARC); "
+            "nobody was suppressed for them; check the sending IP and PAPERPOST_SENDER's domain"
+        )
     for address, reason, detail in summary.suppressed:
         out.print(f"suppressed {address} ({reason}): {escape(detail)}")
     for problem in summary.unreadable:

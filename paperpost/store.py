@@ -775,8 +775,8 @@ class Store:
                     )
                 )
                 if kind == "soft" and address and suppression is None:
-                    count = conn.execute(
-                        select(func.count())
+                    count = conn.execute(  # digests, not reports: copies of one DSN count once
+                        select(func.count(func.distinct(bounces.c.digest)))
                         .select_from(bounces)
                         .where(
                             bounces.c.address == address,
@@ -787,7 +787,8 @@ class Store:
                     if count >= soft_limit:
                         suppression = (
                             "bounced",
-                            f"{count} soft bounces since {soft_since:%Y-%m-%d}; last: {detail}",
+                            f"{count} soft bounces since {soft_since:%Y-%m-%d} (each for a "
+                            f"different digest); last: {detail}",
                         )
                 if suppression is None or address is None:
                     return False

@@ -212,21 +212,36 @@ def test_imap_wrong_password_is_one_clear_line(dovecot, sent) -> None:
         process(wrong, store)
 
 
-def test_soft_bounces_suppress_after_n_within_the_window(tmp_path: Path, sent) -> None:
+def later_digests(store: Store, tmp_path: Path, address: str, count: int) -> list[Outgoing]:
+    """``count`` more digests (later windows) for one reader, sent through the ledger."""
+    paper = Paper("Agents for tasks", "LLM agents use tools.")
+    items = rank([paper], Profile((Interest("agents"),)))
+    renderer = Renderer()
+    edition = Edition(SENDER, KEY, None, date(2026, 11, 25), 1)
+    more = [
+        renderer.render(Reader(address, None, ("agents",)), items, edition, hi, hi + 1)
+        for hi in range(1, count + 1)
+    ]
+    send_batch(store, Outbox(tmp_path / "outbox"), more, run_id=2)
+    return more
+
+
+def test_soft_bounces_suppress_after_n_digests_within_the_window(tmp_path: Path, sent) -> None:
     store, digests = sent
     digest = digests["postfix_mailbox_full"]
+    second, third = later_digests(store, tmp_path, digest.address, 2)
     box = mailbox.Maildir(tmp_path / "bounces", create=True)
     now = datetime.now(UTC)
     settings = settings_for(bounce_mailbox=str(tmp_path / "bounces"))
-    for age in (40, 3):  # one too old to count, one recent
-        box.add(fill("postfix_mailbox_full", digest, now - timedelta(days=age)))
+    box.add(fill("postfix_mailbox_full", digest, now - timedelta(days=40)))  # too old to count
+    box.add(fill("postfix_mailbox_full", second, now - timedelta(days=3)))
     assert process(settings, store).counts == {"soft": 2}
     assert store.suppression(digest.address) is None
     box.add(fill("microsoft_quota_exceeded", digest, now - timedelta(days=1)))
     summary = process(settings, store)
     assert summary.counts == {"soft": 1}
-    assert store.suppression(digest.address) is None  # 2 within 14 days: not yet
-    box.add(fill("postfix_mailbox_full", digest, now))
+    assert store.suppression(digest.address) is None  # 2 digests within 14 days: not yet
+    box.add(fill("postfix_mailbox_full", third, now))
     process(settings, store)
     gone = store.suppression(digest.address)
     assert gone is not None and gone.reason == "bounced"
@@ -234,6 +249,44 @@ def test_soft_bounces_suppress_after_n_within_the_window(tmp_path: Path, sent) -
     # processed messages were moved to cur/ as seen; nothing is left to process
     assert all("S" in m.get_flags() and m.get_subdir() == "cur" for m in box)
     assert process(settings, store).counts == {}
+
+
+def test_copies_of_one_digests_soft_bounce_count_once(tmp_path: Path, sent) -> None:
+    """ATTACK4 #6: three DSN copies (different Message-IDs) for one digest are one bounce."""
+    store, digests = sent
+    digest = digests["postfix_mailbox_full"]
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    for _ in range(3):
+        box.add(fill("postfix_mailbox_full", digest))
+    settings = settings_for(bounce_mailbox=str(tmp_path / "bounces"))
+    assert process(settings, store).counts == {"soft": 3}
+    assert store.suppression(digest.address) is None
+
+
+BLOCKLISTED = "550 5.7.1 Service unavailable; sender IP reputation (blocklisted)"
+
+
+def test_a_dsn_refusing_the_sender_by_policy_is_not_the_readers_bounce(
+    tmp_path: Path, sent, monkeypatch
+) -> None:
+    """ATTACK4 #6: 5.7.x in a DSN is the sending side's problem, as at send time."""
+    store, digests = sent
+    digest = digests["postfix_mailbox_full"]
+    more = later_digests(store, tmp_path, digest.address, 3)
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    for each in more:
+        raw = fill("postfix_mailbox_full", each).decode()
+        raw = raw.replace("Status: 5.2.2", "Status: 5.7.1")
+        raw = raw.replace("552 5.2.2 <" + each.address + ">: Mailbox full", BLOCKLISTED)
+        assert parse_report(raw.encode(), KEY).kind == "policy"
+        box.add(raw.encode())
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", store.url)
+    monkeypatch.setenv("PAPERPOST_SECRET_KEY", KEY)
+    monkeypatch.setenv("PAPERPOST_SENDER", SENDER)
+    result = CliRunner().invoke(app, ["bounces", "--mailbox", str(tmp_path / "bounces")])
+    assert result.exit_code == 0, result.output
+    assert "3 policy" in result.stdout and "refuses our mail by policy" in result.stdout
+    assert store.suppression(digest.address) is None
 
 
 def test_mbox_processed_twice_changes_nothing(tmp_path: Path, any_db_url: str, rendered) -> None:
@@ -284,7 +337,15 @@ SAMPLE_BYTES = [(SAMPLES / f"{name}.eml").read_bytes() for name in sorted(EXPECT
 def test_parse_report_never_fails_on_hostile_input(raw: bytes) -> None:
     """Whatever arrives at the bounce address (garbage, truncated or spliced reports)."""
     report = parse_report(raw, KEY)
-    assert report.kind in {"hard", "soft", "complaint", "unsubscribe", "delayed", "ignored"}
+    assert report.kind in {
+        "hard",
+        "soft",
+        "policy",
+        "complaint",
+        "unsubscribe",
+        "delayed",
+        "ignored",
+    }
     assert report.digest_hash is None  # nothing unsigned is ever taken for a digest
 
 
