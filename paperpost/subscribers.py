@@ -618,7 +618,7 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
     except (RecursionError, ValueError) as exc:
         errors.append(SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}"))
         return
-    found = False
+    found = unreadable = False
     with path.open(encoding=encoding) as stream:
         loader = _EntryLoader(stream)
         try:
@@ -672,11 +672,13 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
                 yield LoadedSubscriber(subscriber, name, email_mark.line + 1)
         except yaml.YAMLError as exc:  # composing: an undefined alias and the like
             errors.append(_yaml_error(name, exc))
+            unreadable = True
         except RecursionError as exc:
             errors.append(SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}"))
+            unreadable = True
         finally:
             loader.dispose()
-    if not found:
+    if not found and not unreadable:  # (a file that stops at a YAML error is not empty)
         errors.append(SubscriberError(name, 1, 1, "", "the file is empty; expected a subscriber"))
 
 
@@ -760,7 +762,7 @@ def remove_subscriber(folder: Path, email: str) -> Path:
             encoding = "utf-8"  # write no byte-order mark the file did not have
         text = path.read_text(encoding=encoding)
         root, _ = _compose(text)
-        if isinstance(root, yaml.MappingNode):
+        if isinstance(root, yaml.MappingNode) or len(root.value) == 1:  # theirs alone
             path.unlink()
             return path
         lines = text.splitlines(keepends=True)

@@ -325,3 +325,29 @@ def test_rank_refuses_a_tag_with_no_words_to_match() -> None:
         result = runner.invoke(app, ["rank", str(EXAMPLES / "dumps"), *extra, option, "*"])
         assert result.exit_code == 2, (option, result.output)
         assert "'*' has no words to match" in result.stderr
+
+
+def test_removing_the_last_entry_or_from_a_bom_file_and_no_spurious_empty_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Before: removing the only entry of a list file was refused with "the file is empty;
+    … an anchor the entry holds may be used by others", and a file that stopped at an
+    undefined alias got a second, wrong error: "the file is empty"."""
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    monkeypatch.setenv("PAPERPOST_SUBSCRIBERS_DIR", str(subs))
+    (subs / "one.yaml").write_text("- email: e@example.org\n  tags: [agents]\n")
+    bom = subs / "bom.yaml"
+    bom.write_bytes(
+        b"\xef\xbb\xbf- email: c@example.org\n  tags: [agents]\n- email: d@example.org\n"
+        b"  tags: [agents]\n"
+    )
+    gone = runner.invoke(app, ["subscribers", "remove", "e@example.org"])
+    assert gone.exit_code == 0, gone.output
+    assert not (subs / "one.yaml").exists()
+    assert runner.invoke(app, ["subscribers", "remove", "c@example.org"]).exit_code == 0
+    assert bom.read_bytes() == b"\xef\xbb\xbf- email: d@example.org\n  tags: [agents]\n"
+    (subs / "broken.yaml").write_text("- email: t2@example.org\n  tags: *common\n")
+    checked = runner.invoke(app, ["subscribers", "validate"])
+    assert checked.exit_code == 1
+    assert "undefined alias 'common'" in checked.output and "empty" not in checked.output

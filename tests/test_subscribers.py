@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
-from paperpost.subscribers import SubscriberError, load_file, load_subscribers
+from conftest import FULL_TESTS, ROOT
+from paperpost.subscribers import SubscriberError, load_file, load_subscribers, remove_subscriber
 
 
 def errors_for(tmp_path: Path, text: str, name: str = "bob.yaml") -> list[str]:
@@ -156,3 +156,35 @@ def test_list_files_are_read_entry_by_entry_with_the_same_errors(tmp_path: Path)
     path.write_text(good + "---\n- email: z@example.org\n  tags: [agents]\n")
     loaded, errors = load_file(path)
     assert loaded == [] and "but found another document" in str(errors[0])
+
+
+_entry = st.tuples(
+    st.sampled_from(["a", "b", "c", "d", "e"]),
+    st.sampled_from(["[agents]", "[agents, reasoning]", "\n    - agents"]),
+    st.sampled_from(["", "  cadence: weekly\n", "  # a comment\n"]),
+)
+
+
+@given(st.lists(_entry, min_size=1, max_size=5, unique_by=lambda e: e[0]), st.data())
+@settings(max_examples=150 if FULL_TESTS else 40, deadline=None)
+def test_removing_anyone_from_a_list_keeps_the_others_and_the_bom(entries, data) -> None:
+    """Whatever the list, removing one reader leaves exactly the others loading as
+    before, and the file's byte-order mark as it was (none added, none lost)."""
+    import tempfile
+
+    bom = data.draw(st.booleans())
+    victim = data.draw(st.sampled_from([name for name, _, _ in entries]))
+    text = "".join(f"- email: {n}@example.org\n  tags: {t}\n{extra}" for n, t, extra in entries)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "team.yaml"
+        path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+        before = {e.subscriber.address: e.subscriber for e in load_file(path)[0]}
+        remove_subscriber(Path(folder), f"{victim}@example.org")
+        if len(entries) == 1:
+            assert not path.exists()
+            return
+        after, errors = load_file(path)
+        assert errors == []
+        del before[f"{victim}@example.org"]
+        assert {e.subscriber.address: e.subscriber for e in after} == before
+        assert path.read_bytes().startswith(b"\xef\xbb\xbf") == bom
