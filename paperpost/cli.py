@@ -546,6 +546,15 @@ def subscribers_validate(
                     f"[yellow]warning[/yellow] {escape(str(entry.path))}: "
                     f"{escape(entry.subscriber.email)}: tags[{index}]: {escape(warning)}"
                 )
+        sub = entry.subscriber
+        if sub.cadence == "weekly" and sub.weekday in {"saturday", "sunday"}:
+            warnings += 1
+            err.print(
+                f"[yellow]warning[/yellow] {escape(str(entry.path))}:{entry.line}: "
+                f"{escape(sub.email)}: weekday: {sub.weekday}: the README's schedule "
+                '("0 7 * * 1-5", Monday to Friday) never runs then, so this reader gets '
+                "nothing; schedule the job on that day too or pick a weekday"
+            )
     out.print(
         f"{len(entries)} valid subscriber(s), {len(errors)} error(s), "
         f"{warnings} warning(s) in {target}"

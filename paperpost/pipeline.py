@@ -302,6 +302,8 @@ def rank_stage(
     addresses = [e.subscriber.address for e in batch]
     cursors = store.cursors(addresses)
     suppressed = store.suppressed(addresses)
+    weekly = [e.subscriber.address for e in batch if e.subscriber.cadence == "weekly"]
+    overdue = store.awaiting_retry(weekly) if weekly else set()
     skips: list[Skip] = []
     windows: dict[int, list[LoadedSubscriber]] = {}
     fresh: list[tuple[str, int]] = []
@@ -319,7 +321,7 @@ def rank_stage(
             cursor = plan.low_water
             fresh.append((address, cursor))
         if sub.cadence == "weekly":
-            if today.strftime("%A").lower() != sub.weekday:
+            if today.strftime("%A").lower() != sub.weekday and address not in overdue:
                 skips.append(Skip(address, f"not due (weekly on {sub.weekday})"))
                 continue
             if last is not None and last.astimezone(UTC).date() == today:

@@ -51,6 +51,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -972,6 +973,32 @@ class Store:
                 )
             ).first()
             return (row.address, row.digest) if row else None
+
+    def awaiting_retry(self, addresses: Iterable[str]) -> set[str]:
+        """The addresses with a digest to try again (``retry``/``released``) that their cursor
+        has not moved past: a temporary failure waits for the next run, not the next week."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(addresses)):
+                rows = conn.execute(
+                    select(deliveries.c.address)
+                    .distinct()
+                    .select_from(
+                        deliveries.outerjoin(
+                            subscriber_state, subscriber_state.c.address == deliveries.c.address
+                        )
+                    )
+                    .where(
+                        deliveries.c.address.in_(chunk),
+                        deliveries.c.status.in_(sorted(CLAIMABLE)),
+                        or_(
+                            subscriber_state.c.cursor.is_(None),
+                            deliveries.c.hi > subscriber_state.c.cursor,
+                        ),
+                    )
+                )
+                found.update(r.address for r in rows)
+        return found
 
     def delivery_status(self, address: str) -> list[tuple[str, str]]:
         with self.engine.connect() as conn:

@@ -87,6 +87,21 @@ def test_subscribers_validate_prints_every_error(tmp_path: Path) -> None:
     assert ok.exit_code == 0
 
 
+def test_subscribers_validate_warns_about_a_weekend_weekday(tmp_path: Path) -> None:
+    """ATTACK4 #8: the README's cron runs Monday to Friday; a saturday reader gets nothing."""
+    (tmp_path / "a.yaml").write_text(
+        "email: a@example.org\ntags: [agents]\ncadence: weekly\nweekday: saturday\n"
+    )
+    (tmp_path / "b.yaml").write_text(
+        "email: b@example.org\ntags: [agents]\ncadence: weekly\nweekday: friday\n"
+    )
+    result = runner.invoke(app, ["subscribers", "validate", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "a.yaml:1: a@example.org: weekday: saturday" in result.stderr
+    assert "never runs" in result.stderr and "b@example.org" not in result.stderr
+    assert "1 warning(s)" in result.stdout
+
+
 def test_run_without_prefect_then_unsubscribe(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")

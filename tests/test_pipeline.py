@@ -82,6 +82,43 @@ def test_weekly_gets_the_week_at_once_daily_gets_each_run(setup) -> None:
     assert len(digests(outbox, "weekly@example.org")) == 1
 
 
+def test_a_weekly_digest_that_failed_temporarily_is_retried_next_run(setup, tmp_path) -> None:
+    """ATTACK4 #8: Monday's weekly digest meets a 451; Tuesday's run sends it (not next week)."""
+    from pydantic import SecretStr
+
+    from smtp_server import PASSWORD, USER, SmtpServer
+
+    settings, dumps, _, _ = setup
+    server = SmtpServer(tmp_path).start()
+    try:
+        smtp = settings.model_copy(
+            update={
+                "delivery": "smtp",
+                "smtp_host": "127.0.0.1",
+                "smtp_port": server.port,
+                "smtp_security": "starttls",
+                "smtp_username": USER,
+                "smtp_password": SecretStr(PASSWORD),
+                "smtp_ca_file": server.cert,
+                "smtp_timeout": 5,
+                "secret_key": SecretStr("weekly-retry-key-0123456789"),
+            }
+        )
+        write_dump(dumps, "a.txt", ["Speculative Decoding Alpha"])
+        server.script.reject["weekly@example.org"] = "451 4.7.1 Try again later"
+        monday = run_plain(smtp, MON)
+        assert monday.digests_sent == 1 and monday.digests_retry == 1
+        del server.script.reject["weekly@example.org"]
+        tuesday = run_plain(smtp, TUE)
+        assert tuesday.digests_sent == 1, tuesday.skip_reasons
+        got = [rcpts for rcpts, _ in server.handler.messages]
+        assert got == [["daily@example.org"], ["weekly@example.org"]]
+        wednesday = run_plain(smtp, WED)  # sent: not due again until next Monday
+        assert wednesday.skip_reasons.get("not due (weekly on monday)") == 1
+    finally:
+        server.stop()
+
+
 def test_new_subscriber_starts_with_current_news_and_tag_changes_apply(setup) -> None:
     settings, dumps, subs, outbox = setup
     write_dump(dumps, "a.txt", ["Speculative Decoding Alpha", "Diffusion Models Alpha"])
