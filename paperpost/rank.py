@@ -68,6 +68,10 @@ LEAD_TERM = 0.7  # ... and when the title, keywords or TL;DR hold only ordinary 
 ORDER_ABSTRACT_ONLY = 0.9  # the same two factors in the order of what passes (not the bar)
 ORDER_LEAD_TERM = 1.0
 EXCLUDE_MIN = 0.5  # a paper is "about" an excluded tag at this score
+# ... or when it uses the tag's own words this much (the literal share: a title mention) with
+# this much topic evidence: word weights fall when one topic floods the day, the share does not
+EXCLUDE_LITERAL = 0.7
+EXCLUDE_WITH_WORDS = 0.35
 DEFAULT_MIN_SCORE = 0.4  # picked from measurements: docs/ranking.md
 BACKGROUND_PAPERS = 10_000  # word weights count over the most recent papers of the history
 LITERAL_WEIGHT = 0.3  # the order adds this much more of it (0.5 in all with LITERAL_BAR)
@@ -1122,7 +1126,10 @@ def rank_many(
     zero = np.zeros(n_papers)
     tag_scores = np.vstack([scored.score, zero])
     log_miss = np.vstack([np.log1p(-np.clip(scored.score, 0.0, 0.999)), zero])
-    about = np.vstack([scored.about >= EXCLUDE_MIN, np.zeros(n_papers, dtype=bool)])
+    excluded = (scored.about >= EXCLUDE_MIN) | (
+        (scored.about >= EXCLUDE_WITH_WORDS) & (scored.literal >= EXCLUDE_LITERAL)
+    )
+    about = np.vstack([excluded, np.zeros(n_papers, dtype=bool)])
     literal_rows = np.vstack([scored.literal, zero])
     log_pass = np.vstack([np.log1p(-np.clip(scored.order, 0.0, 0.999)), zero])
     width = max(len(wanted) for wanted, _, _ in settings)

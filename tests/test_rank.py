@@ -270,3 +270,52 @@ def test_a_tag_with_no_words_finds_nothing_and_leaves_the_others_alone() -> None
     ranked = rank([target, paper("Image Segmentation")], profile("*", "speculative-decoding"))
     assert [r.paper for r in ranked] == [target]
     assert rank([target], profile("the")) == []
+
+
+def test_an_exclusion_holds_when_its_topic_floods_the_day_and_over_follows(
+    tmp_path, monkeypatch
+) -> None:
+    """ATTACK4 #7. Before: 30 "Jailbreak attack number N on aligned chat models" papers next to
+    the 13 example papers made "jailbreak" a common word, its weight fell, and the papers
+    scored 0.43 for the excluded tag (under the 0.5 line): all 5 cards of a `chat models`
+    reader with `exclude: [jailbreak]` were jailbreak papers, and a followed author's too."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from conftest import EXAMPLES
+    from paperpost.cli import app
+
+    flood = [
+        {
+            "paper": {
+                "id": f"2611.7{i:04d}",
+                "title": f"Jailbreak attack number {i} on aligned chat models",
+                "summary": f"We present jailbreak prompts variant {i} that bypass safety "
+                "alignment of chat models with adversarial suffixes and role play.",
+                "authors": [{"name": "Tri Dao"}],
+                "publishedAt": "2026-11-25T00:00:00Z",
+                "upvotes": 1,
+            }
+        }
+        for i in range(30)
+    ]
+    shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
+    (tmp_path / "dumps" / "2026-11-25.json").write_text(json.dumps(flood))
+    (tmp_path / "subs").mkdir()
+    reader = "tags: [chat models]\nexclude: [jailbreak]\nmin_score: 0\nmax_items: 5\n"
+    (tmp_path / "subs" / "f.yaml").write_text("email: f@example.org\n" + reader)
+    (tmp_path / "subs" / "g.yaml").write_text("email: g@example.org\nauthors: [Tri Dao]\n" + reader)
+    for name, value in {
+        "SOURCES": json.dumps([str(tmp_path / "dumps")]),
+        "SUBSCRIBERS_DIR": str(tmp_path / "subs"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'pp.db'}",
+        "OUTBOX_DIR": str(tmp_path / "outbox"),
+    }.items():
+        monkeypatch.setenv(f"PAPERPOST_{name}", value)
+    result = CliRunner().invoke(app, ["run", "--no-prefect", "--json"])
+    assert result.exit_code == 0, result.output
+    digests = [p.read_text() for p in (tmp_path / "outbox" / "new").iterdir()]
+    assert len(digests) == 2
+    assert all("Jailbreak" not in text and "jailbreak" not in text for text in digests)
