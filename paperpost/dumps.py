@@ -38,7 +38,9 @@ _LISTING_DATE = re.compile(rf"{_MONTH} (\d{{1,2}})")
 _AUTHORS = re.compile(r"\s*•\s*(\d+) authors?\s*")
 _ORG = re.compile(r"(\S+) (\S.*)")  # on a stripped line (no backtracking over spaces)
 _PAPER_DATE = re.compile(rf"{_MONTH} (\d{{1,2}})(?:, (\d{{4}}))?(?: (\d+))?\s*")
-_ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}|[a-z][a-z.-]{0,30}/\d{7}")
+# an arXiv id, and the version the API sometimes appends (2611.90006v2): one paper, its
+# id without the version
+_ARXIV_ID = re.compile(r"(\d{4}\.\d{4,5}|[a-z][a-z.-]{0,30}/\d{7})(?:v\d{1,4})?")
 # Counts (upvotes, authors) above this are nonsense and do not fit a 32-bit column.
 MAX_COUNT = 2**31 - 1
 # A listing page holds about a hundred papers and an API month a few thousand; a dump with
@@ -372,7 +374,8 @@ def _api_paper(item: dict, source: str) -> Paper:
     if not abstract:
         raise ValueError(f"paper {title[:50]!r} has no summary")
     raw_id = inner.get("id")
-    arxiv_id = raw_id.strip() if isinstance(raw_id, str) and _ARXIV_ID.fullmatch(raw_id) else None
+    found = _ARXIV_ID.fullmatch(raw_id.strip()) if isinstance(raw_id, str) else None
+    arxiv_id = found[1] if found else None
     authors = inner.get("authors")
     names = (
         tuple(n for n in (_text(a.get("name")) for a in authors if isinstance(a, dict)) if n)
@@ -431,6 +434,7 @@ def parse_api_json(text: str, source: str) -> ParsedDump:
         raise _too_many(source)
     papers: list[Paper] = []
     warnings: list[str] = []
+    positions: dict[str, int] = {}  # arXiv id -> the first item with it
     for position, item in enumerate(data):
         if not isinstance(item, dict):
             warnings.append(
@@ -438,11 +442,18 @@ def parse_api_json(text: str, source: str) -> ParsedDump:
             )
             continue
         try:
-            papers.append(
-                _bounded(_api_paper(item, source), f"{source}: item {position}", warnings)
-            )
+            paper = _bounded(_api_paper(item, source), f"{source}: item {position}", warnings)
         except ValueError as exc:
             warnings.append(f"{source}: item {position}: {exc}; skipped")
+            continue
+        papers.append(paper)
+        if paper.arxiv_id:
+            first = positions.setdefault(paper.arxiv_id, position)
+            if first != position:
+                warnings.append(
+                    f"{source}: item {position}: arXiv id {paper.arxiv_id} again (item {first}); "
+                    "the two are stored as one paper, the later item's details over the earlier's"
+                )
     if data and not papers and all(isinstance(item, dict) for item in data):
         first = warnings[0].removeprefix(f"{source}: ").removesuffix("; skipped")
         more = f", and {len(warnings) - 1} more like it" if len(warnings) > 1 else ""

@@ -50,7 +50,8 @@ _HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9]
 def http_url(value: object) -> str | None:
     """A third-party link as it may appear in a digest, or None: http(s) only (no
     ``javascript:``, ``data:``), no credentials or ``@`` before the host (which make
-    ``https://huggingface.co@evil.example/`` lead to evil.example), an ASCII host name,
+    ``https://huggingface.co@evil.example/`` lead to evil.example), an ASCII host name
+    (not its punycode form either: ``xn--gthub-zsa.com`` is ``gíthub.com``),
     no spaces, quotes, angle brackets or backslashes, at most 2,000 characters."""
     if not isinstance(value, str) or not _URL.fullmatch(value.strip()):
         return None
@@ -60,8 +61,11 @@ def http_url(value: object) -> str | None:
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:  # a port that is not a number
         return None
-    if "@" in parts.netloc or not port_ok or not _HOST.fullmatch(parts.hostname or ""):
+    host = parts.hostname or ""
+    if "@" in parts.netloc or not port_ok or not _HOST.fullmatch(host):
         return None
+    if any(label.startswith("xn--") for label in host.split(".")):
+        return None  # punycode: the ASCII form of a non-ASCII name (xn--gthub-zsa = gíthub)
     return url
 
 

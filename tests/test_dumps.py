@@ -406,3 +406,32 @@ def test_one_item_cannot_make_a_paper_huge(title, abstract, tldr, authors, keywo
     assert paper.title.startswith("Agents")
     if len(item["paper"]["title"].strip()) > MAX_TITLE:
         assert any("title of" in w and "cut to 500" in w for w in parsed.warnings)
+
+
+@given(
+    st.from_regex(r"\d{4}\.\d{4,5}|[a-z]{2,8}(-[a-z]{2})?/\d{7}", fullmatch=True),
+    st.one_of(st.just(""), st.integers(1, 9999).map(lambda n: f"v{n}")),
+    st.sampled_from(["", " ", "\n"]),
+)
+@settings(max_examples=300 if FULL_TESTS else 100, deadline=None)
+def test_an_api_id_keeps_its_arxiv_id_without_the_version(base, version, space) -> None:
+    """Before: `2611.90006v2` was not an arXiv id: the paper was stored title-only, with an
+    arXiv title search for a link, and never matched its unversioned reports."""
+    item = {"paper": {"id": space + base + version + space, "title": "T", "summary": "S."}}
+    (paper,) = parse_dump(json.dumps([item]).encode(), "v.json", CAPTURED).papers
+    assert paper.arxiv_id == base
+
+
+def test_a_duplicate_id_in_one_api_file_is_reported() -> None:
+    """Before: the later item silently replaced the earlier one."""
+    items = [
+        {"paper": {"id": "2611.00001", "title": "First", "summary": "One."}},
+        {"paper": {"id": "2611.00002", "title": "Other", "summary": "Two."}},
+        {"paper": {"id": "2611.00001v2", "title": "First, again", "summary": "One, again."}},
+    ]
+    parsed = parse_dump(json.dumps(items).encode(), "dup.json", CAPTURED)
+    assert parsed.warnings == [
+        "dup.json: item 2: arXiv id 2611.00001 again (item 0); the two are stored as one "
+        "paper, the later item's details over the earlier's"
+    ]
+    assert [p.title for p in distinct_papers(parsed.papers)] == ["First, again", "Other"]

@@ -263,6 +263,8 @@ HOSTILE_LINKS = [
     'https://github.com/a"onmouseover="alert(1)',
     "https://github.com/a`x",
     "https://gíthub.com/a/b",  # not ASCII: a look-alike host
+    "https://xn--gthub-zsa.com/x",  # ... and the same host in punycode
+    "https://docs.XN--GTHUB-ZSA.com:443/x",
     "https://github.com:99999/",
     "https://",
 ]
@@ -287,6 +289,18 @@ def test_a_kept_link_is_a_plain_http_link_to_the_host_it_shows(text: str) -> Non
     assert parts.scheme.lower() in {"http", "https"} and parts.hostname
     assert "@" not in parts.netloc
     assert parts.netloc.isascii() and not any(c in url for c in " \"'<>\\`\r\n\t")
+    assert not any(label.startswith("xn--") for label in parts.hostname.split("."))
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzíïаеоο", min_size=1, max_size=12))
+@settings(max_examples=300 if FULL_TESTS else 100, deadline=None)
+def test_a_host_is_refused_in_punycode_as_in_unicode(label: str) -> None:
+    """Before: `https://xn--gthub-zsa.com/x` (gíthub.com in punycode) passed the check that
+    refuses `https://gíthub.com/x`."""
+    ascii_form = label.encode("idna").decode()
+    for host in (label, ascii_form):
+        kept = http_url(f"https://{host}.com/x") is not None
+        assert kept == label.isascii(), host
 
 
 _ESCAPES = [
