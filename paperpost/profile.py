@@ -5,7 +5,7 @@ keywords/TL;DR and abstract (field-weighted like the ranker, sublinear term coun
 ranker's BM25 idf over the history, :meth:`~paperpost.rank.Background.idf`, unit length).
 A new paper's *closeness* to what a reader liked is half its mean cosine to the liked
 papers (the cosine to their Rocchio centroid, up to its length) and half its cosine to the
-nearest one, so a reader whose likes go in several directions is not averaged away; the
+nearest one, so a reader whose likes go in several directions is not averaged away.
 Closeness from :data:`NOISE` (what unrelated papers share) up to :data:`FULL_AT` earns a gain
 of at most :data:`LIKE_CAP`, combined with the tag score (0..1) by noisy-or like the ranker
 combines tags.
@@ -22,12 +22,12 @@ broad tag often looks like what they rejected under it. So a paper is lowered on
 
 and then by at most :data:`DISLIKE_CAP` of its score. It is reordered, never dropped.
 
-Tags decide what a digest is about. Votes reorder what the tags found, may drop a demoted
-paper under ``min_score``, and may let in papers the tags missed that are close to a liked
+Tags decide what a digest is about. Votes reorder what the tags found (never dropping a
+paper they found), and may let in papers the tags missed that are close to a liked
 one (closeness at least :data:`ADMIT_AT`): at most :data:`ADMIT_SHARE` of ``max_items``
 and never more papers than the reader liked, each marked "added for your votes". A followed
-author's or organisation's paper is always included (unless excluded) and put first. The constants
-were chosen on the DEV readers of ``benchmarks/feedback.py`` only.
+author's or organisation's paper is always included (unless excluded) and put first. The
+constants were chosen on the DEV readers of ``benchmarks/feedback.py`` only (docs/feedback.md).
 
 :func:`nudge` computes everything per reader once for a whole batch with numpy (one
 similarity matrix between the voted papers and the new ones);
