@@ -547,6 +547,12 @@ def subscribers_validate(
                     f"{escape(entry.subscriber.email)}: tags[{index}]: {escape(warning)}"
                 )
         sub = entry.subscriber
+        for warning in sub.warnings():
+            warnings += 1
+            err.print(
+                f"[yellow]warning[/yellow] {escape(str(entry.path))}:{entry.line}: "
+                f"{escape(sub.email)}: {escape(warning)}"
+            )
         if sub.cadence == "weekly" and sub.weekday in {"saturday", "sunday"}:
             warnings += 1
             err.print(

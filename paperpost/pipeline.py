@@ -116,7 +116,8 @@ class RunSummary:
     digests_failed: int = 0
     digests_retry: int = 0
     digests_ambiguous: int = 0
-    invalid_subscribers: list[str] = field(default_factory=list)
+    invalid_subscribers: list[str] = field(default_factory=list)  # at most a few per file
+    invalid_subscriber_files: int = 0
     deliveries: list[dict[str, object]] = field(default_factory=list)
     deliveries_not_listed: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
@@ -644,6 +645,26 @@ def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, lis
     return store.plan_run(run_id), interrupted
 
 
+ERRORS_PER_FILE = 5  # a file's errors a run's summary lists; `subscribers validate` shows all
+
+
+def _listed(errors: Sequence[SubscriberError]) -> list[str]:
+    """The subscriber errors as a run's summary lists them: a file's first ERRORS_PER_FILE,
+    then one line counting the rest (a file of 2,500 bad keywords is not 2,500 lines)."""
+    by_file: dict[str, list[SubscriberError]] = {}
+    for error in errors:
+        by_file.setdefault(error.path, []).append(error)
+    lines: list[str] = []
+    for path, found in by_file.items():
+        lines += [str(e) for e in found[:ERRORS_PER_FILE]]
+        if len(found) > ERRORS_PER_FILE:
+            lines.append(
+                f"{path}: {len(found) - ERRORS_PER_FILE:,} more errors in this file; "
+                f"`paperpost subscribers validate {path}` lists them all"
+            )
+    return lines
+
+
 def summarize(
     store: Store,
     summary: RunSummary,
@@ -660,7 +681,8 @@ def summarize(
     summary.sources = list(reports)
     summary.papers_seen = sum(r.papers for r in reports)
     summary.papers_new = plan.high_water - plan.low_water
-    summary.invalid_subscribers = [str(e) for e in errors]
+    summary.invalid_subscribers = _listed(errors)
+    summary.invalid_subscriber_files = len({e.path for e in errors})
     counts = tally.counts
     summary.digests_sent = counts["sent"]
     summary.digests_failed = counts["failed"]

@@ -14,7 +14,7 @@ def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
         ("digests failed (permanent)", str(summary.digests_failed)),
         ("digests to retry", str(summary.digests_retry)),
         ("digests ambiguous", str(summary.digests_ambiguous)),
-        ("invalid subscriber files", str(len(summary.invalid_subscribers))),
+        ("invalid subscriber files", str(summary.invalid_subscriber_files)),
     ]
     if summary.deliveries_not_listed:
         unlisted = str(summary.deliveries_not_listed)

@@ -254,6 +254,33 @@ class Subscriber(BaseModel):
             return next((day for day in WEEKDAYS if day.startswith(lowered[:3])), lowered)
         return value
 
+    @field_validator("max_items", "min_score", mode="before")
+    @classmethod
+    def _not_yes_or_no(cls, value: Any) -> Any:
+        """YAML's true/false are numbers to pydantic (``max_items: true`` became 1)."""
+        if isinstance(value, bool):
+            raise PydanticCustomError(
+                "number", "expected a number, got {got}", {"got": str(value).lower()}
+            )
+        return value
+
+    def warnings(self) -> list[str]:
+        """What loads but is likely not what the reader meant (``subscribers validate``)."""
+        found = []
+        if self.cadence == "daily" and "weekday" in self.model_fields_set:
+            found.append(
+                f"weekday: {self.weekday} has no effect: the cadence is daily (the default); "
+                "add `cadence: weekly` or remove the weekday"
+            )
+        tags = {" ".join(t.tag.casefold().replace("-", " ").split()) for t in self.tags}
+        for entry in self.exclude:
+            if " ".join(entry.casefold().replace("-", " ").split()) in tags:
+                found.append(
+                    f"exclude: {entry} is also one of the tags: every paper about it is "
+                    "excluded, so that tag brings nothing; remove one of the two"
+                )
+        return found
+
     @property
     def address(self) -> str:
         """The email address as the identity of a subscriber (case-folded)."""

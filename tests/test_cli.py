@@ -366,3 +366,50 @@ def test_removing_the_last_entry_or_from_a_bom_file_and_no_spurious_empty_file(
     checked = runner.invoke(app, ["subscribers", "validate"])
     assert checked.exit_code == 1
     assert "undefined alias 'common'" in checked.output and "empty" not in checked.output
+
+
+def test_validate_warns_about_a_daily_weekday_and_an_excluded_tag(tmp_path: Path) -> None:
+    """Before: both loaded without a word (the weekday was ignored; the tag found nothing)."""
+    (tmp_path / "b.yaml").write_text(
+        "email: b@example.org\ntags: [agents, AI Safety]\nexclude: [ai-safety]\nweekday: friday\n"
+    )
+    (tmp_path / "c.yaml").write_text(
+        "email: c@example.org\ntags: [agents]\ncadence: weekly\nweekday: friday\n"
+    )
+    result = runner.invoke(app, ["subscribers", "validate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert len(warned) == 2 and all("b.yaml:1: b@example.org" in line for line in warned)
+    assert "weekday: friday has no effect: the cadence is daily" in warned[0]
+    assert "exclude: ai-safety is also one of the tags" in warned[1]
+
+
+def test_a_files_errors_are_capped_in_the_run_summary(tmp_path: Path, monkeypatch) -> None:
+    """Before: one file with 2,500 over-long keywords printed 2,500 error lines in the summary."""
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "ok.yaml").write_text("email: ok@example.org\ntags: [agents]\nmin_score: 0\n")
+    entries = "".join(
+        f"- email: k{i}@example.org\n  tags: [{{tag: agents, keywords: [{'x' * 81}]}}]\n"
+        for i in range(2500)
+    )
+    (subs / "hog.yaml").write_text(entries)
+    shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
+    for name, value in {
+        "SOURCES": json.dumps([str(tmp_path / "dumps")]),
+        "SUBSCRIBERS_DIR": str(subs),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'pp.db'}",
+        "OUTBOX_DIR": str(tmp_path / "outbox"),
+    }.items():
+        monkeypatch.setenv(f"PAPERPOST_{name}", value)
+    result = runner.invoke(app, ["run", "--no-prefect", "--json"])
+    summary = json.loads(result.stdout)
+    assert summary["digests_sent"] == 1 and summary["invalid_subscriber_files"] == 1
+    listed = summary["invalid_subscribers"]
+    assert len(listed) == 6 and all("hog.yaml" in line for line in listed)
+    assert listed[-1].endswith(
+        "hog.yaml: 2,495 more errors in this file; "
+        f"`paperpost subscribers validate {subs / 'hog.yaml'}` lists them all"
+    )
+    human = runner.invoke(app, ["run", "--no-prefect"])
+    assert human.stdout.count("invalid subscriber") <= 7

@@ -188,3 +188,17 @@ def test_removing_anyone_from_a_list_keeps_the_others_and_the_bom(entries, data)
         del before[f"{victim}@example.org"]
         assert {e.subscriber.address: e.subscriber for e in after} == before
         assert path.read_bytes().startswith(b"\xef\xbb\xbf") == bom
+
+
+@given(st.sampled_from(["max_items", "min_score"]), st.booleans())
+def test_yes_or_no_is_not_a_number(field: str, value: bool) -> None:
+    """Before: `max_items: true` loaded as 1 (and `min_score: true` as 1.0)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        errors = errors_for(
+            Path(folder), f"email: a@example.org\ntags: [agents]\n{field}: {str(value).lower()}\n"
+        )
+    assert errors == [
+        f"bob.yaml:3:{len(field) + 3}: {field}: expected a number, got {str(value).lower()}"
+    ]
