@@ -394,6 +394,16 @@ class Smtp:
         if code == 421:
             self.close()
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        if code < 400:  # not a refusal: a reply to some other command (the server sent extra)
+            with contextlib.suppress(OSError):
+                conn.close()  # no QUIT: the replies no longer match the commands
+            self._conn = None
+            raise DeliveryError(
+                TEMPORARY,
+                f'the server\'s replies are out of step with our commands ("{code} {text}" '
+                f"answered {phase}: it sent more replies than commands); the connection was "
+                "dropped and the digest is tried again on a new one",
+            )
         raise classify(code, text, "DATA" if phase == "END" else phase)
 
     def delivered(self, address: str, digest: str) -> bool | None:

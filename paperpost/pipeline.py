@@ -718,18 +718,23 @@ def outcome_message(summary: RunSummary) -> str:
     if summary.digests_failed:
         return (
             f"{summary.digests_failed} deliver{'y' if summary.digests_failed == 1 else 'ies'} "
-            f"failed permanently; see below{down}."
+            f"failed permanently (listed above){down}."
         )
     if summary.digests_sent:
         return f"Some sources failed{down}; the others were delivered." if failed else ""
+    if summary.digests_ambiguous:
+        return (
+            f"No digest was confirmed: {summary.digests_ambiguous} ambiguous (the end of data "
+            f"went out, no reply was read; not resent), listed above{down}."
+        )
     if summary.sources and all(r.status == "unchanged" for r in summary.sources):
         return "Nothing to send: every source is unchanged since the last run."
     if summary.papers_new == 0 and failed:
-        return f"Nothing to send: no new papers{down}; see the sources below."
+        return f"Nothing to send: no new papers{down}; the sources are listed above."
     if summary.papers_new == 0:
         return "Nothing to send: no new papers (weekend, or the listing has not changed)."
     if summary.digests_retry:
-        return f"No digest was delivered; see the failures below{down}."
+        return f"No digest was delivered; the failures are listed above{down}."
     return f"Nothing to send: no subscriber had new papers above their min_score{down}."
 
 

@@ -65,6 +65,7 @@ class Script:
     data_failures: list[str] = field(default_factory=list)  # replies for the next DATAs
     drop_next_data: int = 0  # close the connection after the end of data, before replying
     drop_next_rcpt: int = 0  # close the connection at RCPT (before any data)
+    double_reply_next_data: int = 0  # answer the end of data twice (a desynchronised server)
     # address -> an event the server waits for (up to 30 s) before it answers that RCPT
     rcpt_gate: dict[str, threading.Event] = field(default_factory=dict)
 
@@ -107,6 +108,9 @@ class Handler:
             return self.script.data_failures.pop(0)
         self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
         self.senders.append(envelope.mail_from)
+        if self.script.double_reply_next_data:
+            self.script.double_reply_next_data -= 1
+            return "250 Message accepted\r\n250 OK"
         return "250 Message accepted"
 
 

@@ -449,6 +449,22 @@ def test_a_refusal_held_when_another_batch_paused_suppresses_nobody(smtp, tmp_pa
     assert ids(store, "e@five.org")[0][1] == "retry"
 
 
+def test_two_replies_to_one_end_of_data_are_reported_as_a_desync(smtp, messages) -> None:
+    """ATTACK4 #13: a server answering one DATA twice puts every later reply one behind;
+    that is said as it is (not "temporary: 250 OK") and a new connection fixes it."""
+    smtp.script.double_reply_next_data = 1
+    transport = Smtp(smtp_settings(smtp))
+    first, second = messages[0], messages[1]
+    transport.send(first)
+    with pytest.raises(DeliveryError) as caught:
+        transport.send(second)
+    assert caught.value.kind == "temporary"
+    assert "out of step" in caught.value.detail and "new one" in caught.value.detail
+    transport.send(second)  # the retry, on a new connection
+    transport.close()
+    assert [r for r, _ in smtp.handler.messages] == [[first.address], [second.address]]
+
+
 def test_same_unclassified_refusal_for_every_domain_pauses_and_fails_nobody(smtp, tmp_path) -> None:
     """ "554 Transaction failed" to everyone: no digest is marked failed for good."""
     smtp.script.data_failures = ["554 Transaction failed"] * 6

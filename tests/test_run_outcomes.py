@@ -124,7 +124,9 @@ def test_a_bad_mailbox_exit_6_then_list_and_reactivate(project, smtp, monkeypatc
     smtp.script.reject["ok@one.example"] = reply
     result = run()
     assert result.exit_code == ExitCode.DELIVERY_FAILED, result.output
-    assert "failed permanently" in result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "1 delivery failed permanently (listed above)."  # ATTACK4 #13
+    assert any(line.startswith("failed ok@one.example") for line in lines[:-1])
 
     listed = runner.invoke(app, ["subscribers", "list"])  # 80 columns: the old table cut it
     assert LONG in listed.stdout  # never cut, however narrow the terminal
@@ -301,3 +303,13 @@ def test_a_servers_escape_codes_and_length_never_reach_the_terminal(
     reason = {r["email"]: r["reason"] for r in json.loads(listed.stdout)}["ok@one.example"]
     assert reason.startswith("550 5.1.1 RED user unknown X X") and len(reason) <= 300
     assert all(len(line) < 400 for line in shown[0].output.splitlines())
+
+
+def test_only_ambiguous_digests_never_read_as_nothing_to_send() -> None:
+    """ATTACK4 #2/#13: a run whose digests all ended ambiguous says so (not "min_score")."""
+    from paperpost.pipeline import RunSummary, SourceReport, outcome_message
+
+    summary = RunSummary(1, papers_new=5, digests_ambiguous=2)
+    summary.sources = [SourceReport("dumps/a.txt", "ingested", 5, 5)]
+    message = outcome_message(summary)
+    assert message.startswith("No digest was confirmed: 2 ambiguous") and "above" in message
