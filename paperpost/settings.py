@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from email.utils import parseaddr
+from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -197,6 +198,7 @@ class Settings(BaseSettings):
         _, address = parseaddr(value)
         if (
             _CONTROL.search(value)
+            or len(getaddresses([value])) != 1  # "a@x.org, b@y.org" is two From addresses
             or not address.isascii()
             or not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address)
         ):
@@ -209,9 +211,29 @@ class Settings(BaseSettings):
     @field_validator("base_url")
     @classmethod
     def _https_only(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("an https:// URL (or http:// for testing)")
-        return value.rstrip("/") if value else value
+        """A scheme, a host and an optional path: links are built as ``<base>/unsubscribe/...``
+        and go into List-Unsubscribe as they are, so nothing may follow the path."""
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value) if value.isascii() else None
+        except ValueError:  # an unbalanced [ in the host
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in {"https", "http"}
+            or not value.startswith(("https://", "http://"))
+            or not parts.hostname
+            or parts.username is not None
+            or "?" in value
+            or "#" in value
+            or not re.fullmatch(r"[A-Za-z0-9._~:/%!$&()*+,;=@\[\]-]+", value)
+        ):
+            raise ValueError(
+                "an https:// URL (or http:// for testing): a host and an optional path, with "
+                "no query (?), fragment (#), login, quotes, angle brackets or spaces"
+            )
+        return value.rstrip("/")
 
     def require_own_key(self, purpose: str) -> None:
         """Refuse the public development key (or a short one) for ``purpose``."""

@@ -8,7 +8,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import EXAMPLES
@@ -88,7 +92,8 @@ def test_bad_values_are_one_line_each_with_an_example(tmp_path: Path) -> None:
             "configuration error PAPERPOST_MAX_ERROR_RATE=2: expected a number of at most 1.0, "
             "e.g. PAPERPOST_MAX_ERROR_RATE=0.5",
             "configuration error PAPERPOST_BASE_URL=ftp://user:***@example.org: expected an "
-            "https:// URL (or http:// for testing), e.g. "
+            "https:// URL (or http:// for testing): a host and an optional path, with no query "
+            "(?), fragment (#), login, quotes, angle brackets or spaces, e.g. "
             "PAPERPOST_BASE_URL=https://paperpost.example.org",
         ]
     )
@@ -120,3 +125,49 @@ def test_list_settings_take_one_value_a_comma_list_or_json(tmp_path: Path, monke
         )
         assert result.exit_code == 0, (name, result.output)
         assert json.loads(result.stdout)["papers_seen"] == papers, name
+
+
+def test_a_base_url_with_a_query_fragment_quote_or_space_is_a_config_error(tmp_path: Path) -> None:
+    """ATTACK4 #10: "https://pp.example.org/?a=b" made ".../?a=b/unsubscribe/..." links."""
+    for bad in (
+        "https://pp.example.org/?a=b",
+        "https://pp.example.org/#top",
+        'https://pp.example.org/"x',
+        "https://pp.example.org/a b",
+        "https://pp.example.org/<x>",
+        "https://user@pp.example.org",
+        "https:///path-only",
+    ):
+        result = paperpost(["run", "--no-prefect"], tmp_path, PAPERPOST_BASE_URL=bad)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert result.stderr.startswith("configuration error PAPERPOST_BASE_URL=")
+        assert "no query (?), fragment (#)" in result.stderr
+
+
+def test_a_sender_with_two_addresses_is_a_config_error(tmp_path: Path) -> None:
+    """ATTACK4 #9 (left by 0d99849): "d@x.org, evil@evil.example" put two addresses in From."""
+    result = paperpost(
+        ["run", "--no-prefect"], tmp_path, PAPERPOST_SENDER="d@x.org, evil@evil.example"
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("configuration error PAPERPOST_SENDER=d@x.org, evil@")
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_an_accepted_base_url_makes_links_that_end_in_their_own_path(value: str) -> None:
+    """Whatever is accepted, "<base>/unsubscribe/<token>" keeps the path (no query or
+    fragment swallows it) and has nothing a header or an HTML attribute would cut."""
+    from paperpost.errors import ConfigError
+    from paperpost.settings import Settings
+
+    try:
+        base = Settings(base_url="https://pp.example.org/" + value).base_url
+    except ConfigError:
+        return
+    assert base is not None
+    link = f"{base}/unsubscribe/tok.sig"
+    parts = urlsplit(link)
+    assert parts.hostname == "pp.example.org" and parts.path.endswith("/unsubscribe/tok.sig")
+    assert not parts.query and not parts.fragment
+    assert not any(c in link for c in " \"'<>\\`")
