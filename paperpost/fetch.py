@@ -92,11 +92,13 @@ def expand_sources(specs: Iterable[str], api_since: dict[str, date], today: date
             continue
         path = Path(spec).expanduser()
         if path.is_dir():
-            out.extend(str(p) for p in sorted(path.iterdir()) if p.suffix in DUMP_SUFFIXES)
+            found = [str(p) for p in sorted(path.iterdir()) if p.suffix in DUMP_SUFFIXES]
         elif any(ch in spec for ch in "*?["):
-            out.extend(sorted(glob.glob(str(path))))
+            found = sorted(glob.glob(str(path)))
         else:
-            out.append(str(path))
+            found = []
+        # a folder without dumps or a pattern matching nothing stays, to fail with its reason
+        out.extend(found or [str(path)])
     return out
 
 
@@ -297,6 +299,16 @@ def _hash(content: bytes) -> str:
 
 def fetch_file(path: str, known: FetchState | None, max_bytes: int) -> Fetched:
     file = Path(path)
+    if file.is_dir() and file.suffix not in DUMP_SUFFIXES:  # a source folder without dumps
+        suffixes = ", ".join(sorted(DUMP_SUFFIXES))
+        return Fetched(
+            path,
+            "failed",
+            error=f"a folder with no dump files (named *{suffixes.replace(', ', ', *')}); "
+            "check the source path",
+        )
+    if any(ch in path for ch in "*?[") and not file.exists():
+        return Fetched(path, "failed", error="the pattern matches no file; check the source")
     try:
         info = file.stat()
         if not stat.S_ISREG(info.st_mode):  # reading a pipe or /dev/zero never ends

@@ -313,3 +313,25 @@ def test_only_ambiguous_digests_never_read_as_nothing_to_send() -> None:
     summary.sources = [SourceReport("dumps/a.txt", "ingested", 5, 5)]
     message = outcome_message(summary)
     assert message.startswith("No digest was confirmed: 2 ambiguous") and "above" in message
+
+
+def test_a_glob_or_folder_matching_no_dump_is_an_error_naming_it(project, monkeypatch) -> None:
+    """ATTACK4 #11: "dumps/*.jsn" or an empty folder said "no new papers (weekend...)", exit 0."""
+    (project / "empty").mkdir()
+    monkeypatch.setenv(
+        "PAPERPOST_SOURCES", json.dumps([str(project / "dumps" / "*.jsn"), str(project / "empty")])
+    )
+    result = run("--json")
+    assert result.exit_code == ExitCode.SOURCES_FAILED, result.output
+    summary = json.loads(result.stdout)
+    assert "weekend" not in summary["message"]
+    errors = {s["source"]: s["detail"] for s in summary["sources"]}
+    assert "matches no file" in errors[str(project / "dumps" / "*.jsn")]
+    assert "a folder with no dump files" in errors[str(project / "empty")]
+    # beside a source that works, the empty one is still named
+    monkeypatch.setenv(
+        "PAPERPOST_SOURCES", json.dumps([str(project / "dumps"), str(project / "empty")])
+    )
+    partial = run("--json")
+    assert partial.exit_code == ExitCode.OK
+    assert any(s["status"] == "failed" for s in json.loads(partial.stdout)["sources"])
