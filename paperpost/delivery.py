@@ -549,16 +549,16 @@ class _Scope:
 
 
 def _nothing_accepted(count: int, last: DeliveryError | None) -> str:
-    what = (
-        "closed the connection or never answered after the end of data"
-        if last is not None and last.kind == AMBIGUOUS
-        else "could not be reached or refused temporarily"
-    )
+    if last is not None and last.kind == AMBIGUOUS:
+        what = "closed the connection or never answered after the end of data"
+        then = "those digests may have arrived and are not resent (listed above)"
+    else:
+        what = "could not be reached or refused temporarily"
+        then = "they are retried next run"
     return (
         f"paused: the mail server accepted none of the {count} digest"
         f"{'' if count == 1 else 's'} tried; it {what} (last: {last.detail if last else '?'}); "
-        "the unanswered ones are retried next run, the ambiguous ones are listed; check "
-        "PAPERPOST_SMTP_HOST, PAPERPOST_SMTP_PORT and the server, then run again"
+        f"{then}; check PAPERPOST_SMTP_HOST, PAPERPOST_SMTP_PORT and the server, then run again"
     )
 
 
