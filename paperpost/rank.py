@@ -1040,18 +1040,18 @@ class _Scored:
 
 def _row_sums(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``weights @ rows`` for a ``weights`` with a few non-zero entries per row (a reading's
-    facets): the non-zero terms only, added in column order."""
+    facets) and finite ``rows``: the non-zero terms, added in column order (padding adds
+    0 × the first row, an exact 0)."""
     at_row, at_col = np.nonzero(weights)
     counts = np.bincount(at_row, minlength=len(weights))
     slot = np.arange(len(at_row)) - np.repeat(np.cumsum(counts) - counts, counts)
-    index = np.full((len(weights), int(counts.max(initial=0))), len(rows))
+    index = np.zeros((len(weights), int(counts.max(initial=0))), dtype=np.intp)
     index[at_row, slot] = at_col
     factor = np.zeros(index.shape)
     factor[at_row, slot] = weights[at_row, at_col]
-    padded = np.vstack([rows, np.zeros((1, rows.shape[1]))])
     total = np.zeros((len(weights), rows.shape[1]))
     for k in range(index.shape[1]):
-        total += factor[:, k, None] * padded[index[:, k]]
+        total += factor[:, k, None] * rows[index[:, k]]
     return total
 
 
