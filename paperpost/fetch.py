@@ -81,7 +81,7 @@ def _is_api_range(source: str) -> bool:
 
 def expand_sources(specs: Iterable[str], api_since: dict[str, date], today: date) -> list[str]:
     """Concrete sources, in order: folders list their dumps, globs expand, and an API
-    URL without ``date=`` becomes one URL per weekday since its last fetched day."""
+    URL without ``date=`` becomes one URL per weekday from its last fetched day on."""
     out: list[str] = []
     for spec in specs:
         if is_url(spec):
@@ -142,8 +142,12 @@ def _endpoint(url: str) -> tuple[str, str, str]:
 
 
 def api_day_urls(base: str, last_day: date | None, today: date, first_days: int = 3) -> list[str]:
-    """One ``?date=`` URL per weekday after ``last_day`` (or the last few days) to today."""
-    start = last_day + timedelta(days=1) if last_day else today - timedelta(days=first_days - 1)
+    """One ``?date=`` URL per weekday from ``last_day`` (or the last few days) to today.
+
+    ``last_day`` itself is fetched again: a day fetched while the listing was still filling
+    (a morning run) gets its later papers; what was already seen is not news again, and an
+    unchanged day costs one conditional request."""
+    start = last_day if last_day else today - timedelta(days=first_days - 1)
     parts = urlsplit(base)
     urls = []
     day = start

@@ -127,12 +127,13 @@ def test_local_sources_folder_glob_and_missing_file(tmp_path) -> None:
     assert "no such file" in results[1].error
 
 
-def test_api_range_skips_weekends_and_resumes_after_last_day() -> None:
+def test_api_range_skips_weekends_and_resumes_at_last_day() -> None:
     from datetime import date
 
     base = "https://huggingface.co/api/daily_papers?limit=100"
     urls = api_day_urls(base, date(2026, 11, 19), date(2026, 11, 24))
-    assert [u.rsplit("date=", 1)[1] for u in urls] == ["2026-11-20", "2026-11-23", "2026-11-24"]
+    days = ["2026-11-19", "2026-11-20", "2026-11-23", "2026-11-24"]
+    assert [u.rsplit("date=", 1)[1] for u in urls] == days
     assert all("limit=100" in u for u in urls)
 
 
@@ -152,7 +153,8 @@ def test_a_day_after_today_in_the_fetch_states_does_not_stop_the_api_range() -> 
     today = date(2026, 11, 24)
     assert last_api_days([base], known, today) == {base: date(2026, 11, 19)}
     urls = expand_sources([base], last_api_days([base], known, today), today)
-    assert [u.rsplit("date=", 1)[1] for u in urls] == ["2026-11-20", "2026-11-23", "2026-11-24"]
+    days = ["2026-11-19", "2026-11-20", "2026-11-23", "2026-11-24"]
+    assert [u.rsplit("date=", 1)[1] for u in urls] == days
 
 
 def test_api_day_follows_pages_and_skips_unchanged_days(httpserver: HTTPServer) -> None:

@@ -362,3 +362,34 @@ def test_a_poison_api_day_over_http_is_retried_after_later_days(
     again = {r.source.rsplit("date=", 1)[1][:10]: r.status for r in second.sources}
     assert again["2026-11-23"] == "ingested"  # tried again although later days succeeded
     assert Store(settings.db_url).paper_count() == 3
+
+
+def test_papers_added_to_a_fetched_day_later_still_arrive(
+    run_setup, httpserver: HTTPServer
+) -> None:
+    """Before: the API range resumed the day after the latest fetched day, so a day fetched
+    while the listing was still filling (a 07:00 run) was never fetched again and the papers
+    added to it later were lost. Now the latest fetched day is fetched again."""
+    from datetime import timedelta
+
+    settings, dumps = run_setup
+    (dumps / "good.txt").unlink()
+    days = {TODAY.isoformat(): api(api_item("Agents in the morning", "2611.00031"))}
+
+    def handler(request: Request) -> Response:
+        page = request.args.get("p", "0")
+        return Response(days.get(request.args["date"], b"[]") if page == "0" else b"[]")
+
+    httpserver.expect_request("/api/daily_papers").respond_with_handler(handler)
+    settings = settings.model_copy(update={"sources": [httpserver.url_for("/api/daily_papers")]})
+    run_plain(settings, TODAY)
+    assert Store(settings.db_url).paper_count() == 1
+    days[TODAY.isoformat()] = api(  # the listing fills up after the morning run
+        api_item("Agents in the morning", "2611.00031"),
+        api_item("Agents in the afternoon", "2611.00032"),
+    )
+    tomorrow = TODAY + timedelta(days=1)
+    run_plain(settings, tomorrow)
+    assert Store(settings.db_url).paper_count() == 2
+    fetched = [r.source.rsplit("date=", 1)[1][:10] for r in run_plain(settings, tomorrow).sources]
+    assert fetched == [tomorrow.isoformat()]  # once today is fetched, it is the one fetched again
