@@ -65,6 +65,7 @@ LISTED_ROUTINE = 1000
 # Batches a run has in flight: each is ranked and rendered in a worker process, then sent by
 # a thread of the run's own process, so that both cores are busy while one batch is written.
 BATCHES_IN_FLIGHT = 3
+RENDER_CHUNK = 500  # digests a worker renders and sends back at a time (about 13 MB)
 T = TypeVar("T")
 
 
@@ -530,8 +531,22 @@ def rank_in_worker(
 def render_in_worker(
     jobs: Sequence[DigestJob], edition: Edition, failed: Sequence[Outcome] = ()
 ) -> Rendered:
-    """:func:`render_stage` in a worker process, with that process's renderer."""
-    return offload(_render, jobs, edition, failed)
+    """:func:`render_stage` in the worker processes, with their renderers: RENDER_CHUNK
+    digests at a time, so that every worker can take part of a batch and none holds a whole
+    batch of messages (and their pickled copy) at once. Same result, in the same order."""
+    pool = workers()
+    if pool is None:
+        return _render(jobs, edition, failed)
+    parts = [
+        pool.submit(_render, jobs[start : start + RENDER_CHUNK], edition, ())
+        for start in range(0, len(jobs), RENDER_CHUNK)
+    ]
+    rendered = Rendered([], list(failed))
+    for part in parts:
+        done = part.result()
+        rendered.outgoing += done.outgoing
+        rendered.failed += done.failed
+    return rendered
 
 
 def _rank(
