@@ -66,6 +66,9 @@ LISTED_ROUTINE = 1000
 # a thread of the run's own process, so that both cores are busy while one batch is written.
 BATCHES_IN_FLIGHT = 3
 RENDER_CHUNK = 500  # digests a worker renders and sends back at a time (about 13 MB)
+# A batch smaller than this is ranked and rendered in place: starting the worker processes
+# (an interpreter importing paperpost each, 1-1.5 CPU s) costs more than such a batch.
+IN_PLACE_BELOW = 200
 T = TypeVar("T")
 
 
@@ -520,10 +523,10 @@ def renderer() -> Renderer:
 def rank_in_worker(
     store: Store, plan: RunPlan, batch: Sequence[LoadedSubscriber], today: date, send_empty: bool
 ) -> RankedBatch:
-    """:func:`rank_stage` in a worker process (:func:`offload`); here for an in-memory
-    SQLite database, which no other process can open."""
+    """:func:`rank_stage` in a worker process (:func:`offload`); here for a small batch
+    and for an in-memory SQLite database, which no other process can open."""
     url = _absolute(store.url)
-    if url is None:
+    if url is None or len(batch) < IN_PLACE_BELOW:
         return rank_stage(store, plan, batch, today, send_empty)
     return offload(_rank, url, plan, batch, today, send_empty)
 
@@ -534,7 +537,7 @@ def render_in_worker(
     """:func:`render_stage` in the worker processes, with their renderers: RENDER_CHUNK
     digests at a time, so that every worker can take part of a batch and none holds a whole
     batch of messages (and their pickled copy) at once. Same result, in the same order."""
-    pool = workers()
+    pool = workers() if len(jobs) >= IN_PLACE_BELOW else None
     if pool is None:
         return _render(jobs, edition, failed)
     parts = [

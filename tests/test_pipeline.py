@@ -276,3 +276,31 @@ def test_a_reader_whose_ranking_raises_fails_alone_and_the_batch_is_served(tmp_p
     assert "Check team.yaml:13 and this reader's votes; tried again next run" in failed.detail
     cursor = store.cursors(["broken@example.org"])["broken@example.org"][0]
     assert cursor < plan.high_water  # not moved past the papers it did not get
+
+
+def test_a_batch_big_enough_is_ranked_and_rendered_in_worker_processes(tmp_path: Path) -> None:
+    """Above IN_PLACE_BELOW readers a batch goes to the worker processes: each reader gets
+    exactly the digest ranking and rendering in place gives (the in-place run's files)."""
+    from paperpost import pipeline
+
+    count = pipeline.IN_PLACE_BELOW + 20
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    write_dump(dumps, "a.txt", ["Speculative Decoding Alpha", "Draft Models for Decoding"])
+    entry = "- email: r{}@example.org\n  tags: [speculative-decoding]\n"
+    (tmp_path / "list.yaml").write_text("".join(entry.format(i) for i in range(count)))
+    outboxes = {}
+    for label, batch_size in (("workers", count), ("in place", 10)):  # 10 < IN_PLACE_BELOW
+        settings = Settings(
+            sources=[str(dumps)],
+            subscribers_dir=tmp_path / "list.yaml",
+            outbox_dir=tmp_path / label,
+            database_url=f"sqlite:///{tmp_path / label}.db",
+            batch_size=batch_size,
+        )
+        assert run_plain(settings, TUE).digests_sent == count
+        files = sorted((tmp_path / label / "new").iterdir())
+        outboxes[label] = {f.name: f.read_bytes().split(b"\r\n\r\n", 1)[1] for f in files}
+    if pipeline.workers() is not None:  # more than one core: the first run used them
+        assert pipeline._POOLS
+    assert outboxes["workers"] == outboxes["in place"]  # bodies (Date headers differ)
