@@ -1179,7 +1179,16 @@ def rank_many(
             final = np.where(relevant, ordered + lift, -1.0)
         if depth < n_papers:  # only the best few per setting need sorting
             best = np.argpartition(-final, depth - 1, axis=1)[:, :depth]
-            top = np.take_along_axis(best, np.argsort(-np.take_along_axis(final, best, 1), 1), 1)
+            values = np.take_along_axis(final, best, 1)
+            # a tie across the cut goes by paper order, as the full stable sort does, so a
+            # reader's digest never depends on the other readers (and depth) of the call
+            edge = values.min(axis=1, keepdims=True)
+            cut = (edge[:, 0] >= 0.0) & ((final == edge).sum(1) > (values == edge).sum(1))
+            if cut.any():
+                rows = np.flatnonzero(cut)
+                best[rows] = np.argsort(-final[rows], axis=1, kind="stable")[:, :depth]
+                values[rows] = np.take_along_axis(final[rows], best[rows], 1)
+            top = np.take_along_axis(best, np.lexsort((best, -values), axis=1), 1)
         else:
             top = np.argsort(-final, axis=1, kind="stable")
         passed = (np.take_along_axis(final, top, 1) >= 0.0).sum(axis=1).tolist()
