@@ -9,6 +9,8 @@ BM25+Snowball and substring, then the replay (delivered precision, recall, one-w
 for one default reader per tag of each file. This is how a new blind set is measured once.
 
 The judged sets (how each was made is written at the top of its file):
+  blind4     data/relevance_blind4.yaml: round 4's blind tags, judged in full by three
+             independent judges; measured blind once in session 4, a development set since
   blind3     data/relevance_blind3.yaml: round 3's blind tags, judged in full by three
              independent judges; measured blind once in session 3, a development set since
   blind2     data/relevance_blind2.yaml: round 2's blind tags (not vocabulary entries), judged
@@ -374,6 +376,7 @@ def main() -> None:
     else:
         existing = judgments(papers)
         if not args.no_blind:
+            sets.append(("blind4", judgments(papers, "relevance_blind4.yaml"), False))
             sets.append(("blind3", judgments(papers, "relevance_blind3.yaml"), False))
             sets.append(("blind2", judgments(papers, "relevance_blind2.yaml"), False))
         sets.append(("round1", judgments(papers, "relevance_round1.yaml"), False))
