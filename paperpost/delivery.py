@@ -440,19 +440,10 @@ class TokenBucket:
 
 
 class SmtpPool:
-    """A few reused SMTP connections for sending threads, with an optional rate cap.
-
-    Each thread keeps the connection it first takes until the pool is closed, so a thread's
-    messages go one after another over one connection: what a thread records before its next
-    message (:func:`send_batch`: the last reply it read) is recorded before that connection's
-    next end of data. Use at most ``smtp_connections`` threads (a thread beyond them waits
-    for a connection forever).
-    """
+    """A few reused SMTP connections shared by sending threads, with an optional rate cap."""
 
     def __init__(self, settings: Settings) -> None:
         self.connections: queue.LifoQueue[Smtp] = queue.LifoQueue()
-        self.taken: list[Smtp] = []
-        self.mine = threading.local()
         for _ in range(settings.smtp_connections):
             self.connections.put(Smtp(settings, settings.smtp_recycle_after))
         self.bucket = TokenBucket(settings.smtp_rate_limit) if settings.smtp_rate_limit else None
@@ -460,18 +451,16 @@ class SmtpPool:
     def send(self, outgoing: Outgoing, end_of_data: Callable[[], None] = _nothing) -> None:
         if self.bucket is not None:
             self.bucket.acquire()
-        conn = getattr(self.mine, "conn", None)
-        if conn is None:
-            conn = self.mine.conn = self.connections.get()
-            self.taken.append(conn)
-        conn.send(outgoing, end_of_data)
+        conn = self.connections.get()
+        try:
+            conn.send(outgoing, end_of_data)
+        finally:
+            self.connections.put(conn)
 
     def delivered(self, address: str, digest: str) -> bool | None:
         return None
 
     def close(self) -> None:
-        for conn in self.taken:
-            conn.close()
         while not self.connections.empty():
             self.connections.get().close()
 
@@ -586,11 +575,9 @@ def send_batch(
 
     Digests go in groups of GROUP: the group is claimed in one transaction, sent, and its
     outcomes recorded in one transaction (the outbox makes the group durable first). Over
-    SMTP the ``data-sent`` mark of each digest is a commit right before its final dot, and
-    it records with it the outcomes read so far: each sending thread keeps one connection
-    (:class:`SmtpPool`) and queues the reply it read before it starts its next message, so
-    that reply is committed before the connection's next end of data, and a kill leaves at
-    most one digest per connection in ``data-sent`` (the protocol's window).
+    SMTP the ``data-sent`` mark of each digest is its own commit right before its final
+    dot, and the reply read is committed before that connection sends its next message, so a
+    kill leaves at most one digest per connection in ``data-sent`` (the protocol's window).
 
     ``workers`` messages are in flight at a time (the transport must be thread-safe).
     A sender- or server-wide refusal (see :func:`classify`, and :class:`_Scope` for the
@@ -741,6 +728,13 @@ def send_batch(
                 f"{reason}: {error.detail}; will retry next run",
             )
 
+    def replied(message: Outgoing) -> Outcome:
+        """SMTP: the reply read is in the ledger before this connection's next end-of-data,
+        so a kill leaves at most one digest per connection in ``data-sent``."""
+        outcome = one(message)
+        record()
+        return outcome
+
     def durable(outbox: Outbox, done: list[Outcome]) -> list[Outcome]:
         """Make the outbox's staged group durable; if that fails, its digests are retried."""
         try:
@@ -777,7 +771,8 @@ def send_batch(
                 [Wanted(m.address, m.digest, m.lo, m.hi, m.message_id) for m in group], run_id
             )
             claimed = [m for m, c in zip(group, claims, strict=True) if c.proceed]
-            done = list(pool.map(one, claimed)) if pool is not None else list(map(one, claimed))
+            each = one if outbox is not None else replied
+            done = list(pool.map(each, claimed)) if pool is not None else list(map(each, claimed))
             if outbox is not None:
                 done = durable(outbox, done)
             record()

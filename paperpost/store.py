@@ -318,19 +318,6 @@ def _settle_statement():  # type: ignore[no-untyped-def]
     )
 
 
-@lru_cache(maxsize=1)
-def _data_sent_statement():  # type: ignore[no-untyped-def]
-    """Built once: a statement made per message costs more than running it."""
-    return (
-        update(deliveries)
-        .where(
-            deliveries.c.address == bindparam("b_address"),
-            deliveries.c.digest == bindparam("b_digest"),
-        )
-        .values(status="data-sent", updated_at=bindparam("b_at"))
-    )
-
-
 @lru_cache(maxsize=8)
 def _cursor_statement(dialect: str, sent: bool):  # type: ignore[no-untyped-def]
     """Insert a cursor row, or move an existing one forward (never back)."""
@@ -928,8 +915,11 @@ class Store:
                 )
             if data_sent is not None:
                 conn.execute(
-                    _data_sent_statement(),
-                    {"b_address": data_sent[0], "b_digest": data_sent[1], "b_at": stamp},
+                    update(deliveries)
+                    .where(
+                        deliveries.c.address == data_sent[0], deliveries.c.digest == data_sent[1]
+                    )
+                    .values(status="data-sent", updated_at=stamp)
                 )
 
     def settle(self, address: str, digest: str, status: str, hi: int, error: str | None) -> None:
