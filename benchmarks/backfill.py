@@ -38,7 +38,6 @@ import random
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_checkout_args, checkouts, report
+from common import add_checkout_args, checkouts, report, run_in_tree
 
 # (checkout, variant) in the order each round runs them
 VARIANTS = [
@@ -151,17 +150,7 @@ def _today() -> date:
 
 
 def run(tree: Path, env: dict[str, str], *argv: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--tree", str(tree), *argv],
-        env={**env, "PYTHONPATH": str(tree)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        raise SystemExit(f"{tree}: {argv[:2]} failed:\n{done.stderr[-3000:]}")
-    lines = done.stdout.strip().splitlines()
-    return json.loads(lines[-1]) if lines else {}
+    return run_in_tree(__file__, tree, env, "--tree", str(tree), *argv)
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,3 +115,19 @@ def checkouts(args: argparse.Namespace) -> dict[str, Path]:
     if args.before:
         trees = {"before": args.before.resolve(), **trees}
     return trees
+
+
+def run_in_tree(script: str, tree: Path, env: dict[str, str], *argv: str) -> dict:
+    """Run ``script`` (a benchmark's child mode) with the checkout ``tree`` first on the
+    path, and return the JSON of its last output line ({} if it printed nothing)."""
+    done = subprocess.run(
+        [sys.executable, script, *argv],
+        env={**env, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        raise SystemExit(f"{tree}: {' '.join(argv[:4])} failed:\n{done.stderr[-3000:]}")
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_checkout_args, checkouts, report
+from common import add_checkout_args, checkouts, report, run_in_tree
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -119,16 +118,7 @@ def run(tree: Path, args: argparse.Namespace) -> dict:
     argv = ["--child", "--tree", str(tree), "--subscribers", str(args.subscribers)]
     argv += ["--papers", str(args.papers), "--repeat", str(args.repeat)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERPOST_")}
-    done = subprocess.run(
-        [sys.executable, __file__, *argv],
-        env={**env, "PYTHONPATH": str(tree)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        raise SystemExit(f"{tree}: failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_in_tree(__file__, tree, env, *argv)
 
 
 def main() -> None:
