@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from paperpost.exitcodes import ExitCode, for_summary
 from paperpost.sanitize import reply_text
@@ -272,14 +273,14 @@ def _print_summary(summary: dict, settings: Settings) -> None:
     result = RunSummary(**data)
     table = Table(title=f"paperpost run {result.run_id}", show_header=False)
     for name, value in summary_rows(result):
-        table.add_row(name, value)
+        table.add_row(name, Text(reply_text(value, 300)))
     out.print(table)
     for s in result.sources:
         colour = {"ingested": "green", "unchanged": "dim"}.get(s.status, "red")
         out.print(
-            f"[{colour}]{s.status:>9}[/{colour}] {s.source}  {_plural(s.papers, 'paper')}, "
-            f"{s.new} new"
-            f"{'  ' + s.detail if s.detail else ''}"
+            f"[{colour}]{s.status:>9}[/{colour}] {escape(reply_text(s.source, 300))}  "
+            f"{_plural(s.papers, 'paper')}, {s.new} new"
+            f"{'  ' + escape(reply_text(s.detail, 300)) if s.detail else ''}"
         )
     for error in result.invalid_subscribers:
         out.print(f"[red]invalid subscriber[/red] {escape(error)}")
@@ -354,7 +355,10 @@ def parse(
     table = Table("id", "title", "published", "upvotes")
     for paper in papers:
         table.add_row(
-            paper.id, paper.title[:80], str(paper.published or ""), str(paper.upvotes or "")
+            paper.id,
+            Text(reply_text(paper.title, 80)),
+            str(paper.published or ""),
+            str(paper.upvotes or ""),
         )
     out.print(table)
     out.print(f"{_plural(len(papers), 'distinct paper')}")
@@ -470,7 +474,12 @@ def rank_command(
         return
     table = Table("#", "score", "title", "why")
     for number, item in enumerate(ranked, 1):
-        table.add_row(str(number), f"{item.score:.2f}", item.paper.title[:70], item.why)
+        table.add_row(
+            str(number),
+            f"{item.score:.2f}",
+            Text(reply_text(item.paper.title, 70)),
+            Text(reply_text(item.why, 300)),
+        )
     out.print(table)
 
 
@@ -619,7 +628,7 @@ def subscribers_list(
                 status += f"\n{escape(row['reason'])}"
             table.add_row(
                 row["email"],
-                "\n".join(row["tags"]),
+                Text("\n".join(reply_text(t, 100) for t in row["tags"])),
                 row["cadence"] if row["weekday"] is None else f"weekly ({row['weekday']})",
                 _day(row["last_digest"]) or "never",
                 status,
@@ -690,19 +699,23 @@ def subscribers_show(
         ("organizations", ", ".join(sub.organizations) or "-"),
     ]
     for name, value in rows:
-        out.print(f"{name:>13}: {escape(value)}")
+        out.print(f"{name:>13}: {escape(reply_text(value, 500))}")
     if sub.like:
         found = find_papers(store, sub.like)
         out.print(f"{'like':>13}:")
         for ref in sub.like:
-            state = escape(found[ref].title) if ref in found else "[dim]not seen yet[/dim]"
-            out.print(f"               {escape(ref)} → {state}")
+            state = (
+                escape(reply_text(found[ref].title, 200))
+                if ref in found
+                else "[dim]not seen yet[/dim]"
+            )
+            out.print(f"               {escape(reply_text(ref, 200))} → {state}")
     votes = votes_of(store, [sub.address]).get(sub.address, [])
     out.print(f"{'votes':>13}: {len(votes) or '-'}")
     for vote in reversed(votes):
         mark = "[green]more [/green]" if vote.vote > 0 else "[red]fewer[/red]"
         when = vote.voted_at.strftime("%Y-%m-%d")
-        out.print(f"               {mark} {when} {escape(vote.title)}")
+        out.print(f"               {mark} {when} {escape(reply_text(vote.title, 200))}")
     taste = tastes(store, [sub])[0]
     if taste.liked or taste.disliked:
         terms = top_terms(taste, history(store), 12)

@@ -177,8 +177,9 @@ _TERMINAL_ESCAPE = re.compile(
 
 
 def reply_text(text: str, limit: int = REPLY_CHARS) -> str:
-    """A remote server's words (an SMTP reply, a bounce's diagnostic) as one line that is
-    safe to store, print to a terminal and put in ``--json``: terminal escape sequences
+    """Third-party text (an SMTP reply, a bounce's diagnostic, a paper title or tag in a
+    terminal table) as one line that is safe to store, print to a terminal and put in
+    ``--json``: terminal escape sequences
     removed whole (colour, clear-screen, window-title ``ESC ] 0;...BEL``), other control,
     format and bidi characters dropped, line breaks and runs of whitespace made one space,
     cut at a word boundary to ``limit`` characters (with ``…``)."""

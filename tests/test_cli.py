@@ -413,3 +413,18 @@ def test_a_files_errors_are_capped_in_the_run_summary(tmp_path: Path, monkeypatc
     )
     human = runner.invoke(app, ["run", "--no-prefect"])
     assert human.stdout.count("invalid subscriber") <= 7
+
+
+def test_titles_reach_the_terminal_as_plain_text(tmp_path: Path) -> None:
+    """A title is third-party text: rich markup in it is shown, not obeyed (``[/]`` used to
+    crash ``parse``; ``[link=...]`` made a terminal hyperlink), and bidi or control
+    characters never reach the terminal."""
+    title = "Agents [/] that [link=https://evil.example]click[/link] \u202eevil\x1b]0;pwn\x07 here"
+    dump = tmp_path / "2026-11-20.json"
+    item = {"id": "2611.00001", "title": title, "summary": "Agents that act for users."}
+    dump.write_text(json.dumps([{"paper": item}]))
+    for args in (["parse", str(dump)], ["rank", "--tag", "agents", "--min-score", "0", str(dump)]):
+        result = runner.invoke(app, args, env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        assert "Agents [/] that [link=https://evil.example]click[/link]" in result.stdout
+        assert not any(ch in result.stdout for ch in "\u202e\x1b\x07"), args
