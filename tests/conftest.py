@@ -3,7 +3,8 @@ reference data in ../shared when it is there, a temporary project state, one Pre
 
 Tests that need something from outside the checkout skip with a reason saying what to provide,
 or fail where CI requires it: ../shared (`shared` marker, PAPERPOST_REQUIRE_SHARED), PostgreSQL
-(PAPERPOST_TEST_POSTGRES_URL, PAPERPOST_REQUIRE_POSTGRES), Chromium (PAPERPOST_REQUIRE_BROWSER).
+(PAPERPOST_TEST_POSTGRES_URL, PAPERPOST_REQUIRE_POSTGRES), Chromium (PAPERPOST_REQUIRE_BROWSER),
+the paperpost[semantic] extra (`encoder` fixture, PAPERPOST_REQUIRE_SEMANTIC).
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def shared_papers():
     for path in DUMPS + API_DAYS:
         papers += parse_dump(path.read_bytes(), str(path), CAPTURED).papers
     return distinct_papers(papers)
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The semantic extra's encoder, loaded once for the session (skips without the extra)."""
+    from paperpost import semantic
+
+    try:
+        return semantic.encoder()
+    except semantic.SemanticUnavailable as exc:
+        unavailable("PAPERPOST_REQUIRE_SEMANTIC", str(exc))
 
 
 @pytest.fixture(scope="session")
