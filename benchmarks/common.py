@@ -10,6 +10,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,61 @@ def family_usage() -> tuple[float, float, float]:
         except OSError:
             continue
     return cpu, peak_rss_mb(), rss
+
+
+class FamilySampler:
+    """Polls a process and every process descended from it (Linux /proc) every ``interval``
+    seconds on a thread: the peak of their summed RSS (what the machine had to hold at once),
+    the number of samples, and each process's own peak RSS (VmHWM) as last seen alive."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak_sum_mb = 0.0
+        self.samples = 0
+        self.peaks: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FamilySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def family(self) -> list[int]:
+        parents: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += parents.get(pid, [])
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            total = 0.0
+            for pid in self.family():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                except OSError:
+                    continue
+                fields = {line.split(":")[0]: line.split()[1:2] for line in status}
+                if fields.get("VmRSS"):
+                    total += int(fields["VmRSS"][0]) / 1024
+                if fields.get("VmHWM"):
+                    self.peaks[pid] = int(fields["VmHWM"][0]) / 1024
+            self.samples += 1
+            self.peak_sum_mb = max(self.peak_sum_mb, total)
 
 
 def median_time(fn: Callable[[], object], repeat: int) -> tuple[float, list[float]]:

@@ -8,8 +8,12 @@ is daily (gets a digest today), the rest weekly on another weekday (read, checke
 skipped), so a million-subscriber list can be measured without sending a million digests.
 ``--mode run`` runs ``run_plain`` (300 new papers, outbox, SQLite); ``--mode load`` only
 reads the list the way the plain path does (the older checkout: ``load_subscribers``).
-Each case runs in a fresh process; peak RSS is that process's ``ru_maxrss``, and the
-workers' column the sum of its worker processes' peaks (ranking and rendering run there).
+Each case runs in a fresh process; peak RSS is that process's ``ru_maxrss``, the workers'
+column the sum of its worker processes' peaks (ranking and rendering run there), and "family
+peak" the peak of the summed RSS of the process and all its descendants, polled from /proc
+every 0.2 s by this script (the processes' peaks need not fall at the same moment, so it can
+be lower than process + workers). CPU seconds are the family's (process and workers); the
+load average is read before and after each case.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ def child(mode: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from common import family_usage
 
-    result["workers_peak_rss_mb"] = family_usage()[2]  # ranking and rendering processes
+    cpu, _, workers = family_usage()  # with the ranking and rendering processes
+    result["workers_peak_rss_mb"] = workers
+    result["cpu_seconds"] = cpu
     print(json.dumps(result))
 
 
@@ -64,6 +70,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 from datetime import UTC, datetime
@@ -74,7 +81,7 @@ sys.path.insert(0, str(HERE))
 
 from end_to_end import prepare
 
-from common import add_checkout_args, checkouts, report
+from common import FamilySampler, add_checkout_args, checkouts, report
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -106,6 +113,11 @@ def main() -> None:
     parser.add_argument("--mode", choices=["run", "load"], default="run")
     add_checkout_args(parser)
     parser.add_argument("--name", default="memory", help="results/<name>.json")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the lists, databases and outboxes (deleted by default)",
+    )
     args = parser.parse_args()
     trees = checkouts(args)
     root = Path(tempfile.mkdtemp(prefix="pp-memory-"))
@@ -126,16 +138,30 @@ def main() -> None:
                 "PAPERPOST_SECRET_KEY": "benchmark-only-key-0123456789abcdef0123456789",
                 "PAPERPOST_DELIVERY": "outbox",
             }
-            done = subprocess.run(
-                [sys.executable, __file__, "--case", args.mode],
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=path,
-            )
-            if done.returncode:
-                raise RuntimeError(f"{tree} at {size} failed:\n{done.stderr[-3000:]}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+            load_before = os.getloadavg()
+            with (
+                tempfile.TemporaryFile("w+") as out,
+                tempfile.TemporaryFile("w+") as err,
+            ):
+                child = subprocess.Popen(
+                    [sys.executable, __file__, "--case", args.mode],
+                    env=env,
+                    stdout=out,
+                    stderr=err,
+                    text=True,
+                    cwd=path,
+                )
+                with FamilySampler(child.pid) as sampler:
+                    child.wait()
+                out.seek(0), err.seek(0)
+                if child.returncode:
+                    raise RuntimeError(f"{tree} at {size} failed:\n{err.read()[-3000:]}")
+                result = json.loads(out.read().strip().splitlines()[-1])
+            result["family_peak_rss_mb"] = sampler.peak_sum_mb
+            result["samples"] = sampler.samples
+            result["load"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
             if not result["paperpost_file"].startswith(str(path)):
                 raise RuntimeError(f"{tree} imported {result['paperpost_file']}")
             result.update(size=size, tree=tree, daily=daily, mode=args.mode)
@@ -148,7 +174,11 @@ def main() -> None:
                     args.mode,
                     result["peak_rss_mb"],
                     result.get("workers_peak_rss_mb", 0.0),
+                    result["peak_rss_mb"] + result.get("workers_peak_rss_mb", 0.0),
+                    result["family_peak_rss_mb"],
                     result["seconds"],
+                    result.get("cpu_seconds", 0.0),
+                    "-".join(str(x) for x in result["load"]),
                     result.get("sent", result.get("loaded", "")),
                 ]
             )
@@ -162,12 +192,18 @@ def main() -> None:
             "mode",
             "peak RSS MB",
             "workers' peak RSS MB",
+            "summed MB",
+            "family peak MB",
             "seconds",
+            "CPU s",
+            "load",
             "sent/loaded",
         ],
         rows,
         {"runs": runs, "due": args.due},
     )
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,17 @@ import reprlib
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
 
 import yaml
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import (
+    CASE_INSENSITIVE_MAILBOX_NAMES,
+    DOT_ATOM_TEXT,
+    EMAIL_MAX_LENGTH,
+)
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -77,6 +83,8 @@ def _shown(value: object, limit: int = 60) -> str:
 def _control(text: str) -> str | None:
     """The first control character in ``text`` (as U+XXXX), if any: C0/C1 controls, and
     bidi controls (which make a name read differently in a terminal or a list)."""
+    if text.isascii() and text.isprintable():  # the common case: ' ' to '~' only
+        return None
     bad = next((ch for ch in text if unicodedata.category(ch) == "Cc" or BIDI.match(ch)), None)
     return f"U+{ord(bad):04X}" if bad else None
 
@@ -137,6 +145,12 @@ def _kind(value: object) -> str:
     return f"{type(value).__name__} {_shown(value)}"
 
 
+def _none_yet(limit: int) -> Any:
+    """A list that is empty unless given: a new list per entry (pydantic deep-copies a
+    ``default=[]`` for every entry it loads, 7% of loading a long list), [] in the schema."""
+    return Field(default_factory=list, max_length=limit, json_schema_extra={"default": []})
+
+
 class TagInterest(BaseModel):
     """One interest: a topic tag, how much it counts, and extra keywords of the reader's."""
 
@@ -144,7 +158,7 @@ class TagInterest(BaseModel):
 
     tag: Topic
     weight: Annotated[float, Field(gt=0, le=10)] = 1.0
-    keywords: list[Keyword] = Field(default=[], max_length=MAX_WORDS)
+    keywords: list[Keyword] = _none_yet(MAX_WORDS)
 
 
 class Subscriber(BaseModel):
@@ -155,10 +169,10 @@ class Subscriber(BaseModel):
     email: str
     name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
     tags: list[TagInterest] = Field(min_length=1, max_length=MAX_TAGS)
-    exclude: list[Topic] = Field(default=[], max_length=MAX_WORDS)
-    like: list[PaperRef] = Field(default=[], max_length=MAX_REFERENCES)
-    authors: list[Name] = Field(default=[], max_length=MAX_REFERENCES)
-    organizations: list[Name] = Field(default=[], max_length=MAX_REFERENCES)
+    exclude: list[Topic] = _none_yet(MAX_WORDS)
+    like: list[PaperRef] = _none_yet(MAX_REFERENCES)
+    authors: list[Name] = _none_yet(MAX_REFERENCES)
+    organizations: list[Name] = _none_yet(MAX_REFERENCES)
     cadence: Literal["daily", "weekly"] = "daily"
     weekday: Literal[WEEKDAYS] = "monday"  # type: ignore[valid-type]
     max_items: Annotated[int, Field(ge=1, le=100)] = 10
@@ -178,27 +192,25 @@ class Subscriber(BaseModel):
                 {"got": _kind(value)},
             )
         try:
-            checked = validate_email(
-                value.strip(), check_deliverability=False, allow_smtputf8=False
-            )
+            local_part, ascii_email = _checked_email(value.strip())
         except EmailNotValidError as exc:
             raise PydanticCustomError(
                 "email",
                 "expected an email address like ada@example.org, got {got} ({reason})",
                 {"got": _shown(value.strip()), "reason": str(exc)},
             ) from None
-        if len(checked.local_part) > LOCAL_PART_CHARS:
+        if len(local_part) > LOCAL_PART_CHARS:
             raise PydanticCustomError(
                 "email",
                 "expected an email address like ada@example.org, got {got} (the part before "
                 "the @-sign has {count} characters; at most {limit} are allowed)",
                 {
                     "got": _shown(value.strip()),
-                    "count": len(checked.local_part),
+                    "count": len(local_part),
                     "limit": LOCAL_PART_CHARS,
                 },
             )
-        return checked.ascii_email  # type: ignore[return-value]
+        return ascii_email
 
     @field_validator("name", mode="before")
     @classmethod
@@ -285,6 +297,34 @@ class Subscriber(BaseModel):
     def address(self) -> str:
         """The email address as the identity of a subscriber (case-folded)."""
         return self.email.lower()
+
+
+def _checked_email(address: str) -> tuple[str, str]:
+    """email-validator's local part and ASCII form of ``address`` (its errors raised as
+    they are). A plain ASCII local part (dot-atom text) at a domain seen before takes a
+    short way with the same result: the domain's checks (IDNA, most of the cost) depend
+    on the domain alone, so they are made once per domain (a list of a million readers
+    has far fewer domains), and such a local part is valid as it is."""
+    local, at, domain = address.rpartition("@")
+    if at and DOT_ATOM_TEXT.match(local) and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES:
+        forms = _domain_forms(domain)
+        if forms is not None and all(
+            len(f"{local}@{form}".encode()) <= EMAIL_MAX_LENGTH for form in (domain, *forms)
+        ):
+            return local, f"{local}@{forms[1]}"
+    checked = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+    return checked.local_part, checked.ascii_email  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=4096)
+def _domain_forms(domain: str) -> tuple[str, str] | None:
+    """The normalized and ASCII forms email-validator gives ``domain`` (None if it refuses
+    it: the full check then says why)."""
+    try:
+        checked = validate_email(f"x@{domain}", check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError:
+        return None
+    return checked.domain, checked.ascii_domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,9 +598,23 @@ def _not_a_file(path: Path) -> str | None:
     return None
 
 
+# The parser starts a document after the first only at an explicit start marker.
+DOCUMENT_START = "---"
+
+
 def _check_syntax(path: Path, encoding: str) -> None:
     """Raise the parser's error, if any, before any entry of the file is used: a file
-    with broken YAML loads nothing (events only, no nodes or values are built)."""
+    with broken YAML loads nothing (events only, no nodes or values are built). A file
+    with no DOCUMENT_START anywhere holds at most one document, so the C parser checks it
+    alone, without making an event object per scalar (most of this check's time)."""
+    if hasattr(_Loader, "raw_parse") and not _holds_document_start(path, encoding):
+        with path.open(encoding=encoding) as stream:
+            parser = _Loader(stream)
+            try:
+                parser.raw_parse()
+            finally:
+                parser.dispose()
+        return
     with path.open(encoding=encoding) as stream:
         parser = _Loader(stream)
         try:
@@ -578,6 +632,18 @@ def _check_syntax(path: Path, encoding: str) -> None:
                     first = event
         finally:
             parser.dispose()
+
+
+def _holds_document_start(path: Path, encoding: str) -> bool:
+    """True when the text of ``path`` holds DOCUMENT_START anywhere (read a MB at a time)."""
+    tail = ""
+    with path.open(encoding=encoding) as stream:
+        while chunk := stream.read(1 << 20):
+            text = tail + chunk
+            if DOCUMENT_START in text:
+                return True
+            tail = text[-2:]  # a marker cut in two by the chunks
+    return False
 
 
 def _entries(loader: _EntryLoader) -> Iterator[tuple[tuple[Any, ...], yaml.Node]]:

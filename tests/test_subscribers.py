@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conftest import FULL_TESTS, ROOT
@@ -202,3 +203,162 @@ def test_yes_or_no_is_not_a_number(field: str, value: bool) -> None:
     assert errors == [
         f"bob.yaml:3:{len(field) + 3}: {field}: expected a number, got {str(value).lower()}"
     ]
+
+
+# Domains for the address property test: repeated (the per-domain checks are made once),
+# mixed case, internationalized, refused, and at the length limits.
+LONG_DOMAIN = "b" * 63 + "." + "c" * 63 + "." + "d" * 63 + "." + "e" * 50 + ".org"  # 246
+DOMAINS = [
+    "example.org",
+    "ExAmple.ORG",
+    "bücher.example",
+    "xn--bcher-kva.example",
+    "localhost",
+    "a..b.org",
+    "invalid.test",
+    "x.onion",
+    "[192.0.2.1]",
+    "example.org>",
+    "ex ample.org",
+    "\u0301example.org",
+    LONG_DOMAIN,
+    "ｅxample.org",
+]
+LOCAL = st.text(
+    st.sampled_from("abcXYZ019.!#$%&'*+/=?^_`{|}~-@\"<> \\üé\u0301"), min_size=0, max_size=70
+) | st.sampled_from(["Postmaster", "abuse", "ann", "a" * 64, "a" * 65, '"quoted"', "a.b"])
+
+
+@settings(max_examples=1000 if FULL_TESTS else 150, deadline=None)
+@given(local=LOCAL, domain=st.sampled_from(DOMAINS) | st.from_regex(r"[a-zA-Z0-9.\-ü]{0,70}"))
+@example(local="a" * 7, domain=LONG_DOMAIN)  # 254 characters: the longest address allowed
+@example(local="a" * 8, domain=LONG_DOMAIN)  # one over
+def test_an_address_loads_exactly_as_email_validator_checks_it(local: str, domain: str) -> None:
+    """The loader checks a domain once and reuses that; the result must be email-validator's
+    for every address: the same stored form, or an error with its reason."""
+    from email_validator import EmailNotValidError, validate_email
+    from pydantic import ValidationError
+
+    from paperpost.subscribers import Subscriber
+
+    address = f"{local}@{domain}"
+    for _ in range(2):  # the second time the domain's checks come from the cache
+        try:
+            expected = validate_email(
+                address.strip(), check_deliverability=False, allow_smtputf8=False
+            )
+        except EmailNotValidError as exc:
+            with pytest.raises(ValidationError, match=re.escape(str(exc))):
+                Subscriber.model_validate({"email": address, "tags": ["agents"]})
+            continue
+        if len(expected.local_part) > 64:
+            with pytest.raises(ValidationError, match="at most 64 are allowed"):
+                Subscriber.model_validate({"email": address, "tags": ["agents"]})
+            continue
+        loaded = Subscriber.model_validate({"email": address, "tags": ["agents"]})
+        assert loaded.email == expected.ascii_email
+
+
+@settings(max_examples=500 if FULL_TESTS else 100, deadline=None)
+@given(name=st.text(min_size=1, max_size=40) | st.text(st.characters(max_codepoint=127)))
+def test_a_name_is_refused_exactly_when_it_holds_a_control_character(name: str) -> None:
+    import unicodedata
+
+    from pydantic import ValidationError
+
+    from paperpost.sanitize import BIDI
+    from paperpost.subscribers import Subscriber
+
+    text = name.replace("\t", " ")
+    bad = [c for c in text if unicodedata.category(c) == "Cc" or BIDI.match(c)]
+    entry = {"email": "ann@example.org", "name": name, "tags": ["agents"]}
+    if "\r" in name or "\n" in name:
+        return  # refused as a second line, before the control check
+    if bad:
+        with pytest.raises(ValidationError, match=f"U\\+{ord(bad[0]):04X}"):
+            Subscriber.model_validate(entry)
+    else:
+        try:
+            Subscriber.model_validate(entry)
+        except ValidationError as exc:  # blank, too long or no letters: not a control error
+            assert "control character" not in str(exc)
+
+
+YAML_BITS = st.sampled_from(
+    [
+        "- email: a@example.org\n",
+        "  tags: [agents]\n",
+        "email: b@example.org\n",
+        "---\n",
+        "--- \n",
+        "...\n",
+        "%YAML 1.1\n",
+        "%TAG ! tag:x,2000:\n",
+        "\ufeff",
+        "\r",
+        "\n",
+        "\x85",
+        "\u2028",
+        "- [a, b\n",
+        "a: 'x\n",
+        ": :\n",
+        "  - x\n",
+        "- &a {k: v}\n",
+        "- *a\n",
+        "# a comment --- ...\n",
+        "key: 100%\n",
+        "\t- x\n",
+        "---",
+        "..",
+        ".",
+        "-",
+    ]
+)
+
+
+@settings(max_examples=600 if FULL_TESTS else 120, deadline=None)
+@given(bits=st.lists(YAML_BITS, max_size=12))
+def test_the_syntax_check_refuses_exactly_what_the_parser_does(bits: list[str]) -> None:
+    """The whole-file check before any entry is used: a YAML error or a second document,
+    with the same message as the parser's own event stream gives."""
+    import tempfile
+
+    import yaml
+    from yaml.events import DocumentStartEvent
+
+    from paperpost.subscribers import _check_syntax
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "list.yaml"
+        path.write_text("".join(bits), encoding="utf-8")
+        expected = None
+        with path.open(encoding="utf-8-sig") as stream:
+            parser = yaml.CSafeLoader(stream)
+            try:
+                documents = 0
+                while expected is None and parser.check_event():
+                    documents += isinstance(parser.get_event(), DocumentStartEvent)
+                    if documents > 1:
+                        expected = "but found another document"
+            except yaml.YAMLError as exc:
+                expected = str(exc)
+            finally:
+                parser.dispose()
+        if expected is None:
+            _check_syntax(path, "utf-8-sig")
+        else:
+            with pytest.raises(yaml.YAMLError, match=re.escape(expected)):
+                _check_syntax(path, "utf-8-sig")
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_a_second_document_is_found_across_the_checks_read_boundary(
+    tmp_path: Path, cut: int
+) -> None:
+    first = "- email: a@example.org\n  tags: [agents]\n"
+    padding = "#" * ((1 << 20) - len(first) - cut - 1) + "\n"  # "---" starts `cut` before 1 MB
+    path = tmp_path / "list.yaml"
+    path.write_text(first + padding + "---\n- email: b@example.org\n  tags: [agents]\n")
+    loaded, errors = load_file(path)
+    assert loaded == [] and len(errors) == 1
+    assert "but found another document" in errors[0].message or "another document" in str(errors[0])
