@@ -362,3 +362,35 @@ def test_a_second_document_is_found_across_the_checks_read_boundary(
     loaded, errors = load_file(path)
     assert loaded == [] and len(errors) == 1
     assert "but found another document" in errors[0].message or "another document" in str(errors[0])
+
+
+@settings(max_examples=100 if FULL_TESTS else 25, deadline=None)
+@given(
+    files=st.lists(
+        st.lists(st.sampled_from(["a", "b", "c", "D", "e", "f"]), min_size=1, max_size=6),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_each_address_loads_once_and_every_repeat_names_the_first_file(
+    files: list[list[str]],
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        first: dict[str, str] = {}
+        expected_errors = []
+        for number, names in enumerate(files):
+            path = Path(folder) / f"{number}.yaml"
+            path.write_text("".join(f"- email: {n}@example.org\n  tags: [agents]\n" for n in names))
+            for index, name in enumerate(names):
+                if name.lower() in first:
+                    expected_errors.append(
+                        f"{path}:{2 * index + 1}:1: email: {name}@example.org is already "
+                        f"subscribed in {first[name.lower()]}; keep one of the two"
+                    )
+                else:
+                    first[name.lower()] = str(path)
+        entries, errors = load_subscribers(Path(folder))
+        assert [e.subscriber.address for e in entries] == [f"{n}@example.org" for n in first]
+        assert [str(e) for e in errors] == expected_errors
