@@ -1,17 +1,19 @@
-"""Cross-validated ranking settings: pick on two spent blind rounds, check on the third.
+"""Cross-validated ranking settings: pick on the other spent blind rounds, check on the last.
 
     python benchmarks/rank_cv.py --grid ORDER_ABSTRACT_ONLY=0.6,0.75,0.9 \
         --grid ORDER_LEAD_TERM=0.7,1 \
         --reference ORDER_ABSTRACT_ONLY=0.6 --reference ORDER_LEAD_TERM=0.7
+    python benchmarks/rank_cv.py --semantic --grid SEMANTIC_WEIGHT=0.1,0.3 ...
 
 Every combination of the ``--grid`` values (numeric constants of ``paperpost.rank``, set for
-the run only) is measured by NDCG@10 on each development set: the three spent blind rounds
-(round 1, round 2, round 3), leave-topic-out on the pooled and the fully judged existing tags,
+the run only) is measured by NDCG@10 on each development set: the four spent blind rounds
+(round 1, 2, 3 and 4), leave-topic-out on the pooled and the fully judged existing tags,
 and the existing set. The reference is the current code, or the constants given by
-``--reference``. Then, for each round in turn, the setting with the best mean on the other two
+``--reference``; with ``--semantic`` the grid is measured with the semantic signal on and the
+reference without it. Then, for each round in turn, the setting with the best mean on the other
 rounds is taken and its NDCG@10 on the held-out round is reported beside the reference's:
 once among all settings, once among those that keep both leave-topic-out sets at least at the
-reference's figure. The mean of the three held-out figures estimates what tuning these
+reference's figure. The mean of the held-out figures estimates what tuning these
 constants on the spent rounds gives on a new blind round; a gain there, not on the rounds a
 setting was picked on, is what a change must show (benchmarks/README.md).
 
@@ -32,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from rank_quality import Judged, evaluate_set, judgments, mean, shared_papers
+from rank_quality import Judged, evaluate_set, judgments, mean, shared_papers, use_semantic
 
 import paperpost.rank as rank_module
 from common import report
@@ -41,6 +43,7 @@ ROUNDS = {
     "round1": "relevance_round1.yaml",
     "round2": "relevance_blind2.yaml",
     "round3": "relevance_blind3.yaml",
+    "round4": "relevance_blind4.yaml",
 }
 OTHERS = [  # (name, file, leave each tag's vocabulary entry out)
     ("leave-out", "relevance.yaml", True),
@@ -103,6 +106,11 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="compare against the code with this constant set (default: the current code)",
     )
+    parser.add_argument(
+        "--semantic",
+        action="store_true",
+        help="measure the grid with the semantic signal on; the reference stays without it",
+    )
     args = parser.parse_args()
     settings = parse_grid(args.grid)
     (reference_values,) = parse_grid(args.reference) if args.reference else [{}]
@@ -122,6 +130,7 @@ def main() -> None:
             return result
 
     current = measure(reference_values)
+    use_semantic(args.semantic)
     measured = [(values, measure(values)) for values in settings]
     label = {id(v): ", ".join(f"{k}={x:g}" for k, x in v.items()) for v, _ in measured}
     name = "reference: " + (", ".join(args.reference) or "current code")
@@ -148,7 +157,7 @@ def main() -> None:
             rows_of_pool.append([name, "mean", "", picked, now, picked - now])
         held += rows_of_pool
     print(
-        f"\nPicked on the other two rounds, measured on the held-out one (NDCG@10); "
+        f"\nPicked on the other rounds, measured on the held-out one (NDCG@10); "
         f"{len(keeps)} of {len(measured)} settings keep both leave-topic-out sets:"
     )
     report(

@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from itertools import islice
@@ -30,7 +30,7 @@ from paperpost.bounces import BounceError, process
 from paperpost.db import explain
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
 from paperpost.dumps import DumpError, parse_dump
-from paperpost.errors import DatabaseError
+from paperpost.errors import ConfigError, DatabaseError
 from paperpost.feedback import rank_readers, reader_ids
 from paperpost.fetch import (
     Fetched,
@@ -267,10 +267,17 @@ _RUN_CACHE = threading.Lock()
 
 
 @lru_cache(maxsize=1)
-def _run_cache(url: str, run_id: int, high: int) -> tuple[MatchCache, Background]:
+def _run_cache(
+    url: str, run_id: int, high: int, semantic: bool = False
+) -> tuple[MatchCache, Background]:
     """What a run's batches share: the ranker's per-paper cache (filled from the database as
-    papers are needed) and the word weights over the most recent papers of the history."""
+    papers are needed), the word weights over the most recent papers of the history and, with
+    the semantic signal, the papers' vectors (kept in the database too)."""
     cache = MatchCache()
+    if semantic:
+        from paperpost.semantic import Vectors
+
+        cache.vectors = Vectors()
     store = Store(url)
     history = store.latest_papers(BACKGROUND_PAPERS, high)
     _load_records(store, cache, history)
@@ -288,12 +295,26 @@ def _load_records(store: Store, cache: MatchCache, papers: Sequence[Paper]) -> N
             cache.records[key] = Record.decode(data)
         except ValueError:
             continue
+    vectors = cache.vectors
+    if vectors is not None:
+        from paperpost.semantic import MODEL_KEY, decode_vector
+
+        wanted = list({key for p in papers if (key := vectors.key(p)) not in vectors.papers})
+        for key, data in store.vector_rows(MODEL_KEY, wanted).items():
+            try:
+                vectors.papers[key] = decode_vector(data)
+            except ValueError:
+                continue
 
 
 def _save_records(store: Store, cache: MatchCache) -> None:
     """Store the records computed or extended since the last save (after computing them)."""
     changed = cache.take_changed()
     store.save_evidence(ranker_version(), {key: r.encode() for key, r in changed.items()})
+    if cache.vectors is not None:
+        from paperpost.semantic import MODEL_KEY
+
+        store.save_vectors(MODEL_KEY, cache.vectors.take_changed())
 
 
 def rank_stage(
@@ -344,7 +365,7 @@ def rank_stage(
     ids = reader_ids(store, [e.subscriber.address for group in windows.values() for e in group])
     if windows:
         with _RUN_CACHE:  # a run's concurrent batches build it once
-            cache, background = _run_cache(store.url, plan.run_id, plan.high_water)
+            cache, background = _run_cache(store.url, plan.run_id, plan.high_water, plan.semantic)
     failed: list[Outcome] = []
     for lo, entries in windows.items():
         papers = [paper for _, paper in store.papers_between(lo, plan.high_water)]
@@ -613,6 +634,13 @@ def preflight(settings: Settings) -> None:
     one line saying what to do."""
     if settings.delivery == "smtp":
         settings.require_own_key("SMTP delivery")
+    if settings.semantic:
+        from paperpost.semantic import SemanticUnavailable, encoder
+
+        try:
+            encoder()  # loaded and checked now (a worker process loads its own)
+        except SemanticUnavailable as exc:
+            raise ConfigError([f"PAPERPOST_SEMANTIC is on, but {exc}"]) from None
     try:
         Store(settings.db_url).check_writable()
     except SQLAlchemyError as exc:
@@ -660,7 +688,7 @@ def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, lis
         interrupted = resolve_interrupted(store, transport, settings.resend_ambiguous)
     finally:
         transport.close()
-    return store.plan_run(run_id), interrupted
+    return replace(store.plan_run(run_id), semantic=settings.semantic), interrupted
 
 
 ERRORS_PER_FILE = 5  # a file's errors a run's summary lists; `subscribers validate` shows all

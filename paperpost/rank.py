@@ -45,6 +45,7 @@ from paperpost.models import Paper, pickled_by_fields
 
 if TYPE_CHECKING:
     from paperpost.profile import Nudge
+    from paperpost.semantic import Vectors
 
 TOPICS_FILE = Path(__file__).with_name("data") / "topics.yaml"
 FIELD_WEIGHTS = {"title": 3.0, "keywords": 2.0, "abstract": 1.0}
@@ -82,6 +83,18 @@ LITERAL_B = 0.75  # BM25 length normalisation
 BLOCK_CELLS = 1 << 19  # readers × papers cells per block of the per-reader arithmetic
 SCORED_WINDOWS = 4  # lists of papers whose reading scores a MatchCache keeps (a run's windows)
 POPULARITY_TIEBREAK = 0.02  # upvotes raise the ordering score by at most 2% (never the bar)
+# The semantic signal (paperpost[semantic], off by default), for tags that are not one vocabulary
+# topic: a paper's cosine to the tag is calibrated per tag as a z-score over the background
+# papers' cosines (SEMANTIC_BACKGROUND most recent), then
+SEMANTIC_BACKGROUND = 1000
+SEMANTIC_MIN_BACKGROUND = 200  # with fewer papers seen so far, the z-scores are too noisy: off
+SEMANTIC_LOW = 1.0  # ... the order adds SEMANTIC_WEIGHT x how close, 0 at this z ...
+SEMANTIC_HIGH = 4.0  # ... to 1 at this z (cross-validated: benchmarks/README.md, session 5)
+SEMANTIC_WEIGHT = 0.3
+SEMANTIC_ADMIT = 2.5  # a paper this close scores by meaning too (however few words it shares):
+SEMANTIC_SLOPE = 0.2  # SEMANTIC_SLOPE x (z - SEMANTIC_ZERO), at most SEMANTIC_CAP, calibrated to
+SEMANTIC_ZERO = 1.75  # the share of judged-relevant papers at each lexical score
+SEMANTIC_CAP = 0.6
 STOPWORDS = frozenset(
     "a an and are as at be by for from in into is it of on or the to with via using toward "
     "towards we our this that their its".split()
@@ -124,6 +137,7 @@ class Background:
     size: int
     df: dict[str, int]
     length: float = 150.0  # mean words per paper (title, keywords, TL;DR, abstract)
+    vectors: np.ndarray | None = None  # the semantic signal's background (most recent papers)
     _weights: dict[str, float] = field(default_factory=dict)
     _phrases: dict[tuple[str, ...], float] = field(default_factory=dict)
 
@@ -133,12 +147,20 @@ class Background:
         records = cache.record if cache is not None else lambda p: _record(_fields(p))
         df: Counter[str] = Counter()
         size = words = 0
+        recent: list[Paper] = []
         for paper in papers:
             counts = records(paper).counts
             df.update(counts.keys())
             words += sum(counts.values())
             size += 1
-        return cls(size, dict(df), words / size if size else 150.0)
+            recent.append(paper)
+            if len(recent) > 2 * SEMANTIC_BACKGROUND:
+                del recent[:SEMANTIC_BACKGROUND]
+        vectors = None  # the semantic signal's background, when it is on and long enough
+        source = cache.vectors if cache is not None else None
+        if source is not None and len(recent) >= SEMANTIC_MIN_BACKGROUND:
+            vectors = source.of(recent[-SEMANTIC_BACKGROUND:])
+        return cls(size, dict(df), words / size if size else 150.0, vectors)
 
     def idf(self, stem: str) -> float:
         """BM25's inverse document frequency of a word over the history."""
@@ -785,8 +807,11 @@ class MatchCache:
     by the background given to :meth:`evidence`, once per (paper, topic) and background.
     """
 
-    def __init__(self, records: dict[str, Record] | None = None) -> None:
+    def __init__(
+        self, records: dict[str, Record] | None = None, vectors: Vectors | None = None
+    ) -> None:
         self.records: dict[str, Record] = dict(records or {})
+        self.vectors = vectors  # paper and tag vectors: the semantic signal is on
         self._keys: dict[Paper, str] = {}
         self._changed: set[str] = set()
         self._parts: dict[str, dict[str, list[list[str]]]] = {}
@@ -887,7 +912,10 @@ class MatchCache:
             rows.update({reading: (table, i) for i, reading in enumerate(missing)})
         owners = [rows[reading] for reading in readings]
         shape = (len(readings), len(papers))
-        result = _Scored(*(np.empty(shape) for _ in range(4)), owners)
+        near = any(table.near is not None for table, _ in owners)
+        result = _Scored(
+            *(np.empty(shape) for _ in range(4)), np.zeros(shape) if near else None, owners
+        )
         by_table: dict[int, tuple[_Scores, list[int], list[int]]] = {}
         for r, (table, i) in enumerate(owners):
             entry = by_table.setdefault(id(table), (table, [], []))
@@ -898,6 +926,8 @@ class MatchCache:
             result.about[into] = table.about[rows_of]
             result.literal[into] = table.literal[rows_of]
             result.order[into] = table.order[rows_of]
+            if result.near is not None and table.near is not None:
+                result.near[into] = table.near[rows_of]
         return result
 
     def duplicates(self, papers: Sequence[Paper], among: list[int]) -> dict[int, set[int]]:
@@ -1003,6 +1033,37 @@ class _Scores:
         # blind rounds (benchmarks/README.md, session 4)
         ordered = plain * _lead_factor(strongest, ORDER_LEAD_TERM, ORDER_ABSTRACT_ONLY)
         self.order = np.where(combined > 0, np.clip(ordered + shift, 0.0, 1.0), 0.0)
+        self.near: np.ndarray | None = None  # how close in meaning (0..1), semantic signal on
+        self.meaning: np.ndarray | None = None  # the score came from meaning, not words
+        self.z: np.ndarray | None = None
+        vectors = cache.vectors
+        base = background.vectors
+        if vectors is not None and base is not None and len(base) >= SEMANTIC_MIN_BACKGROUND:
+            composed = [r for r, reading in enumerate(readings) if not _is_topic(reading)]
+            if composed:
+                self._semantic(papers, composed, base, vectors)
+
+    def _semantic(
+        self, papers: Sequence[Paper], rows: list[int], base: np.ndarray, vectors: Vectors
+    ) -> None:
+        """Fuse the semantic signal into the readings ``rows`` (tags that are not one
+        vocabulary topic): the cosine of tag and paper, as a z-score over the background
+        papers' cosines to the same tag, so that it means the same for every tag."""
+        from paperpost.semantic import tag_text
+
+        tags = vectors.of_tags([tag_text(self.readings[r].tag) for r in rows])
+        around = tags @ base.T
+        spread = np.maximum(around.std(axis=1, keepdims=True), 1e-6)
+        z = (tags @ vectors.of(papers).T - around.mean(axis=1, keepdims=True)) / spread
+        z = z.astype(np.float64)
+        shape = self.score.shape
+        self.z, self.near, by_meaning = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        self.z[rows] = z
+        self.near[rows] = np.clip((z - SEMANTIC_LOW) / (SEMANTIC_HIGH - SEMANTIC_LOW), 0.0, 1.0)
+        admitted = np.clip(SEMANTIC_SLOPE * (z - SEMANTIC_ZERO), 0.0, SEMANTIC_CAP)
+        by_meaning[rows] = np.where(z >= SEMANTIC_ADMIT, admitted, 0.0)
+        self.meaning = by_meaning > self.score
+        self.score = np.maximum(self.score, by_meaning)
 
     def detail(self, r: int, p: int) -> dict:
         reading = self.readings[r]
@@ -1015,12 +1076,17 @@ class _Scores:
             facets[label] = round(ev.score, 3)
             hits += [(gain, field_, text, label) for gain, field_, text, _ in ev.hits]
         hits.sort(key=lambda h: -h[0])
-        return {
+        detail = {
             "tag": reading.tag,
             "score": round(float(self.score[r, p]), 3),
             "facets": facets,
             "hits": [{"facet": f, "field": fld, "term": t} for _, fld, t, f in hits],
         }
+        if self.z is not None and self.near is not None and self.meaning is not None:
+            scored = bool(self.meaning[r, p])
+            if self.near[r, p] > 0 or scored:  # how close in meaning, and if the score is that
+                detail["meaning"] = {"z": round(float(self.z[r, p]), 2), "scored": scored}
+        return detail
 
 
 @dataclass(slots=True)
@@ -1031,11 +1097,17 @@ class _Scored:
     about: np.ndarray
     literal: np.ndarray
     order: np.ndarray
+    near: np.ndarray | None  # the semantic signal, when on
     owners: list[tuple[_Scores, int]]
 
     def detail(self, r: int, p: int) -> dict:
         table, row = self.owners[r]
         return table.detail(row, p)
+
+
+def _is_topic(reading: Reading) -> bool:
+    """A tag that is one vocabulary topic (the semantic signal leaves those alone)."""
+    return len(reading.facets) == 1 and reading.facets[0].is_topic
 
 
 def _row_sums(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -1059,6 +1131,12 @@ def _short_reason(details: list[dict]) -> str:
     """``speculative decoding, draft model``; per tag when several tags matched."""
     parts = []
     for detail in details:
+        if detail.get("meaning", {}).get("scored"):
+            from paperpost.semantic import tag_text
+
+            text = f"close in meaning to '{tag_text(detail['tag'])}'"
+            parts.append(f"{detail['tag']}: {text}" if len(details) > 1 else text)
+            continue
         terms: list[str] = []
         for hit in detail["hits"]:
             if hit["term"].lower() not in (t.lower() for t in terms):
@@ -1132,6 +1210,7 @@ def rank_many(
     about = np.vstack([excluded, np.zeros(n_papers, dtype=bool)])
     literal_rows = np.vstack([scored.literal, zero])
     log_pass = np.vstack([np.log1p(-np.clip(scored.order, 0.0, 0.999)), zero])
+    near_rows = None if scored.near is None else np.vstack([scored.near, zero])
     width = max(len(wanted) for wanted, _, _ in settings)
     avoid_width = max(len(unwanted) for _, unwanted, _ in settings)
     picks = np.full((len(settings), width), pad)
@@ -1158,16 +1237,23 @@ def rank_many(
         log_sum = np.zeros((len(picks[part]), n_papers))
         log_order = np.zeros(log_sum.shape)
         literal = np.zeros(log_sum.shape)
+        near = None if near_rows is None else np.zeros(log_sum.shape)
         for k in range(width):
             slot, weight = picks[part, k], weights[part, k, None]
             log_sum += weight * log_miss[slot]
             log_order += weight * log_pass[slot]
             np.maximum(literal, weight * literal_rows[slot], out=literal)
+            if near is not None and near_rows is not None:
+                np.maximum(near, weight * near_rows[slot], out=near)
         blocked = np.zeros(log_sum.shape, dtype=bool)
         for k in range(avoid_width):
             blocked |= about[avoid[part, k]]
         scores = 1.0 - np.exp(log_sum)
-        order = (1.0 - np.exp(log_order)) * (1.0 + prior) + LITERAL_WEIGHT * literal
+        # what orders beside the scores: the tag's own words, and how close in meaning
+        beside = LITERAL_WEIGHT * literal
+        if near is not None:  # the semantic signal (tags that are not one vocabulary topic)
+            beside += SEMANTIC_WEIGHT * near
+        order = (1.0 - np.exp(log_order)) * (1.0 + prior) + beside
         final = np.where((scores >= min_scores[part]) & ~blocked, order, -1.0)
         shown_scores = scores
         if nudge is not None:  # reader feedback: see paperpost.profile
@@ -1175,7 +1261,7 @@ def rank_many(
             relevant, shown_scores, lift = nudge.apply(
                 scores, final >= 0.0, ~blocked, min_scores, max_items
             )
-            ordered = shown_scores * (1.0 + prior) + LITERAL_WEIGHT * literal
+            ordered = shown_scores * (1.0 + prior) + beside
             final = np.where(relevant, ordered + lift, -1.0)
         if depth < n_papers:  # only the best few per setting need sorting
             best = np.argpartition(-final, depth - 1, axis=1)[:, :depth]

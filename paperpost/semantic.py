@@ -317,6 +317,11 @@ def paper_text(paper: Paper) -> str:
     )
 
 
+def tag_text(tag: str) -> str:
+    """What a tag's vector is computed from: its words (``protein-design``: "protein design")."""
+    return " ".join(tag.replace("-", " ").replace("_", " ").split())
+
+
 def text_key(paper: Paper) -> str:
     """The hash of :func:`paper_text`: a paper's vector is kept per model and this key."""
     return hashlib.sha256(paper_text(paper).encode()).hexdigest()[:32]

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     send_empty: bool = Field(
         default=False, description="Send a digest even when no paper passes min_score."
     )
+    semantic: bool = Field(
+        default=False,
+        description="Rank with the semantic signal too (needs the paperpost[semantic] extra; "
+        "tags that are not a vocabulary topic: docs/ranking.md).",
+    )
     resend_ambiguous: bool = Field(
         default=False,
         description="Resend digests whose SMTP end-of-data was sent but whose reply was never "

@@ -19,6 +19,8 @@ SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
 * ``feedback``: per (address, paper), the reader's last vote: +1 "more", -1 "fewer".
 * ``paper_evidence``: the ranker's cache, per (ranker version, paper text): what the text
   matched per topic, before word weights (``paperpost.rank.Record``; docs/ranking.md).
+* ``paper_vectors``: the semantic signal's cache, per (model, title and abstract): the
+  paper's sentence embedding, 384 float16 (``paperpost.semantic``).
 
 The schema is owned by the Alembic revisions in ``paperpost/migrations`` (see
 ``paperpost.schema``); the tables below mirror it for queries and ``--autogenerate``.
@@ -42,6 +44,7 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -186,6 +189,15 @@ paper_evidence = Table(
     Column("checksum", String(32), nullable=False),
 )
 
+paper_vectors = Table(
+    "paper_vectors",
+    metadata,
+    Column("model", String(16), primary_key=True),
+    Column("text_key", String(32), primary_key=True),
+    Column("vector", LargeBinary, nullable=False),
+    Column("checksum", String(32), nullable=False),
+)
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -240,6 +252,7 @@ class RunPlan:
     run_id: int
     low_water: int
     high_water: int
+    semantic: bool = False  # rank with the semantic signal too (settings.semantic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +301,10 @@ CLAIMABLE = {"retry", "released"}  # rows sent again; any other status is done o
 
 def _evidence_checksum(version: str, key: str, data: str) -> str:
     return hashlib.sha256(f"{version}\0{key}\0{data}".encode()).hexdigest()[:32]
+
+
+def _vector_checksum(model: str, key: str, vector: bytes) -> str:
+    return hashlib.sha256(f"{model}\0{key}\0".encode() + vector).hexdigest()[:32]
 
 
 def _upsert(dialect: str):  # type: ignore[no-untyped-def]
@@ -584,6 +601,41 @@ class Store:
             statement = statement.on_conflict_do_update(
                 index_elements=[paper_evidence.c.version, paper_evidence.c.text_key],
                 set_={"data": statement.excluded.data, "checksum": statement.excluded.checksum},
+            )
+            for chunk in _chunks(values):
+                conn.execute(statement, list(chunk))
+
+    def vector_rows(self, model: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """Stored paper vectors of this model by text key; a row whose checksum does not
+        match is left out (the vector is computed again)."""
+        found = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(keys):
+                rows = conn.execute(
+                    select(
+                        paper_vectors.c.text_key, paper_vectors.c.vector, paper_vectors.c.checksum
+                    ).where(paper_vectors.c.model == model, paper_vectors.c.text_key.in_(chunk))
+                )
+                for key, vector, checksum in rows:
+                    vector = bytes(vector)
+                    if checksum == _vector_checksum(model, key, vector):
+                        found[key] = vector
+        return found
+
+    def save_vectors(self, model: str, rows: dict[str, bytes]) -> None:
+        """Store paper vectors (insert or replace), and drop every other model's rows."""
+        if not rows:
+            return
+        values = [
+            {"model": model, "text_key": k, "vector": v, "checksum": _vector_checksum(model, k, v)}
+            for k, v in rows.items()
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(delete(paper_vectors).where(paper_vectors.c.model != model))
+            statement = _upsert(conn.dialect.name)(paper_vectors)
+            statement = statement.on_conflict_do_update(
+                index_elements=[paper_vectors.c.model, paper_vectors.c.text_key],
+                set_={"vector": statement.excluded.vector, "checksum": statement.excluded.checksum},
             )
             for chunk in _chunks(values):
                 conn.execute(statement, list(chunk))

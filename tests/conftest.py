@@ -20,6 +20,9 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# one BLAS thread per test process: on a busy machine OpenBLAS's threads spin waiting for each
+# other (the semantic encoder's matrix products took 3-4x the CPU time); before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

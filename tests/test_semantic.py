@@ -6,14 +6,22 @@ import contextlib
 import json
 import shutil
 import struct
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import insert, select, update
 
-from paperpost import semantic
+from paperpost import rank as rank_module
+from paperpost import semantic, synthetic
+from paperpost.models import Paper
+from paperpost.pipeline import _run_cache, rank_stage
+from paperpost.rank import Background, Interest, MatchCache, Profile, rank_many
+from paperpost.store import RunPlan, Store, _vector_checksum, paper_vectors
+from paperpost.subscribers import iter_subscribers
 
 
 def test_reproduces_published_reference_vector(encoder):
@@ -114,3 +122,167 @@ def test_safetensors_reader_rejects_damaged_files_with_value_error(at, junk, cut
         tensors = semantic.read_safetensors(damaged)
         for array in tensors.values():
             assert array.nbytes <= len(damaged)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_gets_a_unit_vector(encoder, text):
+    (vector,) = encoder.encode([semantic.tag_text(text)])
+    assert np.all(np.isfinite(vector))
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
+
+
+# --- the signal in the ranking ----------------------------------------
+
+ENZYMES = Paper(
+    title="Directed Evolution of Biocatalysts Guided by Machine Learning",
+    abstract=(
+        "We predict which amino-acid mutations raise the catalytic activity and thermostability "
+        "of proteins, and use the predictions to choose the variants tested in each round of "
+        "directed evolution in the wet lab. Over four rounds, the best variant converts its "
+        "substrate twelve times faster than the wild type."
+    ),
+)
+STRAY = Paper(
+    title="Prompt Engineering for Code Review Agents",
+    abstract=(
+        "We study how the wording of instructions changes the comments that language-model "
+        "agents write on pull requests, and release a benchmark of reviewed code changes."
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def background_papers():
+    from conftest import CAPTURED, EXAMPLES
+    from paperpost.dumps import distinct_papers, parse_dump
+
+    papers = []
+    for path in sorted(EXAMPLES.glob("*/*")):
+        papers += parse_dump(path.read_bytes(), str(path), CAPTURED).papers
+    return distinct_papers(papers) + synthetic.papers(12, 3, synthetic.vocabulary_themes())
+
+
+@pytest.fixture
+def vectors(encoder, monkeypatch):
+    """One cache of vectors for the module's tests (each paper is encoded once), and a
+    minimum background these few papers meet (the run's is SEMANTIC_MIN_BACKGROUND)."""
+    monkeypatch.setattr(rank_module, "SEMANTIC_MIN_BACKGROUND", 20)
+    return _VECTORS
+
+
+_VECTORS = semantic.Vectors()
+
+
+def _ranked(papers, profiles, history, vectors=None):
+    cache = MatchCache(vectors=vectors)
+    return rank_many(papers, profiles, background=Background.of(history, cache), cache=cache)
+
+
+def test_a_paper_close_in_meaning_ranks_for_an_unknown_tag(vectors, background_papers):
+    tag = "enzyme-engineering"
+    assert rank_module.read_tag(tag).describe() == "enzyme AND engineering"  # not a topic
+    papers = [*background_papers, ENZYMES, STRAY]
+    reader = Profile((Interest(tag),), min_score=0.1)
+    (without,) = _ranked(papers, [reader], papers)
+    assert ENZYMES not in [r.paper for r in without]  # it shares no word with the tag
+    (with_meaning,) = _ranked(papers, [reader], papers, vectors)
+    (item,) = [r for r in with_meaning if r.paper == ENZYMES]
+    assert item.why == "close in meaning to 'enzyme engineering'"
+    assert item.evidence[0]["meaning"]["scored"] and item.evidence[0]["meaning"]["z"] >= 2.5
+    assert 0.1 <= item.score <= rank_module.SEMANTIC_CAP
+
+
+def test_too_short_a_history_leaves_the_signal_off(encoder, background_papers):
+    papers = [*background_papers, ENZYMES, STRAY]
+    assert len(papers) < rank_module.SEMANTIC_MIN_BACKGROUND
+    reader = Profile((Interest("enzyme-engineering"),), min_score=0.0)
+    assert _ranked(papers, [reader], papers, _VECTORS) == _ranked(papers, [reader], papers)
+
+
+def test_one_stray_word_still_never_reaches_a_digest(vectors, background_papers):
+    papers = [*background_papers, ENZYMES, STRAY]
+    default = Profile((Interest("enzyme-engineering"),))  # min_score 0.4
+    (digest,) = _ranked(papers, [default], papers, vectors)
+    assert STRAY not in [r.paper for r in digest]
+    everything = Profile((Interest("enzyme-engineering"),), min_score=0.0, max_items=500)
+    (ranked,) = _ranked(papers, [everything], papers, vectors)
+    stray = next(r for r in ranked if r.paper == STRAY)
+    assert stray.score < 0.4 and stray.why == "engineering"
+
+
+def test_vocabulary_topics_rank_exactly_as_without_the_signal(vectors, background_papers):
+    papers = background_papers
+    readers = [
+        Profile((Interest("speculative-decoding"),), min_score=0.0),
+        Profile((Interest("tts"), Interest("moe", 2.0)), ("reasoning",), 0.2, 5),
+    ]
+    plain = _ranked(papers, readers, papers)
+    assert _ranked(papers, readers, papers, vectors) == plain
+    assert any(plain)
+
+
+# --- the run path: vectors kept in the database ----------------------------------------
+
+
+def _rank_window(url: str, folder: Path, run_id: int) -> list[list[tuple]]:
+    """The rank stage of a run with the signal on, over every stored paper, as a fresh
+    process would run it."""
+    _run_cache.cache_clear()
+    store = Store(url)
+    plan = RunPlan(run_id, 0, store.paper_count(), semantic=True)
+    batch = list(iter_subscribers(folder, []))
+    jobs = rank_stage(store, plan, batch, date(2026, 11, 25), send_empty=True).jobs
+    return [[(r.paper.title, r.score, r.why) for r in job.items] for job in jobs]
+
+
+def _stored(url: str) -> dict[tuple[str, str], tuple[bytes, str]]:
+    with Store(url).engine.connect() as conn:
+        rows = conn.execute(select(paper_vectors))
+        return {(r.model, r.text_key): (bytes(r.vector), r.checksum) for r in rows}
+
+
+def test_vectors_kept_in_the_database(any_db_url: str, tmp_path: Path, vectors, background_papers):
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    (folder / "r.yaml").write_text(
+        "email: r@example.org\ntags: [enzyme-engineering]\nmin_score: 0.1\n"
+    )
+    papers = [*background_papers, ENZYMES, STRAY]
+    Store(any_db_url).ingest("generated", papers)
+    (expected,) = _ranked(
+        papers, [Profile((Interest("enzyme-engineering"),), min_score=0.1)], papers, vectors
+    )
+    assert ENZYMES in [r.paper for r in expected]
+    expected_rows = [(r.paper.title, r.score, r.why) for r in expected]
+
+    assert _rank_window(any_db_url, folder, 1) == [expected_rows]  # cold: computes, stores
+    rows = _stored(any_db_url)
+    assert {m for m, _ in rows} == {semantic.MODEL_KEY} and len(rows) == len(papers)
+    assert _rank_window(any_db_url, folder, 2) == [expected_rows]  # warm: reads them back
+
+    enzymes = (semantic.MODEL_KEY, semantic.text_key(ENZYMES))
+    stray = rows[semantic.MODEL_KEY, semantic.text_key(STRAY)][0]
+    store = Store(any_db_url)
+    with store.engine.begin() as conn:
+        # another paper's vector under the right checksum is trusted: the stored row is used
+        good = _vector_checksum(enzymes[0], enzymes[1], stray)
+        conn.execute(_row(enzymes).values(vector=stray, checksum=good))
+    assert ENZYMES not in [t for t, _, _ in _rank_window(any_db_url, folder, 3)[0]]
+    with store.engine.begin() as conn:
+        conn.execute(_row(enzymes).values(checksum="0" * 32))  # fails its checksum: recomputed
+        conn.execute(
+            insert(paper_vectors).values(
+                model="0" * 16, text_key=enzymes[1], vector=stray, checksum="x"
+            )
+        )  # another model's row: never read, dropped at the next save
+    assert _rank_window(any_db_url, folder, 4) == [expected_rows]
+    repaired = _stored(any_db_url)
+    assert {m for m, _ in repaired} == {semantic.MODEL_KEY}
+    assert repaired[enzymes][0] == rows[enzymes][0]
+
+
+def _row(key: tuple[str, str]):
+    return update(paper_vectors).where(
+        paper_vectors.c.model == key[0], paper_vectors.c.text_key == key[1]
+    )
