@@ -150,7 +150,7 @@ def send(
 ) -> Box[tuple[list[Outcome], Counter[str]]]:
     settings = settings_here(overrides)
     digests, skips = rendered.value
-    outcomes = pipeline.send_stage(settings, run_store(settings, owner), digests, run_id)
+    outcomes = pipeline.send_stage(settings, run_store(settings, owner), digests, run_id, owner)
     return Box((outcomes, skips))
 
 

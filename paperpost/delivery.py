@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from paperpost.exitcodes import OUTBOX_UNWRITABLE
+from paperpost.exitcodes import LEASE_LOST, OUTBOX_UNWRITABLE
 from paperpost.models import pickled_by_fields
 from paperpost.render import Outgoing
 from paperpost.sanitize import reply_text
 from paperpost.settings import Settings
-from paperpost.store import Settlement, Store, Wanted
+from paperpost.store import Lease, Settlement, Store, Wanted
 from paperpost.verp import envelope_sender
 
 ERROR_SAMPLE = 20  # deliveries tried before the error rate can pause a run
@@ -570,6 +570,7 @@ def send_batch(
     max_error_rate: float = 1.0,
     resend_ambiguous: bool = False,
     systemic_domains: int = 3,
+    lease: Lease | None = None,
 ) -> list[Outcome]:
     """Send each digest once: skip what the ledger says is done, retry 4xx, classify 5xx.
 
@@ -585,6 +586,11 @@ def send_batch(
     Once at least ERROR_SAMPLE messages were tried and more than ``max_error_rate`` of
     them failed, the run pauses too. A pause is recorded on the run so every batch of it
     stops; the rest are left for the next run.
+
+    ``lease``: the run's lease, renewed as groups are claimed and digests sent. Once another
+    run has taken it (this run outlived it without renewing, e.g. stalled for hours), nothing
+    more is claimed or sent and nothing claimed is settled: that run has released what
+    this one claimed and sends it.
     """
     lock = threading.Lock()
     tried = failed = seen = 0
@@ -596,6 +602,7 @@ def send_batch(
     pending: list[Settlement] = []  # outcomes not yet in the ledger, in the order they came
     unblamed: dict[tuple[str, str], str] = {}  # held refusals the server turned out to cause
     last_error: DeliveryError | None = None
+    lost = False  # the lease was taken by another run
 
     def pause(reason: str) -> None:
         nonlocal paused
@@ -629,6 +636,18 @@ def send_batch(
                 pending[:0] = settled
             raise
 
+    def still_ours() -> bool:
+        """True when the lease is lost (checked, and renewed when due); pauses the run."""
+        nonlocal lost
+        if not lost and lease is not None and not lease.held():
+            lost = True
+            hours = lease.ttl.total_seconds() / 3600
+            pause(
+                f"{LEASE_LOST} (this run went {hours:g} hours without renewing it, e.g. stalled); "
+                "that run sends the rest and this one sends nothing more"
+            )
+        return lost
+
     def not_attempted(message: Outgoing) -> Outcome:
         return Outcome(
             message.address, message.digest, "retry", message.papers, f"not attempted: {paused}"
@@ -639,6 +658,8 @@ def send_batch(
         nonlocal tried, failed, seen, paused, last_error
         with lock:
             seen += 1
+            if still_ours():
+                return not_attempted(message)  # the other run settles and sends it
             if not paused and seen % PAUSE_CHECK_EVERY == 0:  # another batch may have paused
                 paused = store.pause_reason(run_id)
             if paused:
@@ -764,6 +785,8 @@ def send_batch(
     try:
         for start in range(0, len(outgoing), GROUP):
             group = outgoing[start : start + GROUP]
+            with lock:
+                still_ours()
             if paused:
                 outcomes += [not_attempted(m) for m in group]
                 continue

@@ -7,6 +7,8 @@ from enum import IntEnum
 
 # how the pause reason of a run whose outbox could not be written begins (paperpost.delivery)
 OUTBOX_UNWRITABLE = "paused: the outbox cannot be written"
+# ... and of a run that found another run holding its lease (paperpost.delivery)
+LEASE_LOST = "paused: another run took this run's lease"
 
 
 class ExitCode(IntEnum):
@@ -24,10 +26,12 @@ class ExitCode(IntEnum):
 def for_summary(summary: Mapping[str, object]) -> ExitCode:
     """The exit code for a finished run's summary (``RunSummary.to_json()``).
 
-    The most urgent wins: locked, an outbox that cannot be written, paused, every source
-    failed, a permanent failure.
+    The most urgent wins: locked (also a run whose lease another run took), an outbox that
+    cannot be written, paused, every source failed, a permanent failure.
     """
     if summary["status"] == "locked":
+        return ExitCode.LOCKED
+    if summary["status"] == "paused" and str(summary["message"]).startswith(LEASE_LOST):
         return ExitCode.LOCKED
     if summary["status"] == "paused" and str(summary["message"]).startswith(OUTBOX_UNWRITABLE):
         return ExitCode.FILESYSTEM

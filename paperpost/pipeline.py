@@ -53,7 +53,7 @@ from paperpost.rank import (
 )
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
-from paperpost.store import RunPlan, Store
+from paperpost.store import Lease, RunPlan, Store
 from paperpost.subscribers import LoadedSubscriber, SubscriberError, iter_subscribers
 
 LOCK = "digest-run"
@@ -468,8 +468,11 @@ def render_stage(
     return rendered
 
 
-def send_stage(settings: Settings, store: Store, rendered: Rendered, run_id: int) -> list[Outcome]:
-    """Send a batch's digests; the ones that could not be rendered are reported with them."""
+def send_stage(
+    settings: Settings, store: Store, rendered: Rendered, run_id: int, owner: str
+) -> list[Outcome]:
+    """Send a batch's digests; the ones that could not be rendered are reported with them.
+    ``owner`` holds the run's lease, which is renewed as the batch is sent."""
     transport = transport_for(settings)
     workers = settings.smtp_connections if settings.delivery == "smtp" else 1
     try:
@@ -482,6 +485,7 @@ def send_stage(settings: Settings, store: Store, rendered: Rendered, run_id: int
             max_error_rate=settings.max_error_rate,
             resend_ambiguous=settings.resend_ambiguous,
             systemic_domains=settings.systemic_domains,
+            lease=Lease(store, LOCK, owner, LOCK_TTL),
         )
     finally:
         transport.close()
@@ -802,6 +806,7 @@ def process_batch(
     batch: Sequence[LoadedSubscriber],
     today: date,
     edition: Edition,
+    owner: str,
 ) -> BatchResult:
     """Rank and render a batch in a worker process, then send it from this one (the same
     stage functions, in the same processes, as the flow's tasks)."""
@@ -810,7 +815,7 @@ def process_batch(
     ranked_at = time.perf_counter()
     rendered = render_in_worker(ranked.jobs, edition, ranked.failed)
     rendered_at = time.perf_counter()
-    outcomes = send_stage(settings, store, rendered, plan.run_id)
+    outcomes = send_stage(settings, store, rendered, plan.run_id, owner)
     return BatchResult(
         len(batch),
         outcomes,
@@ -877,7 +882,9 @@ def run_plain(
         with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="batch") as threads:
             for batch in batches(subscribers, settings.batch_size):
                 in_flight.append(
-                    threads.submit(process_batch, settings, store, plan, batch, today, edition)
+                    threads.submit(
+                        process_batch, settings, store, plan, batch, today, edition, owner
+                    )
                 )
                 if len(in_flight) >= BATCHES_IN_FLIGHT:
                     collect()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -347,6 +348,30 @@ def _cursor_statement(dialect: str, sent: bool):  # type: ignore[no-untyped-def]
         set_=moved,
         where=subscriber_state.c.cursor < stmt.excluded.cursor,
     )
+
+
+@dataclass(slots=True)
+class Lease:
+    """A run's hold on its lease while it sends. :meth:`held` renews the lease in the
+    database when a quarter of its time has passed since the last renewal (the first call
+    always does), so a run that keeps working never lets it expire, however long it
+    lasts. It is False from the moment another run has taken the lease: that run may be
+    resending what this one claimed, so this one must send nothing more."""
+
+    store: Store
+    name: str
+    owner: str
+    ttl: timedelta
+    renewed: float = float("-inf")  # time.monotonic() of the last renewal
+    lost: bool = False
+
+    def held(self) -> bool:
+        if self.lost:
+            return False
+        if time.monotonic() - self.renewed >= self.ttl.total_seconds() / 4:
+            self.lost = not self.store.renew_lock(self.name, self.owner, self.ttl)
+            self.renewed = time.monotonic()
+        return not self.lost
 
 
 class Store:
@@ -1072,6 +1097,19 @@ class Store:
             except IntegrityError:
                 return False
             return True
+
+    def renew_lock(self, name: str, owner: str, ttl: timedelta) -> bool:
+        """Extend a lease this owner still holds (even if it has expired and nobody took it);
+        False once another owner has it."""
+        expires = now().timestamp() + ttl.total_seconds()
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(locks)
+                    .where(locks.c.name == name, locks.c.owner == owner)
+                    .values(expires_at=expires)
+                ).rowcount
+            )
 
     def take_over_lock(self, name: str, stale_owner: str, owner: str, ttl: timedelta) -> bool:
         """Take a lease from an owner known to be dead (only if it still holds it)."""

@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from test_delivery import smtp_settings
 
 from conftest import EXAMPLE_DUMP, FULL_TESTS
+from paperpost.exitcodes import ExitCode, for_summary
 from paperpost.models import Paper
 from paperpost.pipeline import (
     DigestJob,
     Rendered,
+    begin,
     profile_of,
     reader_of,
     render_stage,
@@ -157,7 +160,9 @@ def test_a_digest_that_cannot_be_rendered_fails_alone(tmp_path: Path, db_url: st
     rendered = render_stage(Renderer(), jobs, EDITION)
     assert [m.address for m in rendered.outgoing] == ["r1@example.org", "r2@example.org"]
     settings = Settings(outbox_dir=tmp_path / "outbox", database_url=db_url)
-    outcomes = send_stage(settings, Store(db_url), rendered, run_id=1)
+    store, owner, run_id = begin(settings)
+    assert run_id is not None
+    outcomes = send_stage(settings, store, rendered, run_id, owner)
     status = {o.address: (o.status, o.detail) for o in outcomes}
     assert status["r1@example.org"][0] == status["r2@example.org"][0] == "sent"
     assert status["a..b@x.org"][0] == "failed"
@@ -170,9 +175,13 @@ def test_a_message_smtp_cannot_write_fails_alone(tmp_path: Path, db_url: str) ->
     odd = replace(rendered.outgoing[0], address="ünï@example.org")  # not ASCII: no SMTPUTF8
     server = SmtpServer(tmp_path).start()
     try:
-        settings = smtp_settings(server).model_copy(update={"database_url": db_url})
+        settings = smtp_settings(server).model_copy(
+            update={"database_url": db_url, "secret_key": SecretStr("k" * 32)}
+        )
         batch = Rendered([odd, *rendered.outgoing], [])
-        outcomes = send_stage(settings, Store(db_url), batch, run_id=1)
+        store, owner, run_id = begin(settings)
+        assert run_id is not None
+        outcomes = send_stage(settings, store, batch, run_id, owner)
     finally:
         server.stop()
     status = {o.address: (o.status, o.detail) for o in outcomes}
@@ -429,3 +438,58 @@ def test_encodings_and_control_characters(tmp_path: Path) -> None:
     )
     assert "nul.yaml:2:8: tags[0].tag: contains the control character U+0000" in text["nul.yaml"]
     assert "rlo.yaml:2:7: name: contains the control character U+202E" in text["rlo.yaml"]
+
+
+def _expire_lease(store: Store) -> None:
+    """What two hours without a renewal leave in the database (no sleeping in a test)."""
+    from sqlalchemy import update
+
+    from paperpost.store import locks
+
+    with store.engine.begin() as conn:
+        conn.execute(update(locks).values(expires_at=0))
+
+
+def test_a_run_whose_lease_another_run_took_sends_nothing_more(tmp_path: Path, db_url: str) -> None:
+    """Before: a run that outlived its 2-hour lease kept sending, while a second run took the
+    lease, released the first run's claimed digests as a crash's leftovers and sent them
+    again: duplicates. Now the first run checks its lease before it claims or sends."""
+    from paperpost.pipeline import LOCK, LOCK_TTL
+
+    settings = Settings(outbox_dir=tmp_path / "outbox", database_url=db_url)
+    store, owner, run_id = begin(settings)
+    assert run_id is not None
+    _expire_lease(store)
+    assert store.acquire_lock(LOCK, "otherhost:2:later-run", LOCK_TTL)  # the second run
+    rendered = render_stage(Renderer(), _jobs("r1@example.org", "r2@example.org"), EDITION)
+    outcomes = send_stage(settings, store, rendered, run_id, owner)
+    assert {o.status for o in outcomes} == {"retry"}
+    assert all("another run took this run's lease" in (o.detail or "") for o in outcomes)
+    assert not (tmp_path / "outbox" / "new").exists() or not any(
+        (tmp_path / "outbox" / "new").iterdir()
+    )
+    assert store.delivery_status("r1@example.org") == []  # nothing claimed, nothing settled
+    assert store.lock_owner(LOCK) == "otherhost:2:later-run"
+    reason = store.pause_reason(run_id)  # how the run ends: exit 5, another run has the lock
+    assert for_summary({"status": "paused", "message": reason}) == ExitCode.LOCKED
+
+
+def test_a_run_that_keeps_sending_keeps_its_lease(tmp_path: Path, db_url: str) -> None:
+    """A lease that has run out while nobody else took it is renewed by the run still
+    sending: its digests go out, and the lease is good for LOCK_TTL again."""
+    from sqlalchemy import select
+
+    from paperpost.pipeline import LOCK, LOCK_TTL
+    from paperpost.store import locks, now
+
+    settings = Settings(outbox_dir=tmp_path / "outbox", database_url=db_url)
+    store, owner, run_id = begin(settings)
+    assert run_id is not None
+    _expire_lease(store)
+    rendered = render_stage(Renderer(), _jobs("r1@example.org", "r2@example.org"), EDITION)
+    outcomes = send_stage(settings, store, rendered, run_id, owner)
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    with store.engine.connect() as conn:
+        expires = conn.execute(select(locks.c.expires_at)).scalar_one()
+    assert expires > now().timestamp() + LOCK_TTL.total_seconds() - 60
+    assert not store.acquire_lock(LOCK, "otherhost:2:later-run", LOCK_TTL)
