@@ -14,6 +14,7 @@ import json
 import socket
 import stat
 import threading
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -31,6 +32,8 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 if TYPE_CHECKING:  # only a type here: importing the store costs SQLAlchemy and Alembic
+    from urllib3.response import BaseHTTPResponse
+
     from paperpost.store import FetchState
 
 USER_AGENT = "paperpost/0.1 (+https://github.com/paperpost)"
@@ -174,6 +177,7 @@ class _Deadline:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.ends = time.monotonic() + seconds
         self.expired = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -206,6 +210,12 @@ class _Deadline:
             deadline._sockets.append(duplicate)
             if deadline.expired:
                 _shut(duplicate)
+
+    @classmethod
+    def remaining(cls) -> float | None:
+        """Seconds left to the current download's deadline (None outside a download)."""
+        deadline = getattr(cls.current, "value", None)
+        return None if deadline is None else deadline.ends - time.monotonic()
 
     def _expire(self) -> None:
         with self._lock:
@@ -250,6 +260,28 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+class WaitTooLong(Exception):  # not an OSError: requests would wrap it as a ConnectionError
+    """The server asked (Retry-After) for a longer wait than the download's deadline leaves."""
+
+    def __init__(self, status: int, seconds: float) -> None:
+        super().__init__(f"HTTP {status} with Retry-After: {seconds:.0f} s")
+        self.status, self.seconds = status, seconds
+
+
+class _Retry(Retry):
+    """urllib3's Retry, but a server's Retry-After never outlasts the download's deadline:
+    ``time.sleep`` cannot be interrupted by shutting the connections, so a ``Retry-After:
+    3600`` would hold the whole run for hours. A wait that does not fit in what is left of
+    the deadline ends the download at once (it is retried next run)."""
+
+    def sleep_for_retry(self, response: BaseHTTPResponse) -> bool:
+        wait = self.get_retry_after(response)
+        remaining = _Deadline.remaining()
+        if wait and remaining is not None and wait >= remaining:
+            raise WaitTooLong(response.status, wait)
+        return super().sleep_for_retry(response)
+
+
 class DowngradeRedirect(requests.exceptions.RequestException):
     """An https URL redirected to a plain http one."""
 
@@ -275,7 +307,7 @@ def session(retries: int = 3, backoff: float = 0.5) -> requests.Session:
     """A session that retries connection errors and 5xx with exponential backoff, and
     refuses a redirect from https to http."""
     s = _Session()
-    retry = Retry(
+    retry = _Retry(
         total=retries,
         connect=retries,
         read=retries,
@@ -451,6 +483,14 @@ def _get(
             error=f"{display_source(exc.source)} redirected from https to plain http "
             f"({display_source(exc.target)}); refused: anyone on the way could read or change "
             "the dump. Use an https URL that does not redirect to http",
+        )
+    except WaitTooLong as exc:
+        return Fetched(
+            url,
+            "failed",
+            error=f"HTTP {exc.status}: the server asks to wait {exc.seconds:.0f} s before "
+            "trying again (Retry-After), longer than this download may take; will retry "
+            "next run",
         )
     except requests.exceptions.TooManyRedirects:
         return Fetched(url, "failed", error="too many redirects (a redirect loop?)")

@@ -203,3 +203,44 @@ def test_sources_that_are_not_regular_files_fail_alone(tmp_path) -> None:
     for name in ("pipe.txt", "zero.txt", "dir.json"):
         assert results[name].status == "failed"
         assert "not a regular file" in results[name].error
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"),
+    [(503, "3600"), (429, "999999999"), (503, "Fri, 01 Jan 2100 00:00:00 GMT")],
+)
+def test_a_retry_after_beyond_the_deadline_fails_that_source_alone(
+    httpserver: HTTPServer, status: int, retry_after: str
+) -> None:
+    """ATTACK5 #3: urllib3 slept for whatever Retry-After said (hours; an HTTP date decades
+    ahead), in time.sleep, which the download's deadline (6x the read timeout) cannot cut
+    short; every other source and every reader waited. Now a wait that does not fit in the
+    deadline ends that download at once, and the other source is fetched."""
+    import threading
+
+    httpserver.expect_request("/busy").respond_with_data(
+        "", status=status, headers={"Retry-After": retry_after}
+    )
+    httpserver.expect_request("/ok").respond_with_data(DUMP)
+    results: list = []
+    sources = [httpserver.url_for("/busy"), httpserver.url_for("/ok")]
+    worker = threading.Thread(
+        target=lambda: results.extend(fetch_all(sources, {}, LIMIT, 5.0)), daemon=True
+    )
+    worker.start()
+    worker.join(20)  # the deadline is 6 x 5 s; a wait within it would still be under 20 s
+    assert not worker.is_alive(), "the fetch is still waiting for Retry-After"
+    busy, ok = results
+    assert busy.status == "failed" and "Retry-After" in busy.error
+    assert "will retry next run" in busy.error and str(status) in busy.error
+    assert ok.status == "fetched" and ok.content == DUMP
+    assert sum(1 for r, _ in httpserver.log if r.path == "/busy") == 1
+
+
+def test_a_short_retry_after_is_still_honoured(httpserver: HTTPServer) -> None:
+    httpserver.expect_ordered_request("/d").respond_with_data(
+        "", status=503, headers={"Retry-After": "0"}
+    )
+    httpserver.expect_ordered_request("/d").respond_with_data(DUMP)
+    result = fetch_one(httpserver.url_for("/d"))
+    assert result.status == "fetched" and result.content == DUMP
