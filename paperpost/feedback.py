@@ -20,8 +20,8 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
 from sqlalchemy import select
@@ -184,10 +184,11 @@ class Vote:
         }
 
 
-def record_votes(store: Store, votes: Sequence[Vote]) -> None:
-    """Upsert votes; per (address, paper) the latest ``voted_at`` wins, whatever the order."""
+def record_votes(store: Store, votes: Sequence[Vote]) -> int:
+    """Upsert votes; per (address, paper) the latest ``voted_at`` wins, whatever the order.
+    Returns how many rows were written (a vote older than the stored one writes none)."""
     if not votes:
-        return
+        return 0
     stmt = _insert(store, feedback)
     stmt = stmt.on_conflict_do_update(
         index_elements=["address", "paper_id"],
@@ -211,7 +212,26 @@ def record_votes(store: Store, votes: Sequence[Vote]) -> None:
         for v in votes
     ]
     with store.engine.begin() as conn:
+        if len(rows) == 1:  # one statement: its row count is reliable on every driver
+            return conn.execute(stmt, rows[0]).rowcount
         conn.execute(stmt, rows)
+    return len(rows)
+
+
+def record_click(store: Store, vote: Vote) -> bool:
+    """A reader's click on a vote link: it is their latest word on that paper, even when a
+    stored vote carries a later time (the server's clock was stepped back). True if recorded."""
+    with store.engine.connect() as conn:
+        stored = conn.execute(
+            select(feedback.c.voted_at).where(
+                feedback.c.address == vote.address.lower(), feedback.c.paper_id == vote.paper_id
+            )
+        ).scalar()
+    if stored is not None:
+        stored = stored if stored.tzinfo else stored.replace(tzinfo=UTC)
+        if stored >= vote.voted_at:
+            vote = replace(vote, voted_at=stored + timedelta(milliseconds=1))
+    return record_votes(store, [vote]) == 1
 
 
 def votes_of(store: Store, addresses: Iterable[str]) -> dict[str, list[Vote]]:
@@ -299,15 +319,29 @@ def _import_text(data: dict, field: str, limit: int) -> str:
     return value
 
 
+# how far ahead of this machine's clock an imported vote may be (clocks of two machines differ)
+IMPORT_CLOCK_SKEW = timedelta(minutes=5)
+
+
 def _import_time(value: object) -> datetime:
-    """An ISO 8601 time as an aware UTC datetime (no zone: UTC)."""
+    """An ISO 8601 time as an aware UTC datetime (no zone: UTC), not in the future: a vote
+    dated ahead would outrank every real click until that date."""
     if not isinstance(value, str):
         raise ValueError(f"voted_at must be an ISO 8601 time, got {type(value).__name__}")
     voted_at = datetime.fromisoformat(value)
     try:
-        return voted_at.replace(tzinfo=voted_at.tzinfo or UTC).astimezone(UTC)
+        voted_at = voted_at.replace(tzinfo=voted_at.tzinfo or UTC).astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
         raise ValueError(f"voted_at {value!r} is out of range") from None
+    latest = datetime.now(UTC) + IMPORT_CLOCK_SKEW
+    if voted_at > latest:
+        raise ValueError(
+            f"voted_at {value!r} is in the future (this machine's clock says "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC); a vote dated ahead would outrank the "
+            "reader's real clicks until then: correct the time (or the exporting machine's "
+            "clock) and import again"
+        )
+    return voted_at
 
 
 # --- papers, history and tastes -------------------------------------------------------------

@@ -22,7 +22,7 @@ from paperpost.feedback import (
     Vote,
     address_of,
     read_vote_token,
-    record_votes,
+    record_click,
     voted_paper,
 )
 from paperpost.models import Paper
@@ -154,7 +154,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(found, HTMLResponse):
             return found
         address, digest, paper = found
-        record_votes(store, [Vote(address, paper.id, VOTES[direction], paper.title, digest, now())])
+        click = Vote(address, paper.id, VOTES[direction], paper.title, digest, now())
+        if not record_click(store, click):  # never say "noted" for a vote that was not kept
+            return page(
+                "Not recorded",
+                "<p>Your vote could not be recorded. Please try the link again later.</p>",
+                409,
+            )
         other = "fewer" if direction == "more" else "more"
         noted = "You will see more" if direction == "more" else "Noted: fewer"
         return page(

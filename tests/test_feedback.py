@@ -192,6 +192,10 @@ HOSTILE_VOTES = {
     "paper_id contains a control character or a lone surrogate": {"paper_id": "\ud800"},
     "address is not an email address": {"address": "ann"},
     'vote must be "more" or "fewer"': {"vote": ["more"]},
+    # ATTACK5 #4: dated ahead, it outranked every real click until then
+    "voted_at '2999-06-01T00:00:00+00:00' is in the future": {
+        "voted_at": "2999-06-01T00:00:00+00:00"
+    },
 }
 
 
@@ -242,6 +246,36 @@ def test_any_export_line_is_imported_whole_or_refused_in_one_line(
 
 
 # --- the vote pages, on a real server ---------------------------------------------------------
+
+
+def test_an_import_dated_a_minute_ahead_is_kept_an_hour_ahead_refused() -> None:
+    """Two machines' clocks differ by seconds; an export dated hours ahead is a wrong clock."""
+    ahead = datetime.now(UTC) + timedelta(minutes=1)
+    (vote,) = parse_export([json.dumps({**GOOD_VOTE, "voted_at": ahead.isoformat()})])
+    assert vote.voted_at == ahead
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    with pytest.raises(BadExport, match="is in the future"):
+        parse_export([json.dumps({**GOOD_VOTE, "voted_at": later})])
+
+
+def test_a_click_beats_a_stored_vote_dated_ahead_and_is_only_noted_when_kept(web) -> None:
+    """ATTACK5 #4: a stored vote dated in 2027 (an older import, or this server's clock
+    stepped back) kept winning the upsert; the page still said "Noted". A click is the
+    reader's latest word: it is recorded, and the page says so only when it was."""
+    base, store = web
+    ids = reader_ids(store, ["ann@example.org"])
+    digest = _sent(store, "ann@example.org", 0, 1)
+    ahead = datetime.now(UTC) + timedelta(days=400)
+    record_votes(store, [Vote("ann@example.org", SPEC.id, 1, SPEC.title, digest, ahead)])
+    token = make_vote_token(KEY, VoteLink(ids["ann@example.org"], SPEC.id, digest, LATER))
+    answer = requests.post(f"{base}/vote/fewer/{token}", timeout=10)
+    assert answer.status_code == 200 and "Noted: fewer" in answer.text
+    (vote,) = votes_of(store, ["ann@example.org"])["ann@example.org"]
+    assert vote.vote == -1
+    again = requests.post(f"{base}/vote/more/{token}", timeout=10)
+    assert again.status_code == 200
+    (vote,) = votes_of(store, ["ann@example.org"])["ann@example.org"]
+    assert vote.vote == 1
 
 
 @pytest.fixture
