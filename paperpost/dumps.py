@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
-from paperpost.models import Paper, abstract_key, normalize_space
+from paperpost.models import Paper, abstract_key, has_words, normalize_space
 from paperpost.sanitize import http_url, shorten_line
 
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -275,7 +275,7 @@ def parse_text_dump(text: str, source: str, reference: date) -> ParsedDump:
             index += 2
             continue
         abstract = normalize_space(" ".join(abstract_lines))
-        if not title or not abstract:
+        if not has_words(title) or not has_words(abstract):
             warnings.append(f"{source}:{line_no}: a paper with no readable title; skipped")
             index += 2
             continue
@@ -356,6 +356,12 @@ def _text(value: object) -> str | None:
     return (normalize_space(value) or None) if isinstance(value, str) else None
 
 
+def _words(value: object) -> str | None:
+    """A title or summary, None when it has no visible letter or digit."""
+    text = _text(value)
+    return text if text and has_words(text) else None
+
+
 def _org_name(*candidates: object) -> str | None:
     for org in candidates:
         if isinstance(org, dict):
@@ -367,8 +373,8 @@ def _org_name(*candidates: object) -> str | None:
 
 def _api_paper(item: dict, source: str) -> Paper:
     inner = item.get("paper") if isinstance(item.get("paper"), dict) else item
-    title = _text(inner.get("title")) or _text(item.get("title"))
-    abstract = _text(inner.get("summary")) or _text(item.get("summary"))
+    title = _words(inner.get("title")) or _words(item.get("title"))
+    abstract = _words(inner.get("summary")) or _words(item.get("summary"))
     if not title:
         raise ValueError("no title")
     if not abstract:

@@ -39,6 +39,16 @@ def normalize_space(text: str) -> str:
     return _SPACE.sub(" ", _UNSTORABLE.sub("", text)).strip()
 
 
+# Letters (Unicode category Lo) that show as nothing: the Hangul fillers
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def has_words(text: str) -> bool:
+    """Whether ``text`` has a visible letter or digit (a title of blank Braille, Hangul
+    fillers and zero-width spaces has none)."""
+    return any(ch.isalnum() and ch not in _INVISIBLE_LETTERS for ch in text)
+
+
 def title_key(title: str) -> str:
     """The identity of a paper that has no arXiv id: its title, folded.
 

@@ -48,7 +48,7 @@ from yaml.events import (
     StreamEndEvent,
 )
 
-from paperpost.models import pickled_by_fields
+from paperpost.models import has_words, pickled_by_fields
 from paperpost.rank import DEFAULT_MIN_SCORE, read_tag
 from paperpost.sanitize import BIDI
 
@@ -104,7 +104,7 @@ def _clean_text(value: Any) -> Any:
 
 
 def _has_words(value: str) -> str:
-    if not any(ch.isalnum() for ch in value):
+    if not has_words(value):
         raise PydanticCustomError(
             "no_words",
             "{value} has no letters or digits",

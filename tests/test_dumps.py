@@ -26,7 +26,7 @@ from paperpost.dumps import (
     parse_dump,
     parse_text_dump,
 )
-from paperpost.models import Paper, title_key
+from paperpost.models import Paper, has_words, title_key
 
 HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n"
 HEADER += "byAK and the research community\n\nNov 24\n\n"
@@ -186,7 +186,7 @@ _line = (
         max_size=80,
     )
     .map(lambda s: " ".join(s.split()))
-    .filter(bool)
+    .filter(has_words)  # a title or abstract with no letter or digit is no paper (ATTACK5 #2)
 )
 _paper = st.builds(
     lambda t, a, n, up: (t, a, n, up),
@@ -304,6 +304,25 @@ def test_a_dump_cut_anywhere_keeps_the_papers_before_the_cut(papers, data) -> No
         assert wanted[len(got) - 1][1].startswith(abstract)
     if content[:cut].decode("utf-8", "ignore").encode() != content[:cut]:
         assert any("middle of a character" in w for w in parsed.warnings)
+
+
+def test_titles_and_abstracts_of_invisible_characters_are_missing_ones() -> None:
+    """ATTACK5 #2: titles of blank Braille, Hangul fillers and zero-width spaces (and a
+    summary of one ZWSP) were stored and mailed as blank cards; the Subject ended in ": "."""
+    real = {"paper": {"id": "2611.00001", "title": "Agents that plan", "summary": "Real text."}}
+    items = [
+        {"paper": {"id": "2611.00002", "title": "\u2800\u3164\u200b", "summary": "Abstract."}},
+        {"paper": {"id": "2611.00003", "title": "\u115f\u1160 \u2800", "summary": "Abstract."}},
+        {"paper": {"id": "2611.00004", "title": "A title", "summary": "\u200b"}},
+        real,
+    ]
+    parsed = parse_dump(json.dumps(items).encode(), "api.json", CAPTURED)
+    assert [p.title for p in parsed.papers] == ["Agents that plan"]
+    assert len(parsed.warnings) == 3
+    text = HEADER + "\n\u3164\u2800\n\nAn abstract.\n\nReal title\n\nReal abstract.\n"
+    parsed = parse_text_dump(text, "blank.txt", CAPTURED)
+    assert [p.title for p in parsed.papers] == ["Real title"]
+    assert any("no readable title" in w for w in parsed.warnings)
 
 
 def test_c1_controls_never_reach_a_paper_or_a_terminal(tmp_path: Path) -> None:
