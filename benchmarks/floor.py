@@ -1,41 +1,55 @@
-"""This machine's floor for a digest's work, stage by stage, beside what paperpost costs.
+"""This machine's floor for a digest's work, stage by stage and for the whole pipeline,
+beside what paperpost costs: wall and CPU milliseconds per digest, and their ratio.
 
-    python benchmarks/floor.py [--messages 2000] [--subscribers 5000] [--group 500]
-        [--postgres postgresql+psycopg://paperpost:paperpost@127.0.0.1:5432/paperpost_perf]
+    python benchmarks/floor.py [--messages 2000] [--sizes 5000 20000] [--repeat 3]
+        [--before OLD_CHECKOUT] [--after CHECKOUT] [--postgres postgresql+psycopg://...]
 
-Every figure is milliseconds per digest, the median of ``--repeat`` rounds; within a round
-the floor and paperpost run back to back on the same messages (A B A B), so load from
-other processes hits both alike. The messages are paperpost's own (the shared papers,
-synthetic readers, ~33 KB each).
+Rounds are paired: in each round every checkout (``--before`` first, if given) runs the
+stage block once in a fresh process (each floor right before paperpost's same stage, on the
+same inputs), then a whole ``run_plain`` in a fresh process at each of ``--sizes``. CPU is
+user + system time of every thread (and, for a whole run, of its worker processes); it is
+the comparable figure under load. The load average is recorded before and after each round.
 
 Floors (the least this machine needs for the same output at the same durability):
 
+- **read**: the subscriber list file parsed by libyaml (``yaml.CSafeLoader``), nothing
+  validated; paperpost: ``iter_subscribers`` (line numbers, pydantic, address checks).
+- **rank**: the same scoring arithmetic as ``rank_many`` in its most direct vectorised form:
+  from the per-tag × paper scores paperpost's cache holds (computed untimed on both sides:
+  per-paper work, kept in the database across runs), each distinct reader setting's
+  weighted noisy-or, exclusions, ``min_score`` bar and order key as whole-matrix numpy
+  operations, its best ``max_items`` by ``argpartition`` + a sort of those, and each
+  reader's passing papers and scores as arrays (no reasons, no near-duplicate pass).
+  paperpost: ``rank_many`` on the same papers and readers, its cache warm.
 - **render**: join per-paper HTML/text fragments made once, quoted-printable encode both
-  parts (binascii), prepend headers: the same bytes-per-digest as paperpost's messages.
-- **outbox file**: Maildir-style: write ``tmp/<name>``, fsync, rename into ``new/`` (one
-  fsync per file, one after another); and grouped: write and fsync a group's files
-  on ``WRITER_THREADS`` threads (as the outbox does, so the file system commits them
-  together), rename them, fsync ``new/`` once (group durability).
-- **ledger**: the ledger's own statements in the driver directly (sqlite3 / psycopg), same
-  schema and durability (SQLite WAL, synchronous=NORMAL): claim (INSERT ``sending``) and
-  settle (UPDATE ``sent`` + cursor upsert), one commit each per message; and grouped: one
-  multi-row transaction per group for each of the two. The outbox needs no ``data-sent``
-  mark (its files tell whether a digest went out), so neither side writes one.
-  PostgreSQL with ``--postgres``. paperpost's side is what ``send_batch`` does for the
-  outbox: ``claim_group`` and ``settle_group`` per group of ``GROUP``.
-- **pipeline**: render + outbox file + ledger floors, per message (an fsync and a
-  commit each) and grouped (the outbox's contract: group durability, then one settle);
-  paperpost's figure is ``run_plain`` on ``--subscribers`` readers (its stage clocks for
-  rank, render and send; batches overlap, ranked and rendered in worker processes, so the
-  stage clocks are each batch's time in the stage, added up, and can exceed the run).
+  parts (binascii), prepend headers: the same bytes per digest as paperpost's messages.
+- **outbox file**: Maildir: ``tmp/`` → fsync → rename into ``new/``, one fsync per file
+  one after another ("each"); and grouped: a group's files written and synced on
+  ``WRITER_THREADS`` threads (so the file system commits them together), renamed, ``new/``
+  synced once (the outbox's durability). paperpost: ``Outbox.stage``/``flush`` per group.
+- **ledger**: the ledger's own statements in the driver (sqlite3 / psycopg), same schema
+  and durability: claim (INSERT ``sending``), settle (UPDATE ``sent`` + cursor upsert), a
+  commit each per message ("each") or one transaction each per group ("grouped").
+  paperpost: ``claim_group`` + ``settle_group`` per group of ``GROUP``.
+- **whole pipeline**: the sum of the read, rank, render, file and ledger (SQLite) floors,
+  grouped (paperpost's durability) and each. paperpost: ``run_plain`` on ``--sizes``
+  generated subscribers in a fresh process (interpreter start, imports and worker process
+  start-up included: what a user pays), wall time of the process and CPU of it and its
+  workers. Per digest "all in" is that cost ÷ digests sent; the **marginal** cost per
+  digest is the slope between the smallest and the largest size ((cost₂ − cost₁) ÷
+  (digests₂ − digests₁)), and the fixed cost of a run is what is left at zero digests.
+  The floor has no fixed cost here, so the marginal ratio is the per-digest comparison
+  and the all-in ratio includes each run's start-up.
 
-Ranking has no floor here (the rank helper's benchmarks cover it); its cost is shown.
+Not in any floor: fetching and parsing the dumps, the diff, per-paper ranking evidence,
+bounces (per-run work, in paperpost's fixed cost).
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import sqlite3
 import statistics
@@ -55,7 +69,7 @@ from end_to_end import prepare
 from rank_quality import shared_papers
 from rank_speed import profiles
 
-from common import report
+from common import add_checkout_args, checkouts, report, run_in_tree
 from paperpost.delivery import GROUP, WRITER_THREADS, Outbox
 from paperpost.models import Paper
 from paperpost.rank import Ranked, rank_many
@@ -217,11 +231,6 @@ def ledger_floor(connect: Callable[[], object], p: str, messages, group: int | N
     conn.close()
 
 
-def send_each(outbox: Outbox, messages: Sequence[Outgoing]) -> None:
-    for m in messages:
-        outbox.send(m)
-
-
 def send_grouped(outbox: Outbox, messages: Sequence[Outgoing]) -> None:
     """As send_batch drives the outbox: stage a group, flush it once."""
     for start in range(0, len(messages), GROUP):
@@ -266,40 +275,158 @@ def pg_connect(url: str) -> Callable[[], object]:
     return lambda: psycopg.connect(plain)
 
 
-# --- whole pipeline ---------------------------------------------------------------------------
+# --- read and rank --------------------------------------------------------------------------
 
 
-def pipeline_run(root: Path, subscribers: int) -> dict:
-    from paperpost.pipeline import run_plain
-    from paperpost.settings import Settings
+def read_floor(path: Path) -> int:
+    """The list file parsed by libyaml: entries, nothing validated."""
+    import yaml
 
-    data = Path(tempfile.mkdtemp(prefix="pipeline-", dir=root))
-    prepare(data, subscribers)
-    settings = Settings(
-        sources=[str(data / "dumps")],
-        subscribers_dir=data / "subscribers.yaml",
-        database_url=f"sqlite:///{data / 'pp.db'}",
-        outbox_dir=data / "outbox",
-        delivery="outbox",
-    )
-    clock = time.perf_counter()
-    summary = run_plain(settings)
-    return {
-        "seconds": time.perf_counter() - clock,
-        "sent": summary.digests_sent,
-        "stages": summary.stage_seconds,
-    }
+    return len(yaml.load(path.read_text(), Loader=yaml.CSafeLoader))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--subscribers", type=int, default=5000)
-    parser.add_argument("--group", type=int, default=GROUP)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--postgres", help="a PostgreSQL URL (tables are dropped and made)")
-    args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="pp-floor-"))
+def read_paperpost(path: Path) -> int:
+    from paperpost.subscribers import SubscriberError, iter_subscribers
+
+    errors: list[SubscriberError] = []
+    return sum(1 for _ in iter_subscribers(path, errors))
+
+
+class RankFloor:
+    """rank_many's per-reader arithmetic, vectorised directly over the distinct settings.
+
+    Built (untimed) from the per-tag × paper scores paperpost's cache holds; :meth:`run`
+    is the timed part: noisy-or, exclusions, bar, order key, top ``max_items``, and per
+    reader the indices and scores of its passing papers."""
+
+    def __init__(self, papers: Sequence[Paper], people: Sequence, background, cache) -> None:
+        import numpy as np
+
+        from paperpost import rank
+
+        readings: dict[tuple[str, tuple[str, ...]], int] = {}
+        found = []
+
+        def index(tag: str, keywords: tuple[str, ...] = ()) -> int:
+            key = (tag, tuple(sorted(keywords)))
+            if key not in readings:
+                readings[key] = len(found)
+                found.append(rank.read_tag(*key))
+            return readings[key]
+
+        rows = []
+        for person in people:
+            wanted = tuple((index(i.tag, i.keywords), i.weight) for i in person.interests)
+            rows.append(
+                (
+                    wanted,
+                    tuple(index(t) for t in person.exclude),
+                    person.min_score,
+                    person.max_items,
+                )
+            )
+        scored = cache.scores(papers, found, background)
+        pad = len(found)
+        zero = np.zeros((1, len(papers)))
+        self.log_miss = np.vstack([np.log1p(-np.clip(scored.score, 0, 0.999)), zero])
+        self.log_pass = np.vstack([np.log1p(-np.clip(scored.order, 0, 0.999)), zero])
+        self.literal = np.vstack([scored.literal, zero])
+        about = (scored.about >= rank.EXCLUDE_MIN) | (
+            (scored.about >= rank.EXCLUDE_WITH_WORDS) & (scored.literal >= rank.EXCLUDE_LITERAL)
+        )
+        self.about = np.vstack([about, zero.astype(bool)])
+        upvotes = np.array([p.upvotes or 0 for p in papers], dtype=np.float64)
+        self.prior = rank.POPULARITY_TIEBREAK * (1.0 - np.exp(-upvotes / 30.0))
+        self.literal_weight = rank.LITERAL_WEIGHT
+        width = max(len(w) for w, _, _, _ in rows)
+        avoid = max(len(a) for _, a, _, _ in rows)
+        picks = np.full((len(rows), width), pad)
+        weights = np.zeros((len(rows), width))
+        avoids = np.full((len(rows), max(avoid, 1)), pad)
+        for r, (wanted, unwanted, _, _) in enumerate(rows):
+            top = max(w for _, w in wanted)
+            for k, (i, w) in enumerate(wanted):
+                picks[r, k], weights[r, k] = i, w / top
+            avoids[r, : len(unwanted)] = unwanted
+        self.picks, self.weights, self.avoids = picks, weights, avoids
+        self.min_score = np.array([m for _, _, m, _ in rows])
+        self.max_items = np.array([m for _, _, _, m in rows])
+
+    def run(self) -> list:
+        import numpy as np
+
+        key = np.hstack(
+            [
+                self.picks,
+                self.weights,
+                self.avoids,
+                self.min_score[:, None],
+                self.max_items[:, None],
+            ]
+        )
+        _, first, which = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        picks, weights = self.picks[first], self.weights[first]
+        log_sum = np.zeros((len(first), self.log_miss.shape[1]))
+        log_order = np.zeros(log_sum.shape)
+        literal = np.zeros(log_sum.shape)
+        for k in range(picks.shape[1]):
+            log_sum += weights[:, k, None] * self.log_miss[picks[:, k]]
+            log_order += weights[:, k, None] * self.log_pass[picks[:, k]]
+            np.maximum(literal, weights[:, k, None] * self.literal[picks[:, k]], out=literal)
+        blocked = self.about[self.avoids[first]].any(axis=1)
+        scores = 1.0 - np.exp(log_sum)
+        order = (1.0 - np.exp(log_order)) * (1.0 + self.prior) + self.literal_weight * literal
+        final = np.where((scores >= self.min_score[first, None]) & ~blocked, order, -1.0)
+        depth = int(self.max_items.max())
+        best = np.argpartition(-final, depth - 1, axis=1)[:, :depth]
+        values = np.take_along_axis(final, best, 1)
+        sort = np.argsort(-values, axis=1, kind="stable")
+        best, values = np.take_along_axis(best, sort, 1), np.take_along_axis(values, sort, 1)
+        shown = np.round(np.take_along_axis(scores, best, 1), 3)
+        counts = np.minimum((values >= 0).sum(1), self.max_items[first])
+        return [(best[s, : counts[s]], shown[s, : counts[s]]) for s in which.ravel()]
+
+
+# --- the stage block (a child process per checkout and round) --------------------------------
+
+
+def rusage() -> tuple[float, float]:
+    """(wall, CPU) seconds now: CPU is user + system of every thread of this process."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), used.ru_utime + used.ru_stime
+
+
+def stages_child(args: argparse.Namespace) -> None:
+    from paperpost.rank import Background, MatchCache
+
+    root = Path(tempfile.mkdtemp(prefix="pp-floor-stages-"))
+    samples: dict[str, dict[str, float]] = {}
+
+    def measure(key: str, fn: Callable[..., object], *fn_args: object, count: int = 0) -> None:
+        wall, cpu = rusage()
+        fn(*fn_args)
+        wall_after, cpu_after = rusage()
+        samples[key] = {
+            "wall": per_ms(wall_after - wall, count or n),
+            "cpu": per_ms(cpu_after - cpu, count or n),
+        }
+
+    papers = shared_papers()[:300]
+    people = profiles(args.messages * 2)
+    cache = MatchCache()
+    background = Background.of(papers, cache)
+    rank_many(papers, people, background=background, cache=cache)  # warm, untimed
+    floor_rank = RankFloor(papers, people, background, cache)
+    floor_rank.run()
+    measure("rank floor", floor_rank.run, count=len(people))
+    measure("rank paperpost", rank_many, papers, people, None, background, cache, count=len(people))
+
+    prepare(root / "list", args.messages)
+    listed = root / "list" / "subscribers.yaml"
+    measure("read floor", read_floor, listed, count=args.messages)
+    measure("read paperpost", read_paperpost, listed, count=args.messages)
 
     renderer = Renderer()
     work = jobs(args.messages)
@@ -311,163 +438,300 @@ def main() -> None:
     floor_renderer = FloorRenderer(pad)
     floor_size = statistics.median(len(floor_renderer.render(r, i, 0, 300)) for r, i in work)
     n = len(messages)
+    measure("render floor", lambda: [floor_renderer.render(r, i, 0, 300) for r, i in work])
+    measure("render paperpost", lambda: [renderer.render(r, i, EDITION, 0, 300) for r, i in work])
 
-    stores = {"SQLite": (f"sqlite:///{root / 'ledger.db'}", "?")}
+    measure("file floor each", maildir_each, fresh_maildir(root, "each-"), messages)
+    measure("file floor grouped", maildir_grouped, fresh_maildir(root, "group-"), messages, GROUP)
+    outbox = Outbox(Path(tempfile.mkdtemp(prefix="outbox-", dir=root)))
+    measure("file paperpost", send_grouped, outbox, messages)
+
+    stores = {
+        "SQLite": (f"sqlite:///{root / 'ledger.db'}", "?", sqlite_connect(root / "ledger.db"))
+    }
     if args.postgres:
-        stores["PostgreSQL"] = (args.postgres, "%s")
-    connects = {"SQLite": sqlite_connect(root / "ledger.db")}
-    if args.postgres:
-        connects["PostgreSQL"] = pg_connect(args.postgres)
-    opened = {name: Store(url) for name, (url, _) in stores.items()}
-
-    samples: dict[str, list[float]] = {}
-
-    def add(key: str, seconds: float) -> None:
-        samples.setdefault(key, []).append(per_ms(seconds, n))
-
-    for round_ in range(args.repeat):
-        add("render floor", timed(lambda: [floor_renderer.render(r, i, 0, 300) for r, i in work]))
-        add(
-            "render paperpost",
-            timed(lambda: [renderer.render(r, i, EDITION, 0, 300) for r, i in work]),
-        )
-        folder = fresh_maildir(root, f"each-{round_}-")
-        add("file floor each", timed(maildir_each, folder, messages))
-        folder = fresh_maildir(root, f"group-{round_}-")
-        add("file floor grouped", timed(maildir_grouped, folder, messages, args.group))
-        outbox = Outbox(Path(tempfile.mkdtemp(prefix=f"outbox-{round_}-", dir=root)))
-        add("file paperpost", timed(send_grouped, outbox, messages))
-        outbox = Outbox(Path(tempfile.mkdtemp(prefix=f"outbox1-{round_}-", dir=root)))
-        add("file paperpost one at a time", timed(send_each, outbox, messages))
-        for name, (_, p) in stores.items():
-            store = opened[name]
-            for label, group in (("each", None), ("grouped", args.group)):
-                reset(store)
-                seed_cursors(store, messages)
-                add(
-                    f"ledger {name} floor {label}",
-                    timed(ledger_floor, connects[name], p, messages, group),
-                )
+        stores["PostgreSQL"] = (args.postgres, "%s", pg_connect(args.postgres))
+    for name, (url, p, connect) in stores.items():
+        store = Store(url)
+        for label, group in (("each", None), ("grouped", GROUP)):
             reset(store)
             seed_cursors(store, messages)
-            add(f"ledger {name} paperpost", timed(ledger_paperpost, store, messages))
-        print(f"round {round_ + 1}/{args.repeat} done", flush=True)
+            measure(f"ledger {name} floor {label}", ledger_floor, connect, p, messages, group)
+        reset(store)
+        seed_cursors(store, messages)
+        measure(f"ledger {name} paperpost", ledger_paperpost, store, messages)
+    print(json.dumps({"samples": samples, "bytes": size, "floor_bytes": floor_size, "messages": n}))
+    import shutil
 
-    pipeline = [pipeline_run(root, args.subscribers) for _ in range(args.repeat)]
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    sent = pipeline[0]["sent"]
-    whole = statistics.median(per_ms(r["seconds"], r["sent"]) for r in pipeline)
-    stage = {
-        s: statistics.median(per_ms(r["stages"].get(s, 0.0), r["sent"]) for r in pipeline)
-        for s in ("rank", "render", "send")
-    }
+    shutil.rmtree(root, ignore_errors=True)
 
-    def row(stage_name: str, floor_key: str, paperpost: float, note: str = "") -> list[object]:
-        floor = med[floor_key]
-        return [
-            stage_name,
-            floor_key.replace(" floor", ""),
-            floor,
-            paperpost,
-            paperpost / floor,
-            note,
-        ]
 
-    rows = [
-        row(
-            "render",
-            "render floor",
-            med["render paperpost"],
-            f"{size / 1024:.1f} KB vs floor {floor_size / 1024:.1f} KB",
-        ),
-        row(
-            "outbox file",
-            "file floor each",
-            med["file paperpost"],
-            f"floor: fsync per file; paperpost: send_batch's groups of {GROUP}",
-        ),
-        row(
-            "outbox file",
-            "file floor grouped",
-            med["file paperpost"],
-            f"floor: one sync pass per {args.group}",
-        ),
-        row(
-            "outbox file, one at a time",
-            "file floor each",
-            med["file paperpost one at a time"],
-            "Outbox.send alone (fsync per file)",
-        ),
+# --- whole pipeline --------------------------------------------------------------------------
+
+# The whole run in a fresh interpreter that imports nothing but paperpost (no benchmark
+# module: worker processes must not import them either). It prints its own clock, its
+# digests and the CPU of itself and every descendant (worker processes, a fork server),
+# read from /proc while they are alive: live ones' own and reaped children's time.
+PIPELINE_CHILD = """
+import json, os, sys, time
+from pathlib import Path
+
+def cpu_tree(pid):
+    total = 0.0
+    kids = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                f = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            kids.setdefault(int(f[1]), []).append((int(entry), f))
+    tick = os.sysconf("SC_CLK_TCK")
+    stack = [pid]
+    while stack:
+        for child, f in kids.get(stack.pop(), []):
+            total += sum(int(x) for x in f[11:15]) / tick
+            stack.append(child)
+    return total
+
+if __name__ == "__main__":
+    clock = time.perf_counter()
+    from paperpost.pipeline import run_plain
+    from paperpost.settings import Settings
+
+    data = Path(sys.argv[1])
+    settings = Settings(
+        sources=[str(data / "dumps")],
+        subscribers_dir=data / "subscribers.yaml",
+        database_url=f"sqlite:///{data / 'pp.db'}",
+        outbox_dir=data / "outbox",
+        delivery="outbox",
+    )
+    imported = time.perf_counter()
+    summary = run_plain(settings)
+    done = time.perf_counter()
+    import resource
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime + cpu_tree(os.getpid())
+    print(json.dumps({"import": imported - clock, "run": done - imported, "cpu": cpu,
+                      "sent": summary.digests_sent, "stages": summary.stage_seconds}))
+"""
+
+
+def pipeline_child(tree: Path, template: Path, work: Path) -> dict:
+    """One ``run_plain`` on a fresh copy of ``template`` with ``tree``'s paperpost."""
+    import shutil
+    import subprocess
+
+    data = work / "run"
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.copytree(template, data)
+    clock = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", PIPELINE_CHILD, str(data)],
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - clock
+    shutil.rmtree(data, ignore_errors=True)
+    if done.returncode:
+        raise SystemExit(f"{tree}: run_plain failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**result, "wall": wall}
+
+
+# --- the parent: paired rounds, the table ---------------------------------------------------
+
+
+def ratio_row(label: str, floor: dict[str, float], paper: dict[str, float], note: str) -> list:
+    return [
+        label,
+        floor["wall"],
+        paper["wall"],
+        paper["wall"] / floor["wall"],
+        floor["cpu"],
+        paper["cpu"],
+        paper["cpu"] / floor["cpu"],
+        note,
     ]
-    for name in stores:
-        paper = med[f"ledger {name} paperpost"]
-        rows.append(row(f"ledger {name}", f"ledger {name} floor each", paper, "commit per message"))
-        rows.append(
-            row(f"ledger {name}", f"ledger {name} floor grouped", paper, f"commit per {args.group}")
-        )
-    floor_each = med["render floor"] + med["file floor each"] + med["ledger SQLite floor each"]
-    floor_group = (
-        med["render floor"] + med["file floor grouped"] + med["ledger SQLite floor grouped"]
-    )
-    med["pipeline floor each"], med["pipeline floor grouped"] = floor_each, floor_group
-    rows.append(
-        [
-            "rank",
-            "(no floor here)",
-            "",
-            stage["rank"],
-            "",
-            "run_plain's rank clock (batches overlap: stage clocks add up to more than the run)",
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--postgres", help="a PostgreSQL URL (ledger rows there are deleted)")
+    parser.add_argument("--child-stages", action="store_true", help=argparse.SUPPRESS)
+    add_checkout_args(parser)
+    args = parser.parse_args()
+    if args.child_stages:
+        stages_child(args)
+        return
+    trees = checkouts(args)
+    sizes = sorted(args.sizes)
+    work = Path(tempfile.mkdtemp(prefix="pp-floor-"))
+    templates = {}
+    for size in sizes:
+        templates[size] = work / f"data-{size}"
+        prepare(templates[size], size)
+    me = [sys.executable, str(Path(__file__).resolve()), "--child-stages"]
+    me += ["--messages", str(args.messages)]
+    if args.postgres:
+        me += ["--postgres", args.postgres]
+    stage_runs: dict[str, list[dict]] = {name: [] for name in trees}
+    pipeline_runs: dict[str, dict[int, list[dict]]] = {n: {s: [] for s in sizes} for n in trees}
+    loads = []
+    for round_ in range(args.repeat):
+        load_before = os.getloadavg()[0]
+        for name, tree in trees.items():
+            stage_runs[name].append(run_in_tree(me[1], tree, dict(os.environ), *me[2:]))
+        for size in sizes:
+            for name, tree in trees.items():
+                pipeline_runs[name][size].append(pipeline_child(tree, templates[size], work))
+        loads.append((load_before, os.getloadavg()[0]))
+        print(f"round {round_ + 1}/{args.repeat} done, load {loads[-1]}", flush=True)
+
+    def med(values: Sequence[float]) -> float:
+        return statistics.median(values)
+
+    rows = []
+    summary: dict[str, dict] = {}
+    for name in trees:
+        runs = stage_runs[name]
+        keys = runs[0]["samples"].keys()
+        stage = {
+            k: {c: med([r["samples"][k][c] for r in runs]) for c in ("wall", "cpu")} for k in keys
+        }
+        pairs = [
+            ("read", "read floor", "read paperpost", "libyaml vs iter_subscribers"),
+            ("rank", "rank floor", "rank paperpost", "per reader; cache warm on both sides"),
+            (
+                "render",
+                "render floor",
+                "render paperpost",
+                f"{runs[0]['bytes'] / 1024:.1f} KB vs floor {runs[0]['floor_bytes'] / 1024:.1f} KB",
+            ),
+            ("outbox file", "file floor grouped", "file paperpost", f"groups of {GROUP}"),
+            ("outbox file", "file floor each", "file paperpost", "floor: fsync per file"),
         ]
-    )
-    send_floor_each = med["file floor each"] + med["ledger SQLite floor each"]
-    send_floor_group = med["file floor grouped"] + med["ledger SQLite floor grouped"]
-    rows.append(
-        [
-            "send (run_plain)",
-            "file+ledger each",
-            send_floor_each,
-            stage["send"],
-            stage["send"] / send_floor_each,
-            "SQLite, outbox",
-        ]
-    )
-    rows.append(
-        [
-            "send (run_plain)",
-            "file+ledger grouped",
-            send_floor_group,
-            stage["send"],
-            stage["send"] / send_floor_group,
-            "SQLite, outbox",
-        ]
-    )
-    rows.append(
-        [
-            "whole pipeline",
-            "pipeline each",
-            floor_each,
-            whole,
-            whole / floor_each,
-            f"run_plain, {args.subscribers} subscribers, {sent} sent",
-        ]
-    )
-    rows.append(
-        [
-            "whole pipeline",
-            "pipeline grouped",
-            floor_group,
-            whole,
-            whole / floor_group,
-            "floor with group fsync + grouped ledger",
-        ]
-    )
+        for db in ("SQLite", "PostgreSQL"):
+            if f"ledger {db} paperpost" in stage:
+                pairs.append(
+                    (
+                        f"ledger {db}",
+                        f"ledger {db} floor grouped",
+                        f"ledger {db} paperpost",
+                        f"commit per {GROUP}",
+                    )
+                )
+                pairs.append(
+                    (
+                        f"ledger {db}",
+                        f"ledger {db} floor each",
+                        f"ledger {db} paperpost",
+                        "floor: commit per message",
+                    )
+                )
+        for label, floor_key, paper_key, note in pairs:
+            rows.append(
+                [
+                    name,
+                    *ratio_row(
+                        f"{label} ({floor_key.rsplit(' ', 1)[-1]})",
+                        stage[floor_key],
+                        stage[paper_key],
+                        note,
+                    ),
+                ]
+            )
+        parts = ("read floor", "rank floor", "render floor")
+        floor = {
+            kind: {
+                c: sum(stage[k][c] for k in parts)
+                + stage[f"file floor {kind}"][c]
+                + stage[f"ledger SQLite floor {kind}"][c]
+                for c in ("wall", "cpu")
+            }
+            for kind in ("grouped", "each")
+        }
+        per_size = {}
+        for size in sizes:
+            got = pipeline_runs[name][size]
+            sent = med([r["sent"] for r in got])
+            per_size[size] = {
+                "sent": sent,
+                "wall s": med([r["wall"] for r in got]),
+                "cpu s": med([r["cpu"] for r in got]),
+                "wall": med([per_ms(r["wall"], r["sent"]) for r in got]),
+                "cpu": med([per_ms(r["cpu"], r["sent"]) for r in got]),
+            }
+            for kind in ("grouped", "each"):
+                rows.append(
+                    [
+                        name,
+                        *ratio_row(
+                            f"whole pipeline, all in, {size:,} subscribers ({kind})",
+                            floor[kind],
+                            per_size[size],
+                            f"{sent:.0f} sent; per run {per_size[size]['wall s']:.1f} s wall, "
+                            f"{per_size[size]['cpu s']:.1f} CPU s",
+                        ),
+                    ]
+                )
+        lo, hi = per_size[sizes[0]], per_size[sizes[-1]]
+        if len(sizes) > 1:
+            marginal = {
+                c: per_ms(hi[f"{c} s"] - lo[f"{c} s"], hi["sent"] - lo["sent"])
+                for c in ("wall", "cpu")
+            }
+            fixed = {c: lo[f"{c} s"] - marginal[c] * lo["sent"] / 1000 for c in ("wall", "cpu")}
+            for kind in ("grouped", "each"):
+                rows.append(
+                    [
+                        name,
+                        *ratio_row(
+                            f"whole pipeline, marginal per digest ({kind})",
+                            floor[kind],
+                            marginal,
+                            f"slope {sizes[0]:,} → {sizes[-1]:,}; fixed cost per run "
+                            f"{fixed['wall']:.1f} s wall, {fixed['cpu']:.1f} CPU s",
+                        ),
+                    ]
+                )
+            per_size["marginal"] = marginal
+            per_size["fixed"] = fixed
+        summary[name] = {"stages": stage, "floor": floor, "pipeline": per_size}
+    headers = [
+        "tree",
+        "stage",
+        "floor wall ms",
+        "paperpost wall ms",
+        "wall ratio",
+        "floor CPU ms",
+        "paperpost CPU ms",
+        "CPU ratio",
+        "notes",
+    ]
     report(
         "floor",
-        ["stage", "floor", "floor ms/digest", "paperpost ms/digest", "ratio", "notes"],
+        headers,
         rows,
-        {"samples_ms": samples, "pipeline": pipeline, "messages": n, "message_bytes": size},
+        {
+            "summary": summary,
+            "stage_runs": stage_runs,
+            "pipeline_runs": pipeline_runs,
+            "loads": loads,
+            "trees": {k: str(v) for k, v in trees.items()},
+        },
     )
+    print("load (before, after) per round:", [tuple(round(x, 1) for x in pair) for pair in loads])
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
