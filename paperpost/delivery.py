@@ -19,6 +19,7 @@ refusal pauses the run and suppresses nobody.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
@@ -173,7 +174,7 @@ def _writers() -> ThreadPoolExecutor:
         return _pools[pid]
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_synced(path: str, data: bytes) -> None:
     """Create ``path`` (it must not exist), write ``data`` and fsync it; nothing is left
     at ``path`` if that fails."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -185,7 +186,7 @@ def _write_synced(path: Path, data: bytes) -> None:
     except OSError:
         os.close(fd)
         with contextlib.suppress(OSError):
-            path.unlink()
+            os.unlink(path)
         raise
     os.close(fd)
 
@@ -194,6 +195,14 @@ def outbox_name(address: str, digest: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9@._-]", "_", address.lower())[:80]
     tag = hashlib.sha256(f"{address.lower()}|{digest}".encode()).hexdigest()[:8]
     return f"{safe}_{digest}_{tag}.eml"
+
+
+def _has_prefix(names: list[str], name: str) -> bool:
+    """Whether a name in sorted ``names`` starts with ``name``: a mail client that read a
+    digest moved it to ``cur/`` with its flags appended (``<name>:2,S``; Dovecot also adds
+    ``,S=<size>`` before them)."""
+    at = bisect.bisect_left(names, name)
+    return at < len(names) and names[at].startswith(name)
 
 
 class Outbox:
@@ -215,7 +224,9 @@ class Outbox:
         self.folder = folder
         for sub in ("tmp", "new", "cur"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        self._staged: list[tuple[Future[None], Path, Path, Callable[[], None]]] = []
+        self._tmp, self._new = str(folder / "tmp"), str(folder / "new")
+        # (file written, its tmp/ path, its name in new/, end_of_data) per staged digest
+        self._staged: list[tuple[Future[None], str, str, Callable[[], None]]] = []
         cutoff = time.time() - self.STALE_TMP
         for leftover in (folder / "tmp").iterdir():
             with contextlib.suppress(OSError):
@@ -231,18 +242,22 @@ class Outbox:
 
     def stage(self, outgoing: Outgoing, end_of_data: Callable[[], None] = _nothing) -> None:
         """Start writing a digest under ``tmp/`` (and syncing it) on the outbox's writer
-        threads; it is neither durable nor delivered until :meth:`flush`."""
-        target = self.path(outgoing.address, outgoing.digest)
-        if self.delivered(outgoing.address, outgoing.digest):
+        threads; it is neither durable nor delivered until :meth:`flush`. A digest already
+        in ``new/`` is not written again; one in ``cur/`` is found by :meth:`flush`."""
+        name = outbox_name(outgoing.address, outgoing.digest)
+        if os.path.exists(os.path.join(self._new, name)):
             return
-        temp = self.folder / "tmp" / f"{target.name}.{os.getpid()}.{random.getrandbits(40):x}"
+        temp = os.path.join(self._tmp, f"{name}.{os.getpid()}.{random.getrandbits(40):x}")
         written = _writers().submit(_write_synced, temp, outgoing.data)
-        self._staged.append((written, temp, target, end_of_data))
+        self._staged.append((written, temp, name, end_of_data))
 
     def flush(self) -> None:
         """Deliver what :meth:`stage` wrote: wait until every file is written and synced,
         rename each into ``new/`` (calling its ``end_of_data`` first), then sync ``new/`` so
         the renames last. If any file of the group cannot be written, none is delivered.
+        A digest a mail client has meanwhile read (moved from ``new/`` to ``cur/``: it was
+        delivered before) is dropped from ``tmp/`` instead: ``cur/`` is read once per group,
+        after every digest of the group was looked for in ``new/``, so none is missed.
 
         The files are written and synced on WRITER_THREADS threads while this thread goes
         on: the file system then commits their journal entries together instead of one
@@ -253,11 +268,15 @@ class Outbox:
         if not staged:
             return
         try:
-            for written, _temp, _target, _ in staged:
+            for written, _temp, _name, _ in staged:
                 written.result()
-            for _written, temp, target, end_of_data in staged:
+            read = self._read()
+            for _written, temp, name, end_of_data in staged:
+                if read and _has_prefix(read, name):
+                    os.unlink(temp)
+                    continue
                 end_of_data()
-                os.replace(temp, target)
+                os.replace(temp, os.path.join(self._new, name))
             folder = os.open(self.folder / "new", os.O_RDONLY)
             try:
                 os.fsync(folder)
@@ -267,15 +286,20 @@ class Outbox:
             self._drop(staged)
             raise DeliveryError(TEMPORARY, f"cannot write {self.folder}: {exc.strerror}") from None
 
-    def _drop(self, staged: list[tuple[Future[None], Path, Path, Callable[[], None]]]) -> None:
-        for written, temp, _target, _ in staged:
+    def _drop(self, staged: list[tuple[Future[None], str, str, Callable[[], None]]]) -> None:
+        for written, temp, _name, _ in staged:
             with contextlib.suppress(OSError):
                 written.exception()  # finished, so its file is closed
-                temp.unlink()
+                os.unlink(temp)
+
+    def _read(self) -> list[str]:
+        """The names in ``cur/`` (digests a mail client has read), sorted."""
+        with os.scandir(self.folder / "cur") as entries:
+            return sorted(entry.name for entry in entries)
 
     def delivered(self, address: str, digest: str) -> bool | None:
         name = outbox_name(address, digest)
-        if (self.folder / "new" / name).exists():
+        if os.path.exists(os.path.join(self._new, name)):
             return True
         # read by a mail client: moved to cur/ with flags appended ("<name>:2,S")
         with os.scandir(self.folder / "cur") as entries:

@@ -95,6 +95,27 @@ def test_a_killed_outbox_write_is_never_a_message(tmp_path: Path, messages) -> N
     assert len(mailbox.Maildir(tmp_path / "outbox", create=False)) == 1
 
 
+def test_a_digest_read_in_cur_is_dropped_from_its_group_not_written_again(
+    tmp_path: Path, messages
+) -> None:
+    """A digest a mail client has read (moved to cur/, Dovecot's name: size, then flags)
+    is not looked for in cur/ per digest: the group's flush reads cur/ once, after every
+    digest of the group was looked for in new/, and drops its tmp/ copy there."""
+    folder = tmp_path / "outbox"
+    outbox = Outbox(folder)
+    a, b = messages[0], messages[1]
+    outbox.send(a)
+    first = outbox.path(a.address, a.digest)
+    first.rename(folder / "cur" / f"{first.name},S={len(a.data)}:2,S")
+    outbox.stage(a)
+    outbox.stage(b)
+    outbox.flush()
+    assert [p.name for p in (folder / "new").iterdir()] == [outbox.path(b.address, b.digest).name]
+    assert list((folder / "tmp").iterdir()) == []
+    assert outbox.delivered(a.address, a.digest) and outbox.delivered(b.address, b.digest)
+    assert len(mailbox.Maildir(folder, create=False)) == 2
+
+
 def test_starttls_auth_delivers_to_each_recipient(smtp, db_url: str, messages) -> None:
     transport = Smtp(smtp_settings(smtp))
     outcomes = send_batch(Store(db_url), transport, messages, run_id=1)
