@@ -31,6 +31,7 @@ from urllib.parse import quote
 import cssutils
 import jinja2
 import lxml.html
+from markupsafe import Markup
 from premailer import Premailer
 
 from paperpost.feedback import vote_expiry, vote_urls
@@ -47,6 +48,7 @@ PIECE_CHARS = 15  # at most 260 px at the title's 18 px (a phone's column is ~33
 LISTING_URL = "https://huggingface.co/papers"
 _START_TAG = re.compile(r'<([a-z0-9]+)([^<>]*?) class="([^"]*)"')
 _STYLE_BLOCK = re.compile(r"<style>.*?</style>", re.S)
+PARTS_CACHED = 8192  # papers whose rendered card parts a renderer keeps
 
 # Headers may be long (List-Unsubscribe URLs) but must not be RFC 2047-encoded to fit 78
 POLICY = SMTP.clone(max_line_length=998)
@@ -156,6 +158,13 @@ class Card(NamedTuple):
     why: str = ""
     more_url: str | None = None  # "more like this" / "fewer like this" vote links
     fewer_url: str | None = None
+    # the paper's own parts of the card as the templates render them (their blocks
+    # paper_html, links_html, paper_text, links_text), made once per paper by
+    # Renderer.paper_parts; None: the templates render those parts in place
+    paper_html: str | None = None
+    links_html: str | None = None
+    paper_text: str | None = None
+    links_text: str | None = None
 
 
 def card(item: Ranked) -> Card:
@@ -220,6 +229,7 @@ class Renderer:
         )
         self.html_template = self.html_env.get_template("digest.html.j2")
         self.text_template = self.text_env.get_template("digest.txt.j2")
+        self._parts: dict[Paper, Card] = {}
 
     # --- HTML ----------------------------------------------------------------------------
 
@@ -291,6 +301,26 @@ class Renderer:
 
     # --- messages --------------------------------------------------------------------------
 
+    def paper_parts(self, paper: Paper) -> Card:
+        """The paper's card with its own parts rendered (the templates' paper and links
+        blocks, HTML with inline styles and text): made once per paper and renderer, so
+        that a digest renders only what is its reader's (rank, matched tags, why, votes)."""
+        parts = self._parts.get(paper)
+        if parts is None:
+            if len(self._parts) >= PARTS_CACHED:
+                self._parts.clear()
+            base = paper_card(paper)
+            html, text = self.styled_template, self.text_template
+            html_context = html.new_context({"card": base})
+            text_context = text.new_context({"card": base})
+            parts = self._parts[paper] = base._replace(
+                paper_html=Markup("".join(html.blocks["paper_html"](html_context))),
+                links_html=Markup("".join(html.blocks["links_html"](html_context))),
+                paper_text="".join(text.blocks["paper_text"](text_context)),
+                links_text="".join(text.blocks["links_text"](text_context)),
+            )
+        return parts
+
     def context(
         self,
         reader: Reader,
@@ -299,7 +329,10 @@ class Renderer:
         unsubscribe_url: str,
         digest: str | None = None,
     ) -> dict[str, object]:
-        cards = [card(item) for item in items[: edition.max_cards]]
+        cards = [
+            self.paper_parts(item.paper)._replace(matched=item.matched, why=item.why)
+            for item in items[: edition.max_cards]
+        ]
         if reader.reader_id and edition.base_url and digest:
             expires = vote_expiry(edition.day)
             for i, item in enumerate(items[: len(cards)]):

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paperpost import render
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, Ranked, rank
 from paperpost.render import HTML_LIMIT, Edition, Reader, Renderer, shorten
@@ -261,3 +262,35 @@ def test_line_cached_quoted_printable_equals_whole_text_encoding(text: str) -> N
         crlf += "\r\n"
     assert _qp(text) == binascii.b2a_qp(crlf.encode("utf-8"), istext=True)
     assert _qp(text) == _qp(text)  # second time from the cache
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    title=st.text(min_size=1, max_size=120),
+    abstract=st.text(max_size=600),
+    summary=st.none() | st.text(max_size=80),
+    organization=st.none() | st.text(max_size=40),
+    repo=st.sampled_from([None, "https://github.com/a/b?x=1&y=<2>", "javascript:alert(1)"]),
+    why=st.text(max_size=80),
+)
+def test_card_parts_made_once_per_paper_render_as_the_templates_do_in_place(
+    renderer, title: str, abstract: str, summary, organization, repo, why: str
+) -> None:
+    """A paper's card parts (title to meta, links; HTML and text) are rendered once per
+    paper from the templates' blocks and reused: every digest reads exactly as when the
+    templates render those parts in place, card by card."""
+    paper = Paper(
+        title,
+        abstract,
+        arxiv_id="2401.00001",
+        upvotes=2,
+        organization=organization,
+        ai_summary=summary,
+        github_repo=repo,
+    )
+    items = [Ranked(paper, 0.5, ("agents",), why), Ranked(Paper("Plain", "Short."), 0.4, (), "")]
+    context = renderer.context(READER, items, EDITION, "https://pp.example.org/u/x", "0-2")
+    in_place = {**context, "cards": [render.card(item) for item in items]}
+    assert all(c.paper_html is None for c in in_place["cards"])  # type: ignore[attr-defined]
+    assert renderer.html(context) == renderer.html(in_place)
+    assert renderer.text(context) == renderer.text(in_place)
