@@ -559,52 +559,26 @@ def ratio_row(label: str, floor: dict[str, float], paper: dict[str, float], note
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--postgres", help="a PostgreSQL URL (ledger rows there are deleted)")
-    parser.add_argument("--child-stages", action="store_true", help=argparse.SUPPRESS)
-    add_checkout_args(parser)
-    args = parser.parse_args()
-    if args.child_stages:
-        stages_child(args)
-        return
-    trees = checkouts(args)
-    sizes = sorted(args.sizes)
-    work = Path(tempfile.mkdtemp(prefix="pp-floor-"))
-    templates = {}
-    for size in sizes:
-        templates[size] = work / f"data-{size}"
-        prepare(templates[size], size)
-    me = [sys.executable, str(Path(__file__).resolve()), "--child-stages"]
-    me += ["--messages", str(args.messages)]
-    if args.postgres:
-        me += ["--postgres", args.postgres]
-    stage_runs: dict[str, list[dict]] = {name: [] for name in trees}
-    pipeline_runs: dict[str, dict[int, list[dict]]] = {n: {s: [] for s in sizes} for n in trees}
-    loads = []
-    for round_ in range(args.repeat):
-        load_before = os.getloadavg()[0]
-        for name, tree in trees.items():
-            stage_runs[name].append(run_in_tree(me[1], tree, dict(os.environ), *me[2:]))
-        for size in sizes:
-            for name, tree in trees.items():
-                pipeline_runs[name][size].append(pipeline_child(tree, templates[size], work))
-        loads.append((load_before, os.getloadavg()[0]))
-        print(f"round {round_ + 1}/{args.repeat} done, load {loads[-1]}", flush=True)
+def summarize(
+    stage_runs: dict[str, list[dict]], pipeline_runs: dict[str, dict], sizes: list[int]
+) -> tuple[list[list[object]], dict[str, dict]]:
+    """The table's rows and the medians behind them. Each checkout's paperpost figures are
+    the medians of its own runs; the floors (the same code for every checkout) are the
+    medians over every checkout's stage runs, so both are compared with one floor."""
 
     def med(values: Sequence[float]) -> float:
         return statistics.median(values)
 
-    rows = []
+    everyone = [run for runs in stage_runs.values() for run in runs]
+    rows: list[list[object]] = []
     summary: dict[str, dict] = {}
-    for name in trees:
-        runs = stage_runs[name]
-        keys = runs[0]["samples"].keys()
+    for name, runs in stage_runs.items():
         stage = {
-            k: {c: med([r["samples"][k][c] for r in runs]) for c in ("wall", "cpu")} for k in keys
+            k: {
+                c: med([r["samples"][k][c] for r in (everyone if " floor" in k else runs)])
+                for c in ("wall", "cpu")
+            }
+            for k in runs[0]["samples"]
         }
         pairs = [
             ("read", "read floor", "read paperpost", "libyaml vs iter_subscribers"),
@@ -705,6 +679,46 @@ def main() -> None:
             per_size["marginal"] = marginal
             per_size["fixed"] = fixed
         summary[name] = {"stages": stage, "floor": floor, "pipeline": per_size}
+    return rows, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--postgres", help="a PostgreSQL URL (ledger rows there are deleted)")
+    parser.add_argument("--child-stages", action="store_true", help=argparse.SUPPRESS)
+    add_checkout_args(parser)
+    args = parser.parse_args()
+    if args.child_stages:
+        stages_child(args)
+        return
+    trees = checkouts(args)
+    sizes = sorted(args.sizes)
+    work = Path(tempfile.mkdtemp(prefix="pp-floor-"))
+    templates = {}
+    for size in sizes:
+        templates[size] = work / f"data-{size}"
+        prepare(templates[size], size)
+    me = [sys.executable, str(Path(__file__).resolve()), "--child-stages"]
+    me += ["--messages", str(args.messages)]
+    if args.postgres:
+        me += ["--postgres", args.postgres]
+    stage_runs: dict[str, list[dict]] = {name: [] for name in trees}
+    pipeline_runs: dict[str, dict[int, list[dict]]] = {n: {s: [] for s in sizes} for n in trees}
+    loads = []
+    for round_ in range(args.repeat):
+        load_before = os.getloadavg()[0]
+        for name, tree in trees.items():
+            stage_runs[name].append(run_in_tree(me[1], tree, dict(os.environ), *me[2:]))
+        for size in sizes:
+            for name, tree in trees.items():
+                pipeline_runs[name][size].append(pipeline_child(tree, templates[size], work))
+        loads.append((load_before, os.getloadavg()[0]))
+        print(f"round {round_ + 1}/{args.repeat} done, load {loads[-1]}", flush=True)
+
+    rows, summary = summarize(stage_runs, pipeline_runs, sizes)
     headers = [
         "tree",
         "stage",
