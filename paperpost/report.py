@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from paperpost.pipeline import RunSummary
+
+# Characters that make markdown of third-party text (an SMTP reply, a source's error, a
+# subscriber file's value): links, images, emphasis, code spans, HTML, table cells, headings
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def md(text: object) -> str:
+    """Third-party text as markdown that shows it as written, on one line."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
@@ -35,10 +46,10 @@ def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
 
 def markdown(summary: RunSummary) -> str:
     lines = [f"# paperpost run {summary.run_id}: {summary.status}", ""]
-    if summary.message:
-        lines += [f"**{summary.message}**", ""]
+    if summary.message:  # here the lists come after it
+        lines += [f"**{md(summary.message.replace('listed above', 'listed below'))}**", ""]
     lines += ["| | |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in summary_rows(summary)]
+    lines += [f"| {md(name)} | {md(value)} |" for name, value in summary_rows(summary)]
     lines += [
         "",
         "## Sources",
@@ -47,11 +58,11 @@ def markdown(summary: RunSummary) -> str:
         "|---|---|---|---|---|",
     ]
     for s in summary.sources:
-        detail = (s.detail or "; ".join(s.warnings[:3])).replace("|", "\\|")
-        lines.append(f"| `{s.source}` | {s.status} | {s.papers} | {s.new} | {detail} |")
+        detail = md(s.detail or "; ".join(s.warnings[:3]))
+        lines.append(f"| {md(s.source)} | {md(s.status)} | {s.papers} | {s.new} | {detail} |")
     if summary.invalid_subscribers:
         lines += ["", "## Invalid subscriber files (skipped)", ""]
-        lines += [f"- `{error}`" for error in summary.invalid_subscribers]
+        lines += [f"- {md(error)}" for error in summary.invalid_subscribers]
     problems = [d for d in summary.deliveries if d["status"] not in {"sent"}]
     if problems:
         lines += [
@@ -61,7 +72,9 @@ def markdown(summary: RunSummary) -> str:
             "| address | status | detail |",
             "|---|---|---|",
         ]
-        lines += [f"| {d['address']} | {d['status']} | {d['detail']} |" for d in problems]
+        lines += [
+            f"| {md(d['address'])} | {md(d['status'])} | {md(d['detail'])} |" for d in problems
+        ]
     lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in summary.stage_seconds.items()]
     return "\n".join(lines) + "\n"
