@@ -13,9 +13,11 @@ import re
 from html import escape
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy.exc import OperationalError
 
+from paperpost.db import explain
 from paperpost.feedback import (
     VOTES,
     BadVoteToken,
@@ -73,6 +75,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = Store(settings.db_url)
     key = settings.secret_key.get_secret_value()
     app = FastAPI(title="paperpost", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(OperationalError)
+    def database_busy(request: Request, exc: OperationalError) -> HTMLResponse:
+        """A locked or unreachable database: 503 with Retry-After and one log line, never a
+        bare 500 and a traceback (a one-click unsubscribe's sender may try again)."""
+        where = request.url.path.split("/")[1]
+        logging.getLogger("paperpost.web").warning("%s not recorded: %s", where, explain(exc))
+        response = page(
+            "Please try again in a minute",
+            "<p>This paperpost is busy and could not record your request. Nothing was "
+            "changed; please open the link again in a minute.</p>",
+            503,
+        )
+        response.headers["Retry-After"] = "60"
+        return response
 
     def address_or_error(token: str) -> str | HTMLResponse:
         try:
