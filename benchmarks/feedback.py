@@ -31,6 +31,8 @@ Writes results/feedback_*.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import math
 import os
 import random
@@ -43,10 +45,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import numpy as np
 import requests
 
 HERE = Path(__file__).resolve().parent
@@ -55,11 +59,21 @@ sys.path.insert(0, str(HERE))
 from rank_quality import SHARED, judgments, shared_papers
 from rank_speed import profiles as tag_profiles
 
+import paperpost.profile as profile_module
 from common import report
 from paperpost.dumps import parse_dump
 from paperpost.models import Paper
 from paperpost.profile import Taste, nudge
-from paperpost.rank import STOPWORDS, Background, Interest, Profile, rank_many, tokens
+from paperpost.rank import (
+    STOPWORDS,
+    Background,
+    Interest,
+    MatchCache,
+    Profile,
+    rank_many,
+    tokens,
+)
+from paperpost.semantic import DIM, Vectors
 from paperpost.synthetic import papers as synthetic_papers
 
 # One broad word per judged tag, chosen before measuring: none of them names the tag's
@@ -111,21 +125,38 @@ def ndcg(ranked: list[str], rel: dict[str, int], pool: set[str]) -> float:
     return dcg / idcg if idcg else float("nan")
 
 
-def reader(vague: str, budget: int, arrivals, truth: dict[str, int]) -> tuple[float, int]:
+def reader(
+    vague: str,
+    budget: int,
+    arrivals,
+    truth: dict[str, int],
+    vectors: Vectors | None = None,
+    contexts: dict | None = None,
+) -> tuple[float, int]:
     """One simulated reader of tag ``vague``: (NDCG@10 on the later days, votes cast).
 
     As in the pipeline, word statistics (the ranker's and the profile's) come from every
-    paper seen so far, and judgments name papers by their key (the folded title).
+    paper seen so far, and judgments name papers by their key (the folded title). With
+    ``vectors`` (the semantic extra) the profile compares papers by their embeddings.
+    ``contexts`` keeps each day's history and ranker cache across readers (same results,
+    faster: the tag scores of a day do not depend on the votes).
     """
+    contexts = {} if contexts is None else contexts
+
+    def context(day: int) -> tuple[Background, MatchCache]:
+        if day not in contexts:
+            seen = [p for _, papers in arrivals[: day + 1] for p in papers]
+            contexts[day] = (Background.of(seen), MatchCache())
+        return contexts[day]
+
     profile = Profile((Interest(vague),), max_items=K)
     liked: list[Paper] = []
     disliked: list[Paper] = []
-    seen: list[Paper] = []
-    for _, papers in arrivals[:VOTE_DAYS]:
-        seen += papers
-        history = Background.of(seen)
+    for day, (_, papers) in enumerate(arrivals[:VOTE_DAYS]):
+        history, cache = context(day)
         taste = Taste(tuple(liked), tuple(disliked))
-        ranked = rank_many(papers, [profile], nudge(papers, [taste], history), history)
+        taught = nudge(papers, [taste], history, vectors)
+        ranked = rank_many(papers, [profile], taught, history, cache)
         for item in ranked[0][:TOP]:
             if len(liked) + len(disliked) >= budget:
                 break
@@ -135,8 +166,8 @@ def reader(vague: str, budget: int, arrivals, truth: dict[str, int]) -> tuple[fl
                 disliked.append(item.paper)
     later = [p for _, papers in arrivals[VOTE_DAYS:] for p in papers]
     taste = Taste(tuple(liked), tuple(disliked))
-    history = Background.of(seen + later)
-    ranked = rank_many(later, [profile], nudge(later, [taste], history), history)
+    history, cache = context(len(arrivals) - 1)
+    ranked = rank_many(later, [profile], nudge(later, [taste], history, vectors), history, cache)
     keys = [item.paper.key for item in ranked[0]]
     return ndcg(keys, truth, {p.key for p in later}), len(liked) + len(disliked)
 
@@ -148,7 +179,9 @@ def broadest_word(tag: str, papers: list[Paper]) -> str:
     return max(words, key=lambda w: (background.df.get(tokens(w)[0], 0), -words.index(w)))
 
 
-def study(relevance: Path | None = None, wanted: list[str] | None = None) -> None:
+def study(
+    relevance: Path | None = None, wanted: list[str] | None = None, semantic: bool = False
+) -> None:
     arrivals = days()
     everything = shared_papers()
     truth = judgments(everything, str(relevance.resolve()) if relevance else "relevance.yaml")
@@ -162,10 +195,12 @@ def study(relevance: Path | None = None, wanted: list[str] | None = None) -> Non
                 raise SystemExit(f"{relevance}: no judgments for tag {tag!r}")
             vague[tag] = word or broadest_word(tag, everything)
         groups = {relevance.name: list(vague)}
+    vectors = _vectors(arrivals) if semantic else None
     later = {p.key for _, papers in arrivals[VOTE_DAYS:] for p in papers}
     rows: list[list[object]] = []
     results: dict[str, dict[int, float]] = {}
     skipped = []
+    contexts: dict = {}
     for group, tags in groups.items():
         for tag in tags:
             if not any(truth[tag].get(pid, 0) > 0 for pid in later):
@@ -174,7 +209,7 @@ def study(relevance: Path | None = None, wanted: list[str] | None = None) -> Non
             results[tag] = {}
             cast = []
             for budget in BUDGETS:
-                score, votes = reader(vague[tag], budget, arrivals, truth[tag])
+                score, votes = reader(vague[tag], budget, arrivals, truth[tag], vectors, contexts)
                 results[tag][budget] = score
                 cast.append(votes)
             scores = [results[tag][b] for b in BUDGETS]
@@ -192,8 +227,9 @@ def study(relevance: Path | None = None, wanted: list[str] | None = None) -> Non
     headers += ["delta@5", "votes cast (3/5/10)"]
     if skipped:
         print("skipped (nothing judged relevant arrives on the later days):", ", ".join(skipped))
+    name = "feedback_study" + (f"_{relevance.stem}" if relevance else "")
     report(
-        "feedback_study" + (f"_{relevance.stem}" if relevance else ""),
+        name + ("_semantic" if semantic else ""),
         headers,
         rows,
         {
@@ -204,11 +240,198 @@ def study(relevance: Path | None = None, wanted: list[str] | None = None) -> Non
             "relevance": str(relevance or "data/relevance.yaml"),
             "vague": vague,
             "skipped": skipped,
+            "semantic": semantic,
+        },
+    )
+
+
+def _vectors(arrivals) -> Vectors:
+    """The semantic extra's vectors of every paper of the study (computed once here)."""
+    vectors = Vectors()
+    start = time.process_time()
+    vectors.of([p for _, papers in arrivals for p in papers])
+    print(f"embedded {len(vectors.papers)} papers in {time.process_time() - start:.1f} CPU s")
+    return vectors
+
+
+# Every judged set (all spent: development sets now). relevance.yaml keeps its two halves
+# and its words; relevance_full.yaml is the same 14 tags judged in full, with the same words.
+SPENT = {
+    "relevance DEV": ("relevance.yaml", {t: VAGUE[t] for t in DEV}),
+    "relevance HELD-OUT": ("relevance.yaml", {t: VAGUE[t] for t in HELD_OUT}),
+    "full": ("relevance_full.yaml", dict(VAGUE)),
+    "dev": ("relevance_dev.yaml", None),
+    "round1": ("relevance_round1.yaml", None),
+    "blind2": ("relevance_blind2.yaml", None),
+    "blind3": ("relevance_blind3.yaml", None),
+    "blind4": ("relevance_blind4.yaml", None),
+}
+# cross-validation folds: a setting is chosen on the other folds' readers (relevance.yaml
+# and relevance_full.yaml share their tags, so they are held out together)
+FOLDS = {
+    "relevance + full": ["relevance DEV", "relevance HELD-OUT", "full"],
+    "dev": ["dev"],
+    "round1": ["round1"],
+    "blind2": ["blind2"],
+    "blind3": ["blind3"],
+    "blind4": ["blind4"],
+}
+Results = dict[tuple[str, str], dict[int, float]]  # (set, tag) -> budget -> NDCG@10
+
+
+def spent_readers(arrivals) -> list[tuple[str, str, str, dict[str, int]]]:
+    """(set, tag, vague word, judgments) of every reader of the spent sets with something
+    judged relevant on the later days."""
+    everything = shared_papers()
+    later = {p.key for _, papers in arrivals[VOTE_DAYS:] for p in papers}
+    out = []
+    for name, (file, words) in SPENT.items():
+        truth = judgments(everything, file)
+        for tag in words or truth:
+            if any(truth[tag].get(pid, 0) > 0 for pid in later):
+                word = words[tag] if words else broadest_word(tag, everything)
+                out.append((name, tag, word, truth[tag]))
+    return out
+
+
+def measure(readers, arrivals, vectors: Vectors | None, contexts: dict) -> Results:
+    return {
+        (name, tag): {b: reader(word, b, arrivals, truth, vectors, contexts)[0] for b in BUDGETS}
+        for name, tag, word, truth in readers
+    }
+
+
+def worse(result: dict[int, float]) -> bool:
+    """Worse than without votes at any budget."""
+    return any(result[b] < result[0] - 1e-9 for b in BUDGETS)
+
+
+def set_row(results: Results, sets: list[str]) -> list[object]:
+    """Means over the readers of ``sets``: NDCG@10 at each budget, delta@5, tags worse."""
+    chosen = [r for (name, _), r in results.items() if name in sets]
+    means = [statistics.fmean(r[b] for r in chosen) for b in BUDGETS]
+    bad = [
+        f"{tag} {min(r[b] for b in BUDGETS) - r[0]:+.3f}"
+        for (name, tag), r in results.items()
+        if name in sets and worse(r)
+    ]
+    return [len(chosen), *means, means[2] - means[0], len(bad), ", ".join(bad)]
+
+
+def study_all() -> None:
+    """Every spent set, with the term-vector profile and with the semantic one."""
+    arrivals = days()
+    readers = spent_readers(arrivals)
+    contexts: dict = {}
+    runs = {"terms": measure(readers, arrivals, None, contexts)}
+    runs["semantic"] = measure(readers, arrivals, _vectors(arrivals), contexts)
+    rows: list[list[object]] = []
+    for name in SPENT:
+        for profile, results in runs.items():
+            rows.append([name, profile, *set_row(results, [name])])
+    for profile, results in runs.items():
+        every = [n for n in SPENT if n != "full"]  # full repeats relevance.yaml's tags
+        rows.append(["ALL (without full)", profile, *set_row(results, every)])
+    headers = ["set", "profile", "readers", *(f"{b} votes" for b in BUDGETS)]
+    headers += ["delta@5", "tags worse", "which (worst budget)"]
+    per_tag = [
+        [name, tag, *(runs[p][name, tag][b] - runs[p][name, tag][0] for p in runs for b in (5,))]
+        for name, tag, _, _ in readers
+    ]
+    report(
+        "feedback_study_all",
+        headers,
+        rows,
+        {
+            "per_tag_delta5": {"columns": ["set", "tag", *runs], "rows": per_tag},
+            "results": {p: {f"{n}:{t}": r for (n, t), r in res.items()} for p, res in runs.items()},
+        },
+    )
+
+
+@contextlib.contextmanager
+def constants(values: dict[str, float]) -> Iterator[None]:
+    """``paperpost.profile``'s constants set to ``values`` for the block (then restored)."""
+    saved = {name: getattr(profile_module, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(profile_module, name, type(saved[name])(value))
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(profile_module, name, value)
+
+
+# the semantic profile's constants tried by ``cv`` (the code's are among them)
+CV_GRID = {
+    "SEMANTIC_LOW": [0.4, 0.45, 0.5],
+    "SEMANTIC_FULL": [0.6, 0.65, 0.7],
+    "SEMANTIC_ADMIT_AT": [0.4, 0.6],
+}
+
+
+def cv(grid: dict[str, list[float]]) -> None:
+    """The semantic profile's constants by cross-validation: every combination of ``grid``
+    is measured on every spent set; for each fold in turn, the combination with the best
+    mean delta@5 over the other folds' readers (fewer tags worse on a tie) is taken, and its
+    delta@5 on the held-out fold is reported beside the code's constants and the terms."""
+    arrivals = days()
+    readers = spent_readers(arrivals)
+    vectors = _vectors(arrivals)
+    contexts: dict = {}
+    settings = [
+        dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())
+    ]
+    measured = []
+    for setting in settings:
+        with constants(setting):
+            measured.append(measure(readers, arrivals, vectors, contexts))
+        print(setting, " ".join(f"{n} {set_row(measured[-1], [n])[5]:+.3f}" for n in SPENT))
+    current = measure(readers, arrivals, vectors, contexts)
+    terms = measure(readers, arrivals, None, contexts)
+
+    def pooled(results: Results, sets: list[str]) -> tuple[float, int]:
+        chosen = [r for (name, _), r in results.items() if name in sets and name != "full"]
+        if not chosen:  # the relevance + full fold scores on relevance.yaml's readers
+            chosen = [r for (name, _), r in results.items() if name in sets]
+        return statistics.fmean(r[5] - r[0] for r in chosen), sum(map(worse, chosen))
+
+    rows: list[list[object]] = []
+    for fold, sets in FOLDS.items():
+        others = [n for f, names in FOLDS.items() if f != fold for n in names]
+        best = max(
+            range(len(settings)),
+            key=lambda i: (pooled(measured[i], others)[0], -pooled(measured[i], others)[1]),
+        )
+        held = [pooled(res, sets) for res in (measured[best], current, terms)]
+        setting = ", ".join(f"{k}={v}" for k, v in settings[best].items())
+        rows.append([fold, setting, *(x for pair in held for x in pair)])
+    mean_row: list[object] = ["MEAN over folds (worse: sum)", ""]
+    for c in range(2, 8):  # delta@5 columns averaged, tags worse added up
+        values = [row[c] for row in rows]
+        mean_row.append(statistics.fmean(values) if c % 2 == 0 else sum(values))  # type: ignore[arg-type]
+    rows.append(mean_row)
+    headers = ["held-out fold", "chosen on the other folds", "delta@5 chosen", "worse"]
+    headers += ["delta@5 code's constants", "worse", "delta@5 terms", "worse"]
+    report(
+        "feedback_cv",
+        headers,
+        rows,
+        {
+            "grid": grid,
+            "settings": [
+                {"setting": st, "sets": {n: set_row(res, [n]) for n in SPENT}}
+                for st, res in zip(settings, measured, strict=True)
+            ],
         },
     )
 
 
 def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int = 5) -> None:
+    """Paired rounds: tags only, tags + votes with the term profile, and with the semantic
+    one. The semantic profile's vectors are stored ones (as a run loads them from the
+    database): random unit vectors, since what they are does not change the arithmetic;
+    encoding new papers is the semantic signal's own cost (benchmarks/README.md)."""
     papers = shared_papers()[:count]
     old = synthetic_papers(2_000, seed=7, prefix="history ")
     history = Background.of(old + papers)
@@ -219,50 +442,45 @@ def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int 
         picked = rng.sample(old, votes)
         split = rng.randint(votes // 2, votes)
         tastes.append(Taste(tuple(picked[:split]), tuple(picked[split:])))
-    rank_many(papers, people, nudge(papers, tastes, history), history)  # warm the caches
+    noise = np.random.default_rng(5).standard_normal((len(old) + len(papers), DIM))
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    stored = Vectors()
+    stored.papers.update(
+        {stored.key(p): v.astype(np.float32) for p, v in zip(old + papers, noise, strict=True)}
+    )
+    kinds = {"terms": None, "semantic": stored}
+    for vectors in kinds.values():  # warm the caches
+        rank_many(papers, people, nudge(papers, tastes, history, vectors), history)
     load_before = os.getloadavg()[0]
-    plain, with_votes, build = [], [], []  # (wall, CPU) seconds per round
+    plain: list[tuple[float, float]] = []  # (wall, CPU) seconds per round
+    build: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    total: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     for _ in range(repeat):
         wall, cpu = time.perf_counter(), time.process_time()
         rank_many(papers, people, background=history)
         plain.append((time.perf_counter() - wall, time.process_time() - cpu))
-        wall, cpu = time.perf_counter(), time.process_time()
-        taught = nudge(papers, tastes, history)
-        build.append((time.perf_counter() - wall, time.process_time() - cpu))
-        rank_many(papers, people, taught, history)
-        with_votes.append((time.perf_counter() - wall, time.process_time() - cpu))
+        for kind, vectors in kinds.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            taught = nudge(papers, tastes, history, vectors)
+            build[kind].append((time.perf_counter() - wall, time.process_time() - cpu))
+            rank_many(papers, people, taught, history)
+            total[kind].append((time.perf_counter() - wall, time.process_time() - cpu))
     load = os.getloadavg()[0]
 
     def median(runs: list[tuple[float, float]], i: int) -> float:
         return statistics.median(run[i] for run in runs)
 
-    ratios = [t[1] / p[1] for t, p in zip(with_votes, plain, strict=True)]
-    rows = [
-        ["tags only", readers, len(papers), 0, median(plain, 0), median(plain, 1)],
-        [
-            "tags + votes: profiles built",
-            readers,
-            len(papers),
-            votes,
-            *map(median, [build] * 2, (0, 1)),
-        ],
-        [
-            "tags + votes: total",
-            readers,
-            len(papers),
-            votes,
-            *map(median, [with_votes] * 2, (0, 1)),
-        ],
-        [
-            "ratio total / tags only, CPU (median of paired rounds)",
-            "",
-            "",
-            "",
-            "",
-            statistics.median(ratios),
-        ],
-        ["load average (1 min) before / after", "", "", "", load_before, load],
+    ratios = {k: [t[1] / p[1] for t, p in zip(total[k], plain, strict=True)] for k in kinds}
+    rows: list[list[object]] = [
+        ["tags only", readers, len(papers), 0, median(plain, 0), median(plain, 1)]
     ]
+    for kind in kinds:
+        for what, runs in (("profiles built", build[kind]), ("total", total[kind])):
+            row = [f"tags + votes ({kind}): {what}", readers, len(papers), votes]
+            rows.append([*row, median(runs, 0), median(runs, 1)])
+        label = f"ratio total ({kind}) / tags only, CPU (median of paired rounds)"
+        rows.append([label, "", "", "", "", statistics.median(ratios[kind])])
+    rows.append(["load average (1 min) before / after", "", "", "", load_before, load])
     report(
         "feedback_speed",
         ["ranking", "readers", "papers", "votes each", "median wall s", "median CPU s"],
@@ -270,7 +488,7 @@ def speed(readers: int = 10_000, count: int = 300, votes: int = 20, repeat: int 
         {
             "plain": plain,
             "build": build,
-            "total": with_votes,
+            "total": total,
             "ratios_cpu": ratios,
             "load_before": load_before,
             "load_after": load,
@@ -433,13 +651,31 @@ def main() -> None:
     parser.add_argument("--tags", help="study: TAG[=VAGUE_WORD],... (default: every tag)")
     parser.add_argument("--rounds", type=int, default=5, help="speed: paired rounds")
     parser.add_argument("--postgres", help="endpoint: a scratch PostgreSQL URL (emptied)")
+    parser.add_argument(
+        "--semantic", action="store_true", help="study: the semantic profile (paperpost[semantic])"
+    )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="cv: a constant of paperpost.profile and its values (repeatable)",
+    )
     args = parser.parse_args()
-    unknown = set(args.parts) - {"study", "speed", "endpoint"}
+    unknown = set(args.parts) - {"study", "all", "cv", "speed", "endpoint"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     for part in args.parts or ["study", "speed", "endpoint"]:
         if part == "study":
-            study(args.relevance, args.tags.split(",") if args.tags else None)
+            study(args.relevance, args.tags.split(",") if args.tags else None, args.semantic)
+        elif part == "all":
+            study_all()
+        elif part == "cv":
+            grid = {
+                n: [float(v) for v in vs.split(",")]
+                for n, _, vs in (g.partition("=") for g in args.grid)
+            }
+            cv(grid or CV_GRID)
         elif part == "speed":
             speed(repeat=args.rounds)
         else:

@@ -42,11 +42,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from paperpost.models import Paper, title_key
 from paperpost.rank import FIELD_WEIGHTS, STOPWORDS, Background, tokens
+
+if TYPE_CHECKING:
+    from paperpost.semantic import Vectors
 
 # on the ranker's 0..1 tag scores (default min_score 0.4); chosen on the DEV readers only
 LIKE_CAP = 0.7  # the most closeness to the likes can add (noisy-or with the tag score)
@@ -55,6 +59,14 @@ FULL_AT = 0.2  # closeness (cosine of tf-idf vectors) that earns the whole gain
 EXPLAIN_AT = 0.03  # a gain at least this big is named in the reason line
 MEAN_SHARE = 0.5  # closeness: this much the mean similarity to the likes, the rest the nearest
 ADMIT_AT = 0.6  # closeness (0..1 after NOISE..FULL_AT) that lets in a paper the tags missed
+# with the semantic extra (paperpost.semantic): closeness of two papers is the cosine of their
+# sentence embeddings, ramped over what papers of the field share. On ../shared a paper's
+# cosine to an unrelated one is 0.39 ± 0.13 (mean ± sd over all pairs); SEMANTIC_LOW is about
+# the 70th percentile of those pairs, SEMANTIC_FULL the 98th. Chosen by cross-validation over
+# the spent judged sets (benchmarks/feedback.py cv).
+SEMANTIC_LOW = 0.45
+SEMANTIC_FULL = 0.65
+SEMANTIC_ADMIT_AT = 0.4  # closeness (0..1) that lets in a paper the tags missed
 ADMIT_SHARE = 0.3  # at most this share of a digest is let in that way
 DISLIKE_CAP = 0.3  # the most "fewer" votes take off a paper's score (multiplied; never dropped)
 DISLIKE_MARGIN = 2.0  # lowered only if this many times closer to the disliked than to the liked
@@ -145,6 +157,7 @@ class Nudge:
         disliked: _Lists,
         voted: list[Paper],
         follows: dict[int, dict[int, str]],
+        admit_at: float = ADMIT_AT,
     ) -> None:
         self.papers = papers
         self.voters = voters  # reader rows with votes that count, in order
@@ -154,6 +167,7 @@ class Nudge:
         self.liked, self.disliked = liked, disliked  # per voter, indices into ``voted``
         self.voted = voted
         self.follows = follows  # reader row -> {paper index: reason}
+        self.admit_at = admit_at  # closeness (toward) that lets in a paper the tags missed
         self.index = {int(row): i for i, row in enumerate(voters)}
         self.gain = LIKE_CAP * toward  # combined with the tag score by noisy-or
         self.said = np.zeros(toward.shape, dtype=np.uint8)  # what why() names: _ADDED|...
@@ -192,7 +206,7 @@ class Nudge:
             keep = found[rows]
             # admissions: the papers closest to the likes among those the tags did not take
             budget = np.minimum(np.floor(max_items[rows, 0] * ADMIT_SHARE), self.liked.counts)
-            open_ = allowed[rows] & ~keep & (self.toward >= ADMIT_AT)
+            open_ = allowed[rows] & ~keep & (self.toward >= self.admit_at)
             width = int(budget.max(initial=0))
             admitted = np.zeros_like(open_)
             if width:
@@ -302,8 +316,17 @@ def _lists(groups: Sequence[Sequence[Paper]], index: np.ndarray) -> _Lists:
     return _Lists(index, np.concatenate([[0], np.cumsum([len(g) for g in groups])]))
 
 
-def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Background) -> Nudge | None:
-    """The feedback part of ranking ``papers`` for readers with these tastes (None: none)."""
+def nudge(
+    papers: Sequence[Paper],
+    tastes: Sequence[Taste],
+    background: Background,
+    vectors: Vectors | None = None,
+) -> Nudge | None:
+    """The feedback part of ranking ``papers`` for readers with these tastes (None: none).
+
+    With ``vectors`` (the semantic extra's :class:`paperpost.semantic.Vectors`), closeness
+    to the likes is measured between sentence embeddings (:func:`semantic_closeness`);
+    without it, between term vectors."""
     if not papers or not any(tastes):
         return None
     # readers whose votes count: one "fewer" alone changes nothing
@@ -311,15 +334,6 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
     follows = _follows(papers, tastes)
     if not voters and not follows:
         return None
-    vocab: dict[str, int] = {}
-    vectors = [vector(p, background) for p in papers]
-    for vec in vectors:
-        for term in vec:
-            vocab.setdefault(term, len(vocab))
-    by_term = np.zeros((len(vocab), len(papers)), dtype=np.float32)  # term × new paper
-    for i, vec in enumerate(vectors):
-        by_term[[vocab[t] for t in vec], i] = list(vec.values())
-
     # every vote once, each distinct paper once (by identity: Paper.id folds titles, slow)
     liked = [tastes[row].liked for row in voters]
     disliked = [tastes[row].disliked for row in voters]
@@ -330,6 +344,47 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
     split = sum(map(len, liked))
     likes, dislikes = _lists(liked, position[:split]), _lists(disliked, position[split:])
 
+    similar = _term_similarity(voted, papers, background)
+    # closeness to the likes: half the mean similarity (the cosine to Rocchio's centroid,
+    # which thins out when likes are diverse), half the nearest (noisy when they are many)
+    mean, liked_near, _ = _similarities(similar, likes)
+    # a disliked direction: two disliked papers close, and much closer than any liked one
+    _, _, second = _similarities(similar, dislikes, runner_up=True)
+    away = _ramp(second, NOISE, FULL_AT) * (second >= DISLIKE_MARGIN * liked_near)
+    if vectors is None:
+        toward = _ramp(MEAN_SHARE * mean + (1 - MEAN_SHARE) * liked_near, NOISE, FULL_AT)
+        admit_at = ADMIT_AT
+    else:
+        similar = semantic_closeness(vectors.of(voted), vectors.of(papers))
+        mean, near, _ = _similarities(similar, likes)
+        toward = MEAN_SHARE * mean + (1 - MEAN_SHARE) * near
+        admit_at = SEMANTIC_ADMIT_AT
+    return Nudge(
+        papers,
+        np.array(voters, dtype=np.intp),
+        toward,
+        away,
+        similar,
+        likes,
+        dislikes,
+        voted,
+        follows,
+        admit_at,
+    )
+
+
+def _term_similarity(
+    voted: Sequence[Paper], papers: Sequence[Paper], background: Background
+) -> np.ndarray:
+    """Cosine of the term vectors, voted paper × new paper."""
+    vocab: dict[str, int] = {}
+    vectors = [vector(p, background) for p in papers]
+    for vec in vectors:
+        for term in vec:
+            vocab.setdefault(term, len(vocab))
+    by_term = np.zeros((len(vocab), len(papers)), dtype=np.float32)  # term × new paper
+    for i, vec in enumerate(vectors):
+        by_term[[vocab[t] for t in vec], i] = list(vec.values())
     similar = np.zeros((len(voted), len(papers)), dtype=np.float32)
     for i, paper in enumerate(voted):  # sparse × dense: a voted paper has few terms
         vec = vector(paper, background)
@@ -337,24 +392,14 @@ def nudge(papers: Sequence[Paper], tastes: Sequence[Taste], background: Backgrou
         if shared:
             weights = np.fromiter((vec[t] for t in shared), np.float32, len(shared))
             similar[i] = weights @ by_term[[vocab[t] for t in shared]]
-    # closeness to the likes: half the mean similarity (the cosine to Rocchio's centroid,
-    # which thins out when likes are diverse), half the nearest (noisy when they are many)
-    mean, liked_near, _ = _similarities(similar, likes)
-    toward = MEAN_SHARE * mean + (1 - MEAN_SHARE) * liked_near
-    # a disliked direction: two disliked papers close, and much closer than any liked one
-    _, _, second = _similarities(similar, dislikes, runner_up=True)
-    away = _ramp(second, NOISE, FULL_AT) * (second >= DISLIKE_MARGIN * liked_near)
-    return Nudge(
-        papers,
-        np.array(voters, dtype=np.intp),
-        _ramp(toward, NOISE, FULL_AT),
-        away,
-        similar,
-        likes,
-        dislikes,
-        voted,
-        follows,
-    )
+    return similar
+
+
+def semantic_closeness(voted: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """How close each new paper is to each voted one in meaning, 0..1 (voted × new): the
+    cosine of their embeddings (unit vectors) ramped from :data:`SEMANTIC_LOW`, what papers
+    of the field commonly share, to :data:`SEMANTIC_FULL`, what few unrelated pairs reach."""
+    return _ramp(voted @ new.T, SEMANTIC_LOW, SEMANTIC_FULL).astype(np.float32)
 
 
 def _follows(papers: Sequence[Paper], tastes: Sequence[Taste]) -> dict[int, dict[int, str]]:
