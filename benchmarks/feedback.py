@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import math
 import os
 import random
@@ -60,7 +61,7 @@ from rank_quality import SHARED, judgments, shared_papers
 from rank_speed import profiles as tag_profiles
 
 import paperpost.profile as profile_module
-from common import report
+from common import RESULTS, report
 from paperpost.dumps import parse_dump
 from paperpost.models import Paper
 from paperpost.profile import Taste, nudge
@@ -246,11 +247,22 @@ def study(
 
 
 def _vectors(arrivals) -> Vectors:
-    """The semantic extra's vectors of every paper of the study (computed once here)."""
-    vectors = Vectors()
+    """The semantic extra's vectors of every paper of the study: computed once, then kept in
+    results/ (per model and text, as the database keeps them) for the next study."""
+    from paperpost.semantic import MODEL_KEY, decode_vector
+
+    papers = [p for _, day in arrivals for p in day]
+    kept = RESULTS / f"feedback_vectors_{MODEL_KEY}.json"
+    stored = json.loads(kept.read_text()) if kept.exists() else {}
+    vectors = Vectors({k: decode_vector(bytes.fromhex(v)) for k, v in stored.items()})
     start = time.process_time()
-    vectors.of([p for _, papers in arrivals for p in papers])
-    print(f"embedded {len(vectors.papers)} papers in {time.process_time() - start:.1f} CPU s")
+    vectors.of(papers)
+    changed = vectors.take_changed()
+    if changed:
+        print(f"embedded {len(changed)} papers in {time.process_time() - start:.1f} CPU s")
+        stored.update({k: v.hex() for k, v in changed.items()})
+        RESULTS.mkdir(exist_ok=True)
+        kept.write_text(json.dumps(stored))
     return vectors
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from email import policy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import uvicorn
@@ -49,9 +50,12 @@ from paperpost.profile import (
     ADMIT_SHARE,
     DISLIKE_CAP,
     LIKE_CAP,
+    SEMANTIC_FULL,
+    SEMANTIC_LOW,
     STRONG_TAG,
     Taste,
     nudge,
+    semantic_closeness,
 )
 from paperpost.rank import Background, Interest, Profile, rank_many
 from paperpost.settings import Settings
@@ -435,9 +439,9 @@ def test_concurrent_votes_are_each_recorded_once(web) -> None:
 # --- ranking with feedback -----------------------------------------------------------------
 
 
-def _ranked(papers, taste: Taste, tag: str = "decoding", **profile) -> list:
+def _ranked(papers, taste: Taste, tag: str = "decoding", vectors=None, **profile) -> list:
     reader = Profile((Interest(tag),), **profile)
-    return rank_many(papers, [reader], nudge(papers, [taste], Background.of(papers)))[0]
+    return rank_many(papers, [reader], nudge(papers, [taste], Background.of(papers), vectors))[0]
 
 
 def test_likes_lift_similar_papers_and_say_why() -> None:
@@ -548,6 +552,94 @@ def test_a_handful_of_votes_cannot_turn_an_agents_digest_into_something_else() -
     about_agents = [r for r in ranked if r.paper in agents]
     assert len(about_agents) >= 10 - int(10 * ADMIT_SHARE)
     assert all("added for your votes" in r.why for r in ranked if r.paper in images)
+
+
+def test_semantic_closeness_ramps_the_cosine_over_what_papers_of_the_field_share() -> None:
+    rng = np.random.default_rng(1)
+    voted = rng.standard_normal((1, 384))
+    voted /= np.linalg.norm(voted)
+    other = rng.standard_normal(384)
+    other -= (other @ voted[0]) * voted[0]  # orthogonal to the voted paper
+    other /= np.linalg.norm(other)
+    cosines = np.array([0.0, SEMANTIC_LOW, (SEMANTIC_LOW + SEMANTIC_FULL) / 2, SEMANTIC_FULL, 1.0])
+    new = cosines[:, None] * voted + np.sqrt(1 - cosines[:, None] ** 2) * other
+    closeness = semantic_closeness(voted.astype(np.float32), new.astype(np.float32))
+    assert closeness.shape == (1, 5)
+    assert np.allclose(closeness[0], [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-5)
+
+
+def _draft_papers() -> tuple[list[Paper], Paper, Paper]:
+    """A 'decoding' digest's candidates, one liked paper, and a paper close to it in meaning
+    that shares almost no word with it and none with the tag."""
+    tagged = [
+        GRAMMAR,
+        SPEECH,
+        paper(
+            "Decoding strategies for machine translation",
+            "Beam search and sampling decoding for neural machine translation systems.",
+        ),
+    ]
+    assistant = paper(
+        "Assisted generation: a lightweight drafter speeds up large language model inference",
+        "A compact drafter network guesses the next few words and the large language model "
+        "validates them all at once, giving lossless two to three times faster inference.",
+    )
+    unrelated = [
+        paper("Protein structure prediction", "We predict protein folds from sequences."),
+        paper("Robot grasping with tactile sensors", "A robot hand grasps objects by touch."),
+    ]
+    return [*tagged, assistant, *unrelated], SPEC, assistant
+
+
+def test_semantic_likes_admit_a_paper_close_in_meaning_and_say_why(encoder) -> None:
+    from paperpost.semantic import Vectors
+
+    papers, liked, assistant = _draft_papers()
+    vectors = Vectors()
+    plain = _ranked(papers, Taste(), vectors=vectors)
+    assert assistant not in [r.paper for r in plain]  # the tag does not find it
+    # term vectors: too few shared words to let it in
+    assert assistant not in [r.paper for r in _ranked(papers, Taste(liked=(liked,)))]
+    taught = _ranked(papers, Taste(liked=(liked,)), vectors=vectors)
+    added = [r for r in taught if r.paper == assistant]
+    assert len(added) == 1
+    assert added[0].why == f"added for your votes: like '{liked.title}' you liked"
+    # what the tags found is all still there (votes reorder it, never drop it)
+    assert {r.paper for r in taught} == {r.paper for r in plain} | {assistant}
+    # without votes (or with only one "fewer") the digest is exactly the tags' one
+    assert _ranked(papers, Taste(disliked=(liked,)), vectors=vectors) == plain
+
+
+def test_semantic_votes_cannot_turn_an_agents_digest_into_something_else(encoder) -> None:
+    from paperpost.semantic import Vectors
+
+    agents = [
+        paper(
+            f"Tool-using language agents, study {i}",
+            f"An LLM agent plans, calls tools and acts in an environment (setting {i}).",
+        )
+        for i in range(15)
+    ]
+    images = [
+        paper(
+            f"Latent diffusion for image synthesis, study {i}",
+            f"A denoising diffusion model generates images from text prompts (setting {i}).",
+        )
+        for i in range(15)
+    ]
+    liked = tuple(
+        paper(
+            f"Diffusion image generation paper {i}",
+            "A denoising diffusion model that generates images from text prompts.",
+        )
+        for i in range(5)
+    )
+    vectors = Vectors()
+    ranked = _ranked(agents + images, Taste(liked=liked), "agents", vectors, max_items=10)
+    assert len(ranked) == 10
+    added = [r for r in ranked if r.paper in images]
+    assert 1 <= len(added) <= int(10 * ADMIT_SHARE)  # the rest is what the tag found
+    assert all(r.why.startswith("added for your votes: like 'Diffusion image") for r in added)
 
 
 def test_followed_authors_and_organizations_are_always_included_and_marked() -> None:
