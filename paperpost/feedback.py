@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,6 +33,9 @@ from paperpost.profile import Nudge, Taste, nudge
 from paperpost.rank import BACKGROUND_PAPERS, Background, MatchCache, Profile, Ranked, rank_many
 from paperpost.store import Store, deliveries, feedback, key_hash, now, papers, readers
 from paperpost.subscribers import Subscriber
+
+if TYPE_CHECKING:
+    from paperpost.semantic import Vectors
 
 VOTES = {"more": 1, "fewer": -1}
 LINK_DAYS = 60  # how long a vote link works
@@ -460,10 +464,12 @@ def reader_nudge(
     papers: Sequence[Paper],
     subscribers: Sequence[Subscriber],
     background: Background,
+    vectors: Vectors | None = None,
 ) -> Nudge | None:
-    """What these subscribers taught, ready for :func:`paperpost.rank.rank_many`."""
+    """What these subscribers taught, ready for :func:`paperpost.rank.rank_many` (with
+    ``vectors``, the semantic extra's, the profile compares papers by meaning)."""
     taught = tastes(store, subscribers)
-    return nudge(papers, taught, background) if any(taught) else None
+    return nudge(papers, taught, background, vectors) if any(taught) else None
 
 
 def rank_readers(
@@ -475,6 +481,8 @@ def rank_readers(
     cache: MatchCache | None = None,
 ) -> list[list[Ranked]]:
     """Rank ``papers`` for subscribers with their tags and all they taught (votes,
-    examples, follows): the one path ``run``, ``preview`` and ``rank --reader`` share."""
-    taught = reader_nudge(store, papers, subscribers, background)
+    examples, follows): the one path ``run``, ``preview`` and ``rank --reader`` share.
+    A run with the semantic signal on (``cache.vectors``) uses the semantic profile too."""
+    vectors = cache.vectors if cache is not None else None
+    taught = reader_nudge(store, papers, subscribers, background, vectors)
     return rank_many(papers, profiles, taught, background, cache)

@@ -850,3 +850,26 @@ def test_tastes_resolve_yaml_examples_and_votes_from_the_history(db_url: str) ->
     background = Background.of([SPEC, no_id, SPEECH])
     assert reader_nudge(store, [SPEC_NEW], [plain], background) is None
     assert reader_nudge(store, [SPEC_NEW], [ann, plain], background) is not None
+
+
+def test_a_run_with_the_semantic_signal_ranks_votes_by_meaning(db_url: str, encoder) -> None:
+    from paperpost.feedback import rank_readers
+    from paperpost.rank import MatchCache
+    from paperpost.semantic import Vectors
+    from paperpost.subscribers import Subscriber
+
+    papers, liked, assistant = _draft_papers()
+    store = Store(db_url)
+    store.ingest("t", [liked])
+    ann = Subscriber.model_validate({"email": "ann@example.org", "tags": ["decoding"]})
+    at = datetime(2026, 11, 24, tzinfo=UTC)
+    record_votes(store, [Vote("ann@example.org", liked.id, 1, liked.title, "0-1", at)])
+    background = Background.of([liked, *papers])
+    reader = Profile((Interest("decoding"),))
+    # the run's cache holds the semantic extra's vectors when the signal is on
+    semantic = rank_readers(store, papers, [ann], [reader], background, MatchCache(None, Vectors()))
+    terms = rank_readers(store, papers, [ann], [reader], background, MatchCache())
+    assert assistant in [r.paper for r in semantic[0]]
+    assert assistant not in [r.paper for r in terms[0]]
+    why = next(r.why for r in semantic[0] if r.paper == assistant)
+    assert why == f"added for your votes: like '{liked.title}' you liked"
