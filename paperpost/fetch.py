@@ -28,7 +28,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 if TYPE_CHECKING:  # only a type here: importing the store costs SQLAlchemy and Alembic
@@ -500,6 +500,23 @@ def _get(
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         if isinstance(reason, ReadTimeoutError):
             return Fetched(url, "failed", error=f"timed out after {timeout[1]:g} s (will retry)")
+        broken = next(
+            (
+                e
+                for e in (reason, exc.args[0] if exc.args else None)
+                if isinstance(e, ProtocolError)
+            ),
+            None,
+        )
+        if broken is not None:  # connected, but the answer was cut off or is not HTTP
+            inner = broken.args[-1] if broken.args else broken
+            why = " ".join(str(inner).split())[:120] or type(inner).__name__
+            return Fetched(
+                url,
+                "failed",
+                error=f"the server's response could not be read ({why}): it closed the "
+                "connection or sent a malformed response; will retry next run",
+            )
         return Fetched(url, "failed", error="cannot connect (server down?); will retry next run")
     except requests.exceptions.RequestException as exc:
         return Fetched(url, "failed", error=f"request failed: {exc}")

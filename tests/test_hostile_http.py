@@ -103,6 +103,12 @@ def hostile_routes(server: RawHttpServer) -> dict[str, tuple[object, str, str | 
             "failed",
             "too many redirects",
         ),
+        # ATTACK5 #12: before, "cannot connect (server down?)" for a server that answered
+        "many-headers": (
+            lambda c, _: respond(c, DUMP, *(f"X-H{i}: {i}" for i in range(150))),
+            "failed",
+            "could not be read (got more than 100 headers)",
+        ),
         "endless": (
             trickle(b"HTTP/1.1 200 OK\r\n\r\n", b"x" * 65536, server, pause=0),
             "failed",
