@@ -785,6 +785,11 @@ def outcome_message(summary: RunSummary) -> str:
         return "Nothing to send: no new papers (weekend, or the listing has not changed)."
     if summary.digests_retry:
         return f"No digest was delivered; the failures are listed above{down}."
+    reasons = summary.skip_reasons
+    if reasons and "nothing above min_score" not in reasons:  # min_score kept nobody out
+        ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+        listed = ", ".join(f"{count} {reason}" for reason, count in ranked)
+        return f"Nothing to send: every subscriber was skipped ({listed}){down}."
     return f"Nothing to send: no subscriber had new papers above their min_score{down}."
 
 

@@ -335,3 +335,16 @@ def test_a_glob_or_folder_matching_no_dump_is_an_error_naming_it(project, monkey
     partial = run("--json")
     assert partial.exit_code == ExitCode.OK
     assert any(s["status"] == "failed" for s in json.loads(partial.stdout)["sources"])
+
+
+def test_nothing_sent_because_everyone_is_suppressed_says_so(project: Path) -> None:
+    """ATTACK5 #11: every reader unsubscribed, new papers in: the last line blamed min_score
+    ("no subscriber had new papers above their min_score"), sending the operator to tune it."""
+    store = Store(f"sqlite:///{project / 'pp.db'}")
+    for address in ("ok@one.example", LONG):
+        store.suppress(address, "unsubscribed")
+    result = run()
+    assert result.exit_code == ExitCode.OK, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert "min_score" not in last
+    assert last == "Nothing to send: every subscriber was skipped (2 suppressed (unsubscribed))."
