@@ -25,7 +25,7 @@ all       The study on every spent judged set (benchmarks/data), once with the t
           worse than with no votes (and by how much); per tag delta@5 in the JSON.
 cv        The semantic profile's constants by cross-validation: every combination of the
           grid on every spent set; for each fold (relevance + full, dev, round1, blind2,
-          blind3, blind4) the best combination on the other folds, measured on that fold.
+          blind3, blind4, blind5) the best combination on the other folds, measured on that fold.
 speed     10,000 readers x 300 papers, each reader with 1-4 tags and 20 votes on papers of a
           2,000-paper history, in paired rounds: ranking with tags only, then with tags and
           votes (profiles built + ranking), with the term profile and the semantic one.
@@ -286,6 +286,7 @@ SPENT = {
     "blind2": ("relevance_blind2.yaml", None),
     "blind3": ("relevance_blind3.yaml", None),
     "blind4": ("relevance_blind4.yaml", None),
+    "blind5": ("relevance_blind5.yaml", None),
 }
 # cross-validation folds: a setting is chosen on the other folds' readers (relevance.yaml
 # and relevance_full.yaml share their tags, so they are held out together)
@@ -296,6 +297,7 @@ FOLDS = {
     "blind2": ["blind2"],
     "blind3": ["blind3"],
     "blind4": ["blind4"],
+    "blind5": ["blind5"],
 }
 Results = dict[tuple[str, str], dict[int, float]]  # (set, tag) -> budget -> NDCG@10
 

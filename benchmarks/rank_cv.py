@@ -6,8 +6,8 @@
     python benchmarks/rank_cv.py --semantic --grid SEMANTIC_WEIGHT=0.1,0.3 ...
 
 Every combination of the ``--grid`` values (numeric constants of ``paperpost.rank``, set for
-the run only) is measured by NDCG@10 on each development set: the four spent blind rounds
-(round 1, 2, 3 and 4), leave-topic-out on the pooled and the fully judged existing tags,
+the run only) is measured by NDCG@10 on each development set: the five spent blind rounds
+(round 1 to 5), leave-topic-out on the pooled and the fully judged existing tags,
 and the existing set. The reference is the current code, or the constants given by
 ``--reference``; with ``--semantic`` the grid is measured with the semantic signal on and the
 reference without it. Then, for each round in turn, the setting with the best mean on the other
@@ -44,6 +44,7 @@ ROUNDS = {
     "round2": "relevance_blind2.yaml",
     "round3": "relevance_blind3.yaml",
     "round4": "relevance_blind4.yaml",
+    "round5": "relevance_blind5.yaml",
 }
 OTHERS = [  # (name, file, leave each tag's vocabulary entry out)
     ("leave-out", "relevance.yaml", True),
