@@ -157,6 +157,8 @@ def main() -> None:
                 if child.returncode:
                     raise RuntimeError(f"{tree} at {size} failed:\n{err.read()[-3000:]}")
                 result = json.loads(out.read().strip().splitlines()[-1])
+            if args.mode == "run" and daily and not result["sent"]:
+                raise RuntimeError(f"{tree} at {size} sent nothing: is ../shared there?")
             result["family_peak_rss_mb"] = sampler.peak_sum_mb
             result["samples"] = sampler.samples
             result["load"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]

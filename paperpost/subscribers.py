@@ -933,7 +933,10 @@ class _Seen:
     hold a million addresses (as a dict they were 106 MB at 1,000,000)."""
 
     def __init__(self) -> None:
-        self.db = sqlite3.connect("")  # "": private, on disk only past its cache, deleted
+        # "": private, on disk only past its cache, deleted on close. Used by one thread at a
+        # time, but not always the one that started reading (a generator may be resumed or
+        # closed from another), so the same-thread check is off.
+        self.db = sqlite3.connect("", check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("CREATE TABLE seen (address TEXT PRIMARY KEY, file INTEGER) WITHOUT ROWID")
 

@@ -394,3 +394,25 @@ def test_each_address_loads_once_and_every_repeat_names_the_first_file(
         entries, errors = load_subscribers(Path(folder))
         assert [e.subscriber.address for e in entries] == [f"{n}@example.org" for n in first]
         assert [str(e) for e in errors] == expected_errors
+
+
+def test_a_list_can_be_read_on_by_another_thread(tmp_path: Path) -> None:
+    """The flow and the plain run read the list as their batches need it; a reader started
+    in one thread and resumed (or dropped) in another still reads and checks every entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from paperpost.subscribers import iter_subscribers
+
+    (tmp_path / "a.yaml").write_text(
+        "".join(f"- email: r{i % 3}@example.org\n  tags: [agents]\n" for i in range(4))
+    )
+    errors: list = []
+    reader = iter_subscribers(tmp_path, errors)
+    first = next(reader)
+    with ThreadPoolExecutor(1) as other:
+        rest = other.submit(list, reader).result()
+        dropped = iter_subscribers(tmp_path, [])
+        next(dropped)
+        other.submit(dropped.close).result()
+    assert [e.subscriber.email for e in [first, *rest]] == [f"r{i}@example.org" for i in range(3)]
+    assert [e.line for e in errors] == [7]
