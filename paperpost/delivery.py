@@ -52,6 +52,10 @@ TEMPORARY = "temporary"  # 4xx, connection lost before end-of-data: retry with b
 RECIPIENT = "recipient"  # permanent for this address (bad mailbox): fail, suppress it
 MESSAGE = "message"  # permanent for this message only (mailbox full, content): fail it
 SYSTEMIC = "systemic"  # the sender or the server is refused (relaying, auth): pause the run
+# a policy (5.7.x) or size/capacity (5.3.x) refusal at RCPT or DATA: about this message unless
+# the same reply comes for several domains, or the batch's server accepts nothing (_Scope)
+POLICY = "policy"
+HELD = {RECIPIENT, MESSAGE, POLICY}  # refusals held back until the server accepts a message
 AMBIGUOUS = "ambiguous"  # end-of-data sent, no reply read: it may or may not have arrived
 
 
@@ -132,7 +136,7 @@ def _classify(code: int, text: str, phase: str) -> DeliveryError:
         )
     if klass == "5.7":
         return DeliveryError(
-            SYSTEMIC,
+            POLICY if phase in {"RCPT", "DATA"} else SYSTEMIC,
             detail,
             "the server's policy refuses mail from us (relaying, authentication, SPF/DKIM/DMARC"
             " or reputation); check PAPERPOST_SMTP_HOST, the SMTP login and that "
@@ -147,7 +151,7 @@ def _classify(code: int, text: str, phase: str) -> DeliveryError:
         )
     if klass == "5.3":
         return DeliveryError(
-            SYSTEMIC,
+            POLICY if phase in {"RCPT", "DATA"} else SYSTEMIC,
             detail,
             "the mail system cannot take our messages (size or capacity); check the "
             "server's limits",
@@ -714,13 +718,13 @@ def send_batch(
                 scope.held.clear()
             elif (
                 error is not None
-                and error.kind == SYSTEMIC
+                and error.kind in {SYSTEMIC, POLICY}
                 and (scope.proven and error.phase in {"RCPT", "DATA"})
             ):  # this server accepted others of this batch: it refuses this message only
                 error = DeliveryError(MESSAGE, error.detail)
             elif error is not None and error.kind == SYSTEMIC:
                 pause(f"paused at {message.address}: {error.detail}; {error.fix}, then run again")
-            elif error is not None and error.kind in {RECIPIENT, MESSAGE} and not scope.proven:
+            elif error is not None and error.kind in HELD and not scope.proven:
                 scope.held.append((message, error))
                 domains = scope.same_reply_domains(error)
                 if len(domains) >= scope.domains and not paused:
@@ -733,6 +737,8 @@ def send_batch(
                 if paused:  # a refusal read after the pause (in flight meanwhile) is the same
                     unblame(message)
                     error = DeliveryError(SYSTEMIC, error.detail)
+                elif error.kind == POLICY:  # one reader's refusal, until several domains share it
+                    error = DeliveryError(MESSAGE, error.detail)
             elif error is not None and error.kind == RECIPIENT:
                 suppress(message, error)
             elif error is not None and error.kind in {TEMPORARY, AMBIGUOUS} and not scope.proven:
@@ -834,6 +840,12 @@ def send_batch(
             # nothing this batch tried was accepted or refused: the server is unreachable,
             # drops every message or never answers; the next run retries (exit code 4)
             pause(_nothing_accepted(scope.transient, last_error))
+        policy = [(m, e) for m, e in scope.held if e.kind == POLICY]
+        if policy and not scope.proven and not paused:
+            # this server accepted none of this batch's digests and refused some by policy or
+            # size: that is not evidence against one reader; pause, suppress nobody (exit 4)
+            message, error = policy[0]
+            pause(f"paused at {message.address}: {error.detail}; {error.fix}, then run again")
         if scope.held and not scope.proven and store.pause_reason(run_id):
             # this run paused (here or in another batch) before this server accepted any
             # message: the refusals held back are not evidence against these readers

@@ -350,10 +350,12 @@ SCOPES = [
     ("rcpt", "550 Requested action not taken: mailbox unavailable", "suppress"),
     ("rcpt", "552 5.2.2 The email account that you tried to reach is over quota", "fail"),
     ("data", "554 5.6.0 Message content rejected", "fail"),
-    ("rcpt", "554 5.7.1 <a@one.example>: Relay access denied", "pause"),
-    ("rcpt", "550 5.7.26 Unauthenticated email is not accepted (DMARC)", "pause"),
+    # a policy or size refusal of one reader while the server accepts the others (ATTACK5 #1)
+    ("rcpt", "554 5.7.1 <a@one.example>: Relay access denied", "fail"),
+    ("rcpt", "554 5.7.1 <a@one.example>: Recipient address rejected: Access denied", "fail"),
+    ("rcpt", "550 5.7.26 Unauthenticated email is not accepted (DMARC)", "fail"),
+    ("data", "552 5.3.4 Message size exceeds fixed limit", "fail"),
     ("rcpt", "530 5.7.0 Authentication required", "pause"),
-    ("data", "552 5.3.4 Message size exceeds fixed limit", "pause"),
     ("data", "500 5.5.1 Command unrecognized", "pause"),
     ("mail", "553 5.1.8 Sender address rejected: Domain not found", "pause"),
     ("mail", "550 Sender rejected", "pause"),
@@ -498,6 +500,60 @@ def test_same_unclassified_refusal_for_every_domain_pauses_and_fails_nobody(smtp
     assert [o.status for o in outcomes] == ["retry"] * 4
     assert all(status == "retry" for m in batch for _, status in ids(store, m.address))
     assert "3 different recipient domains" in store.pause_reason(run)
+
+
+POLICY_REFUSALS = [
+    ("rcpt", "554 5.7.1 <{a}>: Recipient address rejected: Access denied"),
+    ("data", "552 5.3.4 Message size exceeds fixed maximum message size"),
+]
+
+
+@pytest.mark.parametrize(("where", "reply"), POLICY_REFUSALS)
+def test_one_readers_policy_refusal_first_does_not_stop_the_others(
+    smtp, tmp_path, where: str, reply: str
+) -> None:
+    """ATTACK5 #1: the first reader tried is refused by policy (5.7.1 naming them) or size
+    (5.3.4, their digest only); one connection. Before, the run paused at them, every run,
+    and nobody was ever served. Now that digest fails (not suppressed) and the rest go."""
+    batch = digests_for(["aaa@aaa.example"] + [f"r{i}@d{i}.example" for i in range(4)])
+    if where == "rcpt":
+        smtp.script.reject["aaa@aaa.example"] = reply.format(a="aaa@aaa.example")
+    else:
+        smtp.script.data_failures = [reply]  # the first DATA: aaa's digest
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["failed"] + ["sent"] * 4
+    assert "not suppressed" in outcomes[0].detail
+    assert store.pause_reason(run) is None
+    assert store.suppressions([m.address for m in batch]) == {}
+    assert len(smtp.handler.messages) == 4
+
+
+@pytest.mark.parametrize("readers", [1, 2, 5])
+def test_a_policy_refusal_of_everyone_still_pauses_and_suppresses_nobody(
+    smtp, tmp_path, readers: int
+) -> None:
+    """A relay that refuses everyone by policy is ours to fix: with 3 domains refused the same
+    way, or a batch where nothing was accepted (1 or 2 readers), the run pauses (exit 4),
+    nobody is suppressed and every digest is retried next run."""
+    smtp.script.reject_all = "554 5.7.1 Relay access denied"
+    batch = digests_for([f"r{i}@d{i}.example" for i in range(readers)])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["retry"] * readers
+    assert store.suppressions([m.address for m in batch]) == {}
+    assert all(status == "retry" for m in batch for _, status in ids(store, m.address))
+    reason = store.pause_reason(run)
+    assert "Relay access denied" in reason
+    if readers >= 3:
+        assert "3 different recipient domains" in reason
+        assert all(o.detail.startswith("not attempted") for o in outcomes[3:])
 
 
 def test_a_policy_refusal_after_a_success_fails_that_digest_only(smtp, tmp_path) -> None:
