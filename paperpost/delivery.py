@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 from paperpost.exitcodes import LEASE_LOST, OUTBOX_UNWRITABLE
 from paperpost.models import pickled_by_fields
@@ -325,6 +325,48 @@ def _crlf_dot_stuffed(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
+# A server that sends one line of a reply now and then ("250-still thinking", a tarpit) never
+# trips the per-read timeout; one reply (all its lines) gets this many read timeouts in total.
+REPLY_READS = 6
+
+
+class _ReplyDeadline:
+    """The connection's reader, ending a reply that goes on past its deadline."""
+
+    def __init__(self, file: BinaryIO, seconds: float) -> None:
+        self.file = file
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+
+    def readline(self, limit: int = -1) -> bytes:
+        if time.monotonic() > self.ends:  # smtplib closes the connection on an OSError
+            raise TimeoutError(f"the server's reply did not end within {self.seconds:g} s")
+        return self.file.readline(limit)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _Deadlined(smtplib.SMTP):
+    """smtplib's connection with a total deadline per reply (REPLY_READS read timeouts)."""
+
+    def __init__(self, *args: Any, reply_seconds: float, **kwargs: Any) -> None:
+        self.reply_seconds = reply_seconds  # before __init__, which reads the greeting
+        super().__init__(*args, **kwargs)
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:
+            self.file = self.sock.makefile("rb")
+        if self.file is not None:
+            raw = self.file.file if isinstance(self.file, _ReplyDeadline) else self.file
+            self.file = _ReplyDeadline(raw, self.reply_seconds)  # type: ignore[assignment]
+        return super().getreply()
+
+
+class _DeadlinedSsl(_Deadlined, smtplib.SMTP_SSL):
+    pass
+
+
 class Smtp:
     """One reused SMTP connection (plain, STARTTLS or implicit TLS), recycled every N messages."""
 
@@ -340,12 +382,19 @@ class Smtp:
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
         try:
+            reply_seconds = REPLY_READS * s.smtp_timeout
             if s.smtp_security == "tls":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(
-                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=self._context
+                conn: smtplib.SMTP = _DeadlinedSsl(
+                    s.smtp_host,
+                    s.smtp_port,
+                    timeout=s.smtp_timeout,
+                    context=self._context,
+                    reply_seconds=reply_seconds,
                 )
             else:
-                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+                conn = _Deadlined(
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, reply_seconds=reply_seconds
+                )
             if conn.sock is not None:  # Nagle + delayed ACK stalls pipelined SMTP commands
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.ehlo()

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import email
 import mailbox
 import os
+import socket
 import threading
 import time
 from datetime import date
@@ -732,3 +734,83 @@ def test_a_failure_between_body_and_dot_never_leaks_into_the_next_message(smtp) 
     assert len(smtp.handler.messages) == 1
     rcpts, data = smtp.handler.messages[0]
     assert rcpts == ["b@two.example"] and data.count(b"Message-ID:") == 1
+
+
+class TricklingSmtp:
+    """A real SMTP server on 127.0.0.1 that answers well until ``where`` (EHLO, RCPT or the
+    final dot), then sends one more "250-still thinking" line every 10 ms, never a last line
+    (a wedged relay or a tarpit)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            with conn, conn.makefile("rb") as lines:
+                conn.sendall(b"220 trickle ESMTP\r\n")
+                in_data = False
+                for line in lines:
+                    if in_data:
+                        if line != b".\r\n":
+                            continue
+                        in_data, command = False, "DOT"
+                    else:
+                        command = line[:4].upper().decode()
+                    if command.rstrip() == self.where:
+                        while not self.stop.wait(0.01):
+                            conn.sendall(b"250-still thinking\r\n")
+                        return
+                    if command == "DATA":
+                        in_data = True
+                        conn.sendall(b"354 go ahead\r\n")
+                    elif command.startswith("EHLO"):
+                        conn.sendall(b"250-trickle\r\n250 8BITMIME\r\n")
+                    else:
+                        conn.sendall(b"250 ok\r\n")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "status"),
+    [("EHLO", "retry"), ("DOT", "ambiguous")],  # RCPT: as EHLO
+)
+def test_a_reply_that_never_ends_is_cut_at_its_deadline(tmp_path, where: str, status) -> None:
+    """ATTACK5 #6: a server that answered EHLO (or RCPT, or the final dot) with an endless
+    multi-line reply, one line a second, held `paperpost run` forever: each line came within
+    the read timeout. Now one reply gets REPLY_READS read timeouts in total; an unfinished
+    reply is a temporary failure before the dot and ambiguous after it, and the run goes on."""
+    from paperpost.delivery import REPLY_READS
+
+    server = TricklingSmtp(where)
+    settings = Settings(
+        delivery="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=server.port,
+        smtp_security="none",
+        smtp_timeout=0.5,  # a line every 10 ms never trips it, even under load
+    )
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    transport = Smtp(settings)
+    outcome: list = []
+    worker = threading.Thread(
+        target=lambda: outcome.extend(
+            send_batch(store, transport, digests_for(["a@one.example"]), 1, attempts=1)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(30)  # the deadline is 6 x 0.5 s; before, this never returned
+    server.close()
+    assert not worker.is_alive(), "still reading the endless reply"
+    (result,) = outcome
+    assert result.status == status
+    if status == "retry":
+        assert f"did not end within {REPLY_READS * 0.5:g} s" in result.detail
