@@ -8,7 +8,7 @@ from paperpost.pipeline import RunSummary
 
 # Characters that make markdown of third-party text (an SMTP reply, a source's error, a
 # subscriber file's value): links, images, emphasis, code spans, HTML, table cells, headings
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>#+!|~])")  # ( ) are text without [ ]
 
 
 def md(text: object) -> str:
