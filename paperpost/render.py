@@ -62,13 +62,20 @@ def breakable(text: str) -> str:
     """Text with a zero-width space every PIECE_CHARS characters of an unbroken run longer
     than RUN_CHARS (a runaway "word" in a title, a long URL), so that it wraps in every
     mail client: otherwise the card table grows to fit it (Outlook's Word engine ignores
-    CSS ``word-break``). The text part's abstract is wrapped without it."""
+    CSS ``word-break``). The text part shows these fields through :func:`unbreak`."""
     return _RUNAWAY.sub(
         lambda m: "\u200b".join(
             m[0][i : i + PIECE_CHARS] for i in range(0, len(m[0]), PIECE_CHARS)
         ),
         text,
     )
+
+
+def unbreak(text: str) -> str:
+    """The text part's copy of a :func:`breakable` field: without the zero-width spaces
+    (plain text wraps anywhere, and a reader who copies a model's name from it must get
+    the name, not hidden characters that make a search fail)."""
+    return text.replace("\u200b", "")
 
 
 def shorten(text: str, limit: int = ABSTRACT_CHARS) -> str:
@@ -227,6 +234,7 @@ class Renderer:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
         )
+        self.text_env.filters["unbreak"] = unbreak
         self.html_template = self.html_env.get_template("digest.html.j2")
         self.text_template = self.text_env.get_template("digest.txt.j2")
         self._parts: dict[Paper, Card] = {}

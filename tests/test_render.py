@@ -294,3 +294,24 @@ def test_card_parts_made_once_per_paper_render_as_the_templates_do_in_place(
     assert all(c.paper_html is None for c in in_place["cards"])  # type: ignore[attr-defined]
     assert renderer.html(context) == renderer.html(in_place)
     assert renderer.text(context) == renderer.text(in_place)
+
+
+def test_the_text_part_has_no_hidden_break_hints(renderer) -> None:
+    """The HTML part breaks a runaway name with zero-width spaces so it wraps; the text
+    part shows it as written, so it can be copied and searched for (attack5 finding 7)."""
+    name = "DeepSeek-Coder-V2-Lite-Instruct-0724-GGUF-Q4_K_M"
+    org = "an-organisation-with-an-extremely-long-unbroken-name"
+    paper = Paper(
+        f"{name}: agents for code",
+        "We study LLM agents that write code with tools.",
+        ai_summary=f"{name} agents write code.",
+        organization=org,
+    )
+    items = ranked_for([paper], "agents")
+    assert items
+    msg = parse(renderer.render(READER, items, EDITION, 0, 1).data)
+    text, html = (part.get_content() for part in msg.iter_parts())
+    assert "\u200b" in html  # the HTML part still wraps it
+    assert "\u200b" not in text
+    assert f"{name}: agents for code" in text and f"TL;DR: {name} agents" in text
+    assert org in text
