@@ -526,7 +526,9 @@ def test_votes_admit_a_bounded_share_of_close_papers_the_tags_missed_and_say_so(
     assert not [r for r in _ranked(papers, Taste(disliked=(liked,))) if r.paper in drafts]
 
 
-def test_a_handful_of_votes_cannot_turn_an_agents_digest_into_something_else() -> None:
+def _agents_images_and_liked_images() -> tuple[list[Paper], list[Paper], tuple[Paper, ...]]:
+    """15 agent papers, 15 image-diffusion papers, and 5 liked image papers: a reader of
+    "agents" who liked the wrong field."""
     agents = [
         paper(
             f"Tool-using language agents, study {i}",
@@ -548,6 +550,11 @@ def test_a_handful_of_votes_cannot_turn_an_agents_digest_into_something_else() -
         )
         for i in range(5)
     )
+    return agents, images, liked
+
+
+def test_a_handful_of_votes_cannot_turn_an_agents_digest_into_something_else() -> None:
+    agents, images, liked = _agents_images_and_liked_images()
     ranked = _ranked(agents + images, Taste(liked=liked), tag="agents", max_items=10)
     assert len(ranked) == 10
     about_agents = [r for r in ranked if r.paper in agents]
@@ -614,27 +621,7 @@ def test_semantic_likes_admit_a_paper_close_in_meaning_and_say_why(encoder) -> N
 def test_semantic_votes_cannot_turn_an_agents_digest_into_something_else(encoder) -> None:
     from paperpost.semantic import Vectors
 
-    agents = [
-        paper(
-            f"Tool-using language agents, study {i}",
-            f"An LLM agent plans, calls tools and acts in an environment (setting {i}).",
-        )
-        for i in range(15)
-    ]
-    images = [
-        paper(
-            f"Latent diffusion for image synthesis, study {i}",
-            f"A denoising diffusion model generates images from text prompts (setting {i}).",
-        )
-        for i in range(15)
-    ]
-    liked = tuple(
-        paper(
-            f"Diffusion image generation paper {i}",
-            "A denoising diffusion model that generates images from text prompts.",
-        )
-        for i in range(5)
-    )
+    agents, images, liked = _agents_images_and_liked_images()
     vectors = Vectors()
     ranked = _ranked(agents + images, Taste(liked=liked), "agents", vectors, max_items=10)
     assert len(ranked) == 10
