@@ -609,26 +609,7 @@ class Store:
 
     def save_evidence(self, version: str, rows: dict[str, str]) -> None:
         """Store ranker records (insert or replace), and drop every other version's rows."""
-        if not rows:
-            return
-        values = [
-            {
-                "version": version,
-                "text_key": k,
-                "data": d,
-                "checksum": _evidence_checksum(version, k, d),
-            }
-            for k, d in rows.items()
-        ]
-        with self.engine.begin() as conn:
-            conn.execute(delete(paper_evidence).where(paper_evidence.c.version != version))
-            statement = _upsert(conn.dialect.name)(paper_evidence)
-            statement = statement.on_conflict_do_update(
-                index_elements=[paper_evidence.c.version, paper_evidence.c.text_key],
-                set_={"data": statement.excluded.data, "checksum": statement.excluded.checksum},
-            )
-            for chunk in _chunks(values):
-                conn.execute(statement, list(chunk))
+        self._save_cached(paper_evidence, "version", "data", version, rows, _evidence_checksum)
 
     def vector_rows(self, model: str, keys: Sequence[str]) -> dict[str, bytes]:
         """Stored paper vectors of this model by text key; a row whose checksum does not
@@ -649,18 +630,23 @@ class Store:
 
     def save_vectors(self, model: str, rows: dict[str, bytes]) -> None:
         """Store paper vectors (insert or replace), and drop every other model's rows."""
+        self._save_cached(paper_vectors, "model", "vector", model, rows, _vector_checksum)
+
+    def _save_cached(self, table, scope: str, value: str, version, rows, checksum) -> None:  # type: ignore[no-untyped-def]
+        """One per-paper cache's rows of ``version`` in ``scope`` (insert or replace, checksummed),
+        every other version's rows dropped: the evidence and the vector caches."""
         if not rows:
             return
         values = [
-            {"model": model, "text_key": k, "vector": v, "checksum": _vector_checksum(model, k, v)}
+            {scope: version, "text_key": k, value: v, "checksum": checksum(version, k, v)}
             for k, v in rows.items()
         ]
         with self.engine.begin() as conn:
-            conn.execute(delete(paper_vectors).where(paper_vectors.c.model != model))
-            statement = _upsert(conn.dialect.name)(paper_vectors)
+            conn.execute(delete(table).where(table.c[scope] != version))
+            statement = _upsert(conn.dialect.name)(table)
             statement = statement.on_conflict_do_update(
-                index_elements=[paper_vectors.c.model, paper_vectors.c.text_key],
-                set_={"vector": statement.excluded.vector, "checksum": statement.excluded.checksum},
+                index_elements=[table.c[scope], table.c.text_key],
+                set_={value: statement.excluded[value], "checksum": statement.excluded.checksum},
             )
             for chunk in _chunks(values):
                 conn.execute(statement, list(chunk))
