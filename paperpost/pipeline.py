@@ -55,6 +55,7 @@ from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
 from paperpost.store import Lease, RunPlan, Store
 from paperpost.subscribers import LoadedSubscriber, SubscriberError, iter_subscribers
+from paperpost.unsubscribe import apply_queued
 
 LOCK = "digest-run"
 LOCK_TTL = timedelta(hours=2)
@@ -687,6 +688,7 @@ def _dead_here(owner: str) -> bool:
 
 def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, list[Outcome]]:
     """Fix the run's window and settle what a crashed run left mid-send."""
+    apply_queued(settings.state_dir, store)  # unsubscribes web kept while the db was busy
     transport = transport_for(settings)
     try:
         interrupted = resolve_interrupted(store, transport, settings.resend_ambiguous)

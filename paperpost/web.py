@@ -8,8 +8,11 @@ expired or foreign tokens get a 400 and change nothing. Nothing else is tracked.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -30,7 +33,7 @@ from paperpost.feedback import (
 from paperpost.models import Paper
 from paperpost.settings import Settings
 from paperpost.store import Store, now
-from paperpost.unsubscribe import BadToken, read_token
+from paperpost.unsubscribe import BadToken, apply_queued, queue_unsubscribe, read_token
 
 if TYPE_CHECKING:
     import uvicorn
@@ -65,6 +68,9 @@ margin:3rem auto;padding:0 1rem;line-height:1.5}}button{{font-size:1rem;padding:
 </style></head><body><h1>{title}</h1>{body}</body></html>"""
 
 
+QUEUE_RETRY = 30.0  # seconds between tries to record queued unsubscribes
+
+
 def page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(PAGE.format(title=escape(title), body=body), status_code=status)
 
@@ -74,14 +80,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.require_own_key("paperpost web")
     store = Store(settings.db_url)
     key = settings.secret_key.get_secret_value()
-    app = FastAPI(title="paperpost", docs_url=None, redoc_url=None, openapi_url=None)
+    log = logging.getLogger("paperpost.web")
+
+    def record_queued() -> int:
+        return apply_queued(settings.state_dir, store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def retry() -> None:
+            while True:
+                try:
+                    await asyncio.to_thread(record_queued)
+                except OperationalError as exc:
+                    log.warning("queued unsubscribes not recorded yet: %s", explain(exc))
+                await asyncio.sleep(QUEUE_RETRY)
+
+        task = asyncio.create_task(retry())
+        yield
+        task.cancel()
+
+    app = FastAPI(
+        title="paperpost", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
 
     @app.exception_handler(OperationalError)
     def database_busy(request: Request, exc: OperationalError) -> HTMLResponse:
         """A locked or unreachable database: 503 with Retry-After and one log line, never a
         bare 500 and a traceback (a one-click unsubscribe's sender may try again)."""
         where = request.url.path.split("/")[1]
-        logging.getLogger("paperpost.web").warning("%s not recorded: %s", where, explain(exc))
+        log.warning("%s not recorded: %s", where, explain(exc))
         response = page(
             "Please try again in a minute",
             "<p>This paperpost is busy and could not record your request. Nothing was "
@@ -114,7 +141,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         address = address_or_error(token)
         if isinstance(address, HTMLResponse):
             return address
-        store.suppress(address, "unsubscribed")
+        try:
+            record_queued()
+            store.suppress(address, "unsubscribed")
+        except OperationalError as exc:
+            # the mailbox provider's one-click POST is not retried: keep it on disk instead
+            queue_unsubscribe(settings.state_dir, address, now().isoformat())
+            log.warning("unsubscribe queued (the database is busy): %s", explain(exc))
         return page(
             "Unsubscribed",
             f"<p>{escape(address)} will get no more digests. To come back, ask whoever runs "

@@ -861,3 +861,43 @@ def test_a_run_with_the_semantic_signal_ranks_votes_by_meaning(db_url: str, enco
     assert assistant not in [r.paper for r in terms[0]]
     why = next(r.why for r in semantic[0] if r.paper == assistant)
     assert why == f"added for your votes: like '{liked.title}' you liked"
+
+
+def test_a_vote_while_the_database_is_locked_is_503_with_retry_after(
+    db_url: str, monkeypatch, caplog
+) -> None:
+    """A click that cannot be stored says so (503, Retry-After, one log line, no
+    traceback) and is not "Noted"; the reader can click again, and then it counts."""
+    import logging
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from paperpost import db
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT", 0.3)  # the wait for the lock, shortened
+    store = Store(db_url)
+    store.ingest("test", [SPEC])
+    ids = reader_ids(store, ["ann@example.org"])
+    token = make_vote_token(
+        KEY, VoteLink(ids["ann@example.org"], SPEC.id, _sent(store, "ann@example.org", 0, 1), LATER)
+    )
+    client = TestClient(
+        create_app(Settings(database_url=db_url, secret_key=SecretStr(KEY))),
+        raise_server_exceptions=False,
+    )
+    holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with caplog.at_level(logging.WARNING, logger="paperpost.web"):
+            busy = client.post(f"/vote/more/{token}")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "60"
+    assert "try again" in busy.text and "Noted" not in busy.text
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "paperpost.web"]
+    assert line.startswith("vote not recorded: ") and "is locked" in line
+    assert _vote_count(store) == 0
+    assert client.post(f"/vote/more/{token}").status_code == 200
+    assert _vote_count(store) == 1
