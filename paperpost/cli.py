@@ -437,8 +437,8 @@ def rank_command(
     settings = _settings()
     papers = _read_papers(sources, settings)
     if reader:
-        from paperpost.feedback import history, rank_readers
-        from paperpost.pipeline import profile_of
+        from paperpost.feedback import rank_readers
+        from paperpost.pipeline import profile_of, ranking_context, require_semantic
         from paperpost.store import Store
 
         entry = _find_subscriber(settings, reader)
@@ -449,10 +449,17 @@ def rank_command(
             profile = replace(profile, exclude=tuple(exclude))
         if min_score is not None:
             profile = replace(profile, min_score=min_score)
+        require_semantic(settings)
         store = Store(settings.db_url)
-        background = history(store, unstored=papers)
-        ranked = rank_readers(store, papers, [entry.subscriber], [profile], background)[0]
+        cache, background = ranking_context(store, settings.semantic, unstored=papers)
+        ranked = rank_readers(store, papers, [entry.subscriber], [profile], background, cache)[0]
     else:
+        if settings.semantic:
+            err.print(
+                "[yellow]note[/yellow] without --reader, rank weighs words over these dumps "
+                "alone and leaves the semantic signal out (it needs the database's history); "
+                "--reader EMAIL ranks as a run does"
+            )
         profile = Profile(
             tuple(Interest(t) for t in tag or ()),
             tuple(exclude or ()),
@@ -494,8 +501,8 @@ def preview(
     ),
 ) -> None:
     """Render one subscriber's digest from dumps to an HTML file (nothing is sent or stored)."""
-    from paperpost.feedback import history, rank_readers
-    from paperpost.pipeline import profile_of, reader_of
+    from paperpost.feedback import rank_readers
+    from paperpost.pipeline import profile_of, ranking_context, reader_of, require_semantic
     from paperpost.render import Edition, Renderer
     from paperpost.store import Store
 
@@ -514,9 +521,11 @@ def preview(
             f"[yellow]note[/yellow] {escape(email)} is {escape(why)}: runs send them nothing; "
             "this preview shows what they would get"
         )
+    require_semantic(settings)
     papers = _read_papers(source or settings.sources, settings)
-    background = history(store, unstored=papers)
-    items = rank_readers(store, papers, [entry.subscriber], [profile_of(entry)], background)[0]
+    cache, background = ranking_context(store, settings.semantic, unstored=papers)
+    profile = profile_of(entry)
+    items = rank_readers(store, papers, [entry.subscriber], [profile], background, cache)[0]
     renderer = Renderer()
     edition = Edition(
         settings.sender,
@@ -682,7 +691,8 @@ def subscribers_show(
     email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
 ) -> None:
     """One subscriber: tags, follows, liked examples, votes and the profile's top terms."""
-    from paperpost.feedback import find_papers, history, tastes, votes_of
+    from paperpost.feedback import find_papers, tastes, votes_of
+    from paperpost.pipeline import ranking_context
     from paperpost.profile import top_terms
     from paperpost.store import Store
 
@@ -717,8 +727,14 @@ def subscribers_show(
         when = vote.voted_at.strftime("%Y-%m-%d")
         out.print(f"               {mark} {when} {escape(reply_text(vote.title, 200))}")
     taste = tastes(store, [sub])[0]
-    if taste.liked or taste.disliked:
-        terms = top_terms(taste, history(store), 12)
+    if taste.liked and settings.semantic:
+        out.print(
+            f"{'profile':>13}: by meaning (PAPERPOST_SEMANTIC is on): new papers close in "
+            f"meaning to the {_plural(len(taste.liked), 'liked paper')} are lifted; an "
+            "embedding has no terms to list"
+        )
+    elif taste.liked or taste.disliked:
+        terms = top_terms(taste, ranking_context(store, semantic=False)[1], 12)
         out.print(f"{'profile':>13}: " + ", ".join(f"{t} {w:+.2f}" for t, w in terms))
     else:
         out.print(f"{'profile':>13}: - (no votes or liked examples yet; tags alone rank)")

@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from paperpost.models import Paper, title_key
 from paperpost.profile import Nudge, Taste, nudge
-from paperpost.rank import BACKGROUND_PAPERS, Background, MatchCache, Profile, Ranked, rank_many
+from paperpost.rank import Background, MatchCache, Profile, Ranked, rank_many
 from paperpost.store import Store, deliveries, feedback, key_hash, now, papers, readers
 from paperpost.subscribers import Subscriber
 
@@ -412,14 +412,6 @@ def voted_paper(store: Store, address: str, link: VoteLink) -> Paper | None:
     return paper if window is not None and window.lo < seq <= window.hi else None
 
 
-def history(store: Store, unstored: Sequence[Paper] = ()) -> Background:
-    """The ranker's word statistics over the latest stored papers plus papers the store does
-    not have yet (what ``preview``, ``rank --reader`` and ``subscribers show`` use; a run
-    builds its own once, from the ranker's cache)."""
-    stored = {p.key: p for p in store.latest_papers(BACKGROUND_PAPERS)}
-    return Background.of([*stored.values(), *(p for p in unstored if p.key not in stored)])
-
-
 def tastes(store: Store, subscribers: Sequence[Subscriber]) -> list[Taste]:
     """What each subscriber taught: votes, ``like:`` examples found in the history, follows.
 
@@ -481,8 +473,9 @@ def rank_readers(
     cache: MatchCache | None = None,
 ) -> list[list[Ranked]]:
     """Rank ``papers`` for subscribers with their tags and all they taught (votes,
-    examples, follows): the one path ``run``, ``preview`` and ``rank --reader`` share.
-    A run with the semantic signal on (``cache.vectors``) uses the semantic profile too."""
+    examples, follows): the one path ``run``, ``preview`` and ``rank --reader`` share, with
+    the ``cache`` and ``background`` of :func:`paperpost.pipeline.ranking_context`. With the
+    semantic signal on (``cache.vectors``) it uses the semantic profile too."""
     vectors = cache.vectors if cache is not None else None
     taught = reader_nudge(store, papers, subscribers, background, vectors)
     return rank_many(papers, profiles, taught, background, cache)

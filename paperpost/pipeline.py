@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from uuid import uuid4
 
 from sqlalchemy.engine import make_url
@@ -56,6 +56,11 @@ from paperpost.settings import Settings
 from paperpost.store import Lease, RunPlan, Store
 from paperpost.subscribers import LoadedSubscriber, SubscriberError, iter_subscribers
 from paperpost.unsubscribe import apply_queued
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from paperpost.semantic import Vectors
 
 LOCK = "digest-run"
 LOCK_TTL = timedelta(hours=2)
@@ -271,20 +276,50 @@ _RUN_CACHE = threading.Lock()
 def _run_cache(
     url: str, run_id: int, high: int, semantic: bool = False
 ) -> tuple[MatchCache, Background]:
-    """What a run's batches share: the ranker's per-paper cache (filled from the database as
-    papers are needed), the word weights over the most recent papers of the history and, with
-    the semantic signal, the papers' vectors (kept in the database too)."""
+    """What a run's batches share (:func:`ranking_context`), built once per process."""
+    return ranking_context(Store(url), semantic, high)
+
+
+def ranking_context(
+    store: Store, semantic: bool, high: int | None = None, unstored: Sequence[Paper] = ()
+) -> tuple[MatchCache, Background]:
+    """What ranking needs besides the papers: the ranker's per-paper cache (records kept in
+    the database, filled as papers are needed), the word weights over the most recent
+    ``BACKGROUND_PAPERS`` papers of the history up to ``high`` and, with the semantic signal,
+    the papers' vectors (kept in the database too and looked up there by paper, whatever its
+    age). A run's batches share one (:func:`_run_cache`); ``preview``, ``rank --reader`` and
+    ``subscribers show`` build theirs the same way, so they rank as the run does, with
+    ``unstored``: papers of the dumps they read that the history does not hold yet (the
+    newest, as a run would have stored them)."""
     cache = MatchCache()
     if semantic:
-        from paperpost.semantic import Vectors
-
-        cache.vectors = Vectors()
-    store = Store(url)
+        cache.vectors = _stored_vectors(store)
     history = store.latest_papers(BACKGROUND_PAPERS, high)
+    if unstored:
+        known = {p.key for p in history}
+        history = [*history, *(p for p in unstored if p.key not in known)][-BACKGROUND_PAPERS:]
     _load_records(store, cache, history)
     background = Background.of(history, cache)
     _save_records(store, cache)
     return cache, background
+
+
+def _stored_vectors(store: Store) -> Vectors:
+    """The semantic extra's paper vectors, looked up in the database before any is computed;
+    a stored vector that fails its checksum (dropped by the store) or does not decode is
+    computed again."""
+    from paperpost.semantic import MODEL_KEY, Vectors, decode_vector
+
+    def lookup(keys: list[str]) -> dict[str, np.ndarray]:
+        found = {}
+        for key, data in store.vector_rows(MODEL_KEY, keys).items():
+            try:
+                found[key] = decode_vector(data)
+            except ValueError:
+                continue
+        return found
+
+    return Vectors(lookup=lookup)
 
 
 def _load_records(store: Store, cache: MatchCache, papers: Sequence[Paper]) -> None:
@@ -296,16 +331,6 @@ def _load_records(store: Store, cache: MatchCache, papers: Sequence[Paper]) -> N
             cache.records[key] = Record.decode(data)
         except ValueError:
             continue
-    vectors = cache.vectors
-    if vectors is not None:
-        from paperpost.semantic import MODEL_KEY, decode_vector
-
-        wanted = list({key for p in papers if (key := vectors.key(p)) not in vectors.papers})
-        for key, data in store.vector_rows(MODEL_KEY, wanted).items():
-            try:
-                vectors.papers[key] = decode_vector(data)
-            except ValueError:
-                continue
 
 
 def _save_records(store: Store, cache: MatchCache) -> None:
@@ -316,6 +341,18 @@ def _save_records(store: Store, cache: MatchCache) -> None:
         from paperpost.semantic import MODEL_KEY
 
         store.save_vectors(MODEL_KEY, cache.vectors.take_changed())
+
+
+def encode_stage(store: Store, plan: RunPlan) -> None:
+    """With the semantic signal on, before the batches fan out: the vectors every batch needs
+    (the calibration's most recent papers, this run's new papers) computed here, once, and
+    stored. Each worker process builds its own run cache from the database, so without this
+    the day's new papers were encoded once per worker."""
+    with _RUN_CACHE:
+        cache, _ = _run_cache(store.url, plan.run_id, plan.high_water, True)
+    assert cache.vectors is not None
+    cache.vectors.of([paper for _, paper in store.papers_between(plan.low_water, plan.high_water)])
+    _save_records(store, cache)
 
 
 def rank_stage(
@@ -639,17 +676,24 @@ def preflight(settings: Settings) -> None:
     one line saying what to do."""
     if settings.delivery == "smtp":
         settings.require_own_key("SMTP delivery")
-    if settings.semantic:
-        from paperpost.semantic import SemanticUnavailable, encoder
-
-        try:
-            encoder()  # loaded and checked now (a worker process loads its own)
-        except SemanticUnavailable as exc:
-            raise ConfigError([f"PAPERPOST_SEMANTIC is on, but {exc}"]) from None
+    require_semantic(settings)
     try:
         Store(settings.db_url).check_writable()
     except SQLAlchemyError as exc:
         raise DatabaseError(explain(exc)) from None
+
+
+def require_semantic(settings: Settings) -> None:
+    """With ``PAPERPOST_SEMANTIC`` on, the encoder loaded and checked now (a worker process
+    loads its own); ConfigError, saying what to do, when the extra is missing or its weights
+    are not the expected file. What ``run``, ``preview`` and ``rank --reader`` check first."""
+    if settings.semantic:
+        from paperpost.semantic import SemanticUnavailable, encoder
+
+        try:
+            encoder()
+        except SemanticUnavailable as exc:
+            raise ConfigError([f"PAPERPOST_SEMANTIC is on, but {exc}"]) from None
 
 
 def begin(settings: Settings) -> tuple[Store, str, int | None]:
@@ -687,14 +731,18 @@ def _dead_here(owner: str) -> bool:
 
 
 def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, list[Outcome]]:
-    """Fix the run's window and settle what a crashed run left mid-send."""
+    """Fix the run's window and settle what a crashed run left mid-send; with the semantic
+    signal, encode the papers the run needs (:func:`encode_stage`)."""
     apply_queued(settings.state_dir, store)  # unsubscribes web kept while the db was busy
     transport = transport_for(settings)
     try:
         interrupted = resolve_interrupted(store, transport, settings.resend_ambiguous)
     finally:
         transport.close()
-    return replace(store.plan_run(run_id), semantic=settings.semantic), interrupted
+    plan = replace(store.plan_run(run_id), semantic=settings.semantic)
+    if plan.semantic:
+        encode_stage(store, plan)
+    return plan, interrupted
 
 
 ERRORS_PER_FILE = 5  # a file's errors a run's summary lists; `subscribers validate` shows all

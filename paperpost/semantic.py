@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -349,10 +349,19 @@ def decode_vector(data: bytes) -> np.ndarray:
 class Vectors:
     """Paper vectors by text key: computed once (in batches), shared by a run's batches and
     kept in the database by the pipeline (like :class:`paperpost.rank.MatchCache`'s records).
-    Tag vectors are computed once per distinct text."""
+    Tag vectors are computed once per distinct text.
 
-    def __init__(self, stored: dict[str, np.ndarray] | None = None) -> None:
+    ``lookup`` (the pipeline's: the database's ``paper_vectors``) is asked for the vectors of
+    papers this object lacks before any is computed, whatever the paper's age: a paper liked
+    long ago is encoded once, not on every run."""
+
+    def __init__(
+        self,
+        stored: dict[str, np.ndarray] | None = None,
+        lookup: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
+    ) -> None:
         self.papers: dict[str, np.ndarray] = dict(stored or {})
+        self._lookup = lookup
         self.tags: dict[str, np.ndarray] = {}
         self._keys: dict[Paper, str] = {}
         self._changed: set[str] = set()
@@ -368,6 +377,11 @@ class Vectors:
         """The papers' vectors (n × 384, float32), computing the missing ones now."""
         keys = [self.key(p) for p in papers]
         missing = {k: p for k, p in zip(keys, papers, strict=True) if k not in self.papers}
+        if missing and self._lookup is not None:
+            found = self._lookup(list(missing))
+            with self._lock:
+                self.papers.update(found)
+            missing = {k: p for k, p in missing.items() if k not in found}
         if missing:
             vectors = encoder().encode([paper_text(p) for p in missing.values()])
             with self._lock:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import shutil
 import struct
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +286,174 @@ def _row(key: tuple[str, str]):
     return update(paper_vectors).where(
         paper_vectors.c.model == key[0], paper_vectors.c.text_key == key[1]
     )
+
+
+# --- what the operator sees is what the run sends ------------------------------------------
+
+
+def _jsonl(result) -> list[tuple]:
+    assert result.exit_code == 0, result.output
+    return [(r["title"], r["score"], r["why"]) for r in map(json.loads, result.output.splitlines())]
+
+
+def test_preview_rank_reader_and_show_rank_as_the_run_does(
+    tmp_path: Path, monkeypatch, vectors, background_papers
+):
+    """With PAPERPOST_SEMANTIC on, `rank --reader` and `preview` show exactly the digest the
+    run sends (the tag signal and the semantic profile), before and after the papers are
+    stored; `subscribers show` says the profile is by meaning."""
+    from test_feedback import HEADER, SPEC, _draft_papers
+    from typer.testing import CliRunner
+
+    from paperpost.cli import app
+    from paperpost.feedback import Vote, record_votes
+
+    subs, dumps = tmp_path / "subs", tmp_path / "dumps"
+    subs.mkdir()
+    dumps.mkdir()
+    (subs / "ann.yaml").write_text("email: ann@example.org\ntags: [enzyme-engineering]\n")
+    (subs / "bob.yaml").write_text("email: bob@example.org\ntags: [decoding]\n")
+    draft, liked, assistant = _draft_papers()
+    assert liked == SPEC
+    today = [ENZYMES, STRAY, *draft]
+    body = "\n\n".join(f"{p.title}\n\n{p.abstract}" for p in today)
+    (dumps / "today.txt").write_text(HEADER + body + "\n")
+    url = f"sqlite:///{tmp_path / 'pp.db'}"
+    monkeypatch.setenv("PAPERPOST_SUBSCRIBERS_DIR", str(subs))
+    monkeypatch.setenv("PAPERPOST_DATABASE_URL", url)
+    monkeypatch.setenv("PAPERPOST_SEMANTIC", "true")
+    store = Store(url)
+    history = [*background_papers, SPEC]
+    _stored_history(store, history, vectors)
+    at = datetime(2026, 11, 24, tzinfo=UTC)
+    record_votes(store, [Vote("bob@example.org", SPEC.id, 1, SPEC.title, "0-1", at)])
+    runner = CliRunner()
+
+    def shown(email: str) -> tuple[list[tuple], str]:
+        ranked = _jsonl(runner.invoke(app, ["rank", str(dumps), "--reader", email, "--jsonl"]))
+        out = tmp_path / "preview.html"
+        result = runner.invoke(app, ["preview", email, "--source", str(dumps), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return ranked[:10], out.read_text()
+
+    before = {email: shown(email) for email in ("ann@example.org", "bob@example.org")}
+
+    store.ingest("today", [p for p in parse_dump_file(dumps / "today.txt")])
+    _run_cache.cache_clear()
+    plan = RunPlan(1, len(history), store.paper_count(), semantic=True)
+    batch = list(iter_subscribers(subs, []))
+    jobs = rank_stage(store, plan, batch, date(2026, 11, 25), send_empty=True).jobs
+    sent = {job.reader.email: [(r.paper.title, r.score, r.why) for r in job.items] for job in jobs}
+    assert "close in meaning to 'enzyme engineering'" in [w for _, _, w in sent["ann@example.org"]]
+    assert (
+        assistant.title,
+        f"added for your votes: like '{SPEC.title}' you liked",
+    ) in [(t, w) for t, _, w in sent["bob@example.org"]]
+
+    after = {email: shown(email) for email in sent}
+    for email, items in sent.items():
+        for ranked, html in (before[email], after[email]):
+            assert ranked == items
+            titles = [t for t, _, _ in items]
+            assert sorted(titles, key=html.index) == titles  # the preview, in the same order
+            assert not [p.title for p in today if p.title not in titles and p.title in html]
+
+    profile = runner.invoke(app, ["subscribers", "show", "bob@example.org"])
+    assert profile.exit_code == 0, profile.output
+    assert "profile: by meaning (PAPERPOST_SEMANTIC is on)" in " ".join(profile.output.split())
+
+
+def parse_dump_file(path: Path) -> list[Paper]:
+    from paperpost.dumps import parse_dump
+
+    return parse_dump(path.read_bytes(), str(path), date(2026, 11, 25)).papers
+
+
+def _stored_history(store: Store, history: list[Paper], vectors: semantic.Vectors) -> None:
+    """``history`` ingested with its vectors, as earlier runs stored them (from the module's
+    cache: each paper is encoded once for all the tests)."""
+    store.ingest("history", history)
+    found = vectors.of(history)
+    store.save_vectors(
+        semantic.MODEL_KEY,
+        {vectors.key(p): semantic.encode_vector(v) for p, v in zip(history, found, strict=True)},
+    )
+
+
+def _replace_vector(url: str, paper: Paper, vector: bytes) -> None:
+    """Store ``vector`` as ``paper``'s, under a checksum that matches: trusted when read."""
+    key = (semantic.MODEL_KEY, semantic.text_key(paper))
+    with Store(url).engine.begin() as conn:
+        conn.execute(_row(key).values(vector=vector, checksum=_vector_checksum(*key, vector)))
+
+
+def test_a_run_encodes_its_new_papers_once_before_the_batches_fan_out(
+    any_db_url: str, tmp_path: Path, vectors, background_papers
+):
+    from paperpost.pipeline import prepare
+    from paperpost.settings import Settings
+
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    (folder / "r.yaml").write_text(
+        "email: r@example.org\ntags: [enzyme-engineering]\nmin_score: 0.1\n"
+    )
+    store = Store(any_db_url)
+    _stored_history(store, background_papers, vectors)
+    store.start_run()  # an earlier run saw the history
+    store.finish_run(store.plan_run(1).run_id, "finished", {})
+    new = [ENZYMES, STRAY]
+    store.ingest("today", new)
+    settings = Settings(
+        database_url=any_db_url, semantic=True, outbox_dir=tmp_path / "outbox", _env_file=None
+    )
+    run_id = store.start_run()
+    _run_cache.cache_clear()
+    plan, _ = prepare(settings, store, run_id)
+    assert plan.semantic and plan.high_water - plan.low_water == len(new)
+    rows = _stored(any_db_url)
+    # before any batch: every paper a batch ranks or calibrates with has its vector stored
+    assert {(semantic.MODEL_KEY, semantic.text_key(p)) for p in new} <= set(rows)
+    stray = rows[semantic.MODEL_KEY, semantic.text_key(STRAY)][0]
+    _replace_vector(any_db_url, ENZYMES, stray)
+    stored = _stored(any_db_url)
+
+    _run_cache.cache_clear()  # a worker process: its own cache, filled from the database
+    (job,) = rank_stage(
+        store, plan, list(iter_subscribers(folder, [])), date(2026, 11, 25), True
+    ).jobs
+    assert _stored(any_db_url) == stored  # nothing encoded again (it would have been saved)
+    assert ENZYMES not in [r.paper for r in job.items]  # ranked with the stored vector
+
+
+def test_a_voted_paper_older_than_the_history_is_encoded_once(
+    db_url: str, tmp_path: Path, monkeypatch, vectors, background_papers
+):
+    from test_feedback import SPEC
+
+    from paperpost import pipeline
+    from paperpost.feedback import Vote, record_votes
+
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    (folder / "bob.yaml").write_text("email: bob@example.org\ntags: [decoding]\n")
+    store = Store(db_url)
+    store.ingest("long ago", [SPEC])  # liked long ago: older than the history ranked with
+    _stored_history(store, background_papers, vectors)
+    monkeypatch.setattr(pipeline, "BACKGROUND_PAPERS", len(background_papers))
+    at = datetime(2026, 11, 24, tzinfo=UTC)
+    record_votes(store, [Vote("bob@example.org", SPEC.id, 1, SPEC.title, "0-1", at)])
+    store.ingest("today", [ENZYMES, STRAY])
+    high = store.paper_count()
+    assert SPEC not in store.latest_papers(pipeline.BACKGROUND_PAPERS, high)
+    key = (semantic.MODEL_KEY, semantic.text_key(SPEC))
+    batch = list(iter_subscribers(folder, []))
+    for run_id in (1, 2):
+        _run_cache.cache_clear()
+        plan = RunPlan(run_id, high - 2, high, semantic=True)
+        rank_stage(store, plan, batch, date(2026, 11, 25), send_empty=True)
+        if run_id == 1:  # encoded for the semantic profile, and kept
+            stray = _stored(db_url)[semantic.MODEL_KEY, semantic.text_key(STRAY)][0]
+            assert key in _stored(db_url)
+            _replace_vector(db_url, SPEC, stray)
+    assert _stored(db_url)[key][0] == stray  # the second run read it, computed nothing
