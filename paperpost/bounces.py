@@ -11,9 +11,10 @@ What arrives at the bounce address (``PAPERPOST_BOUNCE_MAILBOX``):
   ``unsubscribe <signed token>``).
 
 A report counts only when it names a digest paperpost sent: through the signed VERP
-envelope sender (:mod:`paperpost.verp`), or the digest's Message-ID together with the
-same recipient. A hard bounce (bad mailbox) and a complaint suppress the address at once,
-a soft bounce (mailbox full, expired) after ``PAPERPOST_SOFT_BOUNCE_LIMIT`` digests
+envelope sender (:mod:`paperpost.verp`), or the digest's keyed Message-ID (an HMAC, see
+:func:`paperpost.render.message_hash`; a report naming several Message-IDs names none)
+together with the same recipient. A hard bounce (bad mailbox) and a complaint suppress the
+address at once, a soft bounce (mailbox full, expired) after ``PAPERPOST_SOFT_BOUNCE_LIMIT`` digests
 bounced within ``PAPERPOST_SOFT_BOUNCE_DAYS`` (copies of one digest's report count once). A
 ``5.7.x`` refusal (the receiving system refuses the sender: reputation, blocklist,
 SPF/DKIM/DMARC) is recorded as ``policy`` and suppresses nobody. Every report is recorded
@@ -29,6 +30,7 @@ import contextlib
 import email
 import email.utils
 import hashlib
+import hmac
 import imaplib
 import mailbox
 import os
@@ -46,11 +48,12 @@ from typing import Protocol
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from paperpost.delivery import RECIPIENT_CODES, enhanced_code
+from paperpost.render import message_hash
 from paperpost.sanitize import reply_text
 from paperpost.settings import Settings
 from paperpost.store import Store
 from paperpost.unsubscribe import BadToken, read_token
-from paperpost.verp import read_verp
+from paperpost.verp import HASH, read_verp
 
 DONE_KEYWORD = "$PaperpostDone"
 COMPLAINT_TYPES = {"abuse", "fraud", "virus"}
@@ -81,7 +84,7 @@ class Report:
     detail: str
     recipient: str | None = None  # the address the report names, when it names one
     digest_hash: str | None = None  # from a correctly signed VERP address
-    message_ids: tuple[str, ...] = ()  # Message-IDs of the original message
+    message_id: str | None = None  # the original's Message-ID, if the report names one only
     token: str | None = None  # unsubscribe token
 
     def __post_init__(self) -> None:  # anyone can write a report: its words, made safe
@@ -216,7 +219,10 @@ def parse_report(raw: bytes, key: str) -> Report:
     """Classify one message from the bounce mailbox (``key``: the secret key, for VERP)."""
     message = email.message_from_bytes(raw)
     originals = _original_headers(message)
-    message_ids = tuple(str(h["Message-ID"]).strip() for h in originals if h.get("Message-ID"))
+    # a report is about one message: one naming several (a forger's thousands of guesses)
+    # is matched only by its VERP address
+    named = {str(h["Message-ID"]).strip() for h in originals if h.get("Message-ID")}
+    message_id = named.pop() if len(named) == 1 else None
     digest_hash = read_verp(
         key, "\n".join(f"{k}: {v}" for m in (message, *originals) for k, v in m.items())
     )
@@ -236,18 +242,18 @@ def parse_report(raw: bytes, key: str) -> Report:
             f"ARF {kind_field or 'report'} report" + (f" from {agent}" if agent else ""),
             _address(_field(fields, "Original-Rcpt-To")),
             digest_hash,
-            message_ids,
+            message_id,
         )
 
     status_parts = _parts(message, "message/delivery-status")
     if status_parts:
         kind, detail, recipient = _dsn(message, status_parts[0])
-        return Report(kind, detail, recipient, digest_hash, message_ids)
+        return Report(kind, detail, recipient, digest_hash, message_id)
 
     plain = _plain_bounce(message)
     if plain:
         kind, detail, recipient = plain
-        return Report(kind, detail, recipient, digest_hash, message_ids)
+        return Report(kind, detail, recipient, digest_hash, message_id)
 
     token = TOKEN_IN_SUBJECT.search(str(message.get("Subject", "")))
     if token:  # a mail client following the List-Unsubscribe mailto: link
@@ -427,11 +433,18 @@ def _target(store: Store, key: str, report: Report) -> tuple[str, str | None] | 
         found = store.delivery_by_hash(report.digest_hash)
         if found:
             return found
-    for message_id in report.message_ids:  # an unsigned match needs the same recipient too
-        found = store.delivery_by_message_id(message_id)
-        if found and report.recipient == found[0]:
+    if report.message_id:  # without VERP: only a Message-ID nobody else could have made,
+        # with the same recipient (an old unkeyed one, computable by anyone, never)
+        found = store.delivery_by_message_id(report.message_id)
+        if found and report.recipient == found[0] and _keyed(key, report.message_id, *found):
             return found
     return None
+
+
+def _keyed(key: str, message_id: str, address: str, digest: str) -> bool:
+    """Whether a digest's Message-ID is the keyed one (:func:`render.message_hash`)."""
+    match = HASH.match(message_id)
+    return bool(match) and hmac.compare_digest(match[1], message_hash(key, address, digest))
 
 
 def apply(settings: Settings, store: Store, raw: bytes, summary: BounceSummary) -> None:

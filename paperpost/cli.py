@@ -308,6 +308,7 @@ def bounces(
 ) -> None:
     """Read bounces, complaints and mailto unsubscribes; suppress who must not be mailed."""
     from paperpost.bounces import BounceError, process
+    from paperpost.pipeline import require_own_key
     from paperpost.store import Store
 
     settings = _settings()
@@ -319,6 +320,7 @@ def bounces(
             "folder or an mbox file) or pass --mailbox"
         )
         raise typer.Exit(ExitCode.USAGE)
+    require_own_key(settings)
     try:
         summary = process(settings, Store(settings.db_url))
     except BounceError as exc:

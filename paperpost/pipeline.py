@@ -674,13 +674,22 @@ def preflight(settings: Settings) -> None:
     database that answers (PostgreSQL within ``db.CONNECT_TIMEOUT``), is at this paperpost's
     schema (migrated now if it can be) and takes a write. Raises ConfigError or DatabaseError,
     one line saying what to do."""
-    if settings.delivery == "smtp":
-        settings.require_own_key("SMTP delivery")
+    require_own_key(settings)
     require_semantic(settings)
     try:
         Store(settings.db_url).check_writable()
     except SQLAlchemyError as exc:
         raise DatabaseError(explain(exc)) from None
+
+
+def require_own_key(settings: Settings) -> None:
+    """ConfigError for the public development key where outsiders could use it: SMTP
+    delivery (links anyone could sign) and a bounce mailbox (reports anyone could sign: VERP
+    addresses and the keyed Message-IDs of :func:`render.message_hash`)."""
+    if settings.delivery == "smtp":
+        settings.require_own_key("SMTP delivery")
+    if settings.bounce_mailbox:
+        settings.require_own_key("a bounce mailbox (PAPERPOST_BOUNCE_MAILBOX)")
 
 
 def require_semantic(settings: Settings) -> None:
@@ -702,8 +711,7 @@ def begin(settings: Settings) -> tuple[Store, str, int | None]:
     A lease expires after LOCK_TTL; one held by a process of this machine that no longer
     exists (a run killed mid-way) is taken over at once.
     """
-    if settings.delivery == "smtp":
-        settings.require_own_key("SMTP delivery")
+    require_own_key(settings)
     store = Store(settings.db_url)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex}"
     if not store.acquire_lock(LOCK, owner, LOCK_TTL):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import hmac
 import logging
 import re
 import textwrap
@@ -202,10 +203,18 @@ def sender_domain(sender: str) -> str:
     return match[1] if match else "paperpost.invalid"
 
 
-def message_id(address: str, digest: str, sender: str) -> str:
-    """Deterministic per (subscriber, digest): a resend is recognisably the same message."""
-    digest_hash = hashlib.sha256(f"{address.lower()}|{digest}".encode()).hexdigest()[:32]
-    return f"<{digest_hash}@{sender_domain(sender)}>"
+def message_hash(key: str, address: str, digest: str) -> str:
+    """The local part of a digest's Message-ID: an HMAC of (subscriber, digest) with
+    ``PAPERPOST_SECRET_KEY``. Deterministic, so a resend is recognisably the same message,
+    and nobody without the key can compute it, so a report that names it is about a digest
+    we sent. (Until session 6 it was an unkeyed hash of the address and the digest window,
+    which anyone could compute: ledger rows with such ids are matched only by VERP.)"""
+    message = f"message-id:{address.lower()}|{digest}".encode()
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def message_id(key: str, address: str, digest: str, sender: str) -> str:
+    return f"<{message_hash(key, address, digest)}@{sender_domain(sender)}>"
 
 
 def subject_line(items: Sequence[Ranked]) -> str:
@@ -380,7 +389,7 @@ class Renderer:
     ) -> Outgoing:
         """One subscriber's digest as message bytes, kept under Gmail's clipping limit."""
         digest = f"{lo}-{hi}"
-        msg_id = message_id(reader.email, digest, edition.sender)
+        msg_id = message_id(edition.secret_key, reader.email, digest, edition.sender)
         token = make_token(edition.secret_key, reader.email)
         mailto = f"mailto:unsubscribe@{sender_domain(edition.sender)}?subject=unsubscribe%20{token}"
         web = f"{edition.base_url}/unsubscribe/{token}" if edition.base_url else None

@@ -934,6 +934,7 @@ class Store:
                     attempts=deliveries.c.attempts + 1,
                     run_id=run_id,
                     updated_at=stamp,
+                    message_id=w.message_id,  # what this attempt carries (and its VERP names)
                 )
             ).rowcount
             claims[w.address, w.digest] = Claim(bool(changed), status if changed else "sending")

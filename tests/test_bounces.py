@@ -5,12 +5,14 @@ in the addresses, VERP return paths, Message-IDs and tokens of digests they real
 
 from __future__ import annotations
 
+import hashlib
 import imaplib
 import json
 import mailbox
 import os
 import ssl
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -27,11 +29,13 @@ from conftest import FULL_TESTS
 from paperpost.bounces import parse_report, process
 from paperpost.cli import app
 from paperpost.delivery import Outbox, send_batch
+from paperpost.errors import ConfigError
 from paperpost.models import Paper
+from paperpost.pipeline import require_own_key
 from paperpost.rank import Interest, Profile, rank
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
-from paperpost.store import Store
+from paperpost.store import Store, deliveries
 from paperpost.unsubscribe import make_token
 from paperpost.verp import envelope_sender
 
@@ -512,3 +516,92 @@ def test_a_reports_escape_codes_and_length_never_reach_the_terminal(
     (_, (reason, detail)) = everyone(store, digests).popitem()
     assert reason == "bounced" and detail.startswith("bounce: 550 5.1.1 gone Y Y")
     assert "\x1b" not in detail and len(detail) <= 320
+
+
+POSTFIX_BOUNDARY = "4Fb2x31Qvzz9sV4.1764054131/relay.example.org"
+
+
+def unsigned(digest: Outgoing, message_ids: list[str]) -> bytes:
+    """A Postfix hard bounce about ``digest`` without a VERP address (forwarded, rewritten,
+    or forged by anyone: the bounce address takes mail from anyone), naming these
+    Message-IDs, one original-headers part each."""
+    raw = fill("postfix_user_unknown", digest).decode()
+    raw = raw.replace(envelope_sender(settings_for(), digest.message_id), "bounces@example.org")
+    raw = raw.replace("20261125070211.4Fb2x31Qvzz9sV4", uuid.uuid4().hex)  # each report its own
+    report = raw.partition(f"--{POSTFIX_BOUNDARY}\r\nContent-Description: Undelivered")[0]
+    headers = "".join(
+        f"--{POSTFIX_BOUNDARY}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: {SENDER}\r\nTo: {digest.address}\r\nMessage-ID: {each}\r\n\r\n"
+        for each in message_ids
+    )
+    return (report + headers + f"--{POSTFIX_BOUNDARY}--\r\n").encode()
+
+
+def unkeyed_message_id(address: str, digest: str) -> str:
+    """A digest's Message-ID as paperpost made it until session 6: anyone can compute it
+    from the address and the digest window (which every reader's vote links show)."""
+    return f"<{hashlib.sha256(f'{address}|{digest}'.encode()).hexdigest()[:32]}@example.org>"
+
+
+def test_a_report_naming_a_message_id_anyone_can_compute_suppresses_nobody(
+    tmp_path: Path, sent
+) -> None:
+    """ATTACK6 #1: without VERP, a report was trusted on the digest's Message-ID and the same
+    recipient; the Message-ID was sha256(address|digest window), so anyone could forge a hard
+    bounce or a complaint for any address, or put thousands of guesses in one report."""
+    store, digests = sent
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    settings = settings_for(bounce_mailbox=str(tmp_path / "bounces"))
+    victim, guessed, forwarded = (
+        digests[name] for name in ("postfix_user_unknown", "exim_dsn_user_unknown", "gmail_delayed")
+    )
+    # the forger's Message-ID: computed from the address and the window, as before
+    box.add(unsigned(victim, [unkeyed_message_id(victim.address, victim.digest)]))
+    # thousands of guesses in one report, the real Message-ID among them
+    guesses = [unkeyed_message_id(guessed.address, f"{lo}-{lo + 1}") for lo in range(2000)]
+    box.add(unsigned(guessed, [*guesses[:1000], guessed.message_id, *guesses[1000:]]))
+    assert process(settings, store).counts == {"unmatched": 2}
+    assert everyone(store, digests) == {}
+
+    # a report forwarded without its VERP address, naming the real (keyed) Message-ID only,
+    # still counts: nobody without PAPERPOST_SECRET_KEY could have written that Message-ID
+    box.add(unsigned(forwarded, [forwarded.message_id]))
+    assert process(settings, store).counts == {"hard": 1}
+    assert everyone(store, digests).keys() == {forwarded.address}
+    # ... which is why a bounce mailbox needs a key of one's own, like SMTP delivery
+    with pytest.raises(ConfigError, match=r"a bounce mailbox .* needs a key of your own"):
+        require_own_key(Settings(bounce_mailbox=str(tmp_path / "bounces")))
+
+
+def test_digests_sent_with_the_old_message_id_are_matched_by_verp_only(
+    tmp_path: Path, sent
+) -> None:
+    """ATTACK6 #1: ledger rows written before the Message-ID was keyed keep working through
+    their signed VERP address, and a report naming their (computable) Message-ID without VERP
+    is no way in. A digest sent again (retry) carries and records the keyed Message-ID."""
+    store, digests = sent
+    old, retried = digests["postfix_user_unknown"], digests["yahoo_arf_abuse"]
+    old_id = unkeyed_message_id(old.address, old.digest)
+    with store.engine.begin() as conn:  # as the previous paperpost left the ledger
+        conn.execute(
+            deliveries.update().where(deliveries.c.address == old.address).values(message_id=old_id)
+        )
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.address == retried.address)
+            .values(status="retry", message_id=unkeyed_message_id(retried.address, "0-1"))
+        )
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    settings = settings_for(bounce_mailbox=str(tmp_path / "bounces"))
+    box.add(unsigned(old, [old_id]))
+    assert process(settings, store).counts == {"unmatched": 1}
+    box.add(fill("postfix_user_unknown", replace(old, message_id=old_id)))  # VERP of old_id
+    assert process(settings, store).counts == {"hard": 1}
+    assert everyone(store, digests).keys() == {old.address}
+
+    send_batch(store, Outbox(tmp_path / "outbox"), [retried], run_id=2)
+    with store.engine.connect() as conn:
+        row = conn.execute(deliveries.select().where(deliveries.c.address == retried.address)).one()
+    assert (row.status, row.message_id) == ("sent", retried.message_id)
+    box.add(unsigned(retried, [retried.message_id]))
+    assert process(settings, store).counts == {"hard": 1}
