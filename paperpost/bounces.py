@@ -36,18 +36,19 @@ import mailbox
 import os
 import re
 import ssl
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from paperpost.delivery import RECIPIENT_CODES, enhanced_code
+from paperpost.delivery import RECIPIENT_CODES, REPLY_READS, enhanced_code
 from paperpost.render import message_hash
 from paperpost.sanitize import reply_text
 from paperpost.settings import Settings
@@ -293,8 +294,73 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+class _Deadlined(imaplib.IMAP4):
+    """imaplib's connection with a total deadline per command: the greeting, or one command
+    and all the lines of its answer, get REPLY_READS read timeouts in total (a server that
+    keeps sending untagged lines, each within the read timeout, never ends a command; as for
+    SMTP replies). Every wait on the socket is bounded by what is left."""
+
+    def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
+        self.read_timeout = read_timeout
+        self.command_seconds = REPLY_READS * read_timeout
+        self.expired = False  # a command ran out of time: the connection is in no known state
+        self._what, self._ends = "the greeting", time.monotonic() + self.command_seconds
+        super().__init__(*args, timeout=read_timeout, **kwargs)
+
+    def _command(self, name: str, *args: Any) -> Any:
+        self._what, self._ends = name, time.monotonic() + self.command_seconds
+        return super()._command(name, *args)
+
+    def _timed(self, read: Callable[[int], bytes], size: int) -> bytes:
+        """One read from the socket (``read``: a buffered file's peek or read1), waiting at
+        most for what is left of the command's deadline."""
+        left = self._ends - time.monotonic()
+        if left > 0:
+            self.sock.settimeout(min(self.read_timeout, left))
+            try:
+                return read(size)
+            except TimeoutError:
+                if time.monotonic() < self._ends:
+                    self.expired = True
+                    raise TimeoutError(
+                        f"the server sent nothing for {self.read_timeout:g} s in its answer "
+                        f"to {self._what}"
+                    ) from None
+        self.expired = True
+        raise TimeoutError(
+            f"the server did not finish its answer to {self._what} within "
+            f"{self.command_seconds:g} s (it kept sending lines without ending it)"
+        )
+
+    def readline(self) -> bytes:
+        line = b""
+        while not line.endswith(b"\n"):
+            buffered = self._timed(self.file.peek, 1)  # at most one read from the socket
+            if not buffered:
+                break  # the server closed the connection: imaplib reports it
+            end = buffered.find(b"\n")
+            line += self.file.read(len(buffered) if end < 0 else end + 1)
+            if len(line) > imaplib._MAXLINE:
+                raise self.error(f"got more than {imaplib._MAXLINE} bytes in one line")
+        return line
+
+    def read(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self._timed(self.file.read1, size - len(data))  # at most one socket read
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+class _DeadlinedSsl(_Deadlined, imaplib.IMAP4_SSL):
+    pass
+
+
 class Imap:
-    """An IMAP folder over implicit TLS or STARTTLS; certificates are always verified."""
+    """An IMAP folder over implicit TLS or STARTTLS; certificates are always verified, and
+    each command has a deadline (:class:`_Deadlined`)."""
 
     def __init__(self, settings: Settings) -> None:
         s = settings
@@ -304,14 +370,14 @@ class Imap:
                 "PAPERPOST_IMAP_PASSWORD"
             )
         context = ssl.create_default_context(cafile=str(s.imap_ca_file) if s.imap_ca_file else None)
-        where = f"{s.imap_host}:{s.imap_port}"
+        self.where = where = f"{s.imap_host}:{s.imap_port}"
         try:
             if s.imap_security == "tls":
-                self.conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(
-                    s.imap_host, s.imap_port, ssl_context=context, timeout=30
+                self.conn: _Deadlined = _DeadlinedSsl(
+                    s.imap_host, s.imap_port, ssl_context=context, read_timeout=s.imap_timeout
                 )
             else:
-                self.conn = imaplib.IMAP4(s.imap_host, s.imap_port, timeout=30)
+                self.conn = _Deadlined(s.imap_host, s.imap_port, read_timeout=s.imap_timeout)
                 self.conn.starttls(ssl_context=context)
         except (OSError, imaplib.IMAP4.error) as exc:
             raise BounceError(
@@ -320,16 +386,26 @@ class Imap:
             ) from None
         try:
             self.conn.login(s.imap_username, s.imap_password.get_secret_value())
+            status, _ = self.conn.select(_quote(s.imap_folder))
         except imaplib.IMAP4.error:
             self.close()
             raise BounceError(
                 f"the IMAP server {where} refused the login; check PAPERPOST_IMAP_USERNAME "
                 "and PAPERPOST_IMAP_PASSWORD"
             ) from None
-        status, _ = self.conn.select(_quote(s.imap_folder))
+        except OSError as exc:
+            self.close()
+            raise self.failed(exc) from None
         if status != "OK":
             self.close()
             raise BounceError(f"no IMAP folder {s.imap_folder!r}; check PAPERPOST_IMAP_FOLDER")
+
+    def failed(self, exc: OSError | imaplib.IMAP4.error) -> BounceError:
+        return BounceError(
+            f"reading the bounce mailbox at the IMAP server {self.where} failed: {exc}; "
+            "nothing was lost (its reports are read next run); check that server "
+            "(PAPERPOST_IMAP_HOST)"
+        )
 
     def messages(self) -> Iterator[tuple[str, bytes]]:
         status, data = self.conn.uid("SEARCH", "UNKEYWORD", DONE_KEYWORD)
@@ -346,7 +422,10 @@ class Imap:
 
     def close(self) -> None:
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
-            self.conn.logout()
+            if self.conn.expired:  # no LOGOUT to a server that does not finish its answers
+                self.conn.shutdown()
+            else:
+                self.conn.logout()
 
 
 def _quote(folder: str) -> str:
@@ -503,6 +582,8 @@ def process(settings: Settings, store: Store) -> BounceSummary:
                 continue
             source.done(ident)
     except (OSError, imaplib.IMAP4.error) as exc:
+        if isinstance(source, Imap):
+            raise source.failed(exc) from None
         raise BounceError(f"reading the bounce mailbox failed: {exc}") from None
     finally:
         source.close()

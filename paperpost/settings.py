@@ -172,6 +172,13 @@ class Settings(BaseSettings):
     imap_username: str | None = Field(default=None, description="IMAP login.")
     imap_password: SecretStr | None = Field(default=None, description="IMAP password.")
     imap_folder: str = Field(default="INBOX", description="IMAP folder to read bounces from.")
+    imap_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="IMAP socket timeout in seconds.",
+    )
     imap_ca_file: Path | None = Field(
         default=None, description="PEM file of CAs to trust for a private IMAP server."
     )

@@ -7,6 +7,7 @@ system's Dovecot. IMAPS and STARTTLS listeners; PLAIN login only over TLS.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import pwd
@@ -129,3 +130,66 @@ service stats {{
                 self.process.kill()
                 self.process.wait()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class Tarpit:
+    """An IMAPS server that greets, takes any login, and answers SELECT without ever ending
+    its answer: ``lines`` sends an untagged ``* OK still thinking N`` line every ``pace``
+    seconds, ``line`` one line a few bytes at a time, never its line end (each piece well
+    within the client's read timeout)."""
+
+    def __init__(self, folder: Path, mode: str, pace: float = 0.05) -> None:
+        import ssl
+        import threading
+
+        self.cert, key = self_signed(folder)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(self.cert, key)
+        self.mode, self.pace = mode, pace
+        self.stopped = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.commands: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> Tarpit:
+        self.thread.start()
+        return self
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, raw: socket.socket) -> None:
+        with contextlib.suppress(OSError), self.context.wrap_socket(raw, server_side=True) as conn:
+            reader = conn.makefile("rb")
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1] tarpit ready\r\n")
+            while line := reader.readline():
+                tag, command = line.split()[0], line.split()[1].upper()
+                self.commands.append(command)
+                if command == b"SELECT":
+                    self._stall(conn)
+                    return
+                if command == b"CAPABILITY":
+                    conn.sendall(b"* CAPABILITY IMAP4rev1\r\n")
+                conn.sendall(tag + b" OK done\r\n")
+
+    def _stall(self, conn: socket.socket) -> None:
+        count = 0
+        if self.mode == "line":
+            conn.sendall(b"* OK still thinking")
+        while not self.stopped.wait(self.pace):
+            conn.sendall(
+                f"* OK still thinking {count}\r\n".encode() if self.mode == "lines" else b" ."
+            )
+            count += 1
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.listener.close()

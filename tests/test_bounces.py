@@ -605,3 +605,54 @@ def test_digests_sent_with_the_old_message_id_are_matched_by_verp_only(
     assert (row.status, row.message_id) == ("sent", retried.message_id)
     box.add(unsigned(retried, [retried.message_id]))
     assert process(settings, store).counts == {"hard": 1}
+
+
+@pytest.mark.parametrize("mode", ["lines", "line"])
+def test_an_imap_server_that_never_ends_its_answer_is_cut_and_the_run_sends(
+    tmp_path: Path, mode: str
+) -> None:
+    """ATTACK6 #2: a server answering SELECT with an untagged line every 5 s (or one line a
+    few bytes at a time), each within imaplib's 30 s read timeout, hung `paperpost run`
+    forever before anyone was sent a digest, and the hung run kept the lease. Now one command
+    gets 6 read timeouts in total; the mailbox is "not read" and the run sends."""
+    import shutil
+    import threading
+
+    from conftest import EXAMPLES
+    from paperpost.pipeline import run_plain
+
+    shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
+    (tmp_path / "subs.yaml").write_text("- email: ann@one.example\n  tags: [agents]\n")
+    tarpit = imap_server.Tarpit(tmp_path, mode).start()
+    settings = settings_for(
+        sources=[str(tmp_path / "dumps")],
+        subscribers_dir=tmp_path / "subs.yaml",
+        database_url=f"sqlite:///{tmp_path / 'pp.db'}",
+        outbox_dir=tmp_path / "outbox",
+        bounce_mailbox="imap",
+        imap_host="127.0.0.1",
+        imap_port=tarpit.port,
+        imap_username="pp",
+        imap_password=SecretStr("secret"),
+        imap_ca_file=tarpit.cert,
+        imap_timeout=0.5,
+    )
+    done: dict[str, object] = {}
+    run = threading.Thread(
+        target=lambda: done.update(summary=run_plain(settings, date(2026, 11, 25))), daemon=True
+    )
+    try:
+        run.start()
+        run.join(60)  # a bound for the failure only: the deadline is 3 s
+        assert not run.is_alive(), "the run hung on the IMAP server"
+    finally:
+        tarpit.stop()
+    summary = done["summary"]
+    assert tarpit.commands[-1] == b"SELECT"
+    assert summary.digests_sent == 1  # type: ignore[attr-defined]
+    assert summary.bounces == {  # type: ignore[attr-defined]
+        "error": f"reading the bounce mailbox at the IMAP server 127.0.0.1:{tarpit.port} failed: "
+        "the server did not finish its answer to SELECT within 3 s (it kept sending lines "
+        "without ending it); nothing was lost (its reports are read next run); check that "
+        "server (PAPERPOST_IMAP_HOST)"
+    }
