@@ -10,8 +10,10 @@ the paperpost[semantic] extra (`encoder` fixture, PAPERPOST_REQUIRE_SEMANTIC).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -39,6 +41,43 @@ SHARED_MISSING = (
 
 
 FULL_TESTS = os.environ.get("PAPERPOST_FULL_TESTS") == "1"
+
+
+def _background_threads_draw_from_their_own_random() -> None:
+    """Module-level ``random`` functions called from any thread but the main one draw from a
+    ``random.Random`` of that thread.
+
+    Hypothesis tells a strategy that uses the ``random`` module by the module's global state
+    changing during a draw, and pyproject.toml makes that warning an error. Background threads
+    of the session's Prefect API and its client (websockets keep-alive pings, docket's jittered
+    sweeps) and of the Dask cluster draw from that state every few seconds, so a draw that
+    happened to overlap one was blamed on the strategy (the 3 HypothesisDeprecationWarnings of
+    session 5's CI, in test_poison and test_sanitize, whose strategies use no ``random``)."""
+    main = threading.main_thread()
+    own = threading.local()
+
+    def per_thread(name: str):  # type: ignore[no-untyped-def]
+        shared = getattr(random, name)
+
+        def draw(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if threading.current_thread() is main:
+                return shared(*args, **kwargs)
+            if not hasattr(own, "random"):
+                own.random = random.Random()
+            return getattr(own.random, name)(*args, **kwargs)
+
+        return draw
+
+    for name in (
+        "random", "getrandbits", "randbytes", "randrange", "randint", "choice", "choices",
+        "shuffle", "sample", "uniform", "triangular", "gauss", "normalvariate",
+        "expovariate", "betavariate", "paretovariate", "weibullvariate", "vonmisesvariate",
+        "gammavariate", "lognormvariate",
+    ):  # fmt: skip
+        setattr(random, name, per_thread(name))
+
+
+_background_threads_draw_from_their_own_random()
 
 
 def unavailable(required_by: str, reason: str) -> None:
