@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv.parser import parse_stream
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
@@ -25,6 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # links reach real people (SMTP delivery, `paperpost web`).
 DEVELOPMENT_KEY = "paperpost-development-key-change-me"
 MIN_KEY_CHARS = 16
+_ENV_KEY = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)")
 GENERATE_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
@@ -194,6 +196,9 @@ class Settings(BaseSettings):
     )
 
     def __init__(self, **values: Any) -> None:
+        unreadable = _unreadable_lines(values.get("_env_file", self.model_config.get("env_file")))
+        if unreadable:  # python-dotenv would skip them with a warning: the defaults would rule
+            raise ConfigError(unreadable)
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -294,6 +299,31 @@ def _explain(model: type[BaseSettings], error: Any) -> str:
     else:
         expected = str(error["msg"]).removeprefix("Value error, ").removeprefix("Input should be ")
     return _line(model, name, error.get("input"), expected)
+
+
+def _unreadable_lines(env_file: object) -> list[str]:
+    """One error per line of the .env file(s) that python-dotenv cannot parse (it skips them
+    with a warning, so the variable's default would be used: a new empty database, the
+    development sender). The line's value is not shown: it may be a secret."""
+    files = env_file if isinstance(env_file, list | tuple) else [env_file]
+    problems = []
+    for each in files:
+        path = Path(str(each)).expanduser() if each else None
+        if path is None or not path.is_file():
+            continue
+        with path.open(encoding="utf-8", errors="replace") as stream:
+            for binding in parse_stream(stream):
+                if not binding.error:
+                    continue
+                name = _ENV_KEY.match(binding.original.string)
+                what = f"the line for {name[1]}" if name else "this line"
+                problems.append(
+                    f"{path.resolve()}:{binding.original.line}: cannot read {what}: a quoted value "
+                    "must end the line (or be followed by a space and a # comment), and a line "
+                    'is KEY=value; write KEY=value, KEY="value" or KEY=\'value with "quotes"\' '
+                    "(e.g. PAPERPOST_SENDER='\"Lab Papers\" <papers@lab.org>')"
+                )
+    return problems
 
 
 def _explain_source(model: type[BaseSettings], exc: SettingsError) -> str:

@@ -171,3 +171,100 @@ def test_an_accepted_base_url_makes_links_that_end_in_their_own_path(value: str)
     assert parts.hostname == "pp.example.org" and parts.path.endswith("/unsubscribe/tok.sig")
     assert not parts.query and not parts.fragment
     assert not any(c in link for c in " \"'<>\\`")
+
+
+def test_a_dotenv_line_that_cannot_be_read_is_a_config_error_not_a_default(
+    tmp_path: Path,
+) -> None:
+    """ATTACK6 #3: python-dotenv skips a line it cannot parse (a quoted value followed by
+    anything but a # comment) with a one-line warning, and the run went on with the default:
+    an annotated PAPERPOST_DATABASE_URL made a new empty database and every digest was sent
+    again (exit 0); a quoted name in PAPERPOST_SENDER became digest@paperpost.invalid."""
+    shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "ann.yaml").write_text("email: ann@example.org\ntags: [agents]\n")
+    url = f"sqlite:///{tmp_path / 'pp.db'}"
+    env = tmp_path / ".env"
+    lines = [
+        "PAPERPOST_SOURCES=dumps",
+        "PAPERPOST_SUBSCRIBERS_DIR=subs",
+        f'PAPERPOST_DATABASE_URL="{url}"',
+        "PAPERPOST_OUTBOX_DIR=outbox",
+    ]
+    env.write_text("\n".join(lines) + "\n")
+    assert paperpost(["run", "--no-prefect"], tmp_path).returncode == 0
+    assert len(os.listdir(tmp_path / "outbox" / "new")) == 1
+
+    lines[2] += " (production)"  # the operator annotates the line
+    lines.append('PAPERPOST_SENDER="Lab Papers" <papers@lab.example.org>')
+    lines.append("PAPERPOST_BASE_URL: https://pp.example.org")
+    env.write_text("\n".join(lines) + "\n")
+    result = paperpost(["run", "--no-prefect"], tmp_path)
+    assert result.returncode == 2
+    advice = (
+        "a quoted value must end the line (or be followed by a space and a # comment), and a "
+        'line is KEY=value; write KEY=value, KEY="value" or KEY=\'value with "quotes"\' '
+        "(e.g. PAPERPOST_SENDER='\"Lab Papers\" <papers@lab.org>')"
+    )
+    assert result.stderr.splitlines() == [
+        f"configuration error {env}:{n}: cannot read the line for {name}: {advice}"
+        for n, name in [
+            (3, "PAPERPOST_DATABASE_URL"),
+            (5, "PAPERPOST_SENDER"),
+            (6, "PAPERPOST_BASE_URL"),
+        ]
+    ]
+    assert "production" not in result.stderr  # values are not shown (they may be secrets)
+    assert not (tmp_path / "state").exists()  # no new empty database
+    assert len(os.listdir(tmp_path / "outbox" / "new")) == 1
+
+    # as the message says: the same values, written so they can be read
+    lines[2] = f'PAPERPOST_DATABASE_URL="{url}"  # production'
+    lines[4] = "PAPERPOST_SENDER='\"Lab Papers\" <papers@lab.example.org>'"
+    lines[5] = "PAPERPOST_BASE_URL=https://pp.example.org"
+    env.write_text("\n".join(lines) + "\n")
+    again = paperpost(["run", "--no-prefect", "--json"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["digests_sent"] == 0  # the same database: nothing new
+
+
+DOTENV_TEXT = st.text(alphabet=st.sampled_from("AB_=:'\"# \\x-e"), max_size=20)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(DOTENV_TEXT, min_size=1, max_size=4))
+def test_every_line_python_dotenv_would_skip_is_refused(lines: list[str]) -> None:
+    """Hypothesis: the check and python-dotenv's own reading (which pydantic-settings uses)
+    agree: a line it would skip with a warning is an error naming that line, and a file it
+    reads whole is accepted."""
+    import io
+    import logging
+    import tempfile
+
+    from dotenv import dotenv_values
+
+    from paperpost.errors import ConfigError
+    from paperpost.settings import Settings
+
+    text = "\n".join(lines) + "\n"
+    warned: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("dotenv.main")
+    logger.addHandler(handler)
+    try:
+        dotenv_values(stream=io.StringIO(text))
+    finally:
+        logger.removeHandler(handler)
+    skipped = sorted(int(w.rsplit(" ", 1)[1]) for w in warned if "could not parse" in w)
+    with tempfile.TemporaryDirectory() as folder:
+        env = Path(folder) / ".env"
+        env.write_text(text)
+        try:
+            Settings(_env_file=env)  # type: ignore[call-arg]
+            refused: list[int] = []
+        except ConfigError as exc:
+            refused = sorted(
+                int(line.split(":")[1]) for line in exc.lines if line.startswith(str(env))
+            )
+    assert refused == skipped
