@@ -288,7 +288,7 @@ def _print_summary(summary: dict, settings: Settings) -> None:
     for d in result.deliveries:
         if str(d["detail"]).startswith("not attempted: "):
             waiting += 1  # one line for all of them, below
-        elif d["status"] != "sent":
+        elif d["status"] not in {"sent", "deferred"}:  # deferred: one row per domain above
             out.print(f"[yellow]{d['status']}[/yellow] {d['address']}: {escape(str(d['detail']))}")
     if waiting:
         out.print(f"{_plural(waiting, 'digest')} not attempted after the pause; the next run sends")

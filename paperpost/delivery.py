@@ -55,8 +55,14 @@ SYSTEMIC = "systemic"  # the sender or the server is refused (relaying, auth): p
 # a policy (5.7.x) or size/capacity (5.3.x) refusal at RCPT or DATA: about this message unless
 # the same reply comes for several domains, or the batch's server accepts nothing (_Scope)
 POLICY = "policy"
+# a 4xx saying we send too much or too fast (THROTTLE): not retried in this run, and like POLICY
+# counted against the recipient's domain (DOMAIN_REFUSALS in a row defer the domain)
+THROTTLED = "throttled"
 HELD = {RECIPIENT, MESSAGE, POLICY}  # refusals held back until the server accepts a message
 AMBIGUOUS = "ambiguous"  # end-of-data sent, no reply read: it may or may not have arrived
+# policy or rate-limit refusals in a row from one recipient domain after which the run sends
+# nothing more to that domain: its other readers are deferred to the next run (docs/delivery.md)
+DOMAIN_REFUSALS = 3
 
 
 class DeliveryError(Exception):
@@ -92,7 +98,8 @@ class Transport(Protocol):
 class Outcome:
     address: str
     digest: str
-    status: str  # sent, failed, retry, ambiguous, already-sent
+    status: str  # sent, failed, retry, deferred (its domain refuses us; retried), ambiguous,
+    # already-sent
     papers: int
     detail: str = ""
 
@@ -103,6 +110,28 @@ ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 RECIPIENT_CODES = {"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.4", "5.1.6", "5.1.10", "5.2.1"}
 SENDER_CODES = {"5.1.7", "5.1.8"}  # the sender's own address is refused
 AUTH_CODES = {530, 534, 535, 538}
+# What big receivers say when they limit us: Gmail "4.7.28 ... unusual rate of unsolicited mail",
+# "4.7.26 ... rate limited because it is unauthenticated"; Yahoo "4.7.0 [TSS04] Messages from
+# ... temporarily deferred due to unexpected volume or user complaints"; Microsoft "4.7.500-699
+# Access denied / Server busy, please try again later" (its throttling range); Postfix/Exim
+# rate limits ("too many connections", "rate limit exceeded", "452 4.5.3 too many recipients").
+# Greylisting ("451 4.7.1 Greylisted, please try again later") is not one: it asks for each
+# message again later, and a domain deferred for it would never see most of its readers.
+THROTTLE = re.compile(
+    r"\brate\b|rate[- ]?limit|too many|too fast|volume|throttl|slow down|temporarily deferred",
+    re.IGNORECASE,
+)
+
+
+def throttles(code: int, text: str) -> bool:
+    """Whether a 4xx reply says we send too much or too fast (not a mailbox's state)."""
+    if not 400 <= code < 500:
+        return False
+    status = enhanced_code(text) or ""
+    if status.startswith(("4.1.", "4.2.")):  # one mailbox (Gmail's 4.2.1 "receiving mail at a
+        return False  # rate that prevents additional messages" is about that reader's inbox)
+    subject = status.rsplit(".", 1)[-1] if status.startswith("4.7.") else ""
+    return bool(THROTTLE.search(text)) or (subject.isdigit() and 500 <= int(subject) <= 699)
 
 
 def enhanced_code(text: str) -> str | None:
@@ -119,6 +148,15 @@ def classify(code: int, text: str, phase: str = "DATA") -> DeliveryError:
 
 def _classify(code: int, text: str, phase: str) -> DeliveryError:
     detail = f"{code} {text}".strip()
+    if code < 500 and throttles(code, text):
+        if phase == "MAIL":  # before any recipient: the server limits us, whoever we write to
+            return DeliveryError(
+                SYSTEMIC,
+                detail,
+                "the server limits how much we send; wait, lower PAPERPOST_SMTP_RATE_LIMIT "
+                "or raise the account's sending quota",
+            )
+        return DeliveryError(THROTTLED, detail)
     if code < 500:
         return DeliveryError(TEMPORARY, detail)
     status = enhanced_code(text)
@@ -680,6 +718,27 @@ def send_batch(
     unblamed: dict[tuple[str, str], str] = {}  # held refusals the server turned out to cause
     last_error: DeliveryError | None = None
     lost = False  # the lease was taken by another run
+    # Per receiving domain (SMTP only): refusals in a row by policy or rate limit are counted
+    # for the whole run in the database (every batch of it, in any process); ``refusing``: the
+    # domains with such refusals as last seen, ``deferred``: the ones the run sends nothing
+    # more, and why; ``streaks``: the digests this batch saw refused in a row, per domain, and
+    # ``deferred_refused`` those of them settled as deferred
+    refusing: set[str] = set()
+    deferred: dict[str, str] = {}
+    streaks: dict[str, list[Outgoing]] = {}
+    deferred_refused: dict[tuple[str, str], str] = {}
+
+    def domains_seen() -> None:
+        for domain, (refusals, reason) in store.domain_states(run_id).items():
+            if reason is not None:
+                deferred[domain] = reason
+            elif refusals:
+                refusing.add(domain)
+            else:
+                refusing.discard(domain)
+
+    if outbox is None:
+        domains_seen()
 
     def pause(reason: str) -> None:
         nonlocal paused
@@ -730,18 +789,34 @@ def send_batch(
             message.address, message.digest, "retry", message.papers, f"not attempted: {paused}"
         )
 
-    def one(message: Outgoing) -> Outcome:
-        """Send one claimed digest; its outcome is queued for the ledger."""
-        nonlocal tried, failed, seen, paused, last_error
+    def skip(message: Outgoing) -> Outcome | None:
+        """The outcome of a claimed digest that is not to be sent now (the run paused, lost
+        its lease, or its domain is deferred), queued for the ledger; None to send it."""
+        nonlocal seen, paused
         with lock:
             seen += 1
             if still_ours():
                 return not_attempted(message)  # the other run settles and sends it
             if not paused and seen % PAUSE_CHECK_EVERY == 0:  # another batch may have paused
                 paused = store.pause_reason(run_id)
+                if outbox is None:  # ... or counted refusals from a domain, or deferred it
+                    domains_seen()
             if paused:
                 settle(message, "retry", f"not attempted: {paused}")
                 return not_attempted(message)
+            reason = deferred.get(_domain(message.address))
+            if reason is not None:
+                settle(message, "retry", reason)
+                return Outcome(message.address, message.digest, "deferred", message.papers, reason)
+        return None
+
+    def one(message: Outgoing) -> Outcome:
+        """Send one claimed digest (unless :func:`skip` says not to); its outcome is queued
+        for the ledger."""
+        return skip(message) or attempt(message)
+
+    def attempt(message: Outgoing) -> Outcome:
+        nonlocal tried, failed, paused, last_error
 
         def end_of_data() -> None:
             record((message.address, message.digest))
@@ -755,6 +830,9 @@ def send_batch(
             resend_ambiguous,
         )
         with lock:
+            domain = _domain(message.address)
+            # the recipient's domain refuses us (policy, size, rate) rather than this reader?
+            by_domain = error is not None and error.kind in {POLICY, THROTTLED}
             if error is not None:
                 last_error = error
             tried += 1
@@ -790,7 +868,11 @@ def send_batch(
                     error = DeliveryError(MESSAGE, error.detail)
             elif error is not None and error.kind == RECIPIENT:
                 suppress(message, error)
-            elif error is not None and error.kind in {TEMPORARY, AMBIGUOUS} and not scope.proven:
+            elif (
+                error is not None
+                and error.kind in {TEMPORARY, THROTTLED, AMBIGUOUS}
+                and not scope.proven
+            ):
                 scope.transient += 1
                 scope.unanswered.add(message.address.rpartition("@")[2])
                 if len(scope.unanswered) >= scope.domains and not paused:
@@ -800,6 +882,32 @@ def send_batch(
                     f"paused: {failed} of {tried} deliveries failed ({rate:.0%}, over the "
                     f"{max_error_rate:.0%} threshold); check the mail server, then run again"
                 )
+            if error is None:
+                streaks.pop(domain, None)
+                if domain in refusing:  # it accepts again: its refusals are not in a row
+                    refusing.discard(domain)
+                    store.domain_accepted(run_id, domain)
+            elif by_domain and not paused:
+                streak = streaks.setdefault(domain, [])
+                streak.append(message)
+                refusing.add(domain)
+                if domain not in deferred:
+                    refusals, reason = store.domain_refused(run_id, domain)
+                    if reason is None and refusals >= DOMAIN_REFUSALS:
+                        reason = store.defer_domain(
+                            run_id, domain, _deferral(domain, refusals, error.detail)
+                        )
+                    if reason is not None:
+                        deferred[domain] = reason
+                if domain in deferred:  # these refusals were the domain's: sent next run
+                    reason = deferred[domain]
+                    for refused in streak:
+                        settle(refused, "retry", reason)
+                        deferred_refused[(refused.address, refused.digest)] = reason
+                    streak.clear()
+                    return Outcome(
+                        message.address, message.digest, "deferred", message.papers, reason
+                    )
             if error is None:
                 settle(message, "sent", None)  # the outbox's group is settled once durable
                 return Outcome(message.address, message.digest, "sent", message.papers)
@@ -830,8 +938,13 @@ def send_batch(
 
     def replied(message: Outgoing) -> Outcome:
         """SMTP: the reply read is in the ledger before this connection's next end-of-data,
-        so a kill leaves at most one digest per connection in ``data-sent``."""
-        outcome = one(message)
+        so a kill leaves at most one digest per connection in ``data-sent``. A digest not
+        sent (:func:`skip`) is settled with the group (until then it is ``sending``, which a
+        rerun resends: nothing of it reached the server)."""
+        skipped = skip(message)
+        if skipped is not None:
+            return skipped
+        outcome = attempt(message)
         record()
         return outcome
 
@@ -911,9 +1024,22 @@ def send_batch(
             o.address, o.digest, "retry", o.papers, f"run paused: {unblamed[key]}; not suppressed"
         )
         if (key := (o.address, o.digest)) in unblamed
+        else Outcome(o.address, o.digest, "deferred", o.papers, deferred_refused[key])
+        if key in deferred_refused
         else o
         for o in outcomes
     ]
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _deferral(domain: str, refusals: int, last: str) -> str:
+    return (
+        f"deferred: {domain} refused {refusals} messages in a row by policy or rate limit "
+        f"(last: {last}); its readers in this run wait for the next run"
+    )
 
 
 class _Staging:

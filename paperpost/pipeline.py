@@ -126,6 +126,9 @@ class RunSummary:
     digests_failed: int = 0
     digests_retry: int = 0
     digests_ambiguous: int = 0
+    digests_deferred: int = 0  # their domain refused us repeatedly: sent next run
+    # per receiving domain deferred to the next run: {"digests": n, "reason": why}
+    deferred_domains: dict[str, dict[str, object]] = field(default_factory=dict)
     invalid_subscribers: list[str] = field(default_factory=list)  # at most a few per file
     invalid_subscriber_files: int = 0
     deliveries: list[dict[str, object]] = field(default_factory=list)
@@ -142,17 +145,23 @@ class RunSummary:
 @dataclass(slots=True)
 class Tally:
     """A run's delivery outcomes as its batches finish: every status counted, every outcome
-    needing attention kept, routine ones (sent, already delivered) kept up to LISTED_ROUTINE."""
+    needing attention kept, routine ones (sent, already delivered, deferred with their domain,
+    which are counted per domain) kept up to LISTED_ROUTINE."""
 
     counts: Counter[str] = field(default_factory=Counter)
     listed: list[Outcome] = field(default_factory=list)
     routine_listed: int = 0
     not_listed: int = 0
+    deferred: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def add(self, outcomes: Iterable[Outcome]) -> None:
         for outcome in outcomes:
             self.counts[outcome.status] += 1
-            if outcome.status == "sent" or outcome.status.startswith("already-"):
+            if outcome.status == "deferred":
+                domain = outcome.address.rpartition("@")[2].lower()
+                entry = self.deferred.setdefault(domain, {"digests": 0, "reason": outcome.detail})
+                entry["digests"] = int(entry["digests"]) + 1  # type: ignore[call-overload]
+            if outcome.status in {"sent", "deferred"} or outcome.status.startswith("already-"):
                 if self.routine_listed >= LISTED_ROUTINE:
                     self.not_listed += 1
                     continue
@@ -796,6 +805,8 @@ def summarize(
     summary.digests_failed = counts["failed"]
     summary.digests_retry = counts["retry"]
     summary.digests_ambiguous = counts["ambiguous"]
+    summary.digests_deferred = counts["deferred"]
+    summary.deferred_domains = dict(sorted(tally.deferred.items()))
     summary.skip_reasons = dict(skips)
     already = sum(v for k, v in counts.items() if k.startswith("already-"))
     summary.digests_skipped = sum(skips.values()) + already
@@ -818,7 +829,21 @@ def summarize(
 
 
 def outcome_message(summary: RunSummary) -> str:
-    """What happened, in one sentence, when it is not simply "sent N digests"."""
+    """What happened, in a sentence or two, when it is not simply "sent N digests"."""
+    message = _outcome_message(summary)
+    if not summary.deferred_domains:
+        return message
+    domains = list(summary.deferred_domains)
+    named = ", ".join(domains[:5]) + (f" and {len(domains) - 5:,} more" if len(domains) > 5 else "")
+    deferred = (
+        f"{summary.digests_deferred:,} digest{'' if summary.digests_deferred == 1 else 's'} "
+        f"deferred to the next run: {named} refused several messages in a row by policy or "
+        "rate limit (listed above)."
+    )
+    return f"{message} {deferred}" if message else deferred
+
+
+def _outcome_message(summary: RunSummary) -> str:
     failed = [r for r in summary.sources if r.status in {"failed", "invalid"}]
     if summary.sources and len(failed) == len(summary.sources):
         return "every source failed: " + "; ".join(f"{r.source}: {r.detail}" for r in failed)
@@ -841,7 +866,7 @@ def outcome_message(summary: RunSummary) -> str:
         return f"Nothing to send: no new papers{down}; the sources are listed above."
     if summary.papers_new == 0:
         return "Nothing to send: no new papers (weekend, or the listing has not changed)."
-    if summary.digests_retry:
+    if summary.digests_retry or summary.digests_deferred:
         return f"No digest was delivered; the failures are listed above{down}."
     reasons = summary.skip_reasons
     if reasons and "nothing above min_score" not in reasons:  # min_score kept nobody out

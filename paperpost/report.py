@@ -25,11 +25,16 @@ def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
         ("digests failed (permanent)", str(summary.digests_failed)),
         ("digests to retry", str(summary.digests_retry)),
         ("digests ambiguous", str(summary.digests_ambiguous)),
+        ("digests deferred (domain refusing us; sent next run)", str(summary.digests_deferred)),
         ("invalid subscriber files", str(summary.invalid_subscriber_files)),
     ]
     if summary.deliveries_not_listed:
         unlisted = str(summary.deliveries_not_listed)
-        rows.append(("deliveries not listed (sent or already sent; see the ledger)", unlisted))
+        rows.append(
+            ("deliveries not listed (sent, already sent or deferred; see the ledger)", unlisted)
+        )
+    for domain, deferral in summary.deferred_domains.items():
+        rows.append((f"  deferred: {domain}", f"{deferral['digests']}: {deferral['reason']}"))
     for reason, count in sorted(summary.skip_reasons.items()):
         rows.append((f"  skipped: {reason}", str(count)))
     counts = summary.bounces.get("counts")
@@ -63,7 +68,19 @@ def markdown(summary: RunSummary) -> str:
     if summary.invalid_subscribers:
         lines += ["", "## Invalid subscriber files (skipped)", ""]
         lines += [f"- {md(error)}" for error in summary.invalid_subscribers]
-    problems = [d for d in summary.deliveries if d["status"] not in {"sent"}]
+    if summary.deferred_domains:
+        lines += [
+            "",
+            "## Domains deferred to the next run",
+            "",
+            "| domain | digests | reason |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {md(domain)} | {d['digests']} | {md(d['reason'])} |"
+            for domain, d in summary.deferred_domains.items()
+        ]
+    problems = [d for d in summary.deliveries if d["status"] not in {"sent", "deferred"}]
     if problems:
         lines += [
             "",

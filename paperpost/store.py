@@ -15,6 +15,9 @@ SQLAlchemy Core over SQLite (default) or PostgreSQL. What lives here:
   sent | failed | retry | ambiguous`` (``data-sent``: the SMTP end-of-data went out).
 * ``suppressions``: addresses that unsubscribed or bounced permanently.
 * ``locks``: a lease so overlapping runs do not both send.
+* ``domain_deferrals``: per run and receiving domain, its refusals in a row by policy or rate
+  limit and, once there were too many, why the run sends it nothing more; every batch of the
+  run counts there and reads it.
 * ``readers``: per address, the opaque id that vote links carry instead of the address.
 * ``feedback``: per (address, paper), the reader's last vote: +1 "more", -1 "fewer".
 * ``paper_evidence``: the ranker's cache, per (ranker version, paper text): what the text
@@ -160,6 +163,16 @@ locks = Table(
     Column("name", String(100), primary_key=True),
     Column("owner", String(100), nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+domain_deferrals = Table(
+    "domain_deferrals",
+    metadata,
+    Column("run_id", Integer, primary_key=True),
+    Column("domain", String(255), primary_key=True),
+    Column("refusals", Integer, nullable=False),
+    Column("reason", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 readers = Table(
@@ -693,6 +706,74 @@ class Store:
             return conn.execute(
                 select(runs.c.pause_reason).where(runs.c.id == run_id)
             ).scalar_one_or_none()
+
+    def domain_refused(self, run_id: int, domain: str) -> tuple[int, str | None]:
+        """Count one more refusal in a row from ``domain`` in this run (by policy or rate
+        limit, in any batch); returns the count and, if the run defers it, why."""
+        with self.engine.begin() as conn:
+            stmt = _upsert(conn.dialect.name)(domain_deferrals).values(
+                run_id=run_id, domain=domain, refusals=1, updated_at=now()
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[domain_deferrals.c.run_id, domain_deferrals.c.domain],
+                    set_={
+                        "refusals": domain_deferrals.c.refusals + 1,
+                        "updated_at": stmt.excluded.updated_at,
+                    },
+                )
+            )
+            row = conn.execute(
+                select(domain_deferrals.c.refusals, domain_deferrals.c.reason).where(
+                    domain_deferrals.c.run_id == run_id, domain_deferrals.c.domain == domain
+                )
+            ).one()
+            return row.refusals, row.reason
+
+    def domain_accepted(self, run_id: int, domain: str) -> None:
+        """``domain`` accepted a message: its refusals are no longer in a row."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(domain_deferrals)
+                .where(
+                    domain_deferrals.c.run_id == run_id,
+                    domain_deferrals.c.domain == domain,
+                    domain_deferrals.c.reason.is_(None),
+                )
+                .values(refusals=0, updated_at=now())
+            )
+
+    def defer_domain(self, run_id: int, domain: str, reason: str) -> str:
+        """Send nothing more to ``domain`` in this run; returns the reason that stands (the
+        first one, if another batch of the run deferred it meanwhile)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(domain_deferrals)
+                .where(
+                    domain_deferrals.c.run_id == run_id,
+                    domain_deferrals.c.domain == domain,
+                    domain_deferrals.c.reason.is_(None),
+                )
+                .values(reason=reason, updated_at=now())
+            )
+            return conn.execute(
+                select(domain_deferrals.c.reason).where(
+                    domain_deferrals.c.run_id == run_id, domain_deferrals.c.domain == domain
+                )
+            ).scalar_one()
+
+    def domain_states(self, run_id: int) -> dict[str, tuple[int, str | None]]:
+        """Per domain with refusals in this run: refusals in a row, and why it is deferred
+        (None while it is not)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    domain_deferrals.c.domain,
+                    domain_deferrals.c.refusals,
+                    domain_deferrals.c.reason,
+                ).where(domain_deferrals.c.run_id == run_id)
+            )
+            return {r.domain: (r.refusals, r.reason) for r in rows}
 
     # --- subscribers -------------------------------------------------------------------
 

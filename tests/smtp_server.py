@@ -68,6 +68,12 @@ class Script:
     double_reply_next_data: int = 0  # answer the end of data twice (a desynchronised server)
     # address -> an event the server waits for (up to 30 s) before it answers that RCPT
     rcpt_gate: dict[str, threading.Event] = field(default_factory=dict)
+    # recipient domain -> the reply to each RCPT / each end of data for that domain (a
+    # receiving domain that refuses us by policy, size or rate limit)
+    domain_rcpt: dict[str, str] = field(default_factory=dict)
+    domain_data: dict[str, str] = field(default_factory=dict)
+    # domains that greylist: an address's first RCPT gets this reply, later ones pass
+    greylist: dict[str, str] = field(default_factory=dict)
 
 
 class Handler:
@@ -76,6 +82,12 @@ class Handler:
         self.messages: list[tuple[list[str], bytes]] = []
         self.senders: list[str] = []  # envelope sender of each accepted message
         self.sessions: list[tuple[str, int]] = []  # peer (host, port) of each DATA
+        self.rcpts: list[str] = []  # every RCPT TO address, in order, whatever the reply
+        self.greylisted: set[str] = set()
+
+    def tried(self, domain: str) -> int:
+        """How many RCPTs named an address at ``domain``."""
+        return sum(a.lower().endswith("@" + domain) for a in self.rcpts)
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if self.script.mail_reply:
@@ -89,6 +101,13 @@ class Handler:
             self.script.drop_next_rcpt -= 1
             server.transport.close()
             return "421 closing"
+        self.rcpts.append(address)
+        domain = address.rpartition("@")[2].lower()
+        if domain in self.script.domain_rcpt:
+            return self.script.domain_rcpt[domain]
+        if domain in self.script.greylist and address.lower() not in self.greylisted:
+            self.greylisted.add(address.lower())
+            return self.script.greylist[domain]
         gate = self.script.rcpt_gate.get(address.lower())
         if gate is not None:  # a server slow to answer this one, until the test lets it
             await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
@@ -106,6 +125,9 @@ class Handler:
             return "421 closing"
         if self.script.data_failures:
             return self.script.data_failures.pop(0)
+        domains = {a.rpartition("@")[2].lower() for a in envelope.rcpt_tos}
+        for domain in sorted(domains & set(self.script.domain_data)):
+            return self.script.domain_data[domain]
         self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
         self.senders.append(envelope.mail_from)
         if self.script.double_reply_next_data:

@@ -814,3 +814,176 @@ def test_a_reply_that_never_ends_is_cut_at_its_deadline(tmp_path, where: str, st
     assert result.status == status
     if status == "retry":
         assert f"did not end within {REPLY_READS * 0.5:g} s" in result.detail
+
+
+# --- per receiving domain: policy and rate-limit refusals defer the domain, not the run ----
+
+DOMAIN_REFUSAL_REPLIES = [
+    ("rcpt", "554 5.7.1 Service unavailable; client host [192.0.2.1] blocked using zen.spamhaus"),
+    ("data", "552 5.3.4 Message size exceeds fixed maximum message size"),
+    (
+        "rcpt",
+        "421 4.7.28 [192.0.2.1] Our system has detected an unusual rate of unsolicited mail "
+        "originating from your IP address",
+    ),
+    ("rcpt", "451 4.7.500 Server busy. Please try again later from [192.0.2.1]. (S77719)"),
+]
+
+
+def mixed_batch(blocked: int, others: int) -> list[Outgoing]:
+    """A reader at an accepting domain first, then ``blocked`` readers at blocked.example
+    with one of ``others`` readers at other domains after every third."""
+    addresses = ["first@ok.example"]
+    for i in range(blocked):
+        addresses.append(f"b{i}@blocked.example")
+        if i % 3 == 2 and i // 3 < others:
+            addresses.append(f"o{i}@other{i}.example")
+    return digests_for(addresses)
+
+
+def send_one_run(smtp, store: Store, batch: list[Outgoing], run: int, connections: int = 1):
+    from paperpost.delivery import SmtpPool
+
+    settings = smtp_settings(smtp).model_copy(update={"smtp_connections": connections})
+    pool = SmtpPool(settings)
+    try:
+        return send_batch(store, pool, batch, run_id=run, backoff=0.01, workers=connections)
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize(("where", "reply"), DOMAIN_REFUSAL_REPLIES)
+def test_a_domain_refusing_us_is_deferred_after_three_in_a_row(smtp, tmp_path, where, reply):
+    """100 readers at one domain that refuses us by policy, size or rate limit: the run tries
+    3 of them (a rate limit is not retried within the run), then sends that domain nothing
+    more; its readers are deferred (ledger `retry`, nobody failed or suppressed) while the
+    other domains are served and the run is not paused. The next run, with the domain
+    accepting again, delivers each of them exactly once."""
+    batch = mixed_batch(100, 33)
+    if where == "rcpt":
+        smtp.script.domain_rcpt["blocked.example"] = reply
+    else:
+        smtp.script.domain_data["blocked.example"] = reply
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    outcomes = send_one_run(smtp, store, batch, run)
+    assert smtp.handler.tried("blocked.example") == 3
+    blocked = [o for o in outcomes if o.address.endswith("@blocked.example")]
+    served = [o for o in outcomes if not o.address.endswith("@blocked.example")]
+    assert len(blocked) == 100 and {o.status for o in blocked} == {"deferred"}
+    assert {o.status for o in served} == {"sent"} and len(served) == 34
+    reason = blocked[-1].detail
+    assert "blocked.example refused 3 messages in a row" in reason and reply in reason
+    assert store.pause_reason(run) is None
+    assert store.suppressions([m.address for m in batch]) == {}
+    assert {s for m in batch[1:] if "@blocked" in m.address for _, s in ids(store, m.address)} == {
+        "retry"
+    }
+    assert store.domain_states(run)["blocked.example"][1] == reason
+    # the next run: the domain accepts again; every deferred reader gets the digest once
+    smtp.script.domain_rcpt.clear()
+    smtp.script.domain_data.clear()
+    again = send_one_run(smtp, store, batch, store.start_run())
+    assert sorted(o.status for o in again) == ["already-sent"] * 34 + ["sent"] * 100
+    delivered = [rcpt[0] for rcpt, _ in smtp.handler.messages]
+    assert sorted(delivered) == sorted(m.address for m in batch)
+
+
+def test_refusals_with_acceptances_between_stay_each_readers_own(smtp, tmp_path) -> None:
+    """A domain refusing some of its readers by policy and accepting the others between them
+    is judging those readers: each refusal is that reader's failure (not suppressed), nothing
+    is deferred, every reader of the domain is tried."""
+    addresses = [f"r{i}@mixed.example" for i in range(8)]
+    for address in addresses[::2]:  # refused, accepted, refused, accepted, ...
+        smtp.script.reject[address] = f"554 5.7.1 <{address}>: Recipient address rejected: denied"
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    outcomes = send_one_run(smtp, store, digests_for(["first@ok.example", *addresses]), run)
+    assert [o.status for o in outcomes] == ["sent"] + ["failed", "sent"] * 4
+    assert smtp.handler.tried("mixed.example") == 8
+    assert store.domain_states(run)["mixed.example"] == (0, None)  # the last was accepted
+    assert store.pause_reason(run) is None and store.suppressions(addresses) == {}
+
+
+def test_a_greylisting_domain_is_retried_not_deferred(smtp, tmp_path) -> None:
+    """Greylisting ("451 4.7.1 ... try again later" for each new sender and recipient) asks
+    for each message again: it is retried as before and never defers the domain."""
+    smtp.script.greylist["grey.example"] = "451 4.7.1 Greylisting in action, please come back later"
+    addresses = [f"g{i}@grey.example" for i in range(5)]
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    outcomes = send_one_run(smtp, store, digests_for(["first@ok.example", *addresses]), run)
+    assert [o.status for o in outcomes] == ["sent"] * 6
+    assert smtp.handler.tried("grey.example") == 10  # each refused once, then accepted
+    assert store.domain_states(run) == {}
+
+
+def test_a_domain_refused_in_small_pieces_is_counted_across_the_runs_batches(smtp, tmp_path):
+    """A big list spreads one domain's readers over many batches (and processes): the refusals
+    in a row are counted for the run, so 2 readers per batch still stop at 3 tries, and a
+    later batch of the same run does not try the domain at all."""
+    smtp.script.domain_rcpt["blocked.example"] = "550 5.7.1 Message rejected due to local policy"
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    results = []
+    for n in range(5):
+        readers = [f"ok{n}@ok{n}.example", f"a{n}@blocked.example", f"b{n}@blocked.example"]
+        batch = digests_for(readers)
+        results += send_one_run(smtp, store, batch, run)
+    assert smtp.handler.tried("blocked.example") == 3
+    blocked = [o for o in results if "@blocked" in o.address]
+    # the first batch's two refusals were each one reader's as far as it knew (settled
+    # before the third came); the third, in the next batch, deferred the domain
+    assert [o.status for o in blocked] == ["failed", "failed"] + ["deferred"] * 8
+    assert {o.status for o in results if "@ok" in o.address} == {"sent"}
+    assert store.pause_reason(run) is None
+
+
+def test_rate_limits_from_every_domain_pause_the_run(smtp, tmp_path) -> None:
+    """The same rate limit for 3 domains before anything is accepted is the server limiting
+    us: the run pauses (exit 4) as for any server-wide failure; nothing retried in the run."""
+    smtp.script.reject_all = "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred"
+    batch = digests_for([f"r{i}@d{i}.example" for i in range(6)])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    outcomes = send_one_run(smtp, store, batch, run)
+    assert [o.status for o in outcomes] == ["retry"] * 6
+    assert len(smtp.handler.rcpts) == 3
+    assert "accepted none" in store.pause_reason(run)
+
+
+def test_a_rate_limit_at_mail_from_pauses_the_run(smtp, tmp_path) -> None:
+    """A relay limiting our account ("451 4.7.1 ... sending rate limit exceeded" to MAIL FROM,
+    before any recipient) limits every domain: the run pauses with what to do."""
+    smtp.script.mail_reply = "451 4.7.1 Sending rate limit exceeded, try again later"
+    batch = digests_for(["ok@one.example", "b@two.example"])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    outcomes = send_one_run(smtp, store, batch, run)
+    assert [o.status for o in outcomes] == ["retry", "retry"]
+    reason = store.pause_reason(run)
+    assert "rate limit exceeded" in reason and "PAPERPOST_SMTP_RATE_LIMIT" in reason
+
+
+@pytest.mark.parametrize(
+    ("reply", "throttle"),
+    [
+        ("421 4.7.28 unusual rate of unsolicited mail", True),
+        ("421 4.7.0 [TSS04] Messages from 1.2.3.4 temporarily deferred due to volume", True),
+        ("451 4.7.650 The mail server has been temporarily rate limited", True),
+        ("450 4.7.1 Client host rejected: too many connections", True),
+        ("452 4.5.3 Too many recipients", True),
+        ("451 4.7.500 Server busy. Please try again later", True),
+        ("451 4.7.1 Greylisted, please try again later", False),
+        ("450 4.2.0 Recipient address rejected: Greylisted", False),
+        ("450 4.2.1 The user is receiving mail at a rate that prevents additional messages", False),
+        ("452 4.2.2 Mailbox full", False),
+        ("451 4.3.0 Temporary local problem", False),
+        ("554 5.7.1 rate limited", False),  # permanent: a policy refusal, not a 4xx
+    ],
+)
+def test_which_replies_say_we_send_too_much(reply: str, throttle: bool) -> None:
+    from paperpost.delivery import throttles
+
+    code, _, text = reply.partition(" ")
+    assert throttles(int(code), text) is throttle

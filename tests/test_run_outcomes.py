@@ -351,3 +351,42 @@ def test_nothing_sent_because_everyone_is_suppressed_says_so(project: Path) -> N
     last = result.stdout.strip().splitlines()[-1]
     assert "min_score" not in last
     assert last == "Nothing to send: every subscriber was skipped (2 suppressed (unsubscribed))."
+
+
+def test_a_domain_refusing_us_is_deferred_in_the_summary_exit_0(project, smtp, monkeypatch):
+    """`paperpost run` with 6 readers at a domain that refuses us by policy: 3 are tried, the
+    domain is deferred, the others are served; the summary (terminal, JSON, the Prefect
+    artefact's markdown) names the domain, how many digests wait and why; exit 0 (nothing
+    failed for good, the run was not paused); the next run sends the 6."""
+    from paperpost.pipeline import RunSummary, SourceReport
+    from paperpost.report import markdown
+
+    smtp_env(monkeypatch, smtp)
+    monkeypatch.setenv("PAPERPOST_SMTP_CONNECTIONS", "1")
+    (project / "subs" / "blocked.yaml").write_text(
+        "".join(
+            f"- email: r{i}@blocked.example\n  tags: [agents, reasoning]\n  min_score: 0.1\n"
+            for i in range(6)
+        )
+    )
+    reply = "554 5.7.1 Service unavailable; client host blocked using zen.spamhaus.org"
+    smtp.script.domain_rcpt["blocked.example"] = reply
+    result = run("--json")
+    assert result.exit_code == ExitCode.OK, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "finished"
+    assert summary["digests_sent"] == 2 and summary["digests_deferred"] == 6
+    assert summary["deferred_domains"]["blocked.example"]["digests"] == 6
+    assert reply in summary["deferred_domains"]["blocked.example"]["reason"]
+    assert "6 digests deferred to the next run: blocked.example" in summary["message"]
+    assert smtp.handler.tried("blocked.example") == 3
+    data = dict(summary, sources=[SourceReport(**s) for s in summary["sources"]])
+    artefact = markdown(RunSummary(**data))
+    assert "## Domains deferred to the next run" in artefact
+    assert "| blocked.example | 6 |" in artefact
+    smtp.script.domain_rcpt.clear()
+    human = run()  # nothing new: the 6 deferred digests go out, one line each is not printed
+    assert human.exit_code == ExitCode.OK, human.output
+    assert sorted(r[0] for r, _ in smtp.handler.messages if "blocked" in r[0]) == [
+        f"r{i}@blocked.example" for i in range(6)
+    ]
