@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -42,7 +43,7 @@ from paperpost.models import pickled_by_fields
 from paperpost.render import Outgoing
 from paperpost.sanitize import reply_text
 from paperpost.settings import Settings
-from paperpost.store import Lease, Settlement, Store, Wanted
+from paperpost.store import Lease, Settlement, Store, Wanted, now
 from paperpost.verp import envelope_sender
 
 ERROR_SAMPLE = 20  # deliveries tried before the error rate can pause a run
@@ -686,6 +687,8 @@ def send_batch(
     resend_ambiguous: bool = False,
     systemic_domains: int = 3,
     lease: Lease | None = None,
+    soft_bounce_limit: int = 3,
+    soft_bounce_days: int = 14,
 ) -> list[Outcome]:
     """Send each digest once: skip what the ledger says is done, retry 4xx, classify 5xx.
 
@@ -701,6 +704,11 @@ def send_batch(
     Once at least ERROR_SAMPLE messages were tried and more than ``max_error_rate`` of
     them failed, the run pauses too. A pause is recorded on the run so every batch of it
     stops; the rest are left for the next run.
+
+    A refusal of one message at RCPT or DATA that is neither a bad mailbox nor a policy
+    (``552 5.2.2`` mailbox full, ``554 5.6.0`` content) is a soft bounce, counted with the
+    bounce mailbox's: ``soft_bounce_limit`` of them for different digests within
+    ``soft_bounce_days`` suppress the address.
 
     ``lease``: the run's lease, renewed as groups are claimed and digests sent. Once another
     run has taken it (this run outlived it without renewing, e.g. stalled for hours), nothing
@@ -745,9 +753,26 @@ def send_batch(
         store.pause_run(run_id, reason)
         paused = store.pause_reason(run_id)
 
-    def suppress(message: Outgoing, error: DeliveryError) -> None:
+    def suppress(message: Outgoing, error: DeliveryError) -> bool:
+        """Suppress a bad mailbox; count a soft bounce (True when that suppresses)."""
         if error.kind == RECIPIENT:
-            store.suppress(message.address, "bounced", error.detail)
+            return store.suppress(message.address, "bounced", error.detail)
+        if _soft(error):
+            at = now()
+            return bool(
+                store.record_bounce(
+                    f"smtp:{message.message_id}",  # one per digest, like a DSN's copies
+                    "soft",
+                    message.address,
+                    message.digest,
+                    f"at {error.phase}: {error.detail}",
+                    at,
+                    None,
+                    soft_limit=soft_bounce_limit,
+                    soft_since=at - timedelta(days=soft_bounce_days),
+                )
+            )
+        return False
 
     def settle(message: Outgoing, status: str, detail: str | None) -> None:
         pending.append(Settlement(message.address, message.digest, status, message.hi, detail))
@@ -836,6 +861,7 @@ def send_batch(
             if error is not None:
                 last_error = error
             tried += 1
+            soft_suppressed = False
             failed += error is not None and error.kind != AMBIGUOUS
             rate = failed / tried
             if error is None and not scope.proven:
@@ -866,8 +892,8 @@ def send_batch(
                     error = DeliveryError(SYSTEMIC, error.detail)
                 elif error.kind == POLICY:  # one reader's refusal, until several domains share it
                     error = DeliveryError(MESSAGE, error.detail)
-            elif error is not None and error.kind == RECIPIENT:
-                suppress(message, error)
+            elif error is not None and (error.kind == RECIPIENT or _soft(error)):
+                soft_suppressed = suppress(message, error) and error.kind != RECIPIENT
             elif (
                 error is not None
                 and error.kind in {TEMPORARY, THROTTLED, AMBIGUOUS}
@@ -918,7 +944,15 @@ def send_batch(
                 )
             if error.kind in {RECIPIENT, MESSAGE}:
                 settle(message, "failed", error.detail)
-                consequence = "address suppressed" if error.kind == RECIPIENT else "not suppressed"
+                consequence = (
+                    "address suppressed"
+                    if error.kind == RECIPIENT
+                    else f"address suppressed after {soft_bounce_limit} soft bounces"
+                    if soft_suppressed
+                    else "a soft bounce, not suppressed"
+                    if _soft(error)
+                    else "not suppressed"
+                )
                 return Outcome(
                     message.address,
                     message.digest,
@@ -1029,6 +1063,12 @@ def send_batch(
         else o
         for o in outcomes
     ]
+
+
+def _soft(error: DeliveryError) -> bool:
+    """A refusal of one message by its recipient's system that counts as a soft bounce: not
+    a bad mailbox or a policy, read at RCPT or DATA (not one made up from another kind)."""
+    return error.kind == MESSAGE and error.phase in {"RCPT", "DATA"}
 
 
 def _domain(address: str) -> str:

@@ -533,6 +533,8 @@ def send_stage(
             resend_ambiguous=settings.resend_ambiguous,
             systemic_domains=settings.systemic_domains,
             lease=Lease(store, LOCK, owner, LOCK_TTL),
+            soft_bounce_limit=settings.soft_bounce_limit,
+            soft_bounce_days=settings.soft_bounce_days,
         )
     finally:
         transport.close()

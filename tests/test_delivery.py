@@ -987,3 +987,33 @@ def test_which_replies_say_we_send_too_much(reply: str, throttle: bool) -> None:
 
     code, _, text = reply.partition(" ")
     assert throttles(int(code), text) is throttle
+
+
+def test_a_full_mailbox_at_send_time_is_a_soft_bounce_counted_across_runs(smtp, tmp_path):
+    """`552 5.2.2 Mailbox full` at RCPT fails that digest (as before) and counts as a soft
+    bounce, like the same reply in a DSN: the third digest refused within
+    PAPERPOST_SOFT_BOUNCE_DAYS suppresses the address. Before, a mailbox full for months was
+    tried with every digest and failed every run (exit 6), never suppressed."""
+    papers = [Paper("Agents for tasks", "LLM agents use tools.")]
+    items = rank(papers, Profile((Interest("agents"),)))
+    renderer = Renderer()
+
+    def digests(day: int) -> list[Outgoing]:  # a new window each run: a new digest
+        return [
+            renderer.render(Reader(a, None, ("agents",)), items, EDITION, day, day + 1)
+            for a in ("ok@one.example", "full@two.example")
+        ]
+
+    smtp.script.reject["full@two.example"] = "552 5.2.2 <full@two.example>: Mailbox full"
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    details = []
+    for day in range(3):
+        outcomes = send_one_run(smtp, store, digests(day), store.start_run())
+        assert [o.status for o in outcomes] == ["sent", "failed"]
+        details.append(outcomes[1].detail)
+        assert bool(store.suppressions(["full@two.example"])) is (day == 2)
+    assert all("a soft bounce, not suppressed" in d for d in details[:2])
+    assert "address suppressed after 3 soft bounces" in details[2]
+    found = store.suppression("full@two.example")
+    assert found.reason == "bounced" and "3 soft bounces" in found.detail
+    assert "Mailbox full" in found.detail
