@@ -8,7 +8,14 @@ process once, in one of three ways:
   message (the server has it, the client never hears back: the nastiest moment);
 * ``dot-refused``: the same, but the sink does not accept it;
 * ``time``: a timer kills the client at a uniformly random moment of its sending phase
-  (rendering, ledger commits, between SMTP commands, mid-body, ...).
+  (rendering, ledger commits, between SMTP commands, mid-body, ...);
+* ``deferred`` (only when asked for, ``modes=DEFERRED_MODES``): as ``time``, while the sink
+  refuses every reader at ``deferred.example`` (every 4th reader) by policy at RCPT, so the
+  run defers that domain (docs/delivery.md); the second run finds the domain accepting.
+  Readers refused before the deferral (up to 2: one reader's failure, as far as the run
+  knew) are counted apart (``failed_refused``), not as missing; ``refused`` counts the
+  refusals the sink gave in the killed runs (without the deferral: the domain's 50 readers
+  before the kill).
 
 A second, undisturbed run then finishes the job. Per trial the harness counts duplicates
 (a Message-ID accepted twice), digests missing although their end-of-data never reached the
@@ -44,6 +51,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 READERS = 200
 MODES = ("dot", "time", "dot-refused", "time")
+DEFERRED_MODES = ("deferred",)
+DEFERRED = "deferred.example"
+POLICY_REFUSAL = "554 5.7.1 Service unavailable; client host [192.0.2.1] blocked using zen"
+
+
+def address(i: int) -> str:
+    """Reader ``i``'s address: every 4th at DEFERRED, the others at example.org."""
+    return f"reader{i}@{DEFERRED if i % 4 == 1 else 'example.org'}"
 
 
 class Sink:
@@ -61,6 +76,15 @@ class Sink:
             self.first_data: float | None = None
             self.last_data: float | None = None
             self.killed = False
+            self.refused: list[str] = []  # recipients refused at RCPT, each time
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.mode == "deferred" and address.lower().endswith("@" + DEFERRED):
+            with self.lock:
+                self.refused.append(address.lower())
+            return POLICY_REFUSAL
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     def kill(self) -> None:
         with self.lock:
@@ -78,7 +102,7 @@ class Sink:
             now = time.monotonic()
             if self.first_data is None:
                 self.first_data = now
-                if self.mode == "time" and self.pid:
+                if self.mode in {"time", "deferred"} and self.pid:
                     threading.Timer(self.delay, self.kill).start()
             self.last_data = now
             count = len(self.data_seen)
@@ -106,6 +130,8 @@ class Trial:
     ambiguous_accepted: int
     ambiguous_over_connections: bool
     rerun_exit: int
+    failed_refused: int = 0  # refused by the sink and failed (``deferred``): not missing
+    refused: int = 0  # RCPTs the sink refused in the killed run (``deferred``)
 
 
 @dataclass
@@ -128,9 +154,13 @@ class Sweep:
                     ambiguous_never_sent=t.ambiguous_never_sent,
                     ambiguous_accepted=t.ambiguous_accepted,
                     ambiguous_over_connections=int(t.ambiguous_over_connections),
+                    failed_refused=t.failed_refused,
+                    refused=t.refused,
+                    max_refused=0,
                     max_ambiguous=0,
                 )
             counts["max_ambiguous"] = max((t.ambiguous for t in mine), default=0)
+            counts["max_refused"] = max((t.refused for t in mine), default=0)
             out[path] = dict(counts)
         return out
 
@@ -141,8 +171,7 @@ class Sweep:
 def write_readers(path: Path, readers: int) -> None:
     path.write_text(
         "".join(
-            f"- email: reader{i}@example.org\n  tags: [agents, reasoning, diffusion]\n"
-            "  min_score: 0.1\n"
+            f"- email: {address(i)}\n  tags: [agents, reasoning, diffusion]\n  min_score: 0.1\n"
             for i in range(readers)
         )
     )
@@ -203,6 +232,7 @@ def sweep(
     prefect_env: dict[str, str] | None = None,
     readers_count: int = READERS,
     database_url: str | None = None,
+    modes: tuple[str, ...] = MODES,
 ) -> Sweep:
     """Run trials until ``kills`` of them killed the process mid-send; each trial on a fresh
     SQLite file, or on ``database_url`` (PostgreSQL) emptied first."""
@@ -227,7 +257,7 @@ def sweep(
         sending = (sink.last_data or 0) - (sink.first_data or 0)
         trial = 0
         while sum(t.killed for t in result.trials) < kills and trial < 3 * kills:
-            mode = MODES[trial % len(MODES)]
+            mode = modes[trial % len(modes)]
             connections = 1 + trial % 4
             workdir = folder / f"{path}-{trial}"
             prepare(workdir, database_url)
@@ -251,6 +281,8 @@ def sweep(
             )
             data_seen_first = set(sink.data_seen)
             accepted = list(sink.accepted)
+            refused_list = list(sink.refused)
+            refused = set(refused_list)
             sink.reset()
             second = start(workdir, env, prefect)
             out, err = second.communicate(timeout=600)
@@ -259,9 +291,10 @@ def sweep(
             ambiguous = {d["address"] for d in summary["deliveries"] if d["status"] == "ambiguous"}
             per_address = Counter(address for address, _ in accepted)
             by_id = Counter(message_id for _, message_id in accepted)
-            everyone = [f"reader{i}@example.org" for i in range(readers_count)]
-            missing = [a for a in everyone if per_address[a] == 0 and a not in ambiguous]
+            everyone = [address(i) for i in range(readers_count)]
             ids = _message_ids(database_url or _sqlite(workdir))
+            failed = _failed(database_url or _sqlite(workdir)) & refused
+            missing = [a for a in everyone if per_address[a] == 0 and a not in ambiguous | failed]
             never_sent = [a for a in everyone if ids.get(a) not in data_seen_first]
             result.trials.append(
                 Trial(
@@ -280,12 +313,27 @@ def sweep(
                     ambiguous_accepted=sum(1 for a in ambiguous if per_address[a] > 0),
                     ambiguous_over_connections=len(ambiguous) > connections,
                     rerun_exit=second.returncode,
+                    failed_refused=len(failed),
+                    refused=len(refused_list),
                 )
             )
             trial += 1
     finally:
         controller.stop()
     return result
+
+
+def _failed(database_url: str) -> set[str]:
+    """The readers whose digest the ledger holds as failed for good."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT address FROM deliveries WHERE status = 'failed'"))
+            return {address for (address,) in rows}
+    finally:
+        engine.dispose()
 
 
 def _message_ids(database_url: str) -> dict[str, str]:

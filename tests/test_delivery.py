@@ -889,6 +889,22 @@ def test_a_domain_refusing_us_is_deferred_after_three_in_a_row(smtp, tmp_path, w
     assert sorted(delivered) == sorted(m.address for m in batch)
 
 
+def test_a_domain_refusing_before_anything_was_accepted_is_deferred_not_the_run(smtp, tmp_path):
+    """The refusing domain's readers come first: 3 refusals from one domain before any
+    acceptance are that domain's (one domain, not the server's 3), so it is deferred and the
+    readers at other domains after it are served; the run is not paused."""
+    smtp.script.domain_rcpt["blocked.example"] = "550 5.7.1 Message rejected due to local policy"
+    addresses = [f"b{i}@blocked.example" for i in range(6)]
+    addresses += [f"o{i}@other{i}.example" for i in range(3)]
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    outcomes = send_one_run(smtp, store, digests_for(addresses), run, connections=2)
+    assert [o.status for o in outcomes] == ["deferred"] * 6 + ["sent"] * 3
+    assert 3 <= smtp.handler.tried("blocked.example") <= 4  # + one in flight on the other
+    assert store.pause_reason(run) is None
+    assert store.suppressions(addresses) == {}
+
+
 def test_refusals_with_acceptances_between_stay_each_readers_own(smtp, tmp_path) -> None:
     """A domain refusing some of its readers by policy and accepting the others between them
     is judging those readers: each refusal is that reader's failure (not suppressed), nothing
