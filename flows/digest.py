@@ -182,8 +182,9 @@ def digest(
     today = today or datetime.now(UTC).date()
     store, owner, run_id = pipeline.begin(settings)
     if run_id is None:
-        logger.warning("Another digest run holds the lock; this run does nothing.")
-        return pipeline.RunSummary(0, "locked", message="Another run holds the lock.").to_json()
+        message = pipeline.locked_message(store)
+        logger.warning("%s", message)
+        return pipeline.RunSummary(0, "locked", message=message).to_json()
     summary = pipeline.RunSummary(run_id)
     try:
         clock = time.perf_counter()

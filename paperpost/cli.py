@@ -950,3 +950,26 @@ def unsubscribe(
         raise typer.Exit(1) from None
     new = Store(settings.db_url).suppress(address, "unsubscribed")
     out.print(f"{address} {'unsubscribed' if new else 'was already unsubscribed'}")
+
+
+@app.command()
+def unlock(
+    owner: Annotated[
+        str, typer.Argument(help="The lease's owner, as the exit-5 message shows it.")
+    ],
+) -> None:
+    """Clear the run lease of a run that is gone for good (on another host or container).
+    Only that owner's lease is cleared: one another run took meanwhile stays."""
+    from paperpost.pipeline import LOCK
+    from paperpost.store import Store
+
+    store = Store(_settings().db_url)
+    if not store.release_lock(LOCK, owner):
+        holder = store.lock_owner(LOCK)
+        err.print(
+            f"[red]error[/red] {escape(owner)} does not hold the run lease "
+            + (f"({escape(holder)} does now)" if holder else "(nobody does)")
+            + "; nothing cleared"
+        )
+        raise typer.Exit(1)
+    out.print(f"cleared the run lease of {escape(owner)}; the next run takes it")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import threading
 import time
 from collections import Counter, deque
@@ -21,11 +20,11 @@ from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
-from uuid import uuid4
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
+from paperpost import lease
 from paperpost.bounces import BounceError, process
 from paperpost.db import explain
 from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
@@ -717,36 +716,31 @@ def require_semantic(settings: Settings) -> None:
 
 
 def begin(settings: Settings) -> tuple[Store, str, int | None]:
-    """Open the store and take the run lease; run id None when another run holds it.
+    """Open the store and take the run lease; run id None when another run holds it
+    (:func:`locked_message` says who).
 
     A lease expires after LOCK_TTL; one held by a process of this machine that no longer
-    exists (a run killed mid-way) is taken over at once.
+    exists (a run killed mid-way, also a container's PID 1 before a restart) is taken over at
+    once (:mod:`paperpost.lease`).
     """
     require_own_key(settings)
     store = Store(settings.db_url)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex}"
+    owner = lease.new_owner()
     if not store.acquire_lock(LOCK, owner, LOCK_TTL):
         holder = store.lock_owner(LOCK)
-        if not (holder and _dead_here(holder)):
+        if not (holder and lease.dead_here(holder)):
             return store, owner, None
         if not store.take_over_lock(LOCK, holder, owner, LOCK_TTL):
             return store, owner, None
     return store, owner, store.start_run()
 
 
-def _dead_here(owner: str) -> bool:
-    """True when a lease owner is a process on this machine that has exited."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+def locked_message(store: Store) -> str:
+    """Why a run did nothing (exit 5): who holds the lease, since when, how to clear it."""
+    row = store.lock_row(LOCK)
+    if row is None:  # released between the attempt and now
+        return "Another run held the lease a moment ago; nothing done. Run again."
+    return lease.held(*row, LOCK_TTL.total_seconds())
 
 
 def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, list[Outcome]]:
@@ -934,7 +928,7 @@ def run_plain(
     today = today or datetime.now(UTC).date()
     store, owner, run_id = begin(settings)
     if run_id is None:
-        return RunSummary(0, "locked", message="Another run holds the lock; nothing done.")
+        return RunSummary(0, "locked", message=locked_message(store))
     summary = RunSummary(run_id)
     try:
         clock = time.perf_counter()

@@ -1199,9 +1199,22 @@ class Store:
             conn.rollback()
 
     def lock_owner(self, name: str) -> str | None:
-        with self.engine.connect() as conn:
-            return conn.execute(select(locks.c.owner).where(locks.c.name == name)).scalar()
+        row = self.lock_row(name)
+        return row[0] if row else None
 
-    def release_lock(self, name: str, owner: str) -> None:
+    def lock_row(self, name: str) -> tuple[str, float] | None:
+        """(owner, expires_at) of a named lease, if any row holds it."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(locks.c.owner, locks.c.expires_at).where(locks.c.name == name)
+            ).first()
+            return (row.owner, row.expires_at) if row else None
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        """Drop a lease if this owner still holds it (True if it did)."""
         with self.engine.begin() as conn:
-            conn.execute(delete(locks).where(locks.c.name == name, locks.c.owner == owner))
+            return bool(
+                conn.execute(
+                    delete(locks).where(locks.c.name == name, locks.c.owner == owner)
+                ).rowcount
+            )

@@ -194,10 +194,91 @@ def test_an_overlapping_run_does_nothing(setup) -> None:
     store = Store(settings.db_url)
     assert store.acquire_lock(LOCK, "otherhost:1:slow-run", timedelta(hours=1))
     blocked = run_plain(settings, TUE)
-    assert blocked.status == "locked" and "Another run holds the lock" in blocked.message
+    assert blocked.status == "locked"
+    assert blocked.message.startswith(
+        "Another run holds the lease: process 1 on host otherhost, last renewed "
+    )
+    assert "cannot be checked from here" in blocked.message
     assert not outbox.exists()
     store.release_lock(LOCK, "otherhost:1:slow-run")
     assert run_plain(settings, TUE).digests_sent == 1
+
+
+def _owner(pid: int, start: str) -> str:
+    """A lease owner as a run of process ``pid`` (started at ``start`` clock ticks since boot)
+    on this host writes it."""
+    import socket
+
+    return f"{socket.gethostname()}:{pid}:{start}:1795670000:0123456789abcdef"
+
+
+def _start_ticks(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_lease_of_a_process_that_is_gone_is_taken_over_though_its_pid_lives(setup) -> None:
+    """ATTACK6 #5: a run killed while it was PID 1 (a container's entrypoint, OOM-killed,
+    restarted under the same host name) left `host:1:<id>`; `os.kill(1, 0)` found a live PID 1
+    (the new entrypoint itself, or init outside), so every run exited 5 for the lease's 2
+    hours, saying only "Another run holds the lock". Now the owner carries the process's
+    start time: a pid that another process now has is no proof of life."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from typer.testing import CliRunner
+
+    from paperpost.cli import app
+    from paperpost.exitcodes import ExitCode, for_summary
+    from paperpost.pipeline import LOCK
+    from paperpost.store import Store
+
+    settings, dumps, _, _ = setup
+    store = Store(settings.db_url)
+    me = os.getpid()
+    gone = [
+        _owner(me, str(int(_start_ticks(me)) + 1)),  # this pid, in an earlier life
+        _owner(1, str(int(_start_ticks(1)) + 1)),  # PID 1 (always there), another start
+        f"{socket.gethostname()}:{me}:0123456789abcdef0123456789abcdef",  # before session 6
+    ]
+    for day, owner in enumerate(gone):
+        write_dump(dumps, f"{day}.txt", [f"Speculative Decoding {day}"])
+        assert store.acquire_lock(LOCK, owner, timedelta(hours=2))
+        summary = run_plain(settings, date(2026, 11, 24 + day))
+        assert summary.status == "finished" and summary.digests_sent == 1, owner
+        assert store.lock_owner(LOCK) is None
+
+    # a live holder is respected, and the message says who, since when, and how to clear it
+    holder = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    try:
+        live = _owner(holder.pid, _start_ticks(holder.pid))
+        assert store.acquire_lock(LOCK, live, timedelta(hours=2))
+        write_dump(dumps, "live.txt", ["Speculative Decoding Live"])
+        blocked = run_plain(settings, date(2026, 11, 27))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert for_summary(blocked.to_json()) == ExitCode.LOCKED
+    assert blocked.message.startswith(
+        f"Another run holds the lease: process {holder.pid} on host {live.split(':')[0]}, "
+        "since 2026-11-26 05:13 UTC, until "
+    )
+    assert blocked.message.endswith(
+        "That process is alive on this host; wait for it to finish. If that run is gone for "
+        f"good, clear the lease with: paperpost unlock '{live}'"
+    )
+    os.environ["PAPERPOST_DATABASE_URL"] = settings.db_url
+    try:
+        cleared = CliRunner().invoke(app, ["unlock", live])
+        again = CliRunner().invoke(app, ["unlock", live])
+    finally:
+        del os.environ["PAPERPOST_DATABASE_URL"]
+    assert cleared.exit_code == 0 and "cleared the run lease" in cleared.stdout
+    assert again.exit_code == 1 and "does not hold the run lease (nobody does)" in again.stderr
+    assert run_plain(settings, date(2026, 11, 27)).digests_sent == 1
 
 
 def test_a_runs_tally_keeps_every_problem_and_a_bounded_list_of_routine_deliveries() -> None:

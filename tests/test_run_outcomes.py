@@ -95,7 +95,10 @@ def test_locked_exit_5(project: Path) -> None:
     )
     result = run()
     assert result.exit_code == ExitCode.LOCKED
-    assert "Another run holds the lock" in result.stdout
+    assert "Another run holds the lease: process 1 on host elsewhere, last renewed" in " ".join(
+        result.stdout.split()
+    )
+    assert "paperpost unlock 'elsewhere:1:x'" in " ".join(result.stdout.split())
 
 
 def test_relay_denied_pauses_exit_4_and_suppresses_nobody(project, smtp, monkeypatch) -> None:
