@@ -636,7 +636,8 @@ class _Scope:
 
     Until the first accepted message, permanent refusals are held back (the digest is
     failed, a bad mailbox's suppression waits). If the same reply comes for ``domains`` distinct
-    recipient domains before any success, the server refuses everyone: nobody is
+    recipient domains before any success, or the batch ends with nothing accepted and most
+    refusals the same (two readers at least), the server refuses everyone: nobody is
     suppressed and the run pauses. One success, or the end of the batch, releases the
     held suppressions.
     """
@@ -647,6 +648,13 @@ class _Scope:
     # domains whose digest ended temporary or ambiguous before any success, and how many
     unanswered: set[str] = field(default_factory=set)
     transient: int = 0
+
+    def same_reply_readers(self) -> list[tuple[Outgoing, DeliveryError]]:
+        """The held refusals that share the most common reply (recipient left out)."""
+        groups: dict[str, list[tuple[Outgoing, DeliveryError]]] = {}
+        for message, error in self.held:
+            groups.setdefault(_reply_key(error.detail), []).append((message, error))
+        return max(groups.values(), key=len, default=[])
 
     def same_reply_domains(self, error: DeliveryError) -> set[str]:
         key = _reply_key(error.detail)
@@ -1042,6 +1050,16 @@ def send_batch(
             # size: that is not evidence against one reader; pause, suppress nobody (exit 4)
             message, error = policy[0]
             pause(f"paused at {message.address}: {error.detail}; {error.fix}, then run again")
+        same = scope.same_reply_readers()
+        if len(same) >= 2 and 2 * len(same) >= len(scope.held) and not scope.proven and not paused:
+            # nothing accepted, and most refusals the same words for different readers (a
+            # broken recipient map refuses a one-domain list as "user unknown"): the server's
+            _, error = same[0]
+            pause(
+                f"paused: the server answered {error.detail!r} for {len(same)} readers and "
+                "accepted no digest; that looks like its configuration, not bad mailboxes, "
+                "so nobody was suppressed; check the server, then run again"
+            )
         if scope.held and not scope.proven and store.pause_reason(run_id):
             # this run paused (here or in another batch) before this server accepted any
             # message: the refusals held back are not evidence against these readers

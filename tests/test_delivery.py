@@ -1033,3 +1033,49 @@ def test_a_full_mailbox_at_send_time_is_a_soft_bounce_counted_across_runs(smtp, 
     found = store.suppression("full@two.example")
     assert found.reason == "bounced" and "3 soft bounces" in found.detail
     assert "Mailbox full" in found.detail
+
+
+@pytest.mark.parametrize("readers", [2, 6])
+def test_one_domain_refused_as_unknown_with_nothing_accepted_pauses_and_suppresses_nobody(
+    smtp, tmp_path, readers: int
+) -> None:
+    """ATTACK6 #4: a relay whose recipient map is broken says "user unknown" to every reader
+    of a one-domain list (a team's deployment). Three distinct domains never come, so every
+    reader was suppressed as a bad mailbox although nothing was accepted. Now: nothing
+    accepted and the same reply for most readers is the server's; pause, suppress nobody."""
+    smtp.script.reject_all = (
+        "550 5.1.1 <x>: Recipient address rejected: User unknown in local recipient table"
+    )
+    batch = digests_for([f"r{i}@corp.example.com" for i in range(readers)])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["retry"] * readers
+    assert store.suppressions([m.address for m in batch]) == {}
+    reason = store.pause_reason(run)
+    assert f"for {readers} readers and accepted no digest" in reason and "User unknown" in reason
+    smtp.script.reject_all = None  # the relay fixed: the next run delivers to everyone
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    assert {o.status for o in send_batch(store, transport, batch, run_id=run)} == {"sent"}
+    transport.close()
+
+
+def test_one_unknown_mailbox_among_readers_not_yet_accepted_is_still_suppressed(
+    smtp, tmp_path
+) -> None:
+    """The rule above needs most refusals to agree: one bad mailbox and a different refusal
+    (a full mailbox) in a batch with nothing accepted are two readers' own failures."""
+    smtp.script.reject["gone@corp.example.com"] = "550 5.1.1 <gone@corp.example.com>: unknown"
+    smtp.script.reject["full@corp.example.com"] = "552 5.2.2 <full@corp.example.com>: over quota"
+    batch = digests_for(["gone@corp.example.com", "full@corp.example.com"])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    transport = Smtp(smtp_settings(smtp))
+    outcomes = send_batch(store, transport, batch, run_id=run, backoff=0.01)
+    transport.close()
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert store.pause_reason(run) is None
+    assert set(store.suppressions(["gone@corp.example.com"])) == {"gone@corp.example.com"}
