@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -17,6 +18,8 @@ from typer.testing import CliRunner
 
 from conftest import EXAMPLES
 from paperpost.cli import app
+from paperpost.errors import ConfigError
+from paperpost.settings import Settings
 
 
 def paperpost(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -128,7 +131,14 @@ def test_list_settings_take_one_value_a_comma_list_or_json(tmp_path: Path, monke
 
 
 def test_a_base_url_with_a_query_fragment_quote_or_space_is_a_config_error(tmp_path: Path) -> None:
-    """ATTACK4 #10: "https://pp.example.org/?a=b" made ".../?a=b/unsubscribe/..." links."""
+    """ATTACK4 #10: "https://pp.example.org/?a=b" made ".../?a=b/unsubscribe/..." links.
+    The command line once (exit 2, the error's line), the settings for every bad value."""
+    result = paperpost(
+        ["run", "--no-prefect"], tmp_path, PAPERPOST_BASE_URL="https://pp.example.org/?a=b"
+    )
+    assert result.returncode == 2, result.stderr
+    line = "PAPERPOST_BASE_URL=https://pp.example.org/?a=b: expected an https:// URL"
+    assert result.stderr.startswith(f"configuration error {line}")
     for bad in (
         "https://pp.example.org/?a=b",
         "https://pp.example.org/#top",
@@ -138,10 +148,11 @@ def test_a_base_url_with_a_query_fragment_quote_or_space_is_a_config_error(tmp_p
         "https://user@pp.example.org",
         "https:///path-only",
     ):
-        result = paperpost(["run", "--no-prefect"], tmp_path, PAPERPOST_BASE_URL=bad)
-        assert result.returncode == 2, (bad, result.stderr)
-        assert result.stderr.startswith("configuration error PAPERPOST_BASE_URL=")
-        assert "no query (?), fragment (#)" in result.stderr
+        with pytest.raises(ConfigError) as refused:
+            Settings(base_url=bad, _env_file=None)
+        (line,) = refused.value.lines
+        assert line.startswith(f"PAPERPOST_BASE_URL={bad}: expected an https:// URL"), line
+        assert "no query (?), fragment (#)" in line
 
 
 def test_a_sender_with_two_addresses_is_a_config_error(tmp_path: Path) -> None:
