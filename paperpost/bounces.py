@@ -294,6 +294,11 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+# One command's answer is kept in memory by imaplib: FETCH brings one report (mail systems
+# refuse messages over some tens of MB), SEARCH a list of numbers.
+ANSWER_BYTES = 64 << 20
+
+
 class _Deadlined(imaplib.IMAP4):
     """imaplib's connection with a total deadline per command: the greeting, or one command
     and all the lines of its answer, get REPLY_READS read timeouts in total (a server that
@@ -305,15 +310,22 @@ class _Deadlined(imaplib.IMAP4):
         self.command_seconds = REPLY_READS * read_timeout
         self.expired = False  # a command ran out of time: the connection is in no known state
         self._what, self._ends = "the greeting", time.monotonic() + self.command_seconds
+        self._read = 0  # bytes of the current command's answer
         super().__init__(*args, timeout=read_timeout, **kwargs)
 
     def _command(self, name: str, *args: Any) -> Any:
-        self._what, self._ends = name, time.monotonic() + self.command_seconds
+        self._what, self._ends, self._read = name, time.monotonic() + self.command_seconds, 0
         return super()._command(name, *args)
 
     def _timed(self, read: Callable[[int], bytes], size: int) -> bytes:
         """One read from the socket (``read``: a buffered file's peek or read1), waiting at
         most for what is left of the command's deadline."""
+        if self._read > ANSWER_BYTES:  # imaplib keeps every line of an answer in memory
+            self.expired = True
+            raise OSError(
+                f"the server's answer to {self._what} went on past {ANSWER_BYTES >> 20} MB "
+                "(no report is that large)"
+            )
         left = self._ends - time.monotonic()
         if left > 0:
             self.sock.settimeout(min(self.read_timeout, left))
@@ -333,25 +345,28 @@ class _Deadlined(imaplib.IMAP4):
         )
 
     def readline(self) -> bytes:
-        line = b""
+        line = bytearray()
         while not line.endswith(b"\n"):
             buffered = self._timed(self.file.peek, 1)  # at most one read from the socket
             if not buffered:
                 break  # the server closed the connection: imaplib reports it
             end = buffered.find(b"\n")
-            line += self.file.read(len(buffered) if end < 0 else end + 1)
+            piece = self.file.read(len(buffered) if end < 0 else end + 1)
+            self._read += len(piece)
+            line += piece
             if len(line) > imaplib._MAXLINE:
                 raise self.error(f"got more than {imaplib._MAXLINE} bytes in one line")
-        return line
+        return bytes(line)
 
     def read(self, size: int) -> bytes:
-        data = b""
+        data = bytearray()
         while len(data) < size:
             chunk = self._timed(self.file.read1, size - len(data))  # at most one socket read
             if not chunk:
                 break
+            self._read += len(chunk)
             data += chunk
-        return data
+        return bytes(data)
 
 
 class _DeadlinedSsl(_Deadlined, imaplib.IMAP4_SSL):
@@ -386,7 +401,9 @@ class Imap:
             ) from None
         try:
             self.conn.login(s.imap_username, s.imap_password.get_secret_value())
-            status, _ = self.conn.select(_quote(s.imap_folder))
+        except imaplib.IMAP4.abort as exc:  # the connection broke: not a refusal
+            self.close()
+            raise self.failed(exc) from None
         except imaplib.IMAP4.error:
             self.close()
             raise BounceError(
@@ -396,15 +413,26 @@ class Imap:
         except OSError as exc:
             self.close()
             raise self.failed(exc) from None
+        try:
+            status, data = self.conn.select(_quote(s.imap_folder))
+        except (OSError, imaplib.IMAP4.error) as exc:  # BAD, a dropped connection, a deadline
+            self.close()
+            raise self.failed(exc) from None
         if status != "OK":
             self.close()
-            raise BounceError(f"no IMAP folder {s.imap_folder!r}; check PAPERPOST_IMAP_FOLDER")
+            said = reply_text(
+                b" ".join(d for d in data if isinstance(d, bytes)).decode("ascii", "replace")
+            )
+            raise BounceError(
+                f"the IMAP server {where} cannot open the folder {s.imap_folder!r} ({said}); "
+                "check PAPERPOST_IMAP_FOLDER"
+            )
 
-    def failed(self, exc: OSError | imaplib.IMAP4.error) -> BounceError:
+    def failed(self, exc: Exception) -> BounceError:
         return BounceError(
-            f"reading the bounce mailbox at the IMAP server {self.where} failed: {exc}; "
-            "nothing was lost (its reports are read next run); check that server "
-            "(PAPERPOST_IMAP_HOST)"
+            f"reading the bounce mailbox at the IMAP server {self.where} failed: "
+            f"{reply_text(str(exc))}; nothing was lost (its reports are read next run); check "
+            "that server (PAPERPOST_IMAP_HOST)"
         )
 
     def messages(self) -> Iterator[tuple[str, bytes]]:
@@ -565,7 +593,12 @@ def apply(settings: Settings, store: Store, raw: bytes, summary: BounceSummary) 
 def process(settings: Settings, store: Store) -> BounceSummary:
     """Read every new message in the bounce mailbox, apply it, flag it done."""
     summary = BounceSummary()
-    source = open_source(settings)
+    try:
+        source = open_source(settings)
+    except BounceError:
+        raise
+    except Exception as exc:  # whatever else a mailbox does: one line, the run goes on
+        raise BounceError(f"cannot open the bounce mailbox: {_why(exc)}") from None
     try:
         for ident, raw in source.messages():
             try:
@@ -581,10 +614,17 @@ def process(settings: Settings, store: Store) -> BounceSummary:
                 )
                 continue
             source.done(ident)
-    except (OSError, imaplib.IMAP4.error) as exc:
+    except (BounceError, OperationalError, InterfaceError):
+        raise
+    except Exception as exc:  # a broken connection, an unexpected answer: one line
         if isinstance(source, Imap):
             raise source.failed(exc) from None
-        raise BounceError(f"reading the bounce mailbox failed: {exc}") from None
+        raise BounceError(f"reading the bounce mailbox failed: {_why(exc)}") from None
     finally:
-        source.close()
+        with contextlib.suppress(Exception):
+            source.close()
     return summary
+
+
+def _why(exc: Exception) -> str:
+    return reply_text(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}")

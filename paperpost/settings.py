@@ -225,6 +225,20 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("smtp_username", "smtp_password", "imap_username", "imap_password")
+    @classmethod
+    def _ascii_login(cls, value: str | SecretStr | None) -> str | SecretStr | None:
+        """smtplib (AUTH PLAIN/LOGIN) and imaplib (LOGIN) send logins as ASCII: any other
+        character failed at send time (every digest marked failed, or the run crashed)."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is not None and not text.isascii():
+            raise ValueError(
+                "ASCII letters, digits and punctuation only: SMTP AUTH and IMAP LOGIN as "
+                "paperpost sends them cannot carry other characters; set a login of ASCII "
+                "characters on the server"
+            )
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _https_only(cls, value: str | None) -> str | None:

@@ -132,11 +132,13 @@ service stats {{
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
-class Tarpit:
-    """An IMAPS server that greets, takes any login, and answers SELECT without ever ending
-    its answer: ``lines`` sends an untagged ``* OK still thinking N`` line every ``pace``
-    seconds, ``line`` one line a few bytes at a time, never its line end (each piece well
-    within the client's read timeout)."""
+class HostileImap:
+    """An IMAPS server that greets, takes any login, then misbehaves (``mode``): ``lines``
+    answers SELECT with an untagged ``* OK still thinking N`` line every ``pace`` seconds,
+    never ending the answer; ``line`` sends one line a few bytes at a time, never its line
+    end (each piece well within the client's read timeout); ``flood`` sends 900 KB lines as
+    fast as they are read; ``bad`` answers SELECT ``BAD``; ``drop`` closes the connection
+    right after LOGIN."""
 
     def __init__(self, folder: Path, mode: str, pace: float = 0.05) -> None:
         import ssl
@@ -152,7 +154,7 @@ class Tarpit:
         self.commands: list[bytes] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    def start(self) -> Tarpit:
+    def start(self) -> HostileImap:
         self.thread.start()
         return self
 
@@ -169,25 +171,34 @@ class Tarpit:
     def _handle(self, raw: socket.socket) -> None:
         with contextlib.suppress(OSError), self.context.wrap_socket(raw, server_side=True) as conn:
             reader = conn.makefile("rb")
-            conn.sendall(b"* OK [CAPABILITY IMAP4rev1] tarpit ready\r\n")
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1] hostile server ready\r\n")
             while line := reader.readline():
                 tag, command = line.split()[0], line.split()[1].upper()
                 self.commands.append(command)
+                if command == b"SELECT" and self.mode == "bad":
+                    conn.sendall(tag + b" BAD [SERVERBUG] mailbox index corrupted\r\n")
+                    continue
                 if command == b"SELECT":
                     self._stall(conn)
                     return
                 if command == b"CAPABILITY":
                     conn.sendall(b"* CAPABILITY IMAP4rev1\r\n")
                 conn.sendall(tag + b" OK done\r\n")
+                if command == b"LOGIN" and self.mode == "drop":
+                    return
 
     def _stall(self, conn: socket.socket) -> None:
+        if self.mode == "flood":
+            line = b"* OK " + b"Y" * 900_000 + b"\r\n"  # under imaplib's 1,000,000
+            while not self.stopped.is_set():
+                conn.sendall(line)
+            return
         count = 0
         if self.mode == "line":
             conn.sendall(b"* OK still thinking")
         while not self.stopped.wait(self.pace):
-            conn.sendall(
-                f"* OK still thinking {count}\r\n".encode() if self.mode == "lines" else b" ."
-            )
+            piece = f"* OK still thinking {count}\r\n" if self.mode == "lines" else " ."
+            conn.sendall(piece.encode())
             count += 1
 
     def stop(self) -> None:

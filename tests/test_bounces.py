@@ -623,7 +623,7 @@ def test_an_imap_server_that_never_ends_its_answer_is_cut_and_the_run_sends(
 
     shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
     (tmp_path / "subs.yaml").write_text("- email: ann@one.example\n  tags: [agents]\n")
-    tarpit = imap_server.Tarpit(tmp_path, mode).start()
+    tarpit = imap_server.HostileImap(tmp_path, mode).start()
     settings = settings_for(
         sources=[str(tmp_path / "dumps")],
         subscribers_dir=tmp_path / "subs.yaml",
@@ -656,3 +656,41 @@ def test_an_imap_server_that_never_ends_its_answer_is_cut_and_the_run_sends(
         "without ending it); nothing was lost (its reports are read next run); check that "
         "server (PAPERPOST_IMAP_HOST)"
     }
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("bad", "SELECT command error: BAD [b'[SERVERBUG] mailbox index corrupted']"),
+        ("drop", "command: SELECT => socket error: EOF"),
+        ("flood", "the server's answer to SELECT went on past 64 MB (no report is that large)"),
+    ],
+)
+def test_an_imap_server_that_misbehaves_is_one_line_not_a_crash(
+    tmp_path: Path, mode: str, said: str
+) -> None:
+    """ATTACK6 #14: SELECT answered BAD, or the connection dropped after LOGIN, raised out of
+    `bounces.process` (only BounceError was caught): every run crashed (exit 1, a 110-line
+    traceback) before sending. And (#15's addendum) a flood of untagged lines grew memory
+    without bound: imaplib keeps every line of an answer."""
+    from paperpost.bounces import BounceError
+
+    server = imap_server.HostileImap(tmp_path, mode).start()
+    settings = settings_for(
+        bounce_mailbox="imap",
+        imap_host="127.0.0.1",
+        imap_port=server.port,
+        imap_username="pp",
+        imap_password=SecretStr("secret"),
+        imap_ca_file=server.cert,
+    )
+    try:
+        with pytest.raises(BounceError) as raised:
+            process(settings, Store(f"sqlite:///{tmp_path / 'pp.db'}"))
+    finally:
+        server.stop()
+    assert str(raised.value) == (
+        f"reading the bounce mailbox at the IMAP server 127.0.0.1:{server.port} failed: {said}; "
+        "nothing was lost (its reports are read next run); check that server "
+        "(PAPERPOST_IMAP_HOST)"
+    )

@@ -279,3 +279,32 @@ def test_every_line_python_dotenv_would_skip_is_refused(lines: list[str]) -> Non
                 int(line.split(":")[1]) for line in exc.lines if line.startswith(str(env))
             )
     assert refused == skipped
+
+
+def test_a_login_smtp_or_imap_cannot_send_is_refused_at_start_without_showing_it(
+    tmp_path: Path,
+) -> None:
+    """ATTACK6 #7 and #14: smtplib and imaplib send logins as ASCII. A password `Grüße-…`
+    failed every digest *permanently* ('ascii' codec can't encode characters in position
+    6-7: where the secret's non-ASCII letters are), or crashed every run (IMAP)."""
+    result = paperpost(
+        ["run", "--no-prefect"],
+        tmp_path,
+        PAPERPOST_SMTP_PASSWORD="Grüße-2026-secret",
+        PAPERPOST_IMAP_PASSWORD="pässwörd",
+        PAPERPOST_IMAP_USERNAME="bounces@exämple.org",
+    )
+    assert result.returncode == 2
+    expected = (
+        "expected ASCII letters, digits and punctuation only: SMTP AUTH and IMAP LOGIN as "
+        "paperpost sends them cannot carry other characters; set a login of ASCII characters "
+        "on the server"
+    )
+    assert sorted(result.stderr.splitlines()) == [
+        f"configuration error PAPERPOST_IMAP_PASSWORD=<hidden>: {expected}, "
+        "e.g. PAPERPOST_IMAP_PASSWORD=...",
+        f"configuration error PAPERPOST_IMAP_USERNAME=bounces@exämple.org: {expected}, "
+        "e.g. PAPERPOST_IMAP_USERNAME=...",
+        f"configuration error PAPERPOST_SMTP_PASSWORD=<hidden>: {expected}, "
+        "e.g. PAPERPOST_SMTP_PASSWORD=...",
+    ]
