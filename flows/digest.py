@@ -30,7 +30,7 @@ from paperpost.fetch import Fetched
 from paperpost.report import markdown
 from paperpost.settings import Settings
 from paperpost.store import RunPlan, Store
-from paperpost.subscribers import LoadedSubscriber, SubscriberError
+from paperpost.subscribers import LoadedSubscriber
 
 _TASK = {"cache_policy": NONE, "persist_result": False}
 # Batches submitted ahead of the one being collected; this also bounds memory (rendered
@@ -207,7 +207,7 @@ def digest(
         clock = time.perf_counter()
         # subscribers are read as batches are submitted: memory holds the batches in
         # flight, not the whole list
-        errors: list[SubscriberError] = []
+        errors = pipeline.run_errors()
         readers = pipeline.stream_readers(settings.subscribers_dir, errors, cadence)
         skips: Counter[str] = Counter()
         in_flight: deque = deque()
@@ -229,13 +229,8 @@ def digest(
                 collect()
         while in_flight:
             collect()
-        for error in errors:
-            logger.warning(  # where, not what: the message may quote an address
-                "Skipping invalid subscriber entry at %s:%s (%s)",
-                error.path,
-                error.line,
-                error.field or "file",
-            )
+        for line in pipeline.error_log_lines(errors):  # one per file
+            logger.warning(line)
         summary.stage_seconds["rank+render+send"] = time.perf_counter() - clock
         pipeline.summarize(store, summary, plan, reports, errors, skips, tally)
         store.finish_run(run_id, "finished", summary.to_json())

@@ -551,14 +551,15 @@ def subscribers_validate(
 ) -> None:
     """Check every subscriber file; print every error; exit 1 if any; warn on unknown tags."""
     from paperpost.rank import tag_warnings
-    from paperpost.subscribers import load_subscribers
+    from paperpost.subscribers import SubscriberErrors, iter_subscribers
 
     target = folder or _settings().subscribers_dir
-    entries, errors = load_subscribers(target)
-    for error in errors:
-        err.print(escape(str(error)))
-    warnings = 0
-    for entry in entries:
+    # each error printed as it is found and counted, not kept: a file of millions of bad
+    # entries is as many lines, not as many errors in memory
+    errors = SubscriberErrors(keep=0, report=lambda error: err.print(escape(str(error))))
+    warnings = valid = 0
+    for entry in iter_subscribers(target, errors):
+        valid += 1
         for index, interest in enumerate(entry.subscriber.tags):
             for warning in tag_warnings(interest.tag):
                 warnings += 1
@@ -582,10 +583,9 @@ def subscribers_validate(
                 "nothing; schedule the job on that day too or pick a weekday"
             )
     out.print(
-        f"{len(entries)} valid subscriber(s), {len(errors)} error(s), "
-        f"{warnings} warning(s) in {target}"
+        f"{valid} valid subscriber(s), {errors.total} error(s), {warnings} warning(s) in {target}"
     )
-    if errors:
+    if errors.total:
         raise typer.Exit(1)
 
 

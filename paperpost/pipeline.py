@@ -53,7 +53,7 @@ from paperpost.rank import (
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
 from paperpost.store import Lease, RunPlan, Store
-from paperpost.subscribers import LoadedSubscriber, SubscriberError, iter_subscribers
+from paperpost.subscribers import LoadedSubscriber, SubscriberErrors, iter_subscribers
 from paperpost.unsubscribe import apply_queued
 
 if TYPE_CHECKING:
@@ -653,7 +653,7 @@ def _absolute(url: str) -> str | None:
 
 
 def stream_readers(
-    folder: Path, errors: list[SubscriberError], cadence: str | None = None
+    folder: Path, errors: SubscriberErrors, cadence: str | None = None
 ) -> Iterator[LoadedSubscriber]:
     """Valid subscribers (of one cadence, if given), read as they are needed; every error
     in their files is appended to ``errors``. Only a batch of them is ever in memory."""
@@ -761,20 +761,38 @@ def prepare(settings: Settings, store: Store, run_id: int) -> tuple[RunPlan, lis
 ERRORS_PER_FILE = 5  # a file's errors a run's summary lists; `subscribers validate` shows all
 
 
-def _listed(errors: Sequence[SubscriberError]) -> list[str]:
+def run_errors() -> SubscriberErrors:
+    """Where a run collects subscriber errors: every one counted, a file's first
+    ERRORS_PER_FILE kept (a file of millions of bad entries is not millions of errors in
+    memory, in the summary or in the log)."""
+    return SubscriberErrors(keep=ERRORS_PER_FILE)
+
+
+def _listed(errors: SubscriberErrors) -> list[str]:
     """The subscriber errors as a run's summary lists them: a file's first ERRORS_PER_FILE,
     then one line counting the rest (a file of 2,500 bad keywords is not 2,500 lines)."""
-    by_file: dict[str, list[SubscriberError]] = {}
-    for error in errors:
-        by_file.setdefault(error.path, []).append(error)
     lines: list[str] = []
-    for path, found in by_file.items():
-        lines += [str(e) for e in found[:ERRORS_PER_FILE]]
-        if len(found) > ERRORS_PER_FILE:
+    for path, kept, count in errors.by_file():
+        lines += [str(e) for e in kept[:ERRORS_PER_FILE]]
+        if count > ERRORS_PER_FILE:
             lines.append(
-                f"{path}: {len(found) - ERRORS_PER_FILE:,} more errors in this file; "
+                f"{path}: {count - ERRORS_PER_FILE:,} more errors in this file; "
                 f"`paperpost subscribers validate {path}` lists them all"
             )
+    return lines
+
+
+def error_log_lines(errors: SubscriberErrors) -> list[str]:
+    """One line per file with errors, for a log that may not quote an entry (an error can
+    name an address): how many entries were skipped and where the first one is."""
+    lines = []
+    for path, kept, count in errors.by_file():
+        first = kept[0]
+        lines.append(
+            f"Skipping {count:,} invalid subscriber entr{'y' if count == 1 else 'ies'} in "
+            f"{path} (first at line {first.line}, {first.field or 'file'}); "
+            f"`paperpost subscribers validate {path}` lists them"
+        )
     return lines
 
 
@@ -783,7 +801,7 @@ def summarize(
     summary: RunSummary,
     plan: RunPlan,
     reports: Sequence[SourceReport],
-    errors: Sequence[SubscriberError],
+    errors: SubscriberErrors,
     skips: Counter[str],
     tally: Tally,
 ) -> RunSummary:
@@ -795,7 +813,7 @@ def summarize(
     summary.papers_seen = sum(r.papers for r in reports)
     summary.papers_new = plan.high_water - plan.low_water
     summary.invalid_subscribers = _listed(errors)
-    summary.invalid_subscriber_files = len({e.path for e in errors})
+    summary.invalid_subscriber_files = len(errors.counts)
     counts = tally.counts
     summary.digests_sent = counts["sent"]
     summary.digests_failed = counts["failed"]
@@ -943,7 +961,7 @@ def run_plain(
         clock = time.perf_counter()
         summary.bounces = bounce_stage(settings, store)
         summary.stage_seconds["bounces"] = time.perf_counter() - clock
-        errors: list[SubscriberError] = []
+        errors = run_errors()
         subscribers = stream_readers(settings.subscribers_dir, errors)
         edition = edition_for(settings, plan, today)
         skips: Counter[str] = Counter()

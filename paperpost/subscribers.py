@@ -15,7 +15,7 @@ import re
 import reprlib
 import sqlite3
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -344,6 +344,48 @@ class SubscriberError:
         return (
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )
+
+
+class SubscriberErrors:
+    """The errors found while reading a subscriber list, in bounded memory: every error is
+    counted by file, the first ``keep`` of each file are kept (with their file:line), and
+    ``report`` (if given) sees every one as it is found. A file of millions of bad entries
+    costs a count, not a list of millions of errors."""
+
+    def __init__(
+        self, keep: int | None = None, report: Callable[[SubscriberError], None] | None = None
+    ) -> None:
+        self.keep = keep  # None: keep all (a single file, `subscribers add`/`remove`)
+        self.report = report
+        self.kept: list[SubscriberError] = []
+        self.counts: dict[str, int] = {}  # by file, in the order first found
+
+    def append(self, error: SubscriberError) -> None:
+        found = self.counts.get(error.path, 0)
+        self.counts[error.path] = found + 1
+        if self.keep is None or found < self.keep:
+            self.kept.append(error)
+        if self.report:
+            self.report(error)
+
+    def extend(self, errors: Iterable[SubscriberError]) -> None:
+        for error in errors:
+            self.append(error)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def by_file(self) -> list[tuple[str, list[SubscriberError], int]]:
+        """Each file with errors: its kept errors and how many it had in all."""
+        kept: dict[str, list[SubscriberError]] = {path: [] for path in self.counts}
+        for error in self.kept:
+            kept[error.path].append(error)
+        return [(path, kept[path], count) for path, count in self.counts.items()]
+
+
+# where the readers put errors: a run's bounded SubscriberErrors, or a plain list
+ErrorSink = SubscriberErrors | list[SubscriberError]
 
 
 @pickled_by_fields
@@ -675,7 +717,7 @@ def _yaml_error(name: str, exc: yaml.YAMLError) -> SubscriberError:
     return SubscriberError(name, 1, 1, "", f"YAML syntax: {exc}")
 
 
-def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubscriber]:
+def iter_file(path: Path, errors: ErrorSink) -> Iterator[LoadedSubscriber]:
     """The valid subscribers of one YAML file (a subscriber mapping or a list of them), one
     at a time; every problem is appended to ``errors``. Memory stays that of one entry."""
     name = str(path)
@@ -779,8 +821,8 @@ def iter_file(path: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubsc
 
 def load_file(path: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
     """Load one YAML file holding a subscriber mapping or a list of them."""
-    errors: list[SubscriberError] = []
-    return list(iter_file(path, errors)), errors
+    errors = SubscriberErrors()
+    return list(iter_file(path, errors)), errors.kept
 
 
 SCHEMA_FILE = Path(__file__).with_name("data") / "subscriber.schema.json"
@@ -900,7 +942,7 @@ def subscriber_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml"})
 
 
-def iter_subscribers(folder: Path, errors: list[SubscriberError]) -> Iterator[LoadedSubscriber]:
+def iter_subscribers(folder: Path, errors: ErrorSink) -> Iterator[LoadedSubscriber]:
     """Every valid subscriber under ``folder``, one at a time (file by file, entry by
     entry: memory does not grow with the list); every error is appended to ``errors``."""
     if not folder.exists() and not folder.is_symlink():
@@ -953,5 +995,5 @@ class _Seen:
 
 def load_subscribers(folder: Path) -> tuple[list[LoadedSubscriber], list[SubscriberError]]:
     """Every valid subscriber under ``folder``, and every error found on the way."""
-    errors: list[SubscriberError] = []
-    return list(iter_subscribers(folder, errors)), errors
+    errors = SubscriberErrors()
+    return list(iter_subscribers(folder, errors)), errors.kept

@@ -28,7 +28,14 @@ def titles(msg) -> str:
 @pytest.mark.usefixtures("prefect_harness")
 def test_digest_flow_end_to_end(tmp_path: Path, monkeypatch) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.logging.handlers import APILogWorker
 
     from flows.digest import digest
 
@@ -37,6 +44,7 @@ def test_digest_flow_end_to_end(tmp_path: Path, monkeypatch) -> None:
     subs = tmp_path / "subscribers"
     shutil.copytree(ROOT / "subscribers", subs)
     (subs / "zed.yaml").write_text("email: zed@example.org\ntags:\n  - agents\n  - 3\n")
+    (subs / "hog.yaml").write_text("- {email: x}\n" * 12)  # 24 errors: 1 log line, 6 listed
     outbox = tmp_path / "outbox"
     monkeypatch.setenv("PAPERPOST_DATABASE_URL", f"sqlite:///{tmp_path / 'pp.db'}")
     args = dict(sources=[str(dumps)], subscribers_dir=str(subs), outbox_dir=str(outbox))
@@ -44,8 +52,26 @@ def test_digest_flow_end_to_end(tmp_path: Path, monkeypatch) -> None:
     first = digest(**args)
     assert first["papers_new"] == 13 and first["digests_sent"] == 4
     assert first["digests_failed"] == 0
-    assert first["invalid_subscribers"] == [
-        f'{subs / "zed.yaml"}:4:5: tags[1]: expected a string or a mapping with "tag", got a number'
+    hog, zed = subs / "hog.yaml", subs / "zed.yaml"
+    listed = first["invalid_subscribers"]
+    assert len(listed) == 7 and all(line.startswith(f"{hog}:") for line in listed[:6])
+    assert listed[5] == (
+        f"{hog}: 19 more errors in this file; `paperpost subscribers validate {hog}` lists them all"
+    )
+    assert listed[6] == (
+        f'{zed}:4:5: tags[1]: expected a string or a mapping with "tag", got a number'
+    )
+    # ATTACK6 #6: one log line per file (it was one per error: 40,000 lines for one file,
+    # more than the Prefect API could take), with the count and the first error's place
+    APILogWorker.drain_all()
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    assert sorted(log.message for log in logs if "invalid subscriber" in log.message) == [
+        f"Skipping 1 invalid subscriber entry in {zed} (first at line 4, tags[1]); "
+        f"`paperpost subscribers validate {zed}` lists them",
+        f"Skipping 24 invalid subscriber entries in {hog} (first at line 1, [0].tags); "
+        f"`paperpost subscribers validate {hog}` lists them",
     ]
     sent = read_outbox(outbox)
     assert set(sent) == {

@@ -149,6 +149,48 @@ def test_sizes_are_bounded_with_clear_errors(tmp_path: Path) -> None:
     assert "words.yaml:3:10: exclude: List should have at most 50 items" in joined
 
 
+def test_a_file_of_many_bad_entries_costs_a_count_not_memory(tmp_path: Path) -> None:
+    """ATTACK6 #6. Before: a run kept every error of the list until its end (~0.5 KB each:
+    1.15 GB for a 26 MB file of ``- {email: x}``); now a run keeps a file's first
+    ERRORS_PER_FILE and counts the rest, and the summary still says how many and where the
+    first ones are. Measured with tracemalloc on the run's own reader."""
+    import tracemalloc
+
+    from paperpost.pipeline import ERRORS_PER_FILE, _listed, run_errors, stream_readers
+
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    (folder / "hog.yaml").write_text("- {email: x}\n" * 4000)  # 8,000 errors
+    (folder / "ok.yaml").write_text("email: ok@example.org\ntags: [agents]\n")
+    warm = tmp_path / "warm"  # what the first read loads once (the tag vocabulary, ...)
+    warm.mkdir()
+    (warm / "two.yaml").write_text("- {email: x}\n- {email: w@example.org, tags: [agents]}\n")
+    errors = run_errors()
+    tracemalloc.start()
+    try:
+        list(stream_readers(warm, run_errors()))
+        before = tracemalloc.get_traced_memory()[0]
+        loaded = [entry.subscriber.email for entry in stream_readers(folder, errors)]
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert loaded == ["ok@example.org"]  # the other file is served
+    assert grown < 200_000, f"{grown:,} bytes kept after reading 8,000 errors"
+    assert errors.total == 8000 and len(errors.kept) == ERRORS_PER_FILE
+    hog = folder / "hog.yaml"
+    assert _listed(errors) == [
+        f"{hog}:1:3: [0].tags: this field is required",
+        f"{hog}:1:11: [0].email: expected an email address like ada@example.org, got 'x' "
+        "(An email address must have an @-sign.)",
+        f"{hog}:2:3: [1].tags: this field is required",
+        f"{hog}:2:11: [1].email: expected an email address like ada@example.org, got 'x' "
+        "(An email address must have an @-sign.)",
+        f"{hog}:3:3: [2].tags: this field is required",
+        f"{hog}: 7,995 more errors in this file; `paperpost subscribers validate {hog}` "
+        "lists them all",
+    ]
+
+
 def _jobs(*addresses: str) -> list[DigestJob]:
     items = rank([Paper("Agents at work", "LLM agents.")], Profile((Interest("agents"),)))
     return [DigestJob(Reader(a, None, ("agents",)), items, 0, 1) for a in addresses]
