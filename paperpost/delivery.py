@@ -367,6 +367,9 @@ def _crlf_dot_stuffed(data: bytes) -> bytes:
 # A server that sends one line of a reply now and then ("250-still thinking", a tarpit) never
 # trips the per-read timeout; one reply (all its lines) gets this many read timeouts in total.
 REPLY_READS = 6
+# ... and one that streams lines fast would fill memory (smtplib keeps every line of a reply):
+# a reply is cut at this size (an EHLO reply, the longest, is well under 1 KB).
+REPLY_BYTES = 64 << 10
 
 
 class _ReplyDeadline:
@@ -376,11 +379,16 @@ class _ReplyDeadline:
         self.file = file
         self.seconds = seconds
         self.ends = time.monotonic() + seconds
+        self.read = 0
 
     def readline(self, limit: int = -1) -> bytes:
         if time.monotonic() > self.ends:  # smtplib closes the connection on an OSError
             raise TimeoutError(f"the server's reply did not end within {self.seconds:g} s")
-        return self.file.readline(limit)
+        if self.read > REPLY_BYTES:
+            raise OSError(f"the server's reply went on past {REPLY_BYTES >> 10} KB")
+        line = self.file.readline(limit)
+        self.read += len(line)
+        return line
 
     def close(self) -> None:
         self.file.close()

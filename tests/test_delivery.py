@@ -739,10 +739,11 @@ def test_a_failure_between_body_and_dot_never_leaks_into_the_next_message(smtp) 
 class TricklingSmtp:
     """A real SMTP server on 127.0.0.1 that answers well until ``where`` (EHLO, RCPT or the
     final dot), then sends one more "250-still thinking" line every 10 ms, never a last line
-    (a wedged relay or a tarpit)."""
+    (a wedged relay or a tarpit); with ``flood``, 8,000-byte "250-" lines as fast as they
+    are read (``sent`` counts the bytes)."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
+    def __init__(self, where: str, flood: bool = False) -> None:
+        self.where, self.flood, self.sent = where, flood, 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.stop = threading.Event()
@@ -761,6 +762,11 @@ class TricklingSmtp:
                         in_data, command = False, "DOT"
                     else:
                         command = line[:4].upper().decode()
+                    if command.rstrip() == self.where and self.flood:
+                        block = (b"250-" + b"X" * 8000 + b"\r\n") * 16
+                        while not self.stop.is_set():
+                            conn.sendall(block)
+                            self.sent += len(block)
                     if command.rstrip() == self.where:
                         while not self.stop.wait(0.01):
                             conn.sendall(b"250-still thinking\r\n")
@@ -814,6 +820,33 @@ def test_a_reply_that_never_ends_is_cut_at_its_deadline(tmp_path, where: str, st
     assert result.status == status
     if status == "retry":
         assert f"did not end within {REPLY_READS * 0.5:g} s" in result.detail
+
+
+def test_a_reply_streamed_fast_is_cut_at_its_size_not_read_into_memory(tmp_path) -> None:
+    """ATTACK6 #15: an EHLO reply of endless 8,000-byte "250-" lines, sent as fast as read,
+    grew the run by ~160 MB/s until the reply's deadline (180 s by default: ~28 GB, the run
+    OOM-killed): smtplib keeps every line of a reply. Now a reply is cut at REPLY_BYTES."""
+    from paperpost.delivery import REPLY_BYTES
+
+    server = TricklingSmtp("EHLO", flood=True)
+    settings = Settings(
+        delivery="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=server.port,
+        smtp_security="none",
+        smtp_timeout=0.5,  # the deadline (3 s) would end it too, after hundreds of MB
+    )
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        (result,) = send_batch(store, Smtp(settings), digests_for(["a@one.example"]), 1, attempts=1)
+    finally:
+        server.close()
+    assert result.status == "retry"
+    assert result.detail == (
+        f"temporary: cannot connect to 127.0.0.1:{server.port}: Connection unexpectedly closed: "
+        f"the server's reply went on past {REPLY_BYTES >> 10} KB; will retry next run"
+    )
+    assert server.sent < 16 << 20  # what the client read, and the sockets' buffers
 
 
 # --- per receiving domain: policy and rate-limit refusals defer the domain, not the run ----
