@@ -180,7 +180,7 @@ def digest(
         logger.error("%s", exc)
         return Failed(message=str(exc))  # type: ignore[return-value]
     today = today or datetime.now(UTC).date()
-    store, owner, run_id = pipeline.begin(settings)
+    store, owner, run_id = pipeline.begin(settings, today, cadence)
     if run_id is None:
         message = pipeline.locked_message(store)
         logger.warning("%s", message)

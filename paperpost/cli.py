@@ -580,7 +580,8 @@ def subscribers_validate(
                 f"[yellow]warning[/yellow] {escape(str(entry.path))}:{entry.line}: "
                 f"{escape(sub.email)}: weekday: {sub.weekday}: the README's schedule "
                 '("0 7 * * 1-5", Monday to Friday) never runs then, so this reader gets '
-                "nothing; schedule the job on that day too or pick a weekday"
+                "the digest at the next run after it (Monday); schedule the job on that day "
+                "too or pick a weekday"
             )
     out.print(
         f"{valid} valid subscriber(s), {errors.total} error(s), {warnings} warning(s) in {target}"

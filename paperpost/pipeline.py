@@ -393,7 +393,11 @@ def rank_stage(
             cursor = plan.low_water
             fresh.append((address, cursor))
         if sub.cadence == "weekly":
-            if today.strftime("%A").lower() != sub.weekday and address not in overdue:
+            # their weekday passed with no run serving them: due now, not next week
+            missed = sub.weekday in plan.weekly_missed and (
+                (reached := plan.weekly_missed[sub.weekday]) is None or cursor < reached
+            )
+            if not (today.strftime("%A").lower() == sub.weekday or address in overdue or missed):
                 skips.append(Skip(address, f"not due (weekly on {sub.weekday})"))
                 continue
             if last is not None and last.astimezone(UTC).date() == today:
@@ -715,8 +719,11 @@ def require_semantic(settings: Settings) -> None:
             raise ConfigError([f"PAPERPOST_SEMANTIC is on, but {exc}"]) from None
 
 
-def begin(settings: Settings) -> tuple[Store, str, int | None]:
-    """Open the store and take the run lease; run id None when another run holds it
+def begin(
+    settings: Settings, today: date, cadence: str | None = None
+) -> tuple[Store, str, int | None]:
+    """Open the store and take the run lease for a run serving ``today`` (the subscribers
+    of ``cadence``; None: all); run id None when another run holds it
     (:func:`locked_message` says who).
 
     A lease expires after LOCK_TTL; one held by a process of this machine that no longer
@@ -732,7 +739,7 @@ def begin(settings: Settings) -> tuple[Store, str, int | None]:
             return store, owner, None
         if not store.take_over_lock(LOCK, holder, owner, LOCK_TTL):
             return store, owner, None
-    return store, owner, store.start_run()
+    return store, owner, store.start_run(today, cadence)
 
 
 def locked_message(store: Store) -> str:
@@ -944,7 +951,7 @@ def run_plain(
     up each batch's time in that stage; batches overlap, so they can exceed the wall time.
     """
     today = today or datetime.now(UTC).date()
-    store, owner, run_id = begin(settings)
+    store, owner, run_id = begin(settings, today)
     if run_id is None:
         return RunSummary(0, "locked", message=locked_message(store))
     summary = RunSummary(run_id)

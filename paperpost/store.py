@@ -38,12 +38,13 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
 from sqlalchemy import (
     Column,
+    Date,
     DateTime,
     Engine,
     Float,
@@ -109,6 +110,8 @@ runs = Table(
     Column("high_water", Integer),
     Column("summary", Text),
     Column("pause_reason", Text),
+    Column("day", Date),  # the day it served (``--today``, else the UTC date)
+    Column("cadence", String(10)),  # the subscribers it served: daily, weekly, NULL = all
 )
 
 subscriber_state = Table(
@@ -267,6 +270,39 @@ class RunPlan:
     low_water: int
     high_water: int
     semantic: bool = False  # rank with the semantic signal too (settings.semantic)
+    # weekday -> the window a run reached since it passed (None: none), for weekdays no
+    # finished run served in the last six days (see _weekdays_missed)
+    weekly_missed: dict[str, int | None] = field(default_factory=dict)
+
+
+def _weekdays_missed(conn, day: date | None) -> dict[str, int | None]:  # type: ignore[no-untyped-def]
+    """The weekdays of the last six days that no finished run serving weekly readers covered
+    (the lease was held by a long daily run, the job did not run that day), each with the
+    highest window a run reached since that day (None: no run did). A weekly reader of such
+    a weekday whose cursor is below it was not served, and is due now. Days before the
+    first run ever are not missed: a new installation does not catch up on last week."""
+    if day is None:
+        return {}
+    first = conn.execute(select(func.min(runs.c.day))).scalar()
+    rows = conn.execute(
+        select(runs.c.day, runs.c.status, runs.c.high_water).where(
+            runs.c.day >= day - timedelta(days=6),
+            runs.c.day < day,
+            or_(runs.c.cadence.is_(None), runs.c.cadence == "weekly"),
+        )
+    ).all()
+    missed: dict[str, int | None] = {}
+    for back in range(1, 7):
+        passed = day - timedelta(days=back)
+        if first is None or passed < first:
+            continue
+        since = [r for r in rows if r.day >= passed]
+        if any(r.status == "finished" for r in since):
+            continue  # served that day, or caught up by a later run
+        missed[passed.strftime("%A").lower()] = max(
+            (r.high_water for r in since if r.high_water is not None), default=None
+        )
+    return missed
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,23 +702,34 @@ class Store:
 
     # --- runs --------------------------------------------------------------------------
 
-    def start_run(self) -> int:
-        """Open a run; its low water is the high water of the last finished run."""
+    def start_run(self, day: date | None = None, cadence: str | None = None) -> int:
+        """Open a run serving ``day`` (default: today, UTC) for the subscribers of ``cadence``
+        (None: all); its low water is the high water of the last finished run."""
+        started = now()
         with self.engine.begin() as conn:
             low = conn.execute(
                 select(func.max(runs.c.high_water)).where(runs.c.status == "finished")
             ).scalar()
             return conn.execute(
-                insert(runs).values(started_at=now(), status="running", low_water=low or 0)
+                insert(runs).values(
+                    started_at=started,
+                    status="running",
+                    low_water=low or 0,
+                    day=day or started.date(),
+                    cadence=cadence,
+                )
             ).inserted_primary_key[0]
 
     def plan_run(self, run_id: int) -> RunPlan:
         """Fix the run's window once ingestion is done: everything ingested so far."""
         with self.engine.begin() as conn:
             high = conn.execute(select(func.max(papers.c.seq))).scalar() or 0
-            low = conn.execute(select(runs.c.low_water).where(runs.c.id == run_id)).scalar_one()
+            run = conn.execute(
+                select(runs.c.low_water, runs.c.day, runs.c.cadence).where(runs.c.id == run_id)
+            ).one()
             conn.execute(update(runs).where(runs.c.id == run_id).values(high_water=high))
-        return RunPlan(run_id, low, high)
+            missed = _weekdays_missed(conn, run.day) if run.cadence != "daily" else {}
+        return RunPlan(run_id, run.low_water, high, weekly_missed=missed)
 
     def finish_run(self, run_id: int, status: str, summary: dict) -> None:
         with self.engine.begin() as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import re
 import shutil
+from datetime import date
 from email import policy
 from pathlib import Path
 
@@ -222,7 +223,7 @@ def test_a_task_refuses_a_database_that_does_not_hold_the_runs_lease(tmp_path: P
     from paperpost.settings import Settings
 
     run_db = Settings(database_url=f"sqlite:///{tmp_path / 'run.db'}")
-    _store, owner, run_id = pipeline.begin(run_db)
+    _store, owner, run_id = pipeline.begin(run_db, date.today())
     assert run_id is not None
     assert run_store(run_db, owner).lock_owner(pipeline.LOCK) == owner
     other = Settings(database_url=f"sqlite:///{tmp_path / 'other.db'}")

@@ -202,7 +202,7 @@ def test_a_digest_that_cannot_be_rendered_fails_alone(tmp_path: Path, db_url: st
     rendered = render_stage(Renderer(), jobs, EDITION)
     assert [m.address for m in rendered.outgoing] == ["r1@example.org", "r2@example.org"]
     settings = Settings(outbox_dir=tmp_path / "outbox", database_url=db_url)
-    store, owner, run_id = begin(settings)
+    store, owner, run_id = begin(settings, date.today())
     assert run_id is not None
     outcomes = send_stage(settings, store, rendered, run_id, owner)
     status = {o.address: (o.status, o.detail) for o in outcomes}
@@ -221,7 +221,7 @@ def test_a_message_smtp_cannot_write_fails_alone(tmp_path: Path, db_url: str) ->
             update={"database_url": db_url, "secret_key": SecretStr("k" * 32)}
         )
         batch = Rendered([odd, *rendered.outgoing], [])
-        store, owner, run_id = begin(settings)
+        store, owner, run_id = begin(settings, date.today())
         assert run_id is not None
         outcomes = send_stage(settings, store, batch, run_id, owner)
     finally:
@@ -499,7 +499,7 @@ def test_a_run_whose_lease_another_run_took_sends_nothing_more(tmp_path: Path, d
     from paperpost.pipeline import LOCK, LOCK_TTL
 
     settings = Settings(outbox_dir=tmp_path / "outbox", database_url=db_url)
-    store, owner, run_id = begin(settings)
+    store, owner, run_id = begin(settings, date.today())
     assert run_id is not None
     _expire_lease(store)
     assert store.acquire_lock(LOCK, "otherhost:2:later-run", LOCK_TTL)  # the second run
@@ -525,7 +525,7 @@ def test_a_run_that_keeps_sending_keeps_its_lease(tmp_path: Path, db_url: str) -
     from paperpost.store import locks, now
 
     settings = Settings(outbox_dir=tmp_path / "outbox", database_url=db_url)
-    store, owner, run_id = begin(settings)
+    store, owner, run_id = begin(settings, date.today())
     assert run_id is not None
     _expire_lease(store)
     rendered = render_stage(Renderer(), _jobs("r1@example.org", "r2@example.org"), EDITION)

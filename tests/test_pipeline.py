@@ -119,6 +119,52 @@ def test_a_weekly_digest_that_failed_temporarily_is_retried_next_run(setup, tmp_
         server.stop()
 
 
+def test_a_weekly_reader_whose_weekday_no_run_served_is_due_at_the_next_run_once(setup) -> None:
+    """ATTACK6 #16: the weekly run found the lease held by a long daily run (or the machine
+    was down) on Monday; its readers had no ledger row, so the next days said "not due" and
+    they got the papers a week late. Now the next run serves them, once; a daily-only run
+    that Monday does not count as serving them."""
+    from paperpost.store import Store
+
+    settings, dumps, _, outbox = setup
+    write_dump(dumps, "a.txt", ["Speculative Decoding Alpha"])
+    run_plain(settings, MON)
+    assert len(digests(outbox, "weekly@example.org")) == 1
+    write_dump(dumps, "b.txt", ["Speculative Decoding Beta"])
+    store = Store(settings.db_url)  # next Monday: only the daily deployment ran
+    daily_only = store.start_run(NEXT_MON, "daily")
+    store.plan_run(daily_only)
+    store.finish_run(daily_only, "finished", {})
+    tuesday = run_plain(settings, date(2026, 12, 1))
+    weekly = digests(outbox, "weekly@example.org")
+    assert len(weekly) == 2 and "Beta" in weekly[1] and "Alpha" not in weekly[1]
+    assert tuesday.skip_reasons.get("not due (weekly on monday)") is None
+    write_dump(dumps, "c.txt", ["Speculative Decoding Gamma"])
+    wednesday = run_plain(settings, date(2026, 12, 2))  # caught up: next Monday again
+    assert wednesday.skip_reasons.get("not due (weekly on monday)") == 1
+    assert len(digests(outbox, "weekly@example.org")) == 2
+
+
+def test_weekdays_missed_are_those_no_finished_weekly_run_covered(tmp_path: Path) -> None:
+    """Which weekdays a run catches up: none on a new installation; a day a crashed run
+    reached asks for readers below its window only; a later finished run covers it."""
+    from paperpost.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    first = store.start_run(MON)
+    assert store.plan_run(first).weekly_missed == {}  # a new installation: nothing to catch up
+    store.finish_run(first, "finished", {})
+    crashed = store.start_run(WED)
+    store.plan_run(crashed)
+    store.finish_run(crashed, "crashed", {})
+    friday = store.start_run(date(2026, 11, 27))
+    missed = store.plan_run(friday).weekly_missed
+    assert missed == {"tuesday": 0, "wednesday": 0, "thursday": None}
+    store.finish_run(friday, "finished", {})
+    saturday = store.start_run(date(2026, 11, 28), "weekly")
+    assert store.plan_run(saturday).weekly_missed == {}  # friday's finished run covered them
+
+
 def test_new_subscriber_starts_with_current_news_and_tag_changes_apply(setup) -> None:
     settings, dumps, subs, outbox = setup
     write_dump(dumps, "a.txt", ["Speculative Decoding Alpha", "Diffusion Models Alpha"])

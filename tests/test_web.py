@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import date
+
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -95,7 +97,7 @@ def test_the_next_run_records_unsubscribes_the_web_app_queued(tmp_path, caplog) 
     queue_unsubscribe(state, "Carol@Example.org", "2026-11-26T06:00:00+00:00")
     with open(state / QUEUE, "a") as cut:
         cut.write('{"address": "dan@exa')
-    store, _, run_id = pipeline.begin(settings)
+    store, _, run_id = pipeline.begin(settings, date.today())
     assert run_id is not None
     with caplog.at_level(logging.WARNING, logger="paperpost.unsubscribe"):
         pipeline.prepare(settings, store, run_id)
