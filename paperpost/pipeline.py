@@ -63,6 +63,12 @@ if TYPE_CHECKING:
 
 LOCK = "digest-run"
 LOCK_TTL = timedelta(hours=2)
+# Why a digest tried before is skipped, by its ledger status (``already-<status>``).
+ALREADY = {
+    "already-sent": "already delivered",
+    "already-failed": "failed permanently before (not tried again)",
+    "already-ambiguous": "interrupted after the end of data before (not resent)",
+}
 # Routine deliveries (sent, or already delivered earlier) listed one by one in a run's summary;
 # beyond this they are only counted (the ledger has every one), so a run's memory and its
 # summary do not grow with the subscriber list. Deliveries needing attention are all listed.
@@ -829,10 +835,11 @@ def summarize(
     summary.digests_deferred = counts["deferred"]
     summary.deferred_domains = dict(sorted(tally.deferred.items()))
     summary.skip_reasons = dict(skips)
-    already = sum(v for k, v in counts.items() if k.startswith("already-"))
-    summary.digests_skipped = sum(skips.values()) + already
-    if already:
-        summary.skip_reasons["already delivered"] = already
+    already = {k: v for k, v in counts.items() if k.startswith("already-")}
+    summary.digests_skipped = sum(skips.values()) + sum(already.values())
+    for status, count in already.items():  # a digest that failed was not delivered
+        reason = ALREADY.get(status, "being sent by another run")
+        summary.skip_reasons[reason] = summary.skip_reasons.get(reason, 0) + count
     summary.deliveries = [
         {
             "address": o.address,

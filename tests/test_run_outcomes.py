@@ -154,6 +154,21 @@ def test_a_bad_mailbox_exit_6_then_list_and_reactivate(project, smtp, monkeypatc
     assert missing.exit_code == 1 and "is not suppressed" in missing.stderr
 
 
+def test_a_digest_that_failed_is_not_counted_as_already_delivered(
+    project, smtp, monkeypatch
+) -> None:
+    """ATTACK6 #7: the run after a permanent failure said "skipped: already delivered" for a
+    digest nobody received."""
+    smtp_env(monkeypatch, smtp)
+    smtp.script.data_failures = ["554 5.6.0 Message content rejected"]
+    assert run().exit_code == ExitCode.DELIVERY_FAILED
+    again = json.loads(run("--json").stdout)
+    assert again["skip_reasons"] == {
+        "no new papers": 1,  # the reader who got the digest
+        "failed permanently before (not tried again)": 1,
+    }
+
+
 def test_reactivating_a_complaint_needs_yes(project: Path) -> None:
     store = Store(f"sqlite:///{project / 'pp.db'}")
     store.suppress("ok@one.example", "complained", "ARF abuse report from Yahoo")
