@@ -11,6 +11,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import re
 import socket
 import stat
 import threading
@@ -22,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote_plus, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -62,16 +63,61 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
+# Query names whose values may be shown: paperpost writes them itself (an API day, a page)
+# or they name a day. Every other value may be a credential: a pre-signed S3/GCS link
+# (X-Amz-Signature, X-Goog-Credential), ?token=, ?access_token=, ?key=...
+SHOWN_QUERY = frozenset({"date", "week", "month", "p", "limit"})
+MASK = "***"
+
+
+# scheme://netloc path ?query #fragment, for any text (urlsplit raises on some: "http://[::1/")
+_URL_PARTS = re.compile(r"([^:/?#]+://)([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#(.*))?", re.S)
+
+
 def display_source(source: str) -> str:
-    """A source as it may be shown (run summary, errors, logs): a URL's credentials, as in
-    ``https://user:token@host/dump``, become ``***``. The source itself stays the key of
-    its fetch state."""
+    """A source as it may be shown (run summary, errors, logs, the Prefect artefact, stored
+    papers): a URL's credentials, as in ``https://user:token@host/dump``, the values of its
+    query (but those of SHOWN_QUERY: ``?date=2026-11-24&token=***``) and its fragment become
+    ``***``. The source itself stays the key of its fetch state."""
     if not is_url(source):
         return source
-    parts = urlsplit(source)
-    if "@" not in parts.netloc:
-        return source
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    scheme, netloc, path, query, fragment = _URL_PARTS.fullmatch(source).groups()  # type: ignore[union-attr]
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
+    shown = scheme + netloc + path
+    if query is not None:
+        shown += "?" + "&".join(_shown_pair(pair) for pair in query.split("&"))
+    return shown + (f"#{MASK}" if fragment else "")
+
+
+def _shown_pair(pair: str) -> str:
+    name, equals, value = pair.partition("=")
+    if not equals or not value or unquote_plus(name).strip().lower() in SHOWN_QUERY:
+        return pair
+    return f"{name}={MASK}"
+
+
+def redact(text: str, source: str) -> str:
+    """``text`` (an error about ``source``) with what :func:`display_source` hides of the
+    source replaced by ``***`` where it stands as it does in a URL (``=value``,
+    ``userinfo@``, ``#fragment``; as written, percent-decoded or percent-encoded):
+    exception texts may quote the URL as it was sent."""
+    if not is_url(source):
+        return text
+    _, netloc, _, query, fragment = _URL_PARTS.fullmatch(source).groups()  # type: ignore[union-attr]
+    hidden: list[tuple[str, str, str]] = []  # (before, value, after)
+    if "@" in netloc:
+        hidden.append(("", netloc.rsplit("@", 1)[0], "@"))
+    for pair in query.split("&") if query else []:
+        if _shown_pair(pair) != pair:
+            hidden.append(("=", pair.partition("=")[2], ""))
+    if fragment:
+        hidden.append(("#", fragment, ""))
+    for before, value, after in hidden:
+        for form in {value, unquote_plus(value), quote(value, safe="")} - {""}:
+            end = re.escape(after) if after else r"(?=[&#;\s'\")\]]|$)"
+            text = re.sub(re.escape(before + form) + end, before + MASK + after, text)
+    return text
 
 
 def _is_api_range(source: str) -> bool:
@@ -649,5 +695,7 @@ def fetch_all(
                 "failed",
                 error=f"unexpected response ({type(exc).__name__}: {reason}); will retry next run",
             )
+        if result.error:  # an exception's text may quote the URL, credentials and all
+            result = replace(result, error=redact(result.error, source))
         results.append(result)
     return results

@@ -5,6 +5,8 @@ import time
 from datetime import date
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -12,10 +14,12 @@ from conftest import EXAMPLE_API_DAY, EXAMPLE_DUMP
 from paperpost.dumps import parse_dump
 from paperpost.fetch import (
     api_day_urls,
+    display_source,
     expand_sources,
     fetch_all,
     fetch_api_day,
     fetch_url,
+    redact,
     session,
 )
 from paperpost.store import FetchState
@@ -244,3 +248,52 @@ def test_a_short_retry_after_is_still_honoured(httpserver: HTTPServer) -> None:
     httpserver.expect_ordered_request("/d").respond_with_data(DUMP)
     result = fetch_one(httpserver.url_for("/d"))
     assert result.status == "fetched" and result.content == DUMP
+
+
+# ATTACK6 #10: a secret in a source URL (userinfo, a query value, the fragment) never shows.
+_SECRET = st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789+/=%_-.~", min_size=8, max_size=40)
+_NAME = st.sampled_from(
+    ["token", "access_token", "X-Amz-Signature", "X-Amz-Credential", "sig", "key"]
+)
+
+
+@given(
+    secrets=st.lists(_SECRET, min_size=1, max_size=4),
+    names=st.lists(_NAME, min_size=4, max_size=4),
+    user=st.booleans(),
+    fragment=st.booleans(),
+    day=st.dates(),
+    path=st.sampled_from(["/dump.txt", "/api/daily_papers", "/", ""]),
+)
+def test_a_source_urls_secrets_are_shown_as_stars_in_the_source_and_its_errors(
+    secrets: list[str], names: list[str], user: bool, fragment: bool, day, path: str
+) -> None:
+    """Before: ``display_source`` hid only ``user:password@``: a pre-signed S3 URL's
+    signature or an ``?access_token=`` was printed in the run summary, stored in
+    ``runs.summary`` and published in the Prefect artefact. Now every query value but the
+    day and page paperpost itself writes is ``***``, in the source and in any error text
+    quoting the URL as sent (as written, percent-decoded or percent-encoded)."""
+    from urllib.parse import quote, unquote_plus
+
+    from requests.utils import requote_uri
+
+    query = "&".join(f"{n}={v}" for n, v in zip(names, secrets, strict=False))
+    userinfo = f"ann:{quote(secrets[0], safe='')}@" if user else ""
+    url = f"https://{userinfo}dumps.example.org{path}?date={day}&{query}"
+    url += f"#{secrets[-1]}" if fragment else ""
+    shown = display_source(url)
+    assert shown.startswith(f"https://{'***@' if user else ''}dumps.example.org{path}?date={day}&")
+    for name in names[: len(secrets)]:
+        assert f"{name}=***" in shown
+    sent = url.split("#")[0].replace("https://" + userinfo, "https://")
+    errors = [
+        f"request failed: Failed to parse: {url}",
+        f"Max retries exceeded with url: {sent.split('.org', 1)[1]} (Caused by x)",
+        f"Invalid URL '{unquote_plus(url)}': No host supplied",
+        f"redirected to {requote_uri(url.split('#')[0])} and back",  # as requests sends it
+    ]
+    for text in [shown] + [redact(error, url) for error in errors]:
+        for secret in secrets:
+            for form in {secret, unquote_plus(secret)}:
+                assert form not in text, (form, text)
+    assert redact("HTTP 503 after 10 s", url) == "HTTP 503 after 10 s"

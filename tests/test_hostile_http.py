@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -260,8 +261,13 @@ def test_a_run_with_a_hostile_source_serves_the_others(
     subs = tmp_path / "subs"
     subs.mkdir()
     (subs / "ann.yaml").write_text("email: ann@example.org\ntags: [agents]\n")
+    # ATTACK6 #10: a pre-signed URL's query, and one that requests cannot even parse
+    signed = server.url("/signed?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=9f2c1d0e7b6a5f")
+    server.routes["/signed"] = lambda c, _: respond(c, DUMP)
+    unparsable = "http://127.0.0.1:99999/dump?access_token=ghp_SECRETSECRET"
+    sources = [server.url("/dump").replace("//", "//ann:s3cret@"), str(dumps), signed, unparsable]
     env |= {
-        "PAPERPOST_SOURCES": f"{server.url('/dump').replace('//', '//ann:s3cret@')},{dumps}",
+        "PAPERPOST_SOURCES": json.dumps(sources),
         "PAPERPOST_SUBSCRIBERS_DIR": str(subs),
         "PAPERPOST_STATE_DIR": str(tmp_path / "state"),
         "PAPERPOST_OUTBOX_DIR": str(tmp_path / "outbox"),
@@ -279,4 +285,12 @@ def test_a_run_with_a_hostile_source_serves_the_others(
     assert "the file is truncated" in result.stdout + result.stderr  # the hostile one
     # before: the source's credentials were printed (and stored in each paper's record)
     assert "s3cret" not in result.stdout + result.stderr and "//***@127.0.0.1" in result.stdout
+    # before: query values were printed, and stored in runs.summary (the Prefect artefact's
+    # source); now only their names are shown
+    assert "/signed?X-Amz-Credential=***&X-Amz-Signature=***" in result.stdout
+    assert "127.0.0.1:99999/dump?access_token=***" in result.stdout
+    with sqlite3.connect(tmp_path / "state" / "paperpost.db") as db:
+        ((summary,),) = db.execute("SELECT summary FROM runs").fetchall()
+    for secret in ("s3cret", "AKIAEXAMPLE", "9f2c1d0e7b6a5f", "ghp_SECRETSECRET"):
+        assert secret not in result.stdout + result.stderr + summary
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
