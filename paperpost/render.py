@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime
+from email.utils import format_datetime, parseaddr
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -199,8 +199,11 @@ def paper_card(paper: Paper) -> Card:
 
 
 def sender_domain(sender: str) -> str:
-    match = re.search(r"@([A-Za-z0-9.-]+)", sender)
-    return match[1] if match else "paperpost.invalid"
+    """The domain of the sender's address (Message-IDs, List-Id, the unsubscribe mailto, the
+    VERP bounce address): from the parsed address, never from an ``@`` in the display name
+    (``"ML@ACME-Lab.com digest" <digest@news.example.org>``)."""
+    _, at, domain = parseaddr(sender)[1].rpartition("@")
+    return domain if at and re.fullmatch(r"[A-Za-z0-9.-]+", domain) else "paperpost.invalid"
 
 
 def message_hash(key: str, address: str, digest: str) -> str:

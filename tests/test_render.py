@@ -315,3 +315,49 @@ def test_the_text_part_has_no_hidden_break_hints(renderer) -> None:
     assert "\u200b" not in text
     assert f"{name}: agents for code" in text and f"TL;DR: {name} agents" in text
     assert org in text
+
+
+def test_an_at_sign_in_the_senders_name_does_not_move_our_domain(renderer, corpus) -> None:
+    """ATTACK6 #8: with PAPERPOST_SENDER='"ML@ACME-Lab.com digest" <digest@news.example.org>'
+    the domain came from the first `@` anywhere in the value: Message-IDs, List-Id, the
+    unsubscribe mailto and the VERP return path were @ACME-Lab.com, so bounces and mailto
+    unsubscribes went to a domain the operator does not own."""
+    from pydantic import SecretStr
+
+    from paperpost.settings import Settings
+    from paperpost.verp import envelope_sender
+
+    settings = Settings(
+        sender='"ML@ACME-Lab.com digest" <digest@news.example.org>',
+        secret_key=SecretStr("render-test-key-0123456789"),
+    )
+    edition = Edition(settings.sender, "secret", None, date(2026, 11, 25), 3)
+    out = renderer.render(READER, ranked_for(corpus, "agents"), edition, 0, 3)
+    msg = parse(out.data)
+    assert msg["From"].addresses[0].addr_spec == "digest@news.example.org"
+    assert msg["Message-ID"].endswith("@news.example.org>")
+    assert msg["List-Id"] == "paperpost digest <digest.news.example.org>"
+    assert "<mailto:unsubscribe@news.example.org?subject=" in msg["List-Unsubscribe"]
+    assert envelope_sender(settings, out.message_id).endswith("@news.example.org")
+    assert "acme" not in out.data.decode().lower().replace('"ml@acme-lab.com digest"', "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.text(alphabet=st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=30),
+    domain=st.from_regex(r"[a-z][a-z0-9-]{0,10}\.(org|example|co\.uk)", fullmatch=True),
+)
+def test_the_sender_domain_is_the_addresss_whatever_the_name(name: str, domain: str) -> None:
+    """Hypothesis: for any sender the settings accept, the domain paperpost uses is the
+    domain of the address, never something in the display name."""
+    from email.headerregistry import Address
+
+    from paperpost.errors import ConfigError
+    from paperpost.settings import Settings
+
+    value = str(Address(display_name=name, username="digest", domain=domain))
+    try:
+        accepted = Settings(sender=value).sender
+    except ConfigError:
+        return
+    assert render.sender_domain(accepted) == domain
