@@ -57,6 +57,7 @@ class Fetched:
     content_hash: str | None = None
     captured: date | None = None
     error: str | None = None
+    stalled: bool = False  # failed because the server was too slow or could not be reached
 
 
 def is_url(source: str) -> bool:
@@ -458,6 +459,7 @@ def fetch_url(
         return Fetched(
             url,
             "failed",
+            stalled=True,
             error=f"the download took over {deadline.seconds:g} s (a server sending very "
             "slowly?); will retry next run",
         )
@@ -503,7 +505,9 @@ def _get(
             last_modified = response.headers.get("Last-Modified")
             captured = _header_date(last_modified) or _header_date(response.headers.get("Date"))
     except requests.exceptions.Timeout:
-        return Fetched(url, "failed", error=f"timed out after {timeout[1]:g} s (will retry)")
+        return Fetched(
+            url, "failed", stalled=True, error=f"timed out after {timeout[1]:g} s (will retry)"
+        )
     except requests.exceptions.ChunkedEncodingError:
         return Fetched(
             url, "failed", error="the connection closed before the whole body arrived (truncated)"
@@ -545,7 +549,9 @@ def _get(
     except requests.exceptions.ConnectionError as exc:
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         if isinstance(reason, ReadTimeoutError):
-            return Fetched(url, "failed", error=f"timed out after {timeout[1]:g} s (will retry)")
+            return Fetched(
+                url, "failed", stalled=True, error=f"timed out after {timeout[1]:g} s (will retry)"
+            )
         broken = next(
             (
                 e
@@ -563,7 +569,9 @@ def _get(
                 error=f"the server's response could not be read ({why}): it closed the "
                 "connection or sent a malformed response; will retry next run",
             )
-        return Fetched(url, "failed", error="cannot connect (server down?); will retry next run")
+        return Fetched(
+            url, "failed", stalled=True, error="cannot connect (server down?); will retry next run"
+        )
     except requests.exceptions.RequestException as exc:
         return Fetched(url, "failed", error=f"request failed: {exc}")
     digest = _hash(content)
@@ -678,10 +686,28 @@ def fetch_all(
     max_bytes: int,
     read_timeout: float,
 ) -> list[Fetched]:
-    """Fetch every source; a failure is reported in its result, never raised."""
+    """Fetch every source; a failure is reported in its result, never raised.
+
+    Once a day of an API could not be read in time (too slow, timed out, unreachable), its
+    other days are not tried this run: each would wait its own deadline (2 minutes by
+    default), one more for every weekday the API stays slow."""
     http = session()
     results = []
+    stalled: dict[tuple[str, str, str], Fetched] = {}  # API endpoint -> the day that stalled
     for source in sources:
+        api = _endpoint(source) if is_url(source) and _is_api_day(source) else None
+        if api in stalled:
+            first = stalled[api]
+            results.append(
+                Fetched(
+                    source,
+                    "failed",
+                    stalled=True,
+                    error=f"not tried this run: {display_source(first.source)} of the same API "
+                    f"failed first ({first.error}); will retry next run",
+                )
+            )
+            continue
         try:
             if is_url(source):
                 fetch = fetch_api_day if _is_api_day(source) else fetch_url
@@ -697,5 +723,7 @@ def fetch_all(
             )
         if result.error:  # an exception's text may quote the URL, credentials and all
             result = replace(result, error=redact(result.error, source))
+        if api and result.stalled:
+            stalled[api] = result
         results.append(result)
     return results

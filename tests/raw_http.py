@@ -8,7 +8,8 @@ import ssl
 import threading
 from collections.abc import Callable
 
-# A handler gets the connected socket and the request path, and writes what it likes.
+# A handler gets the connected socket and the request target (path and query), and
+# writes what it likes; routes are by path.
 Handler = Callable[[socket.socket, str], None]
 
 
@@ -54,13 +55,13 @@ class RawHttpServer:
                 if not data:
                     return
                 request += data
-            path = request.split(b" ", 2)[1].decode("latin-1").split("?")[0]
-            handler = self.routes.get(path)
+            target = request.split(b" ", 2)[1].decode("latin-1")
+            handler = self.routes.get(target.split("?")[0])
             try:
                 if handler is None:
                     respond(conn, b"", "Content-Length: 0", status="404 Not Found")
                 else:
-                    handler(conn, path)
+                    handler(conn, target)
             except OSError:  # the client hung up (as it should on a hostile response)
                 pass
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from raw_http import RawHttpServer, respond
 
-from conftest import EXAMPLE_DUMP
+from conftest import EXAMPLE_API_DAY, EXAMPLE_DUMP
 from paperpost.fetch import DEADLINE_READS, fetch_all
 from smtp_server import self_signed
 
@@ -245,6 +245,40 @@ def test_an_api_day_whose_pages_add_up_past_the_limit_is_refused(server: RawHttp
     assert result.status == "failed" and result.content is None
     assert result.error.startswith("3.0 MB is over the 2 MB limit for one dump"), result.error
     assert result.error.endswith("(3 pages)")
+
+
+def test_once_an_api_day_stalls_its_other_days_wait_for_the_next_run(
+    server: RawHttpServer,
+) -> None:
+    """ATTACK6 #18. Before: a trickling API cost every missing or failed weekday its own
+    deadline (6 x PAPERPOST_FETCH_TIMEOUT, 2 minutes by default), one after another, one
+    more day every weekday, before anyone got a digest. Now the first day that stalls fails
+    the other days of that API at once (retried next run); other sources, another API on
+    the same host and the next run are not affected."""
+    asked: list[str] = []
+    slow = trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n", b"[", server)
+
+    def api(conn: socket.socket, target: str) -> None:
+        asked.append(target)
+        slow(conn, target)
+
+    server.routes["/api/daily_papers"] = api
+    day = EXAMPLE_API_DAY.read_bytes()
+    server.routes["/mirror/api/daily_papers"] = lambda c, _: respond(c, day)
+    server.routes["/dump"] = lambda c, _: respond(c, DUMP)
+    days = [server.url(f"/api/daily_papers?date=2026-11-{d}") for d in (16, 17, 18, 19, 20)]
+    mirror = server.url("/mirror/api/daily_papers?date=2026-11-23")
+    results = fetch_all([*days, mirror, server.url("/dump")], {}, LIMIT, 0.2)
+    assert {target.split("&")[0] for target in asked} == {"/api/daily_papers?date=2026-11-16"}
+    first, *others, served, dump = results
+    assert first.status == "failed" and "took over 1.2 s" in first.error
+    for result in others:
+        assert result.status == "failed" and result.error == (
+            f"not tried this run: {days[0]} of the same API failed first ({first.error}); "
+            "will retry next run"
+        )
+    assert served.status == "fetched" and served.content == day
+    assert dump.status == "fetched" and dump.content == DUMP
 
 
 def test_a_run_with_a_hostile_source_serves_the_others(
