@@ -216,9 +216,27 @@ def _plain_bounce(message: Message) -> tuple[str, str, str | None] | None:
     return _kind(status, text), detail, _address(failed)
 
 
-def parse_report(raw: bytes, key: str) -> Report:
+# Lines that may start a MIME part: a report has a few parts (a DSN 2-4, Gmail's 6, with our
+# digest returned in it a few more); anyone can mail the bounce address 150,000 of them, each
+# a cost Python's mail parser pays in every run (the message is left for a person).
+MIME_LINES = 5000
+
+
+def read_message(raw: bytes) -> Message:
+    """The one parse of a message from the bounce mailbox (ValueError when it has more
+    possible MIME parts than any report: not parsed at all)."""
+    lines = raw.count(b"\n--") + raw.startswith(b"--")
+    if lines > MIME_LINES:
+        raise ValueError(
+            f"has {lines:,} lines that may start a MIME part, more than any bounce or "
+            f"complaint ({MIME_LINES:,}); not parsed"
+        )
+    return email.message_from_bytes(raw)
+
+
+def parse_report(raw: bytes | Message, key: str) -> Report:
     """Classify one message from the bounce mailbox (``key``: the secret key, for VERP)."""
-    message = email.message_from_bytes(raw)
+    message = read_message(raw) if isinstance(raw, bytes) else raw
     originals = _original_headers(message)
     # a report is about one message: one naming several (a forger's thousands of guesses)
     # is matched only by its VERP address
@@ -262,18 +280,18 @@ def parse_report(raw: bytes, key: str) -> Report:
     return Report("ignored", "not a bounce, complaint or unsubscribe request")
 
 
-def message_key(raw: bytes) -> str:
+def message_key(raw: bytes, message: Message) -> str:
     """The report's identity for idempotency: its Message-ID, else a hash of its bytes."""
-    message_id = email.message_from_bytes(raw, _class=Message).get("Message-ID")
+    message_id = message.get("Message-ID")
     if message_id and len(str(message_id).strip()) <= 200:
         return str(message_id).strip()
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def report_time(raw: bytes) -> datetime:
+def report_time(message: Message) -> datetime:
     """When the report was written (its Date), never in the future; now if it has none."""
     stamp = datetime.now(UTC)
-    value = email.message_from_bytes(raw).get("Date")
+    value = message.get("Date")
     with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
         parsed = email.utils.parsedate_to_datetime(str(value))  # (9999-12-31 -1200: year 10000)
         if parsed.tzinfo is not None:
@@ -556,11 +574,12 @@ def _keyed(key: str, message_id: str, address: str, digest: str) -> bool:
 
 def apply(settings: Settings, store: Store, raw: bytes, summary: BounceSummary) -> None:
     key = settings.secret_key.get_secret_value()
-    report = parse_report(raw, key)
+    message = read_message(raw)  # once: a hostile message costs one bounded parse a run
+    report = parse_report(message, key)
     target = _target(store, key, report) if report.kind != "ignored" else None
     kind = report.kind if target or report.kind == "ignored" else "unmatched"
     address, digest = target if target else (report.recipient, None)
-    at = report_time(raw)
+    at = report_time(message)
     suppression = None
     if target and kind == "hard":
         suppression = ("bounced", f"bounce: {report.detail}")
@@ -569,7 +588,7 @@ def apply(settings: Settings, store: Store, raw: bytes, summary: BounceSummary) 
     elif target and kind == "unsubscribe":
         suppression = ("unsubscribed", report.detail)
     result = store.record_bounce(
-        message_key(raw),
+        message_key(raw, message),
         kind,
         address if target else None,
         digest,
