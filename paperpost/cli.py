@@ -388,7 +388,13 @@ def rank_command(
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="An interest tag (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="A tag or keyword to exclude.")] = None,
-    limit: Annotated[int, typer.Option(help="How many papers to show.")] = 20,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="How many papers to show (default: 20; with --reader, their max_items: the "
+            "digest's own length, which also bounds what their votes may add)."
+        ),
+    ] = None,
     min_score: Annotated[
         float | None,
         typer.Option(
@@ -444,7 +450,9 @@ def rank_command(
         from paperpost.store import Store
 
         entry = _find_subscriber(settings, reader)
-        profile = replace(profile_of(entry), max_items=limit)
+        profile = profile_of(entry)
+        if limit is not None:
+            profile = replace(profile, max_items=limit)
         if tag:
             profile = replace(profile, interests=tuple(Interest(t) for t in tag))
         if exclude:
@@ -466,7 +474,7 @@ def rank_command(
             tuple(Interest(t) for t in tag or ()),
             tuple(exclude or ()),
             min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,
-            max_items=limit,
+            max_items=20 if limit is None else limit,
         )
         ranked = rank(papers, profile)
     if jsonl:

@@ -313,6 +313,8 @@ def test_preview_rank_reader_and_show_rank_as_the_run_does(
     dumps.mkdir()
     (subs / "ann.yaml").write_text("email: ann@example.org\ntags: [enzyme-engineering]\n")
     (subs / "bob.yaml").write_text("email: bob@example.org\ntags: [decoding]\n")
+    # a digest shorter than what passes: `rank --reader` shows the digest's length
+    (subs / "cy.yaml").write_text("email: cy@example.org\ntags: [decoding]\nmax_items: 2\n")
     draft, liked, assistant = _draft_papers()
     assert liked == SPEC
     today = [ENZYMES, STRAY, *draft]
@@ -334,9 +336,11 @@ def test_preview_rank_reader_and_show_rank_as_the_run_does(
         out = tmp_path / "preview.html"
         result = runner.invoke(app, ["preview", email, "--source", str(dumps), "--out", str(out)])
         assert result.exit_code == 0, result.output
-        return ranked[:10], out.read_text()
+        return ranked, out.read_text()
 
-    before = {email: shown(email) for email in ("ann@example.org", "bob@example.org")}
+    before = {
+        email: shown(email) for email in ("ann@example.org", "bob@example.org", "cy@example.org")
+    }
 
     store.ingest("today", [p for p in parse_dump_file(dumps / "today.txt")])
     _run_cache.cache_clear()
@@ -350,6 +354,7 @@ def test_preview_rank_reader_and_show_rank_as_the_run_does(
         f"added for your votes: like '{SPEC.title}' you liked",
     ) in [(t, w) for t, _, w in sent["bob@example.org"]]
 
+    assert len(sent["cy@example.org"]) == 2
     after = {email: shown(email) for email in sent}
     for email, items in sent.items():
         for ranked, html in (before[email], after[email]):
