@@ -306,7 +306,7 @@ def sweep(
                     duplicates=sum(1 for c in by_id.values() if c > 1),
                     missing=len(missing),
                     missing_never_sent=sum(
-                        1 for a in never_sent if per_address[a] == 0 and a not in ambiguous
+                        1 for a in never_sent if per_address[a] == 0 and a not in ambiguous | failed
                     ),
                     ambiguous=len(ambiguous),
                     ambiguous_never_sent=sum(1 for a in never_sent if a in ambiguous),
