@@ -444,10 +444,10 @@ class Smtp:
                 )
             if conn.sock is not None:  # Nagle + delayed ACK stalls pipelined SMTP commands
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.ehlo()
+            _greet(conn)
             if s.smtp_security == "starttls":
                 conn.starttls(context=self._context)
-                conn.ehlo()
+                _greet(conn)
             if s.smtp_username and s.smtp_password is not None:
                 conn.login(s.smtp_username, s.smtp_password.get_secret_value())
         except smtplib.SMTPAuthenticationError as exc:
@@ -461,6 +461,18 @@ class Smtp:
                 SYSTEMIC,
                 f"{s.smtp_host}:{s.smtp_port} does not offer STARTTLS or AUTH",
                 "check PAPERPOST_SMTP_SECURITY and PAPERPOST_SMTP_PORT",
+            ) from None
+        except ssl.SSLError as exc:
+            if s.smtp_security == "tls" and exc.reason == "WRONG_VERSION_NUMBER":
+                raise DeliveryError(  # the server greeted in plain text: not an outage
+                    SYSTEMIC,
+                    f"{s.smtp_host}:{s.smtp_port} speaks plain SMTP, not TLS, on this port "
+                    f"({_describe(exc)})",
+                    "use PAPERPOST_SMTP_SECURITY=starttls (usually port 587) or none, or "
+                    "PAPERPOST_SMTP_PORT=465 with tls",
+                ) from None
+            raise DeliveryError(
+                TEMPORARY, f"cannot connect to {s.smtp_host}:{s.smtp_port}: {_describe(exc)}"
             ) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(
@@ -587,6 +599,27 @@ class SmtpPool:
     def close(self) -> None:
         while not self.connections.empty():
             self.connections.get().close()
+
+
+def _greet(conn: smtplib.SMTP) -> None:
+    """EHLO, else HELO. A refusal is this host's greeting refused (its name, reverse DNS, the
+    relay's HELO restrictions), said as such: the next command would get "503 send HELO/EHLO
+    first", which reads as a refused sender."""
+    code, reply = conn.ehlo()
+    if code == 250:
+        return
+    helo_code, helo_reply = conn.helo()
+    if helo_code == 250:
+        return
+    code, reply = (helo_code, helo_reply) if helo_code >= 500 else (code, reply)
+    conn.close()
+    raise DeliveryError(
+        SYSTEMIC if code >= 500 else TEMPORARY,
+        f"the server refuses this host's greeting (EHLO {conn.local_hostname}): {code} "
+        f"{reply.decode('utf-8', 'replace')}",
+        "check this host's name and reverse DNS, or the relay's HELO restrictions "
+        "(smtpd_helo_restrictions)",
+    )
 
 
 def _describe(exc: BaseException) -> str:

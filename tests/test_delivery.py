@@ -849,6 +849,74 @@ def test_a_reply_streamed_fast_is_cut_at_its_size_not_read_into_memory(tmp_path)
     assert server.sent < 16 << 20  # what the client read, and the sockets' buffers
 
 
+class RefusingSmtp:
+    """A plain SMTP server on 127.0.0.1 answering each command from ``replies`` by its first
+    word (EHLO, HELO, MAIL, ...), else "503 5.5.1 Error: send HELO/EHLO first"."""
+
+    def __init__(self, replies: dict[str, bytes]) -> None:
+        self.replies = replies
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                with conn, conn.makefile("rb") as lines:
+                    conn.sendall(b"220 relay.example ESMTP\r\n")
+                    for line in lines:
+                        word = line.split(b" ")[0].strip().upper().decode("ascii", "replace")
+                        conn.sendall(
+                            self.replies.get(word, b"503 5.5.1 Error: send HELO/EHLO first")
+                            + b"\r\n"
+                        )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def send_one(tmp_path, port: int, security: str = "none"):
+    settings = Settings(
+        delivery="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_security=security
+    )
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    (result,) = send_batch(store, Smtp(settings), digests_for(["a@one.example"]), 1, attempts=1)
+    return result
+
+
+def test_a_refused_greeting_is_named_not_taken_for_a_refused_sender(tmp_path) -> None:
+    """ATTACK6 #17: a relay refusing EHLO and HELO (`550 5.7.1 Helo command rejected: Host not
+    found`) was reported as "the server refuses the sender address; check PAPERPOST_SENDER":
+    the refusal was ignored and MAIL then got "503 send HELO/EHLO first"."""
+    refusal = b"550 5.7.1 <client>: Helo command rejected: Host not found"
+    server = RefusingSmtp({"EHLO": refusal, "HELO": refusal, "QUIT": b"221 bye"})
+    try:
+        result = send_one(tmp_path, server.port)
+    finally:
+        server.close()
+    assert result.status == "retry"  # the run pauses: nobody is failed or suppressed
+    assert result.detail.startswith("run paused: the server refuses this host's greeting (EHLO ")
+    assert result.detail.endswith(
+        "): 550 5.7.1 <client>: Helo command rejected: Host not found; will retry next run"
+    )
+
+
+def test_tls_to_a_plain_smtp_port_says_which_setting_to_change(tmp_path) -> None:
+    """ATTACK6 #19: PAPERPOST_SMTP_SECURITY=tls against a plain port was "cannot connect …
+    WRONG_VERSION_NUMBER", retried every run as an outage, with advice to check the host."""
+    server = RefusingSmtp({})
+    try:
+        result = send_one(tmp_path, server.port, security="tls")
+    finally:
+        server.close()
+    assert result.status == "retry"
+    assert result.detail.startswith(
+        f"run paused: 127.0.0.1:{server.port} speaks plain SMTP, not TLS, on this port ([SSL: "
+        "WRONG_VERSION_NUMBER]"
+    )
+
+
 # --- per receiving domain: policy and rate-limit refusals defer the domain, not the run ----
 
 DOMAIN_REFUSAL_REPLIES = [
