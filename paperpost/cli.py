@@ -265,6 +265,7 @@ def _run_plain(settings: Settings, day: date, quiet: bool) -> dict:
 
 
 def _print_summary(summary: dict, settings: Settings) -> None:
+    from paperpost.delivery import NOT_ATTEMPTED
     from paperpost.pipeline import RunSummary, SourceReport
     from paperpost.report import summary_rows
 
@@ -284,14 +285,16 @@ def _print_summary(summary: dict, settings: Settings) -> None:
         )
     for error in result.invalid_subscribers:
         out.print(f"[red]invalid subscriber[/red] {escape(error)}")
-    waiting = 0
     for d in result.deliveries:
-        if str(d["detail"]).startswith("not attempted: "):
-            waiting += 1  # one line for all of them, below
-        elif d["status"] not in {"sent", "deferred"}:  # deferred: one row per domain above
+        if str(d["detail"]).startswith(NOT_ATTEMPTED):
+            continue  # one line for all of them, below
+        if d["status"] not in {"sent", "deferred"}:  # deferred: one row per domain above
             out.print(f"[yellow]{d['status']}[/yellow] {d['address']}: {escape(str(d['detail']))}")
-    if waiting:
-        out.print(f"{_plural(waiting, 'digest')} not attempted after the pause; the next run sends")
+    if result.digests_not_attempted:
+        out.print(
+            f"{_plural(result.digests_not_attempted, 'digest')} not attempted after the pause; "
+            "the next run sends"
+        )
     if result.message:
         out.print(escape(result.message))
     if result.digests_sent and settings.delivery == "outbox":

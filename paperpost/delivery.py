@@ -61,6 +61,8 @@ POLICY = "policy"
 THROTTLED = "throttled"
 HELD = {RECIPIENT, MESSAGE, POLICY}  # refusals held back until the server accepts a message
 AMBIGUOUS = "ambiguous"  # end-of-data sent, no reply read: it may or may not have arrived
+# the detail of a digest left for the next run because this one paused (or lost its lease)
+NOT_ATTEMPTED = "not attempted: "
 # policy or rate-limit refusals in a row from one recipient domain after which the run sends
 # nothing more to that domain: its other readers are deferred to the next run (docs/delivery.md)
 DOMAIN_REFUSALS = 3
@@ -860,7 +862,7 @@ def send_batch(
 
     def not_attempted(message: Outgoing) -> Outcome:
         return Outcome(
-            message.address, message.digest, "retry", message.papers, f"not attempted: {paused}"
+            message.address, message.digest, "retry", message.papers, f"{NOT_ATTEMPTED}{paused}"
         )
 
     def skip(message: Outgoing) -> Outcome | None:
@@ -876,7 +878,7 @@ def send_batch(
                 if outbox is None:  # ... or counted refusals from a domain, or deferred it
                     domains_seen()
             if paused:
-                settle(message, "retry", f"not attempted: {paused}")
+                settle(message, "retry", f"{NOT_ATTEMPTED}{paused}")
                 return not_attempted(message)
             reason = deferred.get(_domain(message.address))
             if reason is not None:

@@ -27,7 +27,13 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from paperpost import lease
 from paperpost.bounces import BounceError, process
 from paperpost.db import explain
-from paperpost.delivery import Outcome, resolve_interrupted, send_batch, transport_for
+from paperpost.delivery import (
+    NOT_ATTEMPTED,
+    Outcome,
+    resolve_interrupted,
+    send_batch,
+    transport_for,
+)
 from paperpost.dumps import DumpError, parse_dump
 from paperpost.errors import ConfigError, DatabaseError
 from paperpost.feedback import rank_readers, reader_ids
@@ -69,9 +75,10 @@ ALREADY = {
     "already-failed": "failed permanently before (not tried again)",
     "already-ambiguous": "interrupted after the end of data before (not resent)",
 }
-# Routine deliveries (sent, or already delivered earlier) listed one by one in a run's summary;
-# beyond this they are only counted (the ledger has every one), so a run's memory and its
-# summary do not grow with the subscriber list. Deliveries needing attention are all listed.
+# Routine deliveries (sent, already delivered earlier, deferred with their domain, or not
+# attempted because the run paused) listed one by one in a run's summary; beyond this they are
+# only counted (the ledger has every one), so a run's memory and its summary do not grow with
+# the subscriber list. Deliveries needing attention are all listed.
 LISTED_ROUTINE = 1000
 # Batches a run has in flight: each is ranked and rendered in a worker process, then sent by
 # a thread of the run's own process, so that both cores are busy while one batch is written.
@@ -132,6 +139,7 @@ class RunSummary:
     digests_retry: int = 0
     digests_ambiguous: int = 0
     digests_deferred: int = 0  # their domain refused us repeatedly: sent next run
+    digests_not_attempted: int = 0  # left for the next run by a pause (among digests_retry)
     # per receiving domain deferred to the next run: {"digests": n, "reason": why}
     deferred_domains: dict[str, dict[str, object]] = field(default_factory=dict)
     invalid_subscribers: list[str] = field(default_factory=list)  # at most a few per file
@@ -151,12 +159,14 @@ class RunSummary:
 class Tally:
     """A run's delivery outcomes as its batches finish: every status counted, every outcome
     needing attention kept, routine ones (sent, already delivered, deferred with their domain,
-    which are counted per domain) kept up to LISTED_ROUTINE."""
+    which are counted per domain; not attempted after a pause, counted) kept up to
+    LISTED_ROUTINE."""
 
     counts: Counter[str] = field(default_factory=Counter)
     listed: list[Outcome] = field(default_factory=list)
     routine_listed: int = 0
     not_listed: int = 0
+    not_attempted: int = 0
     deferred: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def add(self, outcomes: Iterable[Outcome]) -> None:
@@ -166,7 +176,13 @@ class Tally:
                 domain = outcome.address.rpartition("@")[2].lower()
                 entry = self.deferred.setdefault(domain, {"digests": 0, "reason": outcome.detail})
                 entry["digests"] = int(entry["digests"]) + 1  # type: ignore[call-overload]
-            if outcome.status in {"sent", "deferred"} or outcome.status.startswith("already-"):
+            waiting = outcome.status == "retry" and outcome.detail.startswith(NOT_ATTEMPTED)
+            self.not_attempted += waiting
+            if (
+                waiting
+                or outcome.status in {"sent", "deferred"}
+                or outcome.status.startswith("already-")
+            ):
                 if self.routine_listed >= LISTED_ROUTINE:
                     self.not_listed += 1
                     continue
@@ -851,6 +867,7 @@ def summarize(
         for o in tally.listed
     ]
     summary.deliveries_not_listed = tally.not_listed
+    summary.digests_not_attempted = tally.not_attempted
     if not summary.message:
         summary.message = outcome_message(summary)
     return summary

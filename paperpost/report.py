@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from paperpost.delivery import NOT_ATTEMPTED
 from paperpost.pipeline import RunSummary
 
 # Characters that make markdown of third-party text (an SMTP reply, a source's error, a
@@ -28,10 +29,17 @@ def summary_rows(summary: RunSummary) -> list[tuple[str, str]]:
         ("digests deferred (domain refusing us; sent next run)", str(summary.digests_deferred)),
         ("invalid subscriber files", str(summary.invalid_subscriber_files)),
     ]
+    if summary.digests_not_attempted:
+        waiting = str(summary.digests_not_attempted)
+        rows.append(("  to retry: not attempted after the pause (the next run sends)", waiting))
     if summary.deliveries_not_listed:
         unlisted = str(summary.deliveries_not_listed)
         rows.append(
-            ("deliveries not listed (sent, already sent or deferred; see the ledger)", unlisted)
+            (
+                "deliveries not listed (sent, already sent, deferred or not attempted; "
+                "see the ledger)",
+                unlisted,
+            )
         )
     for domain, deferral in summary.deferred_domains.items():
         rows.append((f"  deferred: {domain}", f"{deferral['digests']}: {deferral['reason']}"))
@@ -80,7 +88,12 @@ def markdown(summary: RunSummary) -> str:
             f"| {md(domain)} | {d['digests']} | {md(d['reason'])} |"
             for domain, d in summary.deferred_domains.items()
         ]
-    problems = [d for d in summary.deliveries if d["status"] not in {"sent", "deferred"}]
+    problems = [  # not attempted after a pause: a row of the table above counts them
+        d
+        for d in summary.deliveries
+        if d["status"] not in {"sent", "deferred"}
+        and not str(d["detail"]).startswith(NOT_ATTEMPTED)
+    ]
     if problems:
         lines += [
             "",

@@ -347,6 +347,43 @@ def test_a_runs_tally_keeps_every_problem_and_a_bounded_list_of_routine_deliveri
     assert len(tally.listed) == LISTED_ROUTINE + 2
 
 
+def test_a_paused_runs_summary_counts_the_digests_it_did_not_attempt(db_url: str) -> None:
+    """ATTACK6 #20. Before: every digest left for the next run by a pause ("not attempted:
+    …") was kept as needing attention: 20,000 readers made a 5.8 MB ``runs.summary`` row, a
+    4.7 MB markdown and a 6.2 MB table artefact (linear in the list). Now they are routine:
+    counted, listed up to LISTED_ROUTINE, one row in the summary and none in the artefact's
+    "needing attention"; attempted failures are all still listed."""
+    import json
+    from collections import Counter
+
+    from paperpost.delivery import NOT_ATTEMPTED, Outcome
+    from paperpost.pipeline import LISTED_ROUTINE, RunSummary, Tally, run_errors, summarize
+    from paperpost.report import markdown
+    from paperpost.store import RunPlan, Store
+
+    store = Store(db_url)
+    run_id = store.start_run()
+    paused = "530 5.7.0 Authentication required; the server refuses our login"
+    waiting = LISTED_ROUTINE + 20_000
+    tally = Tally()
+    tally.add([Outcome("first@example.org", "0-9", "retry", 3, "systemic: 530 5.7.0")])
+    tally.add(
+        Outcome(f"r{i}@example{i % 50}.org", "0-9", "retry", 3, f"{NOT_ATTEMPTED}{paused}")
+        for i in range(waiting)
+    )
+    summary = summarize(
+        store, RunSummary(run_id), RunPlan(run_id, 0, 9), [], run_errors(), Counter(), tally
+    )
+    assert summary.digests_retry == waiting + 1 and summary.digests_not_attempted == waiting
+    assert len(summary.deliveries) == LISTED_ROUTINE + 1
+    assert summary.deliveries[0]["address"] == "first@example.org"  # attempted: listed
+    assert len(json.dumps(summary.to_json())) < 250_000
+    text = markdown(summary)
+    assert len(text) < 10_000 and NOT_ATTEMPTED not in text  # no row per digest
+    assert f"| to retry: not attempted after the pause (the next run sends) | {waiting} |" in text
+    assert "| first@example.org | retry | systemic: 530 5.7.0 |" in text
+
+
 def test_a_reworded_title_without_arxiv_id_is_not_emailed_again(setup) -> None:
     """Before: text dumps identify a paper by its folded title only, so the listing's
     rewording made it news again and the daily reader got it twice."""
