@@ -480,6 +480,14 @@ def _get(
         headers["If-Modified-Since"] = known.last_modified
     try:
         with http.get(url, headers=headers, timeout=timeout, stream=True) as response:
+            if response.status_code == 304 and not headers:  # nothing to be "not modified" from
+                return Fetched(
+                    url,
+                    "failed",
+                    error="the server answered 304 Not Modified to a request that was not "
+                    "conditional (no ETag or date was sent), so nothing was read; a cache or "
+                    "proxy in front of it is misconfigured? Will retry next run",
+                )
             if response.status_code == 304:
                 return Fetched(url, "unchanged", content_hash=known.content_hash if known else None)
             if response.status_code >= 400:

@@ -58,6 +58,34 @@ def test_same_content_without_validators_is_unchanged(httpserver: HTTPServer) ->
     assert again.status == "unchanged"
 
 
+def test_a_304_to_a_request_that_was_not_conditional_is_a_failed_source(
+    httpserver: HTTPServer,
+) -> None:
+    """ATTACK6 #9. Before: a cache answering 304 to every GET made a source that was never
+    read "unchanged … since the last run" forever (exit 0, no paper ever delivered). A 304 is
+    "unchanged" only when we asked with an ETag or a date."""
+    asked: list[tuple[str | None, str | None]] = []
+
+    def handler(request: Request) -> Response:
+        asked.append(
+            (request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since"))
+        )
+        return Response(status=304)
+
+    httpserver.expect_request("/dump.txt").respond_with_handler(handler)
+    url = httpserver.url_for("/dump.txt")
+    first = fetch_one(url)  # nothing stored yet
+    assert first.status == "failed" and first.content is None
+    assert first.error.startswith(
+        "the server answered 304 Not Modified to a request that was not conditional"
+    )
+    hashed = fetch_one(url, FetchState(None, None, "abc"))  # stored, but no validator to send
+    assert hashed.status == "failed"
+    again = fetch_one(url, FetchState('"v1"', "Tue, 24 Nov 2026 08:00:00 GMT", "abc"))
+    assert again.status == "unchanged" and again.content_hash == "abc"
+    assert asked == [(None, None), (None, None), ('"v1"', "Tue, 24 Nov 2026 08:00:00 GMT")]
+
+
 def test_5xx_is_retried_then_succeeds(httpserver: HTTPServer) -> None:
     httpserver.expect_ordered_request("/d").respond_with_data("busy", status=503)
     httpserver.expect_ordered_request("/d").respond_with_data(DUMP)
