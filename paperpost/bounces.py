@@ -356,6 +356,8 @@ class _Deadlined(imaplib.IMAP4):
                         f"the server sent nothing for {self.read_timeout:g} s in its answer "
                         f"to {self._what}"
                     ) from None
+            finally:  # what is left of this answer's deadline is no timeout for the next send
+                self.sock.settimeout(self.read_timeout)
         self.expired = True
         raise TimeoutError(
             f"the server did not finish its answer to {self._what} within "

@@ -739,11 +739,12 @@ def test_a_failure_between_body_and_dot_never_leaks_into_the_next_message(smtp) 
 class TricklingSmtp:
     """A real SMTP server on 127.0.0.1 that answers well until ``where`` (EHLO, RCPT or the
     final dot), then sends one more "250-still thinking" line every 10 ms, never a last line
-    (a wedged relay or a tarpit); with ``flood``, 8,000-byte "250-" lines as fast as they
+    (a wedged relay or a tarpit); with ``one_line``, one line a byte every 10 ms, never its
+    end; with ``flood``, 8,000-byte "250-" lines as fast as they
     are read (``sent`` counts the bytes)."""
 
-    def __init__(self, where: str, flood: bool = False) -> None:
-        self.where, self.flood, self.sent = where, flood, 0
+    def __init__(self, where: str, flood: bool = False, one_line: bool = False) -> None:
+        self.where, self.flood, self.one_line, self.sent = where, flood, one_line, 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.stop = threading.Event()
@@ -768,8 +769,11 @@ class TricklingSmtp:
                             conn.sendall(block)
                             self.sent += len(block)
                     if command.rstrip() == self.where:
+                        piece = b"x" if self.one_line else b"250-still thinking\r\n"
+                        if self.one_line:
+                            conn.sendall(b"250-still thinking")
                         while not self.stop.wait(0.01):
-                            conn.sendall(b"250-still thinking\r\n")
+                            conn.sendall(piece)
                         return
                     if command == "DATA":
                         in_data = True
@@ -820,6 +824,35 @@ def test_a_reply_that_never_ends_is_cut_at_its_deadline(tmp_path, where: str, st
     assert result.status == status
     if status == "retry":
         assert f"did not end within {REPLY_READS * 0.5:g} s" in result.detail
+
+
+def test_a_reply_line_sent_a_byte_at_a_time_is_cut_at_its_deadline(tmp_path) -> None:
+    """Found while fixing ATTACK6 #2: the round-4 deadline was checked before each line of a
+    reply, so one line sent a byte at a time (each within the read timeout) ran on until
+    smtplib's 8,192-byte line limit: 82 s here, 68 hours at a byte every 30 s."""
+    server = TricklingSmtp("EHLO", one_line=True)
+    settings = Settings(
+        delivery="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=server.port,
+        smtp_security="none",
+        smtp_timeout=0.5,
+    )
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    outcome: list = []
+    worker = threading.Thread(
+        target=lambda: outcome.extend(
+            send_batch(store, Smtp(settings), digests_for(["a@one.example"]), 1, attempts=1)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(30)  # the deadline is 6 x 0.5 s
+    server.close()
+    assert not worker.is_alive(), "still reading the endless line"
+    (result,) = outcome
+    assert result.status == "retry"
+    assert "the server's reply did not end within 3 s" in result.detail
 
 
 def test_a_reply_streamed_fast_is_cut_at_its_size_not_read_into_memory(tmp_path) -> None:
