@@ -8,12 +8,17 @@ papers (the cosine to their Rocchio centroid, up to its length) and half its cos
 nearest one, so a reader whose likes go in several directions is not averaged away.
 Closeness from :data:`NOISE` (what unrelated papers share) up to :data:`FULL_AT` earns a gain
 of at most :data:`LIKE_CAP`, combined with the tag score (0..1) by noisy-or like the ranker
-combines tags.
+combines tags, with one bound: a paper whose tag evidence is weak (under :data:`STRONG_TAG`)
+is lifted at most up to STRONG_TAG, so likes never carry it past a paper squarely on the
+reader's tag (:func:`lifted`).
 
 "Fewer like this" demotes, narrowly: Rocchio's plain negative term (demote whatever is close
 to a disliked paper) made 2 to 4 of 29 DEV readers worse, because what a reader wants under a
 broad tag often looks like what they rejected under it. So a paper is lowered only when
 
+- the reader liked something: without a liked paper to tell the rejected direction apart
+  from the reader's own broad tag, "fewer" votes lowered the few wanted papers that share
+  that tag's words (docs/feedback.md, session 6);
 - at least two disliked papers are close to it (the second-nearest disliked paper's cosine,
   ramped over NOISE..FULL_AT like the likes): one "fewer" is not yet a direction;
 - it is :data:`DISLIKE_MARGIN` times closer to that than to any liked paper;
@@ -70,7 +75,8 @@ SEMANTIC_ADMIT_AT = 0.4  # closeness (0..1) that lets in a paper the tags missed
 ADMIT_SHARE = 0.3  # at most this share of a digest is let in that way
 DISLIKE_CAP = 0.3  # the most "fewer" votes take off a paper's score (multiplied; never dropped)
 DISLIKE_MARGIN = 2.0  # lowered only if this many times closer to the disliked than to the liked
-STRONG_TAG = 0.7  # a paper with at least this tag score is never lowered
+STRONG_TAG = 0.7  # a paper with at least this tag score is never lowered, nor overtaken by a lift
+HUB_K = 10  # semantic admissions: a paper's hubness is its mean cosine to this many nearest ones
 FOLLOW_LIFT = 1e6  # followed papers go first (ordering only; not shown as score)
 _ADDED, _LIKED, _LOWERED = 1, 2, 4  # what Nudge.why names for a paper (bits)
 _CHUNK = 1024  # readers per block when averaging similarities (bounds memory)
@@ -139,6 +145,15 @@ def _ramp(similarity: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((similarity - low) / (high - low), 0.0, 1.0)
 
 
+def lifted(score: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """A tag score (0..1) lifted by a like gain (0..1): noisy-or, ``s + (1 - s) * g``, for a
+    paper with strong tag evidence (at least :data:`STRONG_TAG`); a weaker one moves the same
+    share of the way up to STRONG_TAG only, ``s + (STRONG_TAG - s) * g``, so no lift carries
+    it past a paper squarely on the tag."""
+    top = np.where(score >= STRONG_TAG, 1.0, STRONG_TAG)
+    return score + (top - score) * gain
+
+
 class Nudge:
     """What a batch of readers taught, for one batch of papers (rows follow the readers).
 
@@ -158,6 +173,7 @@ class Nudge:
         voted: list[Paper],
         follows: dict[int, dict[int, str]],
         admit_at: float = ADMIT_AT,
+        admissible: np.ndarray | None = None,
     ) -> None:
         self.papers = papers
         self.voters = voters  # reader rows with votes that count, in order
@@ -168,6 +184,8 @@ class Nudge:
         self.voted = voted
         self.follows = follows  # reader row -> {paper index: reason}
         self.admit_at = admit_at  # closeness (toward) that lets in a paper the tags missed
+        # voters × papers, the papers that may be let in (default: toward >= admit_at)
+        self.admissible = toward >= admit_at if admissible is None else admissible
         self.index = {int(row): i for i, row in enumerate(voters)}
         self.gain = LIKE_CAP * toward  # combined with the tag score by noisy-or
         self.said = np.zeros(toward.shape, dtype=np.uint8)  # what why() names: _ADDED|...
@@ -182,31 +200,38 @@ class Nudge:
     def apply(
         self,
         scores: np.ndarray,
+        order: np.ndarray,
         found: np.ndarray,
         allowed: np.ndarray,
         min_scores: np.ndarray,
         max_items: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(relevant, shown score, lift), readers × papers, from the tag ranker's view.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(relevant, shown score, order score, lift), readers × papers, from the tag
+        ranker's view.
 
-        ``scores`` are the tag scores, ``found`` the tag ranker's choice, ``allowed`` the
+        ``scores`` are the tag scores (what the bar and the card see), ``order`` the tag
+        ranker's ordering scores of the same papers, ``found`` its choice, ``allowed`` the
         papers no exclusion blocks, ``min_scores`` and ``max_items`` per reader (columns).
-        Liked directions add up to LIKE_CAP; disliked ones take off up to DISLIKE_CAP
-        where the tag evidence is weak (under STRONG_TAG). Papers the tags missed but that
-        are close to a liked paper are admitted, at most ADMIT_SHARE of ``max_items`` and no
+        Both scores are moved alike, so a reader whose votes change nothing is ordered as
+        without them. Liked directions lift by up to LIKE_CAP (:func:`lifted`); disliked
+        ones take off up to DISLIKE_CAP where the tag evidence is weak (under STRONG_TAG).
+        Papers the tags missed but that are close to a liked paper (:attr:`admissible`) are
+        admitted, at most ADMIT_SHARE of ``max_items`` and no
         more than the papers liked; followed papers are added and lifted to the front.
         """
         relevant = found.copy()
         shown = scores.copy()
+        ordered = order.copy()
         lift = np.zeros(scores.shape)
         if len(self.voters):
             rows = self.voters
             penalty = DISLIKE_CAP * self.away * (scores[rows] < STRONG_TAG)
-            nudged = (1.0 - (1.0 - scores[rows]) * (1.0 - self.gain)) * (1.0 - penalty)
+            shown[rows] = lifted(scores[rows], self.gain) * (1.0 - penalty)
+            ordered[rows] = lifted(order[rows], self.gain) * (1.0 - penalty)
             keep = found[rows]
             # admissions: the papers closest to the likes among those the tags did not take
             budget = np.minimum(np.floor(max_items[rows, 0] * ADMIT_SHARE), self.liked.counts)
-            open_ = allowed[rows] & ~keep & (self.toward >= self.admit_at)
+            open_ = allowed[rows] & ~keep & self.admissible
             width = int(budget.max(initial=0))
             admitted = np.zeros_like(open_)
             if width:
@@ -225,14 +250,13 @@ class Nudge:
                 | np.where(penalty >= EXPLAIN_AT, _LOWERED, 0)
             ).astype(np.uint8)
             relevant[rows] = keep | admitted
-            shown[rows] = nudged
         for row, followed in self.follows.items():
             mask = np.zeros(scores.shape[1], dtype=bool)
             mask[list(followed)] = True
             mask &= allowed[row]
             relevant[row] |= mask
             lift[row] = mask * FOLLOW_LIFT
-        return relevant, shown, lift
+        return relevant, shown, ordered, lift
 
     def why(self, row: int, paper: int) -> str:
         """What the reader's feedback did to one paper, for its reason line ('' if nothing)."""
@@ -350,15 +374,24 @@ def nudge(
     mean, liked_near, _ = _similarities(similar, likes)
     # a disliked direction: two disliked papers close, and much closer than any liked one
     _, _, second = _similarities(similar, dislikes, runner_up=True)
+    # ... and a liked one to tell it apart from the reader's own broad tag
     away = _ramp(second, NOISE, FULL_AT) * (second >= DISLIKE_MARGIN * liked_near)
+    away *= (likes.counts > 0)[:, None]
+    admissible = None
     if vectors is None:
         toward = _ramp(MEAN_SHARE * mean + (1 - MEAN_SHARE) * liked_near, NOISE, FULL_AT)
         admit_at = ADMIT_AT
     else:
-        similar = semantic_closeness(vectors.of(voted), vectors.of(papers))
+        voted_vectors, new_vectors = vectors.of(voted), vectors.of(papers)
+        cosine = voted_vectors @ new_vectors.T
+        similar = semantic_closeness(cosine)
         mean, near, _ = _similarities(similar, likes)
         toward = MEAN_SHARE * mean + (1 - MEAN_SHARE) * near
         admit_at = SEMANTIC_ADMIT_AT
+        # a paper the tags missed is let in only if it is close with its hubness taken off too
+        mean, near, _ = _similarities(semantic_closeness(cosine - hubness(new_vectors)), likes)
+        unhubbed = MEAN_SHARE * mean + (1 - MEAN_SHARE) * near
+        admissible = (toward >= admit_at) & (unhubbed >= admit_at)
     return Nudge(
         papers,
         np.array(voters, dtype=np.intp),
@@ -370,6 +403,7 @@ def nudge(
         voted,
         follows,
         admit_at,
+        admissible,
     )
 
 
@@ -395,11 +429,29 @@ def _term_similarity(
     return similar
 
 
-def semantic_closeness(voted: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """How close each new paper is to each voted one in meaning, 0..1 (voted × new): the
-    cosine of their embeddings (unit vectors) ramped from :data:`SEMANTIC_LOW`, what papers
-    of the field commonly share, to :data:`SEMANTIC_FULL`, what few unrelated pairs reach."""
-    return _ramp(voted @ new.T, SEMANTIC_LOW, SEMANTIC_FULL).astype(np.float32)
+def semantic_closeness(cosine: np.ndarray) -> np.ndarray:
+    """How close each new paper is to each voted one in meaning, 0..1, from the cosine of
+    their embeddings (voted × new): ramped from :data:`SEMANTIC_LOW`, what papers of the field
+    commonly share, to :data:`SEMANTIC_FULL`, what few unrelated pairs reach."""
+    return _ramp(cosine, SEMANTIC_LOW, SEMANTIC_FULL).astype(np.float32)
+
+
+def hubness(new: np.ndarray) -> np.ndarray:
+    """Per new paper (unit vectors, one a row), how much closer than the batch's usual it is
+    to papers in general: its mean cosine to its :data:`HUB_K` nearest other new papers, less
+    the batch's mean of that (0 for all when the batch has no more than HUB_K papers).
+
+    Generic papers ("an efficient method for LLMs") are close to almost every paper of their
+    field in this embedding, so one like of anything in that field used to let them in
+    (docs/feedback.md, session 6); taken off before admitting, it leaves what is close to
+    the liked paper in particular."""
+    if len(new) <= HUB_K:
+        return np.zeros(len(new), dtype=np.float32)
+    among = new @ new.T
+    np.fill_diagonal(among, -1.0)
+    nearest = np.partition(among, len(new) - HUB_K, axis=1)[:, len(new) - HUB_K :]
+    hub = nearest.mean(axis=1)
+    return (hub - hub.mean()).astype(np.float32)
 
 
 def _follows(papers: Sequence[Paper], tastes: Sequence[Taste]) -> dict[int, dict[int, str]]:

@@ -1253,15 +1253,16 @@ def rank_many(
         beside = LITERAL_WEIGHT * literal
         if near is not None:  # the semantic signal (tags that are not one vocabulary topic)
             beside += SEMANTIC_WEIGHT * near
-        order = (1.0 - np.exp(log_order)) * (1.0 + prior) + beside
+        passing = 1.0 - np.exp(log_order)  # the order's tag score
+        order = passing * (1.0 + prior) + beside
         final = np.where((scores >= min_scores[part]) & ~blocked, order, -1.0)
         shown_scores = scores
         if nudge is not None:  # reader feedback: see paperpost.profile
             max_items = np.array([p.max_items for p in profiles])[:, None]
-            relevant, shown_scores, lift = nudge.apply(
-                scores, final >= 0.0, ~blocked, min_scores, max_items
+            relevant, shown_scores, passing, lift = nudge.apply(
+                scores, passing, final >= 0.0, ~blocked, min_scores, max_items
             )
-            ordered = shown_scores * (1.0 + prior) + beside
+            ordered = passing * (1.0 + prior) + beside
             final = np.where(relevant, ordered + lift, -1.0)
         if depth < n_papers:  # only the best few per setting need sorting
             best = np.argpartition(-final, depth - 1, axis=1)[:, :depth]

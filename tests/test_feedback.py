@@ -49,11 +49,14 @@ from paperpost.pipeline import run_plain
 from paperpost.profile import (
     ADMIT_SHARE,
     DISLIKE_CAP,
+    HUB_K,
     LIKE_CAP,
+    SEMANTIC_ADMIT_AT,
     SEMANTIC_FULL,
     SEMANTIC_LOW,
     STRONG_TAG,
     Taste,
+    hubness,
     nudge,
     semantic_closeness,
 )
@@ -465,7 +468,9 @@ def test_one_fewer_vote_alone_does_not_move_the_ranking() -> None:
     assert "fewer" not in " ".join(r.why for r in taught)
 
 
-def test_two_fewer_votes_lower_weak_finds_in_that_direction_only_and_say_so() -> None:
+def _speech_digest() -> tuple[list[Paper], list[Paper], list[Paper], Paper, tuple[Paper, ...]]:
+    """A 'decoding' digest: weak speech and grammar finds, one strong find, two disliked
+    speech-synthesis papers."""
     speech = [
         paper(f"Decoding for expressive speech synthesis {i}", f"A text-to-speech vocoder, {i}.")
         for i in range(3)
@@ -483,10 +488,18 @@ def test_two_fewer_votes_lower_weak_finds_in_that_direction_only_and_say_so() ->
         paper(f"Speech synthesis with a neural vocoder {i}", f"A text-to-speech vocoder, {i}.")
         for i in range(2)
     )
-    papers = [*speech, *grammar, strong]
+    return [*speech, *grammar, strong], speech, grammar, strong, disliked
+
+
+UNRELATED = paper("Coral reef ecology", "Fish populations of tropical coral reefs.")
+
+
+def test_two_fewer_votes_lower_weak_finds_in_that_direction_only_and_say_so() -> None:
+    papers, speech, grammar, strong, disliked = _speech_digest()
     plain = {r.paper: r for r in _ranked(papers, Taste())}
     assert plain[strong].score >= STRONG_TAG > max(plain[p].score for p in speech + grammar)
-    taught = {r.paper: r for r in _ranked(papers, Taste(disliked=disliked))}
+    # the reader liked something (here far from all of these papers)
+    taught = {r.paper: r for r in _ranked(papers, Taste((UNRELATED,), disliked))}
     assert taught.keys() == plain.keys()  # lowered, never dropped
     for p in speech:
         assert (1 - DISLIKE_CAP) * plain[p].score - 1e-3 <= taught[p].score < plain[p].score
@@ -497,6 +510,83 @@ def test_two_fewer_votes_lower_weak_finds_in_that_direction_only_and_say_so() ->
     liked = paper("Decoding for expressive speech synthesis 9", "A text-to-speech vocoder, 9.")
     both = {r.paper: r for r in _ranked(papers, Taste(liked=(liked,), disliked=disliked))}
     assert "fewer" not in " ".join(r.why for r in both.values())
+
+
+def test_fewer_votes_without_a_like_change_nothing() -> None:
+    # without a liked paper, nothing tells the rejected direction from the reader's broad tag
+    papers, *_, disliked = _speech_digest()
+    assert _ranked(papers, Taste(disliked=disliked)) == _ranked(papers, Taste())
+
+
+def test_a_lift_never_carries_a_weak_find_past_one_squarely_on_the_tag() -> None:
+    papers, speech, _, strong, _ = _speech_digest()
+    plain = {r.paper: r for r in _ranked(papers, Taste())}
+    liked = paper("Decoding for expressive speech synthesis 9", "A text-to-speech vocoder, 9.")
+    taught = _ranked(papers, Taste(liked=(liked,)))
+    lifted_up = [r for r in taught if r.paper in speech]
+    assert all(r.score > plain[r.paper].score for r in lifted_up)  # the likes lift them ...
+    assert all(r.score <= STRONG_TAG for r in lifted_up)  # ... up to STRONG_TAG at most
+    assert taught[0].paper == strong and taught[0].score >= plain[strong].score
+
+
+def test_a_reader_whose_votes_change_nothing_is_ordered_as_without_votes() -> None:
+    # evidence in the abstract only, or only in the keywords or TL;DR: the tag ranker orders
+    # what passes by its ordering score, not by the score shown; a like far from all of
+    # these papers must leave that order as it is
+    papers = [
+        paper("Fast sampling for language models", "A decoding method: decoding, decoding."),
+        paper("Efficient generation", "Speculative decoding " * 3),
+        paper("Decoding in brains", "We read signals."),
+        paper("Grammar-constrained decoding for parsers", "Parsers with grammars."),
+        paper("A decoding note", "Short."),
+        paper("Neural codecs", "Audio decoding with neural codecs; the decoder decodes frames."),
+        paper("Sampling tricks", "Tricks.", ai_keywords=("decoding", "sampling")),
+        paper("Language model serving", "Serving.", ai_summary="A faster decoding scheme."),
+        paper("Speculative decoding with draft trees", "Draft trees verify tokens."),
+        paper("Beam search revisited", "Beam search decoding for translation, decoding outputs."),
+    ]
+    plain = _ranked(papers, Taste(), min_score=0.2)
+    assert [r.score for r in plain] != sorted((r.score for r in plain), reverse=True)
+    assert _ranked(papers, Taste(liked=(UNRELATED,)), min_score=0.2) == plain
+
+
+def test_hubness_is_how_much_closer_than_usual_a_paper_is_to_the_batch() -> None:
+    rng = np.random.default_rng(3)
+    batch = rng.standard_normal((40, 384))
+    batch[0] = batch[1:].mean(axis=0) * 3 + rng.standard_normal(384) * 0.2  # near them all
+    batch /= np.linalg.norm(batch, axis=1, keepdims=True)
+    hub = hubness(batch.astype(np.float32))
+    assert hub.shape == (40,) and abs(float(hub.mean())) < 1e-5
+    assert hub.argmax() == 0 and hub[0] > 0.1
+    assert not hubness(batch[:HUB_K].astype(np.float32)).any()  # too few papers to tell
+
+
+def test_semantic_likes_do_not_admit_a_paper_close_to_everything() -> None:
+    from paperpost.semantic import Vectors
+
+    rng = np.random.default_rng(4)
+    tagged = [paper(f"Decoding method {i}", f"A decoding method, variant {i}.") for i in range(4)]
+    others = [paper(f"Unrelated study {i}", f"Topic {i} of another field.") for i in range(30)]
+    field = [paper(f"A study of one field {i}", f"Field paper {i}.") for i in range(10)]
+    liked = paper("A study we liked", "Something the reader wanted.")
+    hub = paper("A generic method for the whole field", "General.")
+    specific = paper("A method for what the reader liked", "Specific.")
+    papers = [*tagged, *others, *field, hub, specific]
+    unit = rng.standard_normal((len(papers) + 2, 384))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    like, common, rows = unit[-1], unit[-2], unit[:-2].copy()
+    start = len(tagged) + len(others)
+    rows[start : start + len(field)] = 0.6 * common + 0.8 * rows[start : start + len(field)]
+    rows[-2] = 0.7 * like + 0.714 * common  # close to the like, and to every field paper
+    rows[-1] = 0.62 * like + 0.785 * rows[-1]  # a little less close to the like, to it only
+    vectors = Vectors()
+    for p, v in zip([*papers, liked], [*rows, like], strict=True):
+        vectors.papers[vectors.key(p)] = (v / np.linalg.norm(v)).astype(np.float32)
+    closeness = semantic_closeness(vectors.of([liked]) @ vectors.of([hub, specific]).T)
+    assert closeness[0, 0] > closeness[0, 1] >= SEMANTIC_ADMIT_AT  # both close to the like
+    taught = _ranked(papers, Taste(liked=(liked,)), vectors=vectors, max_items=10)
+    added = [r.paper for r in taught if "added for your votes" in r.why]
+    assert added == [specific]  # one like admits one paper: not the hub, though closer
 
 
 def _near(i: int, topic: str) -> Paper:
@@ -571,7 +661,7 @@ def test_semantic_closeness_ramps_the_cosine_over_what_papers_of_the_field_share
     other /= np.linalg.norm(other)
     cosines = np.array([0.0, SEMANTIC_LOW, (SEMANTIC_LOW + SEMANTIC_FULL) / 2, SEMANTIC_FULL, 1.0])
     new = cosines[:, None] * voted + np.sqrt(1 - cosines[:, None] ** 2) * other
-    closeness = semantic_closeness(voted.astype(np.float32), new.astype(np.float32))
+    closeness = semantic_closeness(voted.astype(np.float32) @ new.astype(np.float32).T)
     assert closeness.shape == (1, 5)
     assert np.allclose(closeness[0], [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-5)
 
