@@ -3,7 +3,7 @@
     python benchmarks/feedback.py [study] [speed] [endpoint]     (default: all three)
     python benchmarks/feedback.py study --relevance FILE.yaml [--tags TAG[=WORD],...] [--semantic]
     python benchmarks/feedback.py all           (every spent set, term and semantic profiles)
-    python benchmarks/feedback.py cv [--grid SEMANTIC_LOW=0.4,0.45 ...]
+    python benchmarks/feedback.py cv [--grid STRONG_TAG=0.7,1.0 ...]
     python benchmarks/feedback.py endpoint --postgres postgresql+psycopg://.../scratch_db
 
 study     For each judged tag a reader starts from a deliberately vague one-word tag. With
@@ -25,7 +25,8 @@ all       The study on every spent judged set (benchmarks/data), once with the t
           worse than with no votes (and by how much); per tag delta@5 in the JSON.
 cv        The semantic profile's constants by cross-validation: every combination of the
           grid on every spent set; for each fold (relevance + full, dev, round1, blind2,
-          blind3, blind4, blind5) the best combination on the other folds, measured on that fold.
+          blind3, blind4, blind5) the combination that makes the fewest readers of the other
+          folds worse than without votes, then gains most there, measured on that fold.
 speed     10,000 readers x 300 papers, each reader with 1-4 tags and 20 votes on papers of a
           2,000-paper history, in paired rounds: ranking with tags only, then with tags and
           votes (profiles built + ranking), with the term profile and the semantic one.
