@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import FULL_TESTS
 from paperpost import render
 from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, Ranked, rank
@@ -342,7 +343,7 @@ def test_an_at_sign_in_the_senders_name_does_not_move_our_domain(renderer, corpu
     assert "acme" not in out.data.decode().lower().replace('"ml@acme-lab.com digest"', "")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300 if FULL_TESTS else 60, deadline=None)
 @given(
     name=st.text(alphabet=st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=30),
     domain=st.from_regex(r"[a-z][a-z0-9-]{0,10}\.(org|example|co\.uk)", fullmatch=True),
