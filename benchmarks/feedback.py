@@ -3,6 +3,7 @@
     python benchmarks/feedback.py [study] [speed] [endpoint]     (default: all three)
     python benchmarks/feedback.py study --relevance FILE.yaml [--tags TAG[=WORD],...] [--semantic]
     python benchmarks/feedback.py all           (every spent set, term and semantic profiles)
+    python benchmarks/feedback.py fewer         (readers who said only "fewer": demotion's bound)
     python benchmarks/feedback.py cv [--grid STRONG_TAG=0.7,1.0 ...]
     python benchmarks/feedback.py endpoint --postgres postgresql+psycopg://.../scratch_db
 
@@ -23,6 +24,9 @@ study     For each judged tag a reader starts from a deliberately vague one-word
 all       The study on every spent judged set (benchmarks/data), once with the term-vector
           profile and once with the semantic one: per set the means, delta@5 and the tags
           worse than with no votes (and by how much); per tag delta@5 in the JSON.
+fewer     The spent sets' readers who cast only "fewer" votes (3, 5, 10): NDCG@10 without votes,
+          with the code's demotion, and the most any demotion of the papers close to the
+          rejected ones could reach (an oracle threshold per reader; the best single one).
 cv        The semantic profile's constants by cross-validation: every combination of the
           grid on every spent set; for each fold (relevance + full, dev, round1, blind2,
           blind3, blind4, blind5) the combination that makes the fewest readers of the other
@@ -136,6 +140,44 @@ def ndcg(ranked: list[str], rel: dict[str, int], pool: set[str]) -> float:
     return dcg / idcg if idcg else float("nan")
 
 
+def _context(arrivals, contexts: dict, day: int) -> tuple[Background, MatchCache]:
+    """The history and ranker cache as of ``day`` (kept in ``contexts`` across readers: the
+    tag scores of a day do not depend on the votes)."""
+    if day not in contexts:
+        seen = [p for _, papers in arrivals[: day + 1] for p in papers]
+        contexts[day] = (Background.of(seen), MatchCache())
+    return contexts[day]
+
+
+def votes(
+    vague: str,
+    budget: int,
+    arrivals,
+    truth: dict[str, int],
+    vectors: Vectors | None = None,
+    contexts: dict | None = None,
+) -> Taste:
+    """What one simulated reader of tag ``vague`` votes on the first VOTE_DAYS days: "more"
+    on the judged-relevant papers of their top 5, "fewer" on the others, ``budget`` in all
+    (each day ranked with the votes cast so far)."""
+    contexts = {} if contexts is None else contexts
+    profile = Profile((Interest(vague),), max_items=K)
+    liked: list[Paper] = []
+    disliked: list[Paper] = []
+    for day, (_, papers) in enumerate(arrivals[:VOTE_DAYS]):
+        history, cache = _context(arrivals, contexts, day)
+        taught = nudge(papers, [Taste(tuple(liked), tuple(disliked))], history, vectors)
+        ranked = rank_many(papers, [profile], taught, history, cache)
+        for item in ranked[0][:TOP]:
+            if len(liked) + len(disliked) >= budget:
+                break
+            if truth.get(item.paper.key, 0) > 0:
+                liked.append(item.paper)
+            else:
+                disliked.append(item.paper)
+    return Taste(tuple(liked), tuple(disliked))
+
+
 def reader(
     vague: str,
     budget: int,
@@ -150,37 +192,16 @@ def reader(
     paper seen so far, and judgments name papers by their key (the folded title). With
     ``vectors`` (the semantic extra) the profile compares papers by their embeddings.
     ``contexts`` keeps each day's history and ranker cache across readers (same results,
-    faster: the tag scores of a day do not depend on the votes).
+    faster).
     """
     contexts = {} if contexts is None else contexts
-
-    def context(day: int) -> tuple[Background, MatchCache]:
-        if day not in contexts:
-            seen = [p for _, papers in arrivals[: day + 1] for p in papers]
-            contexts[day] = (Background.of(seen), MatchCache())
-        return contexts[day]
-
+    taste = votes(vague, budget, arrivals, truth, vectors, contexts)
     profile = Profile((Interest(vague),), max_items=K)
-    liked: list[Paper] = []
-    disliked: list[Paper] = []
-    for day, (_, papers) in enumerate(arrivals[:VOTE_DAYS]):
-        history, cache = context(day)
-        taste = Taste(tuple(liked), tuple(disliked))
-        taught = nudge(papers, [taste], history, vectors)
-        ranked = rank_many(papers, [profile], taught, history, cache)
-        for item in ranked[0][:TOP]:
-            if len(liked) + len(disliked) >= budget:
-                break
-            if truth.get(item.paper.key, 0) > 0:
-                liked.append(item.paper)
-            else:
-                disliked.append(item.paper)
     later = [p for _, papers in arrivals[VOTE_DAYS:] for p in papers]
-    taste = Taste(tuple(liked), tuple(disliked))
-    history, cache = context(len(arrivals) - 1)
+    history, cache = _context(arrivals, contexts, len(arrivals) - 1)
     ranked = rank_many(later, [profile], nudge(later, [taste], history, vectors), history, cache)
     keys = [item.paper.key for item in ranked[0]]
-    return ndcg(keys, truth, {p.key for p in later}), len(liked) + len(disliked)
+    return ndcg(keys, truth, {p.key for p in later}), len(taste.liked) + len(taste.disliked)
 
 
 def broadest_word(tag: str, papers: list[Paper]) -> str:
@@ -371,6 +392,71 @@ def study_all() -> None:
             "results": {p: {f"{n}:{t}": r for (n, t), r in res.items()} for p, res in runs.items()},
         },
     )
+
+
+def fewer() -> None:
+    """Readers who said only "fewer" (no judged-relevant paper in their first top 5s): what
+    the code's demotion gives them, and the most any demotion by closeness to the rejected
+    papers could. The oracle knows which papers are relevant and, per reader, pushes every
+    found paper at least ``t`` close to a rejected one to the bottom, with the best ``t`` for
+    that reader; "best single t" is the best one threshold for all of them (in-sample), with
+    the readers it makes better / worse; the ceiling is the perfect reorder of what the tag
+    found. Closeness: the term vectors' cosine to the nearest and to the second-nearest
+    rejected paper (what the demotion uses), and the embeddings' cosine to the nearest."""
+    arrivals = days()
+    readers = [r for r in spent_readers(arrivals) if r[0] != "full"]
+    vectors = _vectors(arrivals)
+    contexts: dict = {}
+    later = [p for _, papers in arrivals[VOTE_DAYS:] for p in papers]
+    pool = {p.key for p in later}
+    history, cache = _context(arrivals, contexts, len(arrivals) - 1)
+    new_vectors = vectors.of(later)
+    kinds = ["term nearest", "term 2nd", "embedding nearest"]
+    rows: list[list[object]] = []
+    for budget in (3, 5, 10):
+        cases = []
+        for _, _, word, truth in readers:
+            taste = votes(word, budget, arrivals, truth, None, contexts)
+            if taste.liked or not taste.disliked:
+                continue
+            everything = Profile((Interest(word),), max_items=len(later))
+            order = [item.paper for item in rank_many(later, [everything], None, history, cache)[0]]
+            index = {id(p): i for i, p in enumerate(later)}
+            found = [index[id(p)] for p in order]
+            terms = profile_module._term_similarity(taste.disliked, later, history)
+            cosine = vectors.of(taste.disliked) @ new_vectors.T
+            close = {
+                "term nearest": terms.max(axis=0),
+                "term 2nd": np.sort(terms, axis=0)[-2] if len(terms) > 1 else terms[0] * 0,
+                "embedding nearest": cosine.max(axis=0),
+            }
+            code = reader(word, budget, arrivals, truth, None, contexts)[0]
+            cases.append((truth, found, close, code))
+        if not cases:
+            continue
+
+        def demoted(truth, found, closeness, t):
+            keep = [i for i in found if closeness[i] < t] + [i for i in found if closeness[i] >= t]
+            return ndcg([later[i].key for i in keep], truth, pool)
+
+        base = np.array([demoted(c[0], c[1], c[2]["term nearest"], np.inf) for c in cases])
+        ceiling = [
+            ndcg(sorted((later[i].key for i in c[1]), key=lambda k: -c[0].get(k, 0)), c[0], pool)
+            for c in cases
+        ]
+        row: list[object] = [budget, len(cases), base.mean(), statistics.fmean(c[3] for c in cases)]
+        for kind in kinds:
+            pooled = np.concatenate([c[2][kind][c[1][:40]] for c in cases])
+            grid = np.quantile(pooled, np.linspace(0.5, 0.995, 40))
+            table = np.array([[demoted(c[0], c[1], c[2][kind], t) for t in grid] for c in cases])
+            single = table[:, table.mean(axis=0).argmax()]
+            better, worse_ = int((single > base + 1e-9).sum()), int((single < base - 1e-9).sum())
+            row += [table.max(axis=1).mean(), f"{single.mean():.3f} ({better}/{worse_})"]
+        rows.append([*row, statistics.fmean(ceiling)])
+    headers = ["votes", "'fewer'-only readers", "no votes", "code (terms)"]
+    for kind in kinds:
+        headers += [f"oracle t per reader: {kind}", f"best single t: {kind} (better/worse)"]
+    report("feedback_fewer", [*headers, "ceiling (perfect reorder)"], rows, {"kinds": kinds})
 
 
 @contextlib.contextmanager
@@ -688,7 +774,7 @@ def main() -> None:
         help="cv: a constant of paperpost.profile and its values (repeatable)",
     )
     args = parser.parse_args()
-    unknown = set(args.parts) - {"study", "all", "cv", "speed", "endpoint"}
+    unknown = set(args.parts) - {"study", "all", "fewer", "cv", "speed", "endpoint"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     for part in args.parts or ["study", "speed", "endpoint"]:
@@ -696,6 +782,8 @@ def main() -> None:
             study(args.relevance, args.tags.split(",") if args.tags else None, args.semantic)
         elif part == "all":
             study_all()
+        elif part == "fewer":
+            fewer()
         elif part == "cv":
             grid = {
                 n: [float(v) for v in vs.split(",")]
