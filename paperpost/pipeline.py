@@ -59,7 +59,12 @@ from paperpost.rank import (
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
 from paperpost.store import Lease, RunPlan, Store
-from paperpost.subscribers import LoadedSubscriber, SubscriberErrors, iter_subscribers
+from paperpost.subscribers import (
+    LoadedSubscriber,
+    SubscriberErrors,
+    folder_problem,
+    iter_subscribers,
+)
 from paperpost.unsubscribe import apply_queued
 
 if TYPE_CHECKING:
@@ -712,6 +717,7 @@ def preflight(settings: Settings) -> None:
     one line saying what to do."""
     require_own_key(settings)
     require_semantic(settings)
+    require_subscribers(settings)
     try:
         Store(settings.db_url).check_writable()
     except SQLAlchemyError as exc:
@@ -726,6 +732,22 @@ def require_own_key(settings: Settings) -> None:
         settings.require_own_key("SMTP delivery")
     if settings.bounce_mailbox:
         settings.require_own_key("a bounce mailbox (PAPERPOST_BOUNCE_MAILBOX)")
+
+
+def require_subscribers(settings: Settings) -> None:
+    """ConfigError when the subscribers folder is missing or holds no subscriber file: such
+    a run fetched, took the new papers as news, and sent them to nobody (exit 0, "no
+    subscriber had new papers above their min_score"); the readers never got them."""
+    problem = folder_problem(settings.subscribers_dir)
+    if problem:
+        raise ConfigError(
+            [
+                f"PAPERPOST_SUBSCRIBERS_DIR={settings.subscribers_dir} {problem}; nothing was "
+                "fetched or sent. Set it to the folder of subscriber files (`paperpost "
+                "subscribers validate <folder>` checks one) or add a subscriber with "
+                "`paperpost subscribers add`"
+            ]
+        )
 
 
 def require_semantic(settings: Settings) -> None:
@@ -914,6 +936,12 @@ def _outcome_message(summary: RunSummary) -> str:
     if summary.digests_retry or summary.digests_deferred:
         return f"No digest was delivered; the failures are listed above{down}."
     reasons = summary.skip_reasons
+    if not reasons and summary.invalid_subscriber_files:  # nobody was read
+        files = summary.invalid_subscriber_files
+        return (
+            f"Nothing to send: no valid subscriber ({files} subscriber "
+            f"file{'' if files == 1 else 's'} with errors, listed above){down}."
+        )
     if reasons and "nothing above min_score" not in reasons:  # min_score kept nobody out
         ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
         listed = ", ".join(f"{count} {reason}" for reason, count in ranked)

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL; default sqlite:///<state_dir>/paperpost.db. "
         "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+        examples=["sqlite:///state/paperpost.db"],
     )
     delivery: Literal["outbox", "smtp"] = Field(
         default="outbox", description="Where digests go: .eml files in outbox_dir, or SMTP."
@@ -239,6 +240,23 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        """SQLite or PostgreSQL (psycopg), the two the store is built and tested for: any
+        other URL failed deep inside SQLAlchemy (``mysql://``: a 40-line traceback ending in
+        ``No module named 'MySQLdb'``, exit 1)."""
+        if value is None:
+            return value
+        scheme = re.match(r"([A-Za-z0-9+.-]+)://", value)
+        if scheme is None or scheme[1].lower() not in SUPPORTED_DATABASES:
+            given = f"{scheme[1]} is not supported" if scheme else "this is not a URL"
+            raise ValueError(
+                f"a sqlite:///path/to/file.db or postgresql+psycopg://user:password@host/db "
+                f"URL ({given}: paperpost runs on SQLite and PostgreSQL)"
+            )
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _https_only(cls, value: str | None) -> str | None:
@@ -285,6 +303,8 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.state_dir / 'paperpost.db'}"
 
 
+# URL schemes the store runs on (``postgresql`` is psycopg in SQLAlchemy 2.1)
+SUPPORTED_DATABASES = {"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"}
 _EXPECTED = {
     "int_parsing": "a whole number",
     "int_from_float": "a whole number",

@@ -942,6 +942,20 @@ def subscriber_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml"})
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be a run's list of subscribers (it does not exist, or holds no
+    subscriber file), or None. A run without its list would take the new papers as sent to
+    nobody: the readers would never get them."""
+    try:
+        if folder.is_dir():
+            return None if subscriber_files(folder) else "holds no subscriber file (*.yaml, *.yml)"
+        if folder.exists():
+            return None  # one file: loading it says what is wrong with it, if anything
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return "does not exist (a typo, a share that is not mounted, a renamed folder?)"
+
+
 def iter_subscribers(folder: Path, errors: ErrorSink) -> Iterator[LoadedSubscriber]:
     """Every valid subscriber under ``folder``, one at a time (file by file, entry by
     entry: memory does not grow with the list); every error is appended to ``errors``."""

@@ -305,3 +305,59 @@ def test_a_login_smtp_or_imap_cannot_send_is_refused_at_start_without_showing_it
         f"configuration error PAPERPOST_SMTP_PASSWORD=<hidden>: {expected}, "
         "e.g. PAPERPOST_SMTP_PASSWORD=...",
     ]
+
+
+def test_a_missing_or_empty_subscribers_folder_stops_the_run_before_it_fetches(
+    tmp_path: Path,
+) -> None:
+    """ATTACK6 #12. Before: a missing folder (a typo, an unmounted share) ended the run with
+    exit 0 and "no subscriber had new papers above their min_score", after the run had taken
+    the new papers as news: on a new install the readers never got them. Now the run stops
+    first (exit 2, one line) and the next run with the right folder sends them."""
+    shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "ann.yaml").write_text("email: ann@example.org\ntags: [agents]\n")
+    env = {
+        "PAPERPOST_SOURCES": str(tmp_path / "dumps"),
+        "PAPERPOST_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "PAPERPOST_SEND_EMPTY": "true",
+    }
+    for folder, problem in [
+        ("subscribers-typo", "does not exist (a typo, a share that is not mounted, a renamed"),
+        ("empty", "holds no subscriber file (*.yaml, *.yml)"),
+    ]:
+        result = paperpost(
+            ["run", "--no-prefect"], tmp_path, PAPERPOST_SUBSCRIBERS_DIR=folder, **env
+        )
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.startswith(
+            f"configuration error PAPERPOST_SUBSCRIBERS_DIR={folder} {problem}"
+        ), result.stderr
+        assert "nothing was fetched or sent" in result.stderr and "min_score" not in result.stderr
+    result = paperpost(
+        ["run", "--no-prefect", "--json"], tmp_path, PAPERPOST_SUBSCRIBERS_DIR="subs", **env
+    )
+    summary = json.loads(result.stdout)
+    assert result.returncode == 0 and summary["papers_new"] == 13 and summary["digests_sent"] == 1
+
+
+def test_a_database_url_paperpost_cannot_use_is_a_config_error(tmp_path: Path) -> None:
+    """ATTACK6 #13. Before: ``mysql://…`` ended every command in a 40-line traceback
+    (``No module named 'MySQLdb'``), exit 1; a bare file name, "Could not parse SQLAlchemy
+    URL" as a database error (exit 7)."""
+    for url, shown, why in [
+        ("mysql://pp:s3cret@127.0.0.1/pp", "mysql://pp:***@127.0.0.1/pp", "mysql is not supported"),
+        ("postgres://pp@db/pp", "postgres://pp@db/pp", "postgres is not supported"),
+        ("pp.db", "pp.db", "this is not a URL"),
+    ]:
+        result = paperpost(["run", "--no-prefect"], tmp_path, PAPERPOST_DATABASE_URL=url)
+        assert result.returncode == 2 and result.stdout == "" and "s3cret" not in result.stderr
+        assert result.stderr == (
+            f"configuration error PAPERPOST_DATABASE_URL={shown}: expected a "
+            "sqlite:///path/to/file.db or postgresql+psycopg://user:password@host/db URL "
+            f"({why}: paperpost runs on SQLite and PostgreSQL), e.g. "
+            "PAPERPOST_DATABASE_URL=sqlite:///state/paperpost.db\n"
+        )
+    for url in ("sqlite:///pp.db", "postgresql+psycopg://a:b@h/d", "postgresql://a@h/d"):
+        assert Settings(_env_file=None, database_url=url).db_url == url
