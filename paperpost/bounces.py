@@ -49,6 +49,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from paperpost.delivery import RECIPIENT_CODES, REPLY_READS, enhanced_code
+from paperpost.feedback import address_of
 from paperpost.render import message_hash
 from paperpost.sanitize import reply_text
 from paperpost.settings import Settings
@@ -70,7 +71,10 @@ STATUS_IN_TEXT = re.compile(r"\b([245])\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")
 SMTP_REPLY = re.compile(
     r"(?m)(?:^|[:\s])([45][0-5]\d)[ -]((?:[245]\.\d{1,3}\.\d{1,3} )?[A-Za-z<].*)$"
 )
-TOKEN_IN_SUBJECT = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", re.IGNORECASE)
+# r.<reader id>.<tag>, or <base64 address>.<tag> in digests sent before session 6
+TOKEN_IN_SUBJECT = re.compile(
+    r"\bunsubscribe\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)?)", re.IGNORECASE
+)
 
 
 class BounceError(Exception):
@@ -553,7 +557,7 @@ def _target(store: Store, key: str, report: Report) -> tuple[str, str | None] | 
     """(address, digest) a report is about, only if paperpost can trust it."""
     if report.kind == "unsubscribe" and report.token:
         try:
-            return read_token(key, report.token), None
+            return read_token(key, report.token, lambda r: address_of(store, r)), None
         except BadToken:
             return None
     if report.digest_hash:

@@ -951,16 +951,20 @@ def unsubscribe(
     token: Annotated[str, typer.Argument(help="The token from an unsubscribe link.")],
 ) -> None:
     """Record an unsubscribe from a signed token; later runs skip the address."""
+    from paperpost.feedback import address_of
     from paperpost.store import Store
     from paperpost.unsubscribe import BadToken, read_token
 
     settings = _settings()
+    store = Store(settings.db_url)
     try:
-        address = read_token(settings.secret_key.get_secret_value(), token)
+        address = read_token(
+            settings.secret_key.get_secret_value(), token, lambda r: address_of(store, r)
+        )
     except BadToken as exc:
         err.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    new = Store(settings.db_url).suppress(address, "unsubscribed")
+    new = store.suppress(address, "unsubscribed")
     out.print(f"{address} {'unsubscribed' if new else 'was already unsubscribed'}")
 
 

@@ -39,7 +39,7 @@ from paperpost.feedback import vote_expiry, vote_urls
 from paperpost.models import Paper, normalize_space, pickled_by_fields
 from paperpost.rank import Ranked
 from paperpost.sanitize import NAME_CHARS, SUBJECT_CHARS, header_text, http_url, strip_bidi
-from paperpost.unsubscribe import make_token
+from paperpost.unsubscribe import make_address_token, make_token
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 HTML_LIMIT = 95_000  # Gmail clips HTML parts over ~102 KB, hiding the unsubscribe link
@@ -393,7 +393,11 @@ class Renderer:
         """One subscriber's digest as message bytes, kept under Gmail's clipping limit."""
         digest = f"{lo}-{hi}"
         msg_id = message_id(edition.secret_key, reader.email, digest, edition.sender)
-        token = make_token(edition.secret_key, reader.email)
+        token = (  # the opaque id, never the address (a link is seen by proxies, scanners)
+            make_token(edition.secret_key, reader.reader_id)
+            if reader.reader_id
+            else make_address_token(edition.secret_key, reader.email)
+        )
         mailto = f"mailto:unsubscribe@{sender_domain(edition.sender)}?subject=unsubscribe%20{token}"
         web = f"{edition.base_url}/unsubscribe/{token}" if edition.base_url else None
         context = self.context(reader, items, edition, web or mailto, digest)

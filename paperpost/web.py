@@ -33,7 +33,13 @@ from paperpost.feedback import (
 from paperpost.models import Paper
 from paperpost.settings import Settings
 from paperpost.store import Store, now
-from paperpost.unsubscribe import BadToken, apply_queued, queue_unsubscribe, read_token
+from paperpost.unsubscribe import (
+    BadToken,
+    apply_queued,
+    queue_unsubscribe,
+    read_token,
+    token_reader,
+)
 
 if TYPE_CHECKING:
     import uvicorn
@@ -120,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def address_or_error(token: str) -> str | HTMLResponse:
         try:
-            return read_token(key, token)
+            return read_token(key, token, lambda reader_id: address_of(store, reader_id))
         except BadToken as exc:
             return page("Link not valid", f"<p>{escape(str(exc))}.</p>", 400)
 
@@ -138,19 +144,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
     def unsubscribe(token: str) -> HTMLResponse:
-        address = address_or_error(token)
-        if isinstance(address, HTMLResponse):
-            return address
+        # the mailbox provider's one-click POST is not retried: whenever the database
+        # cannot take it (or cannot even say whose reader id this is), keep it on disk
         try:
+            reader = token_reader(key, token)
+        except BadToken as exc:
+            return page("Link not valid", f"<p>{escape(str(exc))}.</p>", 400)
+        address: str | HTMLResponse | None = None
+        try:
+            address = address_or_error(token)
+            if isinstance(address, HTMLResponse):
+                return address
             record_queued()
             store.suppress(address, "unsubscribed")
         except OperationalError as exc:
-            # the mailbox provider's one-click POST is not retried: keep it on disk instead
-            queue_unsubscribe(settings.state_dir, address, now().isoformat())
+            queue_unsubscribe(settings.state_dir, now().isoformat(), address, reader)
             log.warning("unsubscribe queued (the database is busy): %s", explain(exc))
+        who = escape(address) if isinstance(address, str) else "This address"
         return page(
             "Unsubscribed",
-            f"<p>{escape(address)} will get no more digests. To come back, ask whoever runs "
+            f"<p>{who} will get no more digests. To come back, ask whoever runs "
             "this paperpost to re-activate your subscription.</p>",
         )
 

@@ -36,7 +36,7 @@ from paperpost.rank import Interest, Profile, rank
 from paperpost.render import Edition, Outgoing, Reader, Renderer
 from paperpost.settings import Settings
 from paperpost.store import Store, deliveries
-from paperpost.unsubscribe import make_token
+from paperpost.unsubscribe import make_address_token, make_token
 from paperpost.verp import envelope_sender
 
 SAMPLES = Path(__file__).parent / "data" / "bounces"
@@ -86,7 +86,7 @@ def fill(sample: str, digest: Outgoing, when: datetime | None = None) -> bytes:
         "LOCAL": local,
         "DOMAIN": domain,
         "MSGID": digest.message_id,
-        "TOKEN": make_token(KEY, digest.address),
+        "TOKEN": make_address_token(KEY, digest.address),  # these Readers have no reader id
         "DATE": format_datetime(when or datetime.now(UTC)),
         "UNIQUE": uuid.uuid4().hex,
     }
@@ -253,6 +253,37 @@ def test_soft_bounces_suppress_after_n_digests_within_the_window(tmp_path: Path,
     # processed messages were moved to cur/ as seen; nothing is left to process
     assert all("S" in m.get_flags() and m.get_subdir() == "cur" for m in box)
     assert process(settings, store).counts == {}
+
+
+def test_mailto_unsubscribes_of_both_token_forms_are_applied(tmp_path: Path) -> None:
+    """ATTACK6 #11: the mailto unsubscribe of a digest sent by a run names the reader by
+    its opaque id (``r.<id>.<tag>``: the subject no longer shows the address in base64, and
+    the mailbox that receives it learns nothing); one from a digest sent before carries the
+    address form, and is applied as it always was. A token signed with another key, or for
+    a reader id nobody has, suppresses nobody."""
+    from paperpost.feedback import reader_ids
+
+    store = Store(f"sqlite:///{tmp_path / 'pp.db'}")
+    ids = reader_ids(store, ["ann@example.org", "cy@example.org"])
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    subjects = {
+        "ann@example.org": make_token(KEY, ids["ann@example.org"]),
+        "bob@example.org": make_address_token(KEY, "Bob@Example.org"),
+        "cy@example.org": make_token("another-key-0123456789abcdef", ids["cy@example.org"]),
+        "dee@example.org": make_token(KEY, "no-such-reader00"),
+    }
+    for address, token in subjects.items():
+        box.add(
+            f"From: <{address}>\r\nTo: unsubscribe@example.org\r\nSubject: unsubscribe "
+            f"{token}\r\nMessage-ID: <{uuid.uuid4().hex}@mail.example>\r\n\r\nunsubscribe\r\n"
+        )
+    assert "YW5u" not in subjects["ann@example.org"]  # base64 of "ann": not in the new form
+    summary = process(settings_for(bounce_mailbox=str(tmp_path / "bounces")), store)
+    assert summary.counts.get("unsubscribe") == 2
+    assert store.suppressed(list(subjects)) == {
+        "ann@example.org": "unsubscribed",
+        "bob@example.org": "unsubscribed",
+    }
 
 
 def test_copies_of_one_digests_soft_bounce_count_once(tmp_path: Path, sent) -> None:

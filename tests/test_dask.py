@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, POSTGRES_URL, reset_postgres, unavailable
+from paperpost.feedback import address_of
+from paperpost.store import Store
 from paperpost.unsubscribe import BadToken, read_token
 
 pytestmark = pytest.mark.postgres
@@ -124,9 +126,11 @@ def test_every_digest_exactly_once_on_dask_workers(cluster, tmp_path, monkeypatc
     assert_exactly_once(outbox, size)
     sample = next((outbox / "new").iterdir()).read_bytes()
     token = re.search(rb"subject=unsubscribe%20([A-Za-z0-9_.=-]+)>", sample).group(1).decode()
-    assert read_token(KEY, token).startswith("reader")
+    store = Store(POSTGRES_URL)
+    assert token.startswith("r.")
+    assert read_token(KEY, token, lambda r: address_of(store, r)).startswith("reader")
     with pytest.raises(BadToken):
-        read_token("the-flow-process-key-0123456789abcdef", token)
+        read_token("the-flow-process-key-0123456789abcdef", token, lambda r: address_of(store, r))
     second = run()  # the same news again: nothing more goes out
     assert second["digests_sent"] == 0
     assert second["digests_skipped"] == size

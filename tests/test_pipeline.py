@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import re
 import shutil
 from datetime import date
 from email import policy
@@ -464,7 +465,15 @@ def test_a_batch_big_enough_is_ranked_and_rendered_in_worker_processes(tmp_path:
         )
         assert run_plain(settings, TUE).digests_sent == count
         files = sorted((tmp_path / label / "new").iterdir())
-        outboxes[label] = {f.name: f.read_bytes().split(b"\r\n\r\n", 1)[1] for f in files}
+        # each database gives its readers their own random ids, which unsubscribe links carry
+        outboxes[label] = {
+            f.name: re.sub(
+                rb"[\w-]{16}\.[\w-]{22}",
+                b"<reader id>.<tag>",
+                f.read_bytes().split(b"\r\n\r\n", 1)[1],
+            )
+            for f in files
+        }
     if pipeline.workers() is not None:  # more than one core: the first run used them
         assert pipeline._POOLS
     assert outboxes["workers"] == outboxes["in place"]  # bodies (Date headers differ)

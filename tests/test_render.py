@@ -17,7 +17,7 @@ from paperpost.models import Paper
 from paperpost.rank import Interest, Profile, Ranked, rank
 from paperpost.render import HTML_LIMIT, Edition, Reader, Renderer, shorten
 from paperpost.sanitize import http_url
-from paperpost.unsubscribe import BadToken, make_token, read_token
+from paperpost.unsubscribe import BadToken, make_address_token, make_token, read_token
 
 EDITION = Edition(
     "paperpost <digest@example.org>", "secret", "https://pp.example.org", date(2026, 11, 25), 307
@@ -51,7 +51,7 @@ def test_digest_is_a_complete_message(renderer, papers, request) -> None:
     assert msg["To"] == "Ann Example <Ann@Example.org>"
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    token = make_token("secret", READER.email)
+    token = make_address_token("secret", READER.email)  # READER has no reader id
     assert msg["List-Unsubscribe"] == (
         f"<https://pp.example.org/unsubscribe/{token}>, "
         f"<mailto:unsubscribe@example.org?subject=unsubscribe%20{token}>"
@@ -69,6 +69,30 @@ def test_digest_is_a_complete_message(renderer, papers, request) -> None:
     for item in items:
         assert item.paper.title in text and item.why in text
     assert f"Unsubscribe: https://pp.example.org/unsubscribe/{token}" in text
+
+
+def test_a_run_readers_unsubscribe_links_name_the_reader_id_not_the_address(
+    renderer, corpus
+) -> None:
+    """ATTACK6 #11. Before: every digest's List-Unsubscribe (web and mailto) and footer link
+    carried base64url(address), readable by anyone who saw the link (a proxy's access log, a
+    link-rewriting scanner, a forwarded digest). A reader of a run (who has a reader id, as
+    vote links use) gets ``r.<id>.<tag>``; the address appears only in To:."""
+    import base64
+
+    reader = Reader("Ann@Example.org", "Ann Example", ("agents",), reader_id="kVE_3u7wX9miuTGs")
+    out = renderer.render(reader, ranked_for(corpus, "agents"), EDITION, 0, 307)
+    msg = parse(out.data)
+    token = make_token("secret", "kVE_3u7wX9miuTGs")
+    assert msg["List-Unsubscribe"] == (
+        f"<https://pp.example.org/unsubscribe/{token}>, "
+        f"<mailto:unsubscribe@example.org?subject=unsubscribe%20{token}>"
+    )
+    encoded = base64.urlsafe_b64encode(b"ann@example.org").rstrip(b"=")
+    assert encoded[:12] not in out.data and f"/unsubscribe/{token}".encode() in out.data
+    assert read_token("secret", token, {"kVE_3u7wX9miuTGs": "ann@example.org"}.get) == (
+        "ann@example.org"
+    )
 
 
 def test_message_id_is_deterministic_per_digest_and_subscriber(renderer, corpus) -> None:
@@ -145,33 +169,53 @@ def test_helpers() -> None:
     assert len(short) <= 451 and short.endswith("…") and not short.endswith(" …")
 
 
+IDS = {"kVE_3u7wX9miuTGs": "ann@example.org"}.get  # reader id -> address, as the store has it
+
+
 def test_unsubscribe_tokens_round_trip_and_reject_tampering() -> None:
-    token = make_token("k", "Ann@Example.org")
-    assert read_token("k", token) == "ann@example.org"
-    with pytest.raises(BadToken):
-        read_token("other-key", token)
-    _body, tag = token.split(".")
-    forged = make_token("k", "bob@example.org").split(".")[0] + "." + tag
-    with pytest.raises(BadToken):
-        read_token("k", forged)
-    with pytest.raises(BadToken):
-        read_token("k", "garbage")
+    token = make_token("k", "kVE_3u7wX9miuTGs")
+    assert token.startswith("r.kVE_3u7wX9miuTGs.") and read_token("k", token, IDS) == (
+        "ann@example.org"
+    )
+    old = make_address_token("k", "Ann@Example.org")  # links in digests sent before session 6
+    assert read_token("k", old, IDS) == "ann@example.org"
+    for each in (token, old):
+        with pytest.raises(BadToken, match="bad signature"):
+            read_token("other-key", each, IDS)
+    tag = token.rsplit(".", 1)[1]
+    for forged in (
+        f"r.xVE_3u7wX9miuTGs.{tag}",
+        make_address_token("k", "bob@example.org").split(".")[0] + "." + old.split(".")[1],
+    ):
+        with pytest.raises(BadToken, match="bad signature"):
+            read_token("k", forged, IDS)
+    with pytest.raises(BadToken, match="malformed"):
+        read_token("k", "garbage", IDS)
+    with pytest.raises(BadToken, match="no record of"):  # signed, but not a reader of ours
+        read_token("k", make_token("k", "gone-reader"), IDS)
 
 
 @given(
     text=st.text(max_size=200)
     | st.builds("{}.{}".format, st.text(max_size=60), st.text(max_size=30))
-    | st.from_regex(r"[A-Za-z0-9_-]{0,60}\.[A-Za-z0-9_=-]{0,30}", fullmatch=True),
+    | st.from_regex(r"[A-Za-z0-9_-]{0,60}\.[A-Za-z0-9_=-]{0,30}", fullmatch=True)
+    | st.from_regex(r"r\.[A-Za-z0-9_-]{0,20}\.[A-Za-z0-9_=-]{0,30}", fullmatch=True),
     address=st.emails() | st.text(min_size=1, max_size=80),
+    reader_id=st.from_regex(r"[A-Za-z0-9_-]{16}", fullmatch=True),
 )
 def test_any_unsubscribe_token_reads_as_the_signed_address_or_bad_token(
-    text: str, address: str
+    text: str, address: str, reader_id: str
 ) -> None:
-    """The web endpoint and `paperpost unsubscribe` read tokens from anyone's URL."""
-    with pytest.raises(BadToken):  # a string nobody signed (a 128-bit tag) never reads
-        read_token("k", text)
-    assert read_token("k", make_token("k", address)) == address.lower()
-    assert read_token("k", " " + make_token("k", address) + "\n") == address.lower()
+    """The web endpoint, mailto unsubscribes and `paperpost unsubscribe` read tokens from
+    anyone's URL or mail: a string nobody signed (a 128-bit tag) never reads, in either
+    form; a reader token names the reader's id, never the address (ATTACK6 #11)."""
+    ids = {reader_id: address.lower()}.get
+    with pytest.raises(BadToken):
+        read_token("k", text, ids)
+    token = make_token("k", reader_id)
+    assert read_token("k", token, ids) == address.lower()
+    assert read_token("k", " " + token + "\n", ids) == address.lower()
+    assert read_token("k", make_address_token("k", address), ids) == address.lower()
 
 
 def test_fast_mime_parses_like_the_standard_library_build(renderer, corpus) -> None:
@@ -180,7 +224,7 @@ def test_fast_mime_parses_like_the_standard_library_build(renderer, corpus) -> N
     items = ranked_for(corpus, "text-to-speech")
     out = renderer.render(READER, items, EDITION, 0, 9)
     ours = parse(out.data)
-    web = f"https://pp.example.org/unsubscribe/{make_token('secret', READER.email)}"
+    web = f"https://pp.example.org/unsubscribe/{make_address_token('secret', READER.email)}"
     context = renderer.context(READER, items, EDITION, web)
     reference = EmailMessage(policy=POLICY)
     reference.set_content(renderer.text(context))

@@ -21,7 +21,7 @@ from conftest import EXAMPLES
 from paperpost.errors import ConfigError
 from paperpost.settings import Settings
 from paperpost.store import Store
-from paperpost.unsubscribe import make_token
+from paperpost.unsubscribe import make_address_token
 from paperpost.web import create_app, server
 
 KEY = "secrets-test-key-0123456789"
@@ -99,7 +99,7 @@ def test_the_access_log_shows_no_token(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         port = web.servers[0].sockets[0].getsockname()[1]
-        token = make_token(KEY, "ann@example.org")
+        token = make_address_token(KEY, "ann@example.org")
         base = f"http://127.0.0.1:{port}"
         assert requests.get(f"{base}/unsubscribe/{token}", timeout=5).status_code == 200
         assert requests.post(f"{base}/unsubscribe/{token}", timeout=5).status_code == 200
