@@ -1114,6 +1114,15 @@ def send_batch(
                 else Outcome(m.address, m.digest, "already-" + c.status, m.papers)
                 for m, c in zip(group, claims, strict=True)
             ]
+        if not scope.proven and not paused and outbox is None and (scope.held or scope.transient):
+            with lock:
+                domains_seen()
+            failing = scope.unanswered | {_domain(m.address) for m, _ in scope.held}
+            if failing <= deferred.keys() and store.run_accepted(run_id):
+                # every refusal of this batch came from domains the run deferred, and the
+                # server accepted digests of other batches: those domains refuse us, the
+                # server does not (a batch of one company's readers must not pause the run)
+                scope.proven = True
         if scope.transient and scope.transient == tried and not scope.proven and not paused:
             # nothing this batch tried was accepted or refused: the server is unreachable,
             # drops every message or never answers; the next run retries (exit code 4)

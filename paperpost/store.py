@@ -1123,6 +1123,16 @@ class Store:
         ambiguous), with any outcomes still to be recorded in the same commit."""
         self.settle_group(settled, (address, digest))
 
+    def run_accepted(self, run_id: int) -> bool:
+        """Whether a digest of this run was accepted (``sent``), in any batch."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(deliveries.c.id)
+                .where(deliveries.c.run_id == run_id, deliveries.c.status == "sent")
+                .limit(1)
+            ).first()
+            return found is not None
+
     def interrupted(self) -> list[tuple[str, str, int, str]]:
         """Deliveries a crash left unfinished: (address, digest, hi, status), where status is
         ``sending`` (end of data never sent) or ``data-sent`` (sent, no reply read)."""

@@ -1213,3 +1213,31 @@ def test_one_unknown_mailbox_among_readers_not_yet_accepted_is_still_suppressed(
     assert [o.status for o in outcomes] == ["failed", "failed"]
     assert store.pause_reason(run) is None
     assert set(store.suppressions(["gone@corp.example.com"])) == {"gone@corp.example.com"}
+
+
+def test_a_batch_of_one_refusing_domain_defers_it_when_the_run_was_accepted(smtp, tmp_path):
+    """A batch holding only one domain's readers (one company's list file) that refuses us:
+    nothing of that batch is accepted, which alone used to pause the whole run (exit 4).
+    When the server accepted digests of the run's other batches, it is that domain: deferred,
+    the run goes on. In a run where nothing was accepted anywhere it still pauses."""
+    smtp.script.domain_rcpt["corp.example"] = "550 5.7.1 Message rejected due to local policy"
+    corp = digests_for([f"c{i}@corp.example" for i in range(6)])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run()
+    first = send_one_run(smtp, store, digests_for(["a@one.example", "b@two.example"]), run)
+    assert [o.status for o in first] == ["sent", "sent"]
+    outcomes = send_one_run(smtp, store, corp, run)
+    assert [o.status for o in outcomes] == ["deferred"] * 6
+    assert smtp.handler.tried("corp.example") == 3
+    assert store.pause_reason(run) is None
+    later = send_one_run(smtp, store, digests_for(["c@three.example"]), run)
+    assert [o.status for o in later] == ["sent"]
+    # a run that has sent nothing: the one domain may be the server refusing everyone
+    alone = Store(f"sqlite:///{tmp_path / 'alone.sqlite'}")
+    run = alone.start_run()
+    outcomes = send_one_run(smtp, alone, corp, run)
+    assert [o.status for o in outcomes[:3]] == ["retry"] * 3  # refused, then the pause
+    assert {o.status for o in outcomes[3:]} == {"deferred"}  # not tried: the domain first
+    assert {s for m in corp for _, s in ids(alone, m.address)} == {"retry"}
+    assert "local policy" in alone.pause_reason(run)
+    assert alone.suppressions([m.address for m in corp]) == {}
