@@ -38,7 +38,7 @@ import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from paperpost.deadline import BoundedReader, Cuts
 from paperpost.delivery import RECIPIENT_CODES, REPLY_READS, enhanced_code
 from paperpost.feedback import address_of
 from paperpost.render import message_hash
@@ -325,72 +326,54 @@ class _Deadlined(imaplib.IMAP4):
     """imaplib's connection with a total deadline per command: the greeting, or one command
     and all the lines of its answer, get REPLY_READS read timeouts in total (a server that
     keeps sending untagged lines, each within the read timeout, never ends a command; as for
-    SMTP replies). Every wait on the socket is bounded by what is left."""
+    SMTP replies), and ANSWER_BYTES. Every wait on the socket is bounded by what is left
+    (:class:`~paperpost.deadline.BoundedReader`)."""
 
     def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
         self.read_timeout = read_timeout
         self.command_seconds = REPLY_READS * read_timeout
-        self.expired = False  # a command ran out of time: the connection is in no known state
-        self._what, self._ends = "the greeting", time.monotonic() + self.command_seconds
-        self._read = 0  # bytes of the current command's answer
+        self._cut = False  # an earlier command's answer was cut
+        self._greeting_ends = time.monotonic() + self.command_seconds  # connecting included
         super().__init__(*args, timeout=read_timeout, **kwargs)
 
-    def _command(self, name: str, *args: Any) -> Any:
-        self._what, self._ends, self._read = name, time.monotonic() + self.command_seconds, 0
-        return super()._command(name, *args)
+    @property
+    def expired(self) -> bool:
+        """A command ran out of time or room: the connection is in no known state."""
+        return self._cut or self._answer.expired
 
-    def _timed(self, read: Callable[[int], bytes], size: int) -> bytes:
-        """One read from the socket (``read``: a buffered file's peek or read1), waiting at
-        most for what is left of the command's deadline."""
-        if self._read > ANSWER_BYTES:  # imaplib keeps every line of an answer in memory
-            self.expired = True
-            raise OSError(
-                f"the server's answer to {self._what} went on past {ANSWER_BYTES >> 20} MB "
-                "(no report is that large)"
-            )
-        left = self._ends - time.monotonic()
-        if left > 0:
-            self.sock.settimeout(min(self.read_timeout, left))
-            try:
-                return read(size)
-            except TimeoutError:
-                if time.monotonic() < self._ends:
-                    self.expired = True
-                    raise TimeoutError(
-                        f"the server sent nothing for {self.read_timeout:g} s in its answer "
-                        f"to {self._what}"
-                    ) from None
-            finally:  # what is left of this answer's deadline is no timeout for the next send
-                self.sock.settimeout(self.read_timeout)
-        self.expired = True
-        raise TimeoutError(
-            f"the server did not finish its answer to {self._what} within "
-            f"{self.command_seconds:g} s (it kept sending lines without ending it)"
+    def _reader(self, what: str, ends: float) -> BoundedReader:
+        return BoundedReader(
+            self.file,
+            self.sock,
+            read_timeout=self.read_timeout,
+            ends=ends,
+            max_bytes=ANSWER_BYTES,  # imaplib keeps every line of an answer in memory
+            cuts=Cuts(
+                too_large=f"the server's answer to {what} went on past {ANSWER_BYTES >> 20} MB "
+                "(no report is that large)",
+                too_late=f"the server did not finish its answer to {what} within "
+                f"{self.command_seconds:g} s (it kept sending lines without ending it)",
+                idle=f"the server sent nothing for {self.read_timeout:g} s in its answer to {what}",
+            ),
         )
 
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        super().open(*args, **kwargs)
+        self._answer = self._reader("the greeting", self._greeting_ends)
+
+    def _command(self, name: str, *args: Any) -> Any:
+        self._cut = self.expired
+        self._answer = self._reader(name, time.monotonic() + self.command_seconds)
+        return super()._command(name, *args)
+
     def readline(self) -> bytes:
-        line = bytearray()
-        while not line.endswith(b"\n"):
-            buffered = self._timed(self.file.peek, 1)  # at most one read from the socket
-            if not buffered:
-                break  # the server closed the connection: imaplib reports it
-            end = buffered.find(b"\n")
-            piece = self.file.read(len(buffered) if end < 0 else end + 1)
-            self._read += len(piece)
-            line += piece
-            if len(line) > imaplib._MAXLINE:
-                raise self.error(f"got more than {imaplib._MAXLINE} bytes in one line")
-        return bytes(line)
+        line = self._answer.readline(imaplib._MAXLINE + 1)
+        if len(line) > imaplib._MAXLINE:
+            raise self.error(f"got more than {imaplib._MAXLINE} bytes in one line")
+        return line
 
     def read(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self._timed(self.file.read1, size - len(data))  # at most one socket read
-            if not chunk:
-                break
-            self._read += len(chunk)
-            data += chunk
-        return bytes(data)
+        return self._answer.read(size)
 
 
 class _DeadlinedSsl(_Deadlined, imaplib.IMAP4_SSL):

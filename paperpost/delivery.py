@@ -36,8 +36,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
+from paperpost.deadline import BoundedReader, Cuts
 from paperpost.exitcodes import LEASE_LOST, OUTBOX_UNWRITABLE
 from paperpost.models import pickled_by_fields
 from paperpost.render import Outgoing
@@ -374,59 +375,9 @@ REPLY_READS = 6
 REPLY_BYTES = 64 << 10
 
 
-class _ReplyDeadline:
-    """The connection's reader, ending a reply that goes on past its deadline or its size.
-    Every wait on the socket is bounded by what is left of the deadline, so a line sent a
-    byte at a time (each within the read timeout) is cut too."""
-
-    def __init__(
-        self, file: BinaryIO, sock: socket.socket, seconds: float, read_timeout: float
-    ) -> None:
-        self.file = file
-        self.sock = sock
-        self.seconds = seconds
-        self.read_timeout = read_timeout
-        self.ends = time.monotonic() + seconds
-        self.read = 0
-
-    def _peek(self) -> bytes:
-        """What the reader holds, after at most one read from the socket."""
-        if self.read > REPLY_BYTES:  # smtplib closes the connection on an OSError
-            raise OSError(f"the server's reply went on past {REPLY_BYTES >> 10} KB")
-        left = self.ends - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"the server's reply did not end within {self.seconds:g} s")
-        self.sock.settimeout(min(self.read_timeout, left))
-        try:
-            return self.file.peek(1)  # type: ignore[attr-defined]
-        except TimeoutError:
-            if time.monotonic() >= self.ends:
-                raise TimeoutError(
-                    f"the server's reply did not end within {self.seconds:g} s"
-                ) from None
-            raise
-        finally:  # what is left of this reply's deadline is no timeout for the next send
-            self.sock.settimeout(self.read_timeout)
-
-    def readline(self, limit: int = -1) -> bytes:
-        line = bytearray()
-        while not line.endswith(b"\n") and (limit < 0 or len(line) < limit):
-            buffered = self._peek()
-            if not buffered:
-                break  # the server closed the connection: smtplib reports it
-            end = buffered.find(b"\n")
-            take = len(buffered) if end < 0 else end + 1
-            piece = self.file.read(take if limit < 0 else min(take, limit - len(line)))
-            self.read += len(piece)
-            line += piece
-        return bytes(line)
-
-    def close(self) -> None:
-        self.file.close()
-
-
 class _Deadlined(smtplib.SMTP):
-    """smtplib's connection with a total deadline per reply (REPLY_READS read timeouts)."""
+    """smtplib's connection with a total deadline per reply (REPLY_READS read timeouts) and a
+    size (REPLY_BYTES), read by :class:`~paperpost.deadline.BoundedReader`."""
 
     def __init__(self, *args: Any, reply_seconds: float, **kwargs: Any) -> None:
         self.reply_seconds = reply_seconds  # before __init__, which reads the greeting
@@ -436,9 +387,17 @@ class _Deadlined(smtplib.SMTP):
         if self.file is None and self.sock is not None:
             self.file = self.sock.makefile("rb")
         if self.file is not None and self.sock is not None:
-            raw = self.file.file if isinstance(self.file, _ReplyDeadline) else self.file
-            self.file = _ReplyDeadline(  # type: ignore[assignment]
-                raw, self.sock, self.reply_seconds, self.timeout
+            raw = self.file.file if isinstance(self.file, BoundedReader) else self.file
+            self.file = BoundedReader(  # type: ignore[assignment]
+                raw,
+                self.sock,
+                read_timeout=self.timeout,
+                ends=time.monotonic() + self.reply_seconds,
+                max_bytes=REPLY_BYTES,
+                cuts=Cuts(  # smtplib closes the connection on an OSError
+                    too_large=f"the server's reply went on past {REPLY_BYTES >> 10} KB",
+                    too_late=f"the server's reply did not end within {self.reply_seconds:g} s",
+                ),
             )
         return super().getreply()
 

@@ -161,6 +161,19 @@ def imap_settings(server: imap_server.ImapServer, security: str = "tls") -> Sett
     )
 
 
+def hostile_imap_settings(server: imap_server.HostileImap, **changes: object) -> Settings:
+    """Settings reading the bounce mailbox at a HostileImap server (which takes any login)."""
+    return settings_for(
+        bounce_mailbox="imap",
+        imap_host="127.0.0.1",
+        imap_port=server.port,
+        imap_username="pp",
+        imap_password=SecretStr("secret"),
+        imap_ca_file=server.cert,
+        **changes,
+    )
+
+
 def imap_client(server: imap_server.ImapServer) -> imaplib.IMAP4_SSL:
     context = ssl.create_default_context(cafile=str(server.cert))
     client = imaplib.IMAP4_SSL("127.0.0.1", server.port_tls, ssl_context=context)
@@ -655,17 +668,12 @@ def test_an_imap_server_that_never_ends_its_answer_is_cut_and_the_run_sends(
     shutil.copytree(EXAMPLES / "dumps", tmp_path / "dumps")
     (tmp_path / "subs.yaml").write_text("- email: ann@one.example\n  tags: [agents]\n")
     tarpit = imap_server.HostileImap(tmp_path, mode).start()
-    settings = settings_for(
+    settings = hostile_imap_settings(
+        tarpit,
         sources=[str(tmp_path / "dumps")],
         subscribers_dir=tmp_path / "subs.yaml",
         database_url=f"sqlite:///{tmp_path / 'pp.db'}",
         outbox_dir=tmp_path / "outbox",
-        bounce_mailbox="imap",
-        imap_host="127.0.0.1",
-        imap_port=tarpit.port,
-        imap_username="pp",
-        imap_password=SecretStr("secret"),
-        imap_ca_file=tarpit.cert,
         imap_timeout=0.3,  # a piece every 50 ms never trips it
     )
     done: dict[str, object] = {}
@@ -707,14 +715,7 @@ def test_an_imap_server_that_misbehaves_is_one_line_not_a_crash(
     from paperpost.bounces import BounceError
 
     server = imap_server.HostileImap(tmp_path, mode).start()
-    settings = settings_for(
-        bounce_mailbox="imap",
-        imap_host="127.0.0.1",
-        imap_port=server.port,
-        imap_username="pp",
-        imap_password=SecretStr("secret"),
-        imap_ca_file=server.cert,
-    )
+    settings = hostile_imap_settings(server)
     try:
         with pytest.raises(BounceError) as raised:
             process(settings, Store(f"sqlite:///{tmp_path / 'pp.db'}"))
