@@ -29,7 +29,7 @@ fewer     The spent sets' readers who cast only "fewer" votes (3, 5, 10): NDCG@1
           rejected ones could reach (an oracle threshold per reader; the best single one).
 cv        The semantic profile's constants by cross-validation: every combination of the
           grid on every spent set; for each fold (relevance + full, dev, round1, blind2,
-          blind3, blind4, blind5) the combination that makes the fewest readers of the other
+          blind3, blind4, blind5, blind6) the combination that makes the fewest readers of the other
           folds worse than without votes, then gains most there, measured on that fold.
 speed     10,000 readers x 300 papers, each reader with 1-4 tags and 20 votes on papers of a
           2,000-paper history, in paired rounds: ranking with tags only, then with tags and
@@ -309,6 +309,7 @@ SPENT = {
     "blind3": ("relevance_blind3.yaml", None),
     "blind4": ("relevance_blind4.yaml", None),
     "blind5": ("relevance_blind5.yaml", None),
+    "blind6": ("relevance_blind6.yaml", None),
 }
 # cross-validation folds: a setting is chosen on the other folds' readers (relevance.yaml
 # and relevance_full.yaml share their tags, so they are held out together)
@@ -320,6 +321,7 @@ FOLDS = {
     "blind3": ["blind3"],
     "blind4": ["blind4"],
     "blind5": ["blind5"],
+    "blind6": ["blind6"],
 }
 Results = dict[tuple[str, str], dict[int, float]]  # (set, tag) -> budget -> NDCG@10
 

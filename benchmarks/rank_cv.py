@@ -45,6 +45,7 @@ ROUNDS = {
     "round3": "relevance_blind3.yaml",
     "round4": "relevance_blind4.yaml",
     "round5": "relevance_blind5.yaml",
+    "round6": "relevance_blind6.yaml",
 }
 OTHERS = [  # (name, file, leave each tag's vocabulary entry out)
     ("leave-out", "relevance.yaml", True),

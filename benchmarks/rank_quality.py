@@ -12,6 +12,8 @@ BM25+Snowball and substring, then the replay (delivered precision, recall, one-w
 for one default reader per tag of each file. This is how a new blind set is measured once.
 
 The judged sets (how each was made is written at the top of its file):
+  blind6     data/relevance_blind6.yaml: round 6's blind tags, judged in full by three
+             independent judges; measured blind once in session 6, a development set since
   blind5     data/relevance_blind5.yaml: round 5's blind tags, judged in full by three
              independent judges; measured blind once in session 5, a development set since
   blind4     data/relevance_blind4.yaml: round 4's blind tags, judged in full by three
@@ -403,6 +405,7 @@ def main() -> None:
     else:
         existing = judgments(papers)
         if not args.no_blind:
+            sets.append(("blind6", judgments(papers, "relevance_blind6.yaml"), False))
             sets.append(("blind5", judgments(papers, "relevance_blind5.yaml"), False))
             sets.append(("blind4", judgments(papers, "relevance_blind4.yaml"), False))
             sets.append(("blind3", judgments(papers, "relevance_blind3.yaml"), False))
