@@ -757,6 +757,7 @@ def send_batch(
     this one claimed and sends it.
     """
     lock = threading.Lock()
+    committing = threading.Lock()  # taken before ``lock``, never while holding it
     tried = failed = seen = 0
     paused: str | None = store.pause_reason(run_id)
     scope = _Scope(systemic_domains)
@@ -827,16 +828,20 @@ def send_batch(
         scope.held.clear()
 
     def record(data_sent: tuple[str, str] | None = None) -> None:
-        """Write the pending outcomes (and a ``data-sent`` mark) in one commit."""
-        with lock:
-            settled = pending[:]
-            pending.clear()
-        try:
-            store.settle_group(settled, data_sent)
-        except BaseException:
+        """Write the pending outcomes (and a ``data-sent`` mark) in one commit. Commits
+        happen one at a time, in the order their outcomes were queued: a connection's thread
+        may settle another's digest (a held refusal found to be the server's goes back to
+        ``retry``), and a later outcome committed first would be overwritten by the earlier."""
+        with committing:
             with lock:
-                pending[:0] = settled
-            raise
+                settled = pending[:]
+                pending.clear()
+            try:
+                store.settle_group(settled, data_sent)
+            except BaseException:
+                with lock:
+                    pending[:0] = settled
+                raise
 
     def still_ours() -> bool:
         """True when the lease is lost (checked, and renewed when due); pauses the run."""
